@@ -1,0 +1,13 @@
+"""hfzoo: research architectures as native Hugging Face models.
+
+Importing hfzoo registers every architecture with the transformers Auto classes, so
+``AutoModelForCausalLM.from_pretrained(folder)`` works for hfzoo checkpoints without remote code.
+"""
+
+__version__ = "0.1.0"
+
+from .models import ARCHITECTURES, get_architecture, register_all  # noqa: E402
+
+register_all()
+
+__all__ = ["ARCHITECTURES", "get_architecture", "register_all", "__version__"]

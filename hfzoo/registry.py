@@ -1,0 +1,36 @@
+"""The list of architectures hfzoo provides, as data.
+
+Each architecture package (``hfzoo/models/<arch>/__init__.py``) defines one ``Architecture``; the CLI,
+the exporter, the gallery and the tests iterate over ``ARCHITECTURES`` instead of naming models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str                                  # short name used on the command line: "gla"
+    title: str                                 # human title: "Gated Linear Attention"
+    config_class: type                         # PreTrainedConfig subclass with a prefixed model_type
+    auto_models: dict[str, type]               # transformers Auto class name -> model class
+    summary: str = ""                          # one line for `hfzoo list` and the gallery
+    paper: str = ""                            # paper URL
+    processors: dict[str, type] = field(default_factory=dict)   # e.g. {"AutoImageProcessor": cls}
+    tiny_config: Callable[[], Any] | None = None                # a small config for tests and export checks
+    example_inputs: Callable[[Any], dict] | None = None         # config -> forward kwargs (CPU tensors)
+    checkpoint: str | None = None              # name of the small trained checkpoint shipped in hfzoo/checkpoints
+
+    @property
+    def model_type(self) -> str:
+        return self.config_class.model_type
+
+    @property
+    def main_model(self) -> type:
+        """The task model exported by default: the first non-base model, else the base model."""
+        for auto, cls in self.auto_models.items():
+            if auto != "AutoModel":
+                return cls
+        return self.auto_models["AutoModel"]
