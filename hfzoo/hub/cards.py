@@ -1,0 +1,56 @@
+"""Model cards: ``model_cards/<arch>.md`` Jinja templates rendered through ``huggingface_hub.ModelCard``.
+
+Templates start with ``---\\n{{ card_data }}\\n---`` and may use: ``model_id``, ``arch`` (the registry
+entry: ``arch.title``, ``arch.summary``, ``arch.paper``, ``arch.model_type``), ``config`` (a dict),
+``num_parameters`` (int), ``num_parameters_human`` ("1.2M"), ``auto_class`` (e.g.
+"AutoModelForCausalLM"), ``model_class`` (class name) and ``extra`` (free text, e.g. training notes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+
+
+def template_path(arch_name: str) -> Path:
+    path = TEMPLATE_DIR / f"{arch_name}.md"
+    if not path.is_file():
+        raise ValueError(f"no model card template for architecture {arch_name!r} (looked for {path})")
+    return path
+
+
+def human_count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)
+
+
+def render_card(model, model_id: str | None = None, extra: str = "", auto_class: str | None = None):
+    """Render the card of an hfzoo model instance; returns a ``huggingface_hub.ModelCard``."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from ..models import get_architecture
+
+    arch = get_architecture(model.config.model_type)
+    if auto_class is None:
+        auto_class = next((a for a, c in arch.auto_models.items() if isinstance(model, c)), "AutoModel")
+    n = sum(p.numel() for p in model.parameters())
+    data = ModelCardData(library_name="transformers", license="apache-2.0",
+                         tags=["hfzoo", arch.name, "custom_code"], pipeline_tag=_pipeline_tag(auto_class))
+    return ModelCard.from_template(
+        data, template_path=str(template_path(arch.name)),
+        model_id=model_id or f"hfzoo-{arch.name}", arch=arch, config=model.config.to_dict(),
+        num_parameters=n, num_parameters_human=human_count(n), auto_class=auto_class,
+        model_class=type(model).__name__, extra=extra)
+
+
+def _pipeline_tag(auto_class: str) -> str | None:
+    return {
+        "AutoModelForCausalLM": "text-generation",
+        "AutoModelForMaskedLM": "fill-mask",
+        "AutoModelForSequenceClassification": "text-classification",
+        "AutoModelForTokenClassification": "token-classification",
+        "AutoModelForImageClassification": "image-classification",
+    }.get(auto_class)
