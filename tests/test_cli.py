@@ -1,0 +1,65 @@
+"""The `hfzoo` command as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hfzoo.cli import main
+from hfzoo.models import ARCHITECTURES
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "hfzoo.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_help_lists_commands():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for cmd in ("list", "export", "card", "convert", "demo"):
+        assert cmd in out.stdout
+
+
+def test_list_shows_every_architecture(capsys):
+    assert main(["list"]) == 0
+    text = capsys.readouterr().out
+    for name, arch in ARCHITECTURES.items():
+        assert name in text and arch.model_type in text
+
+
+def test_export_and_card_from_a_saved_folder(tmp_path, capsys):
+    arch = ARCHITECTURES["gla"]
+    model = arch.main_model(arch.tiny_config())
+    model.save_pretrained(tmp_path / "src")
+    assert main(["export", str(tmp_path / "src"), str(tmp_path / "out"), "--model-id", "me/tiny"]) == 0
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["auto_map"]["AutoConfig"].startswith("configuration_gla.")
+    assert "me/tiny" in (tmp_path / "out" / "README.md").read_text()
+    assert main(["card", str(tmp_path / "src"), "-o", str(tmp_path / "card.md")]) == 0
+    assert (tmp_path / "card.md").read_text().startswith("---")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["export", "/no/such/folder/x", "/tmp/hfzoo-out-never"], "neither a model folder"),
+    (["card", "definitely-not-a-checkpoint"], "neither a model folder"),
+])
+def test_bad_input_gives_one_line_and_exit_code_2(args, needle, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err and err.startswith("hfzoo ")
+
+
+def test_export_into_existing_folder_is_refused(tmp_path, capsys):
+    arch = ARCHITECTURES["gla"]
+    arch.main_model(arch.tiny_config()).save_pretrained(tmp_path / "src")
+    (tmp_path / "out").mkdir()
+    assert main(["export", str(tmp_path / "src"), str(tmp_path / "out")]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_unknown_command_exits_2():
+    out = run_cli("frobnicate")
+    assert out.returncode == 2
+    assert "invalid choice" in out.stderr

@@ -1,0 +1,83 @@
+"""The backend choice: explicit, overridable, and never silently wrong."""
+
+import pytest
+import torch
+
+from hfzoo.ops import dispatch
+from hfzoo.ops.dispatch import resolve_backend, use_backend
+from hfzoo.ops.rmsnorm import rms_norm_gated
+
+
+def test_cpu_tensors_run_kernels_under_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    x = torch.randn(3, 4)
+    assert resolve_backend(x) == ("triton" if dispatch.HAS_TRITON else "reference")
+
+
+def test_cpu_tensors_without_interpreter_use_reference(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert resolve_backend(torch.randn(3)) == "reference"
+
+
+def test_forcing_triton_where_it_cannot_run_raises(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="triton backend was forced"):
+        resolve_backend(torch.randn(3), backend="triton", op="demo")
+    monkeypatch.setenv("HFZOO_BACKEND", "triton")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        rms_norm_gated(torch.randn(2, 8))
+
+
+def test_missing_triton_falls_back_or_raises(monkeypatch):
+    monkeypatch.setattr(dispatch, "HAS_TRITON", False)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert resolve_backend(torch.randn(3)) == "reference"
+    with pytest.raises(RuntimeError, match="not installed"):
+        resolve_backend(torch.randn(3), backend="triton")
+
+
+def test_overrides_in_order_of_precedence(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("HFZOO_BACKEND", "reference")
+    x = torch.randn(2)
+    assert resolve_backend(x) == "reference"
+    with use_backend("auto"):
+        assert resolve_backend(x) == ("triton" if dispatch.HAS_TRITON else "reference")
+        assert resolve_backend(x, backend="reference") == "reference"
+    assert resolve_backend(x) == "reference"
+
+
+def test_bad_backend_names_are_rejected(monkeypatch):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        resolve_backend(torch.randn(2), backend="cuda")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with use_backend("fast"):
+            pass
+    monkeypatch.setenv("HFZOO_BACKEND", "gpu")
+    with pytest.raises(ValueError, match="HFZOO_BACKEND"):
+        resolve_backend(torch.randn(2))
+
+
+def test_hfzoo_imports_without_triton():
+    """A subprocess where `import triton` fails still imports hfzoo and runs ops on the reference path."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'triton' or name.startswith('triton.'):\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import torch, hfzoo\n"
+        "from hfzoo.ops.rmsnorm import rms_norm_gated\n"
+        "from hfzoo.ops.triton_shim import HAS_TRITON\n"
+        "assert not HAS_TRITON\n"
+        "y = rms_norm_gated(torch.randn(2, 8), torch.ones(8))\n"
+        "print('ok', tuple(y.shape))\n"
+    )
+    env = {**__import__("os").environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "ok (2, 8)" in out.stdout
