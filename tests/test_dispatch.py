@@ -48,9 +48,9 @@ def test_overrides_in_order_of_precedence(monkeypatch):
 
 
 def test_bad_backend_names_are_rejected(monkeypatch):
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ValueError, match="must be one of"):
         resolve_backend(torch.randn(2), backend="cuda")
-    with pytest.raises(ValueError, match="backend must be one of"):
+    with pytest.raises(ValueError, match="must be one of"):
         with use_backend("fast"):
             pass
     monkeypatch.setenv("HFZOO_BACKEND", "gpu")

@@ -13,7 +13,7 @@ def _grads(backend, x, w, g, dy):
     return [y, *torch.autograd.grad(y, inputs, dy)]
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (3, 7, 48), (37, 100), (2, 5, 257)])
+@pytest.mark.parametrize("shape", [(1, 3), (3, 7, 48), (37, 100), (2, 5, 257)])
 @pytest.mark.parametrize("weight,gate", [(True, True), (True, False), (False, True), (False, False)])
 def test_matches_reference_fp32(shape, weight, gate):
     torch.manual_seed(sum(shape))
