@@ -1,5 +1,6 @@
 """Export every registered architecture and load it where hfzoo cannot be imported."""
 
+import ast
 import json
 import os
 import subprocess
@@ -47,8 +48,14 @@ def test_exported_folder_loads_without_hfzoo(name, tmp_path):
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == arch.model_type
     assert set(arch.auto_models) | {"AutoConfig"} <= set(config["auto_map"])
-    for path in folder.glob("*.py"):  # the bundle imports nothing from hfzoo
-        assert "hfzoo" not in "\n".join(l for l in path.read_text().splitlines() if "import" in l), path
+    for path in folder.glob("*.py"):  # the bundle imports nothing from hfzoo, only single-dot siblings
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level in (0, 1) and not (node.module or "").startswith("hfzoo"), (path, node.lineno)
+                if node.level == 1:
+                    assert (folder / f"{node.module}.py").is_file(), (path, node.module)
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("hfzoo") for a in node.names), (path, node.lineno)
 
     inputs = arch.example_inputs(model.config)
     torch.save(inputs, tmp_path / "inputs.pt")
