@@ -1,0 +1,141 @@
+"""Group-rational activation (KAT's GR-KAN): Triton kernels vs the PyTorch reference, the denominator forms,
+the shipped initial coefficients, and argument checks."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import rel_err
+
+from hfzoo.ops.group_rational import RATIONAL_INITS, group_rational, group_rational_reference
+
+
+def _direct(x, a, b, G, form):
+    """Straight float64 evaluation of the two formulas, independent of the reference's code."""
+    x = x.double()
+    D = x.shape[-1]
+    g = torch.arange(D) // (D // G)
+    a = a.double().expand(G, 6)[g]          # [D, 6]
+    b = b.double().expand(G, 4)[g]          # [D, 4]
+    p = sum(a[:, i] * x ** i for i in range(6))
+    if form == "released":
+        q = 1 + sum(b[:, i].abs() * x.abs() ** (i + 1) for i in range(4))
+    else:
+        q = 1 + sum(b[:, i] * x ** (i + 1) for i in range(4)).abs()
+    return p / q
+
+
+def _run(x, a, b, G, form, backend, dy):
+    xs = [t.clone().requires_grad_() for t in (x, a, b)]
+    y = group_rational(*xs, num_groups=G, denominator_form=form, backend=backend)
+    return (y, *torch.autograd.grad(y, xs, dy))
+
+
+CASES = [  # shape, groups, numerator rows (1 = shared, as in the released checkpoints)
+    ((37, 48), 8, 1),
+    ((3, 5, 24), 4, 4),
+    ((2, 9, 300), 6, 1),
+    ((1, 40), 1, 1),
+]
+
+
+@pytest.mark.parametrize("form", ["released", "paper"])
+@pytest.mark.parametrize("shape,G,arows", CASES)
+def test_kernel_matches_reference_fp32(shape, G, arows, form):
+    torch.manual_seed(sum(shape) + G + len(form))
+    x = torch.randn(*shape) * 1.5
+    a = torch.randn(arows, 6) * 0.3
+    b = torch.randn(G, 4) * 0.3
+    b[0, 1] = 0.0           # a zero coefficient: |.| derivative convention
+    x.view(-1)[:3] = 0.0    # zero inputs: sign(0) convention
+    dy = torch.randn(shape)
+    out = _run(x, a, b, G, form, "triton", dy)
+    ref = _run(x, a, b, G, form, "reference", dy)
+    for name, o, r in zip(("y", "dx", "dnumerator", "ddenominator"), out, ref):
+        assert o.shape == r.shape, name
+        assert rel_err(o, r) < 2e-5, (name, rel_err(o, r))
+    assert rel_err(ref[0], _direct(x, a, b, G, form)) < 1e-6
+
+
+def test_zero_denominator_coefficients_get_gradients():
+    # The released kernels differentiate |b| at b = 0 as +1: with identity init (b = 0) the denominator must
+    # still learn. A plain abs() would give exactly zero here.
+    a = torch.tensor([RATIONAL_INITS["identity"][0]])
+    b = torch.zeros(8, 4)
+    x = torch.rand(16, 64) + 0.5            # positive inputs: every term has the same sign
+    for backend in ("triton", "reference"):
+        _, _, _, db = _run(x, a, b, 8, "released", backend, torch.ones(16, 64))
+        assert (db < 0).all(), backend      # dQ/d|b| = |x|^k > 0, dL/dQ = -P/Q^2 < 0 for positive x
+
+
+def test_shared_numerator_gradient_is_sum_over_groups():
+    torch.manual_seed(1)
+    x, dy = torch.randn(10, 32), torch.randn(10, 32)
+    a1, b = torch.randn(1, 6) * 0.2, torch.randn(4, 4) * 0.2
+    _, _, da1, _ = _run(x, a1, b, 4, "released", "triton", dy)
+    _, _, da4, _ = _run(x, a1.expand(4, 6).contiguous(), b, 4, "released", "triton", dy)
+    assert da1.shape == (1, 6) and da4.shape == (4, 6)
+    assert rel_err(da1, da4.sum(0, keepdim=True)) < 1e-5
+
+
+def test_init_coefficients():
+    x = torch.linspace(-3, 3, 601, dtype=torch.float64)
+    G = 1
+
+    def f(name, form):
+        a, b = (torch.tensor([c], dtype=torch.float64) for c in RATIONAL_INITS[name])
+        return _direct(x[None], a, b, G, form)[0]
+
+    assert torch.equal(f("identity", "released"), x)
+    assert (f("swish", "released") - F.silu(x)).abs().max() < 1e-5
+    assert (f("swish", "paper") - F.silu(x)).abs().max() < 1e-3
+    # The "gelu" set reproduces GELU only under the paper's denominator 1 + |sum b_i x^(i+1)|.
+    assert (f("gelu", "paper") - F.gelu(x)).abs().max() < 5e-3
+    released = f("gelu", "released")
+    assert abs(released[-1].item() - 1.531) < 1e-2      # F(3) ~ 1.53 instead of GELU(3) ~ 3.0
+    assert (released - F.gelu(x)).abs().max() > 1.0
+    # the reference agrees with the direct formula on the shipped sets
+    for name in RATIONAL_INITS:
+        a, b = (torch.tensor([c]) for c in RATIONAL_INITS[name])
+        y = group_rational_reference(x.float()[None], a, b, 1, "released")[0]
+        assert rel_err(y, f(name, "released")) < 1e-6
+
+
+def test_dtype_follows_input():
+    a = torch.tensor([RATIONAL_INITS["swish"][0]])
+    b = torch.tensor([RATIONAL_INITS["swish"][1]] * 2)
+    x = torch.randn(4, 8, dtype=torch.bfloat16)
+    y = group_rational(x, a, b, num_groups=2, backend="reference")
+    assert y.dtype == torch.bfloat16
+    assert rel_err(y, F.silu(x.float())) < 1e-2
+
+
+def test_bad_arguments():
+    x, a, b = torch.randn(4, 12), torch.zeros(1, 6), torch.zeros(4, 4)
+    with pytest.raises(ValueError, match="divisible by num_groups"):
+        group_rational(x, a, torch.zeros(5, 4), num_groups=5)
+    with pytest.raises(ValueError, match="numerator must have shape"):
+        group_rational(x, torch.zeros(1, 5), b, num_groups=4)
+    with pytest.raises(ValueError, match="denominator must have shape"):
+        group_rational(x, a, torch.zeros(3, 4), num_groups=4)
+    with pytest.raises(ValueError, match="denominator must be one of"):
+        group_rational(x, a, b, num_groups=4, denominator_form="poly")
+    with pytest.raises(TypeError, match="x must be a floating-point"):
+        group_rational(torch.ones(4, 12, dtype=torch.long), a, b, num_groups=4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape,D,G", [((4096,), 768, 8), ((8, 197), 3072, 8), ((33,), 1000, 8), ((3, 7), 192, 4)])
+@pytest.mark.parametrize("form", ["released", "paper"])
+def test_kernel_gpu(dtype, shape, D, G, form):
+    torch.manual_seed(0)
+    x = (torch.randn(*shape, D, device="cuda") * 1.5).to(dtype)
+    a = torch.randn(1, 6, device="cuda") * 0.3
+    b = torch.randn(G, 4, device="cuda") * 0.3
+    dy = torch.randn(*shape, D, device="cuda").to(dtype)
+    out = _run(x, a, b, G, form, "triton", dy)
+    ref = _run(x, a, b, G, form, "reference", dy)
+    tol = 2e-5 if dtype == torch.float32 else 1e-2
+    for name, o, r in zip(("y", "dx", "dnumerator", "ddenominator"), out, ref):
+        assert o.dtype == r.dtype, name
+        assert rel_err(o, r) < (tol if name in ("y", "dx") else 1e-4), (name, rel_err(o, r))
