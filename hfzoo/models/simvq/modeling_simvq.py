@@ -1,0 +1,306 @@
+"""SimVQ: a VQ tokenizer whose codebook is ``W(C)`` -- a frozen random matrix ``C`` through one learnable linear
+layer ``W`` (Zhu et al., arXiv:2411.02038).
+
+Plain VQ updates only the codes that some encoder output picked, so most codes of a large codebook never move
+and die ("representation collapse"). With ``W(C)`` every gradient reaching any selected code updates ``W``,
+which moves the *whole* codebook (a rotation/scaling of the latent space), so all codes stay near the data.
+
+Layout (module names follow the reference image tokenizer so its checkpoints map key for key):
+encoder (conv, ResBlocks, stride-2 downsampling) -> quantize (nearest code of ``W(C)``) -> decoder (ResBlocks,
+conv + depth-to-space upsampling). ``spatial_dims=2`` for images, ``1`` for sequences (Conv1d throughout).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.utils import ModelOutput
+
+from ...ops.nearest_code import nearest_code
+from .configuration_simvq import SimVQConfig
+
+
+def _conv(dims: int):
+    return nn.Conv2d if dims == 2 else nn.Conv1d
+
+
+def depth_to_space(x: torch.Tensor, block: int, dims: int) -> torch.Tensor:
+    """Move channels into space, depth-column-row order (the reference's layout, not ``pixel_shuffle``'s).
+
+    2D: ``[B, s*s*c, H, W] -> [B, c, H*s, W*s]`` with the channel index read as ``(row offset, column offset,
+    c)``; 1D: ``[B, s*c, T] -> [B, c, T*s]`` with ``(offset, c)``.
+    """
+    if dims == 2:
+        b, ch, h, w = x.shape
+        c = ch // (block * block)
+        x = x.view(b, block, block, c, h, w).permute(0, 3, 4, 1, 5, 2)
+        return x.reshape(b, c, h * block, w * block)
+    b, ch, t = x.shape
+    c = ch // block
+    return x.view(b, block, c, t).permute(0, 2, 3, 1).reshape(b, c, t * block)
+
+
+class SimVQResBlock(GradientCheckpointingLayer):
+    """GroupNorm -> swish -> conv (no bias), twice, plus a 1x1 projection of the input when widths differ."""
+
+    def __init__(self, in_ch: int, out_ch: int, groups: int, dims: int):
+        super().__init__()
+        conv = _conv(dims)
+        self.norm1 = nn.GroupNorm(groups, in_ch, eps=1e-6)
+        self.conv1 = conv(in_ch, out_ch, 3, padding=1, bias=False)
+        self.norm2 = nn.GroupNorm(groups, out_ch, eps=1e-6)
+        self.conv2 = conv(out_ch, out_ch, 3, padding=1, bias=False)
+        self.nin_shortcut = conv(in_ch, out_ch, 1, bias=False) if in_ch != out_ch else None
+
+    def forward(self, x):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return h + (x if self.nin_shortcut is None else self.nin_shortcut(x))
+
+
+class SimVQLevel(nn.Module):
+    """One resolution level: ``block`` (a list of ResBlocks) and an optional resampler."""
+
+
+class SimVQUpsample(nn.Module):
+    """3x3 conv to ``2**dims`` times the channels, then depth-to-space by 2."""
+
+    def __init__(self, ch: int, dims: int):
+        super().__init__()
+        self.dims = dims
+        self.conv1 = _conv(dims)(ch, ch * 2 ** dims, 3, padding=1)
+
+    def forward(self, x):
+        return depth_to_space(self.conv1(x), 2, self.dims)
+
+
+class SimVQEncoder(nn.Module):
+    def __init__(self, config: SimVQConfig):
+        super().__init__()
+        dims, ch, mult, g = config.spatial_dims, config.ch, config.ch_mult, config.norm_num_groups
+        conv = _conv(dims)
+        self.conv_in = conv(config.in_channels, ch, 3, padding=1, bias=False)
+        self.down = nn.ModuleList()
+        block_in = ch
+        for i, m in enumerate(mult):
+            level = SimVQLevel()
+            level.block = nn.ModuleList()
+            for _ in range(config.num_res_blocks):
+                level.block.append(SimVQResBlock(block_in, ch * m, g, dims))
+                block_in = ch * m
+            if i < len(mult) - 1:
+                level.downsample = conv(block_in, block_in, 3, stride=2, padding=1)
+            self.down.append(level)
+        self.mid_block = nn.ModuleList(SimVQResBlock(block_in, block_in, g, dims) for _ in range(config.num_res_blocks))
+        self.norm_out = nn.GroupNorm(g, block_in, eps=1e-6)
+        self.conv_out = conv(block_in, config.z_channels, 1)
+
+    def forward(self, x):
+        x = self.conv_in(x)
+        for level in self.down:
+            for block in level.block:
+                x = block(x)
+            if hasattr(level, "downsample"):
+                x = level.downsample(x)
+        for block in self.mid_block:
+            x = block(x)
+        return self.conv_out(F.silu(self.norm_out(x)))
+
+
+class SimVQDecoder(nn.Module):
+    def __init__(self, config: SimVQConfig):
+        super().__init__()
+        dims, ch, mult, g = config.spatial_dims, config.ch, config.ch_mult, config.norm_num_groups
+        conv = _conv(dims)
+        block_in = ch * mult[-1]
+        self.conv_in = conv(config.z_channels, block_in, 3, padding=1)
+        self.mid_block = nn.ModuleList(SimVQResBlock(block_in, block_in, g, dims) for _ in range(config.num_res_blocks))
+        # up[i] works at level i (up[0] is the finest); built coarse-to-fine, stored fine-to-coarse like the reference
+        levels = [None] * len(mult)
+        for i in reversed(range(len(mult))):
+            level = SimVQLevel()
+            level.block = nn.ModuleList()
+            for _ in range(config.num_res_blocks):
+                level.block.append(SimVQResBlock(block_in, ch * mult[i], g, dims))
+                block_in = ch * mult[i]
+            if i > 0:
+                level.upsample = SimVQUpsample(block_in, dims)
+            levels[i] = level
+        self.up = nn.ModuleList(levels)
+        self.norm_out = nn.GroupNorm(g, block_in, eps=1e-6)
+        self.conv_out = conv(block_in, config.out_channels, 3, padding=1)
+
+    def forward(self, z):
+        x = self.conv_in(z)
+        for block in self.mid_block:
+            x = block(x)
+        for level in reversed(self.up):
+            for block in level.block:
+                x = block(x)
+            if hasattr(level, "upsample"):
+                x = level.upsample(x)
+        return self.conv_out(F.silu(self.norm_out(x)))
+
+
+class SimVQQuantizer(nn.Module):
+    """Nearest-code quantizer over the projected codebook ``W(C)``.
+
+    ``embedding.weight`` is ``C`` (``[K, D]``, drawn from N(0, D^-1/2) and frozen); ``embedding_proj`` is ``W``
+    (Linear with bias). Loss (non-legacy): ``beta * ||sg(z_q) - z||^2 + ||z_q - sg(z)||^2``; gradients reach the
+    encoder through the straight-through estimator and ``W`` through ``z_q``.
+
+    Decoding from indices (``lookup``) uses the *projected* codebook, as the forward pass does. The reference's
+    ``get_codebook_entry`` reads the unprojected ``embedding`` instead, so decoding its tokens that way does not
+    reproduce its own reconstructions; hfzoo does not copy that.
+    """
+
+    def __init__(self, codebook_size: int, dim: int, beta: float = 0.25, legacy: bool = False):
+        super().__init__()
+        self.codebook_size, self.dim, self.beta, self.legacy = codebook_size, dim, beta, legacy
+        self.embedding = nn.Embedding(codebook_size, dim)
+        self.embedding.weight.requires_grad_(False)
+        self.embedding_proj = nn.Linear(dim, dim)
+
+    def codebook(self) -> torch.Tensor:
+        """The effective codebook ``W(C)``, ``[K, D]``."""
+        return self.embedding_proj(self.embedding.weight)
+
+    def forward(self, z: torch.Tensor):
+        """``z``: ``[B, D, *spatial]`` -> ``(z_q [B, D, *spatial], indices [B, *spatial], loss scalar)``."""
+        if z.shape[1] != self.dim:
+            raise ValueError(f"SimVQQuantizer: expected {self.dim} channels, got shape {tuple(z.shape)}")
+        zt = z.movedim(1, -1)  # [B, *spatial, D]
+        codebook = self.codebook()
+        indices = nearest_code(zt, codebook.detach().to(zt.dtype))
+        z_q = F.embedding(indices, codebook).to(zt.dtype)
+        commit, codebook_term = F.mse_loss(zt, z_q.detach()), F.mse_loss(z_q, zt.detach())
+        loss = commit + self.beta * codebook_term if self.legacy else self.beta * commit + codebook_term
+        if torch.is_grad_enabled() and zt.requires_grad:
+            z_q = zt + (z_q - zt).detach()  # straight-through: the decoder's gradient goes to the encoder
+        return z_q.movedim(-1, 1).contiguous(), indices, loss
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """``indices [B, *spatial]`` -> code vectors ``[B, D, *spatial]`` from the projected codebook."""
+        if indices.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise TypeError(f"SimVQQuantizer.lookup: indices must be an integer tensor, got {indices.dtype}")
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
+            raise ValueError(f"SimVQQuantizer.lookup: indices must lie in [0, {self.codebook_size}), got range "
+                             f"[{int(indices.min())}, {int(indices.max())}]")
+        return F.embedding(indices.long(), self.codebook()).movedim(-1, 1).contiguous()
+
+
+def codebook_utilization(indices: torch.Tensor, codebook_size: int) -> float:
+    """Fraction of the codebook that appears at least once in ``indices``."""
+    if indices.numel() == 0:
+        return 0.0
+    used = torch.zeros(codebook_size, dtype=torch.bool, device=indices.device)
+    used[indices.reshape(-1)] = True
+    return used.float().mean().item()
+
+
+@dataclass
+class SimVQModelOutput(ModelOutput):
+    """
+    loss: ``reconstruction_loss + quantizer_loss`` (the training objective of hfzoo's tiny checkpoints; the paper
+        adds LPIPS and a GAN loss on top of an L1 reconstruction term).
+    reconstruction: decoded output, same shape as the input.
+    indices: code indices, ``[B, h, w]`` (images) or ``[B, t]`` (sequences).
+    quantized: the decoder's input ``z_q``, ``[B, D, h, w]`` / ``[B, D, t]``.
+    reconstruction_loss: mean squared error between reconstruction and input.
+    quantizer_loss: ``beta * commitment + codebook`` term.
+    codebook_utilization: fraction of the codebook used by this batch (a float tensor).
+    """
+
+    loss: torch.FloatTensor | None = None
+    reconstruction: torch.FloatTensor | None = None
+    indices: torch.LongTensor | None = None
+    quantized: torch.FloatTensor | None = None
+    reconstruction_loss: torch.FloatTensor | None = None
+    quantizer_loss: torch.FloatTensor | None = None
+    codebook_utilization: torch.FloatTensor | None = None
+
+
+class SimVQPreTrainedModel(PreTrainedModel):
+    config_class = SimVQConfig
+    base_model_prefix = "simvq"
+    main_input_name = "pixel_values"
+    _no_split_modules = ["SimVQResBlock"]
+    supports_gradient_checkpointing = True
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            # PyTorch's default (what the reference trains from)
+            init.kaiming_uniform_(module.weight, a=5 ** 0.5)
+            if module.bias is not None:
+                fan_in = module.weight[0].numel()
+                bound = fan_in ** -0.5
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.GroupNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, SimVQQuantizer):
+            init.normal_(module.embedding.weight, mean=0.0, std=module.dim ** -0.5)
+
+
+class SimVQModel(SimVQPreTrainedModel):
+    """Tokenizer: ``encode(pixel_values) -> indices``, ``decode(indices) -> pixels``; ``forward`` does both and
+    returns the reconstruction with its losses."""
+
+    def __init__(self, config: SimVQConfig):
+        super().__init__(config)
+        self.encoder = SimVQEncoder(config)
+        self.quantize = SimVQQuantizer(config.codebook_size, config.z_channels, config.beta, config.legacy_loss)
+        self.decoder = SimVQDecoder(config)
+        self.post_init()
+
+    def _check_input(self, x: torch.Tensor, name: str = "pixel_values") -> None:
+        c = self.config
+        want = 2 + c.spatial_dims
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != want or x.shape[1] != c.in_channels:
+            layout = "[B, C, H, W]" if c.spatial_dims == 2 else "[B, C, T]"
+            raise ValueError(f"{name} must be {layout} with C={c.in_channels}, got shape {tuple(x.shape)}")
+        f = c.downsample_factor
+        if any(s % f for s in x.shape[2:]):
+            raise ValueError(f"{name}: spatial size {tuple(x.shape[2:])} must be divisible by the downsampling "
+                             f"factor {f}")
+
+    def quantize_latents(self, pixel_values: torch.Tensor):
+        """Encoder + quantizer: ``(z_q, indices, quantizer_loss)``."""
+        self._check_input(pixel_values)
+        return self.quantize(self.encoder(pixel_values))
+
+    @torch.no_grad()
+    def encode(self, pixel_values: torch.Tensor) -> torch.LongTensor:
+        """Images ``[B, C, H, W]`` (or sequences ``[B, C, T]``) in [-1, 1] -> token indices ``[B, h, w]``/``[B, t]``."""
+        return self.quantize_latents(pixel_values)[1]
+
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Token indices ``[B, h, w]`` (or ``[B, t]``) -> reconstruction ``[B, C, H, W]`` (or ``[B, C, T]``)."""
+        if indices.dim() != 1 + self.config.spatial_dims:
+            raise ValueError(f"indices must have {1 + self.config.spatial_dims} dimensions (batch + spatial), "
+                             f"got shape {tuple(indices.shape)}")
+        return self.decoder(self.quantize.lookup(indices.to(self.device)).to(self.dtype))
+
+    def forward(self, pixel_values: torch.Tensor | None = None, input_values: torch.Tensor | None = None,
+                return_dict: bool | None = None, **kwargs):
+        """``pixel_values`` (images) or ``input_values`` (1D sequences) -> ``SimVQModelOutput``."""
+        if (pixel_values is None) == (input_values is None):
+            raise ValueError("pass exactly one of pixel_values (images) or input_values (sequences)")
+        x = pixel_values if pixel_values is not None else input_values
+        z_q, indices, q_loss = self.quantize_latents(x)
+        rec = self.decoder(z_q)
+        rec_loss = F.mse_loss(rec.float(), x.float())
+        util = torch.tensor(codebook_utilization(indices, self.config.codebook_size))
+        out = SimVQModelOutput(loss=rec_loss + q_loss, reconstruction=rec, indices=indices, quantized=z_q,
+                               reconstruction_loss=rec_loss, quantizer_loss=q_loss, codebook_utilization=util)
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        return out if return_dict else out.to_tuple()
