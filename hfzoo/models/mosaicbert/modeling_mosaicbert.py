@@ -1,0 +1,497 @@
+"""MosaicBERT: a BERT encoder with ALiBi, a GeGLU feed-forward and padding-free execution.
+
+Portes et al., "MosaicBERT: A Bidirectional Encoder Optimized for Fast Pretraining" (NeurIPS 2023).
+Parameter names follow MosaicML's ``bert_layers.py`` so their checkpoints load by name.
+
+Execution: the batch is unpadded ONCE, before the embeddings (only real tokens are embedded), every
+layer runs on the packed ``[total_tokens, hidden]`` tensor with variable-length attention
+(``cu_seqlens`` delimits the sequences), and the result is padded back once at the end. Attention uses
+the symmetric ALiBi bias ``-slope_h * |i - j|`` inside the kernel (no bias tensor, so any length works).
+
+Per layer (post-LayerNorm, like BERT):
+
+    a = LayerNorm(x + Dropout(Dense(Attention(Wqkv x))))
+    y = LayerNorm(a + Dropout(Wo(GELU(a W_gate) * (a W_lin))))          # GeGLU; [W_gate W_lin] = gated_layers
+
+``attention_mask`` marks the real tokens of each row; they must form one contiguous run (right or left
+padding): ALiBi distances are counted between the kept tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    ModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+
+from ...ops.varlen_alibi_attention import alibi_slopes, varlen_alibi_attention_qkvpacked
+from .configuration_mosaicbert import MosaicBertConfig
+
+# ----------------------------------------------------------------------------------------------------
+# Unpadding: [B, S] rows with a mask <-> packed [total, ...] tokens
+
+
+@dataclass
+class Unpadded:
+    indices: torch.Tensor      # [total] flat positions (b * S + s) of the real tokens, row-major
+    cu_seqlens: torch.Tensor   # [B + 1] int32 offsets of each row's tokens in the packed tensor
+    max_seqlen: int            # longest row (a Python int: no device sync later)
+    batch: int
+    seqlen: int
+
+
+def unpad_mask(attention_mask: torch.Tensor) -> Unpadded:
+    """Index arithmetic of unpadding: where the real tokens are and where each row starts."""
+    mask = attention_mask.bool()
+    lengths = mask.sum(1, dtype=torch.int32)
+    indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
+    cu_seqlens = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
+    max_seqlen = int(lengths.max()) if lengths.numel() else 0
+    return Unpadded(indices, cu_seqlens, max_seqlen, mask.shape[0], mask.shape[1])
+
+
+def pad_tokens(packed: torch.Tensor, unpadded: Unpadded) -> torch.Tensor:
+    """[total, ...] -> [B, S, ...] with zeros at padding."""
+    out = packed.new_zeros(unpadded.batch * unpadded.seqlen, *packed.shape[1:])
+    out = out.index_copy(0, unpadded.indices, packed)
+    return out.view(unpadded.batch, unpadded.seqlen, *packed.shape[1:])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layers
+
+
+class MosaicBertEmbeddings(nn.Module):
+    """Word + token-type embeddings (no positions: ALiBi), LayerNorm, dropout. Works on packed tokens."""
+
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids=None, token_type_ids=None, inputs_embeds=None) -> torch.Tensor:
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        if token_type_ids is None:
+            embeddings = inputs_embeds + self.token_type_embeddings.weight[0]
+        else:
+            embeddings = inputs_embeds + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class MosaicBertSelfAttention(nn.Module):
+    """Fused QKV projection + variable-length ALiBi attention on packed tokens."""
+
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.dropout_p = config.attention_probs_dropout_prob
+        self.Wqkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+
+    def forward(self, hidden_states, cu_seqlens, max_seqlen: int, slopes) -> torch.Tensor:
+        total = hidden_states.shape[0]
+        qkv = self.Wqkv(hidden_states).view(total, 3, self.num_heads, self.head_dim)
+        out = varlen_alibi_attention_qkvpacked(qkv, cu_seqlens, max_seqlen, slopes,
+                                               dropout_p=self.dropout_p if self.training else 0.0)
+        return out.reshape(total, self.num_heads * self.head_dim)
+
+
+class MosaicBertSelfOutput(nn.Module):
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, input_tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class MosaicBertAttention(nn.Module):
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__()
+        self.self = MosaicBertSelfAttention(config)
+        self.output = MosaicBertSelfOutput(config)
+
+    def forward(self, hidden_states, cu_seqlens, max_seqlen: int, slopes, subset_idx=None) -> torch.Tensor:
+        attn = self.self(hidden_states, cu_seqlens, max_seqlen, slopes)
+        if subset_idx is not None:  # last layer of MLM training: only the masked tokens go on
+            attn, hidden_states = attn.index_select(0, subset_idx), hidden_states.index_select(0, subset_idx)
+        return self.output(attn, hidden_states)
+
+
+class MosaicBertGatedMLP(nn.Module):
+    """GeGLU feed-forward with a post-LN residual: LN(x + Wo(GELU(x Wg) * (x Wl)))."""
+
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__()
+        self.intermediate_size = config.intermediate_size
+        self.gated_layers = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.act = nn.GELU(approximate="none")
+        self.wo = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states) -> torch.Tensor:
+        gate, lin = self.gated_layers(hidden_states).split(self.intermediate_size, dim=-1)
+        out = self.wo(self.dropout(self.act(gate) * lin))
+        return self.layernorm(out + hidden_states)
+
+
+class MosaicBertLayer(GradientCheckpointingLayer):
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__()
+        self.attention = MosaicBertAttention(config)
+        self.mlp = MosaicBertGatedMLP(config)
+
+    def forward(self, hidden_states, cu_seqlens, slopes, max_seqlen: int = 0, subset_idx=None) -> torch.Tensor:
+        return self.mlp(self.attention(hidden_states, cu_seqlens, max_seqlen, slopes, subset_idx))
+
+
+class MosaicBertEncoder(nn.Module):
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList([MosaicBertLayer(config) for _ in range(config.num_hidden_layers)])
+        self.gradient_checkpointing = False
+
+    def forward(self, hidden_states, cu_seqlens, max_seqlen: int, slopes, subset_idx=None,
+                output_hidden_states: bool = False):
+        all_states = [hidden_states] if output_hidden_states else None
+        last = len(self.layer) - 1
+        for i, layer in enumerate(self.layer):
+            hidden_states = layer(hidden_states, cu_seqlens, slopes, max_seqlen=max_seqlen,
+                                  subset_idx=subset_idx if i == last else None)
+            if output_hidden_states:
+                all_states.append(hidden_states)
+        return hidden_states, all_states
+
+
+class MosaicBertPooler(nn.Module):
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, first_token_states) -> torch.Tensor:
+        return self.activation(self.dense(first_token_states))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Models
+
+
+class MosaicBertPreTrainedModel(PreTrainedModel):
+    config_class = MosaicBertConfig
+    base_model_prefix = "bert"
+    _no_split_modules = ["MosaicBertLayer"]
+    supports_gradient_checkpointing = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)  # normal(0, initializer_range) linears/embeddings, unit LayerNorms
+
+
+@dataclass
+class MosaicBertEncoderOutput(ModelOutput):
+    """Packed output of ``MosaicBertModel.encode``.
+
+    hidden: ``[total, hidden]`` real tokens row-major, or ``[n_subset, hidden]`` with ``subset_mask``.
+    pooled: ``[B, hidden]`` pooler output of each row's first real token (None without a pooler).
+    """
+
+    hidden: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    unpadded: Unpadded | None = None
+
+
+class MosaicBertModel(MosaicBertPreTrainedModel):
+    """The MosaicBERT encoder. ``forward`` takes and returns padded ``[B, S]`` batches like ``BertModel``."""
+
+    def __init__(self, config: MosaicBertConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = MosaicBertEmbeddings(config)
+        self.encoder = MosaicBertEncoder(config)
+        self.pooler = MosaicBertPooler(config) if add_pooling_layer else None
+        self._slopes = alibi_slopes(config.num_attention_heads)
+        self._slopes_cache: dict = {}
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    def alibi_slopes(self, device) -> torch.Tensor:
+        """``[H]`` fp32 ALiBi slopes on ``device`` (computed from the head count, not stored)."""
+        key = str(device)
+        if key not in self._slopes_cache:
+            self._slopes_cache[key] = torch.tensor(self._slopes, dtype=torch.float32, device=device)
+        return self._slopes_cache[key]
+
+    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, token_type_ids):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("MosaicBertModel: pass exactly one of input_ids and inputs_embeds")
+        shape = tuple(input_ids.shape if input_ids is not None else inputs_embeds.shape[:2])
+        if len(shape) != 2:
+            raise ValueError(f"MosaicBertModel: input_ids must be [batch, seq_len]; got shape {shape}")
+        if shape[0] == 0:
+            raise ValueError("MosaicBertModel: empty batch (batch size 0)")
+        if attention_mask is not None and tuple(attention_mask.shape) != shape:
+            raise ValueError(f"MosaicBertModel: attention_mask must have shape {shape}; got "
+                             f"{tuple(attention_mask.shape)}")
+        if token_type_ids is not None and tuple(token_type_ids.shape) != shape:
+            raise ValueError(f"MosaicBertModel: token_type_ids must have shape {shape}; got "
+                             f"{tuple(token_type_ids.shape)}")
+        return shape
+
+    def encode(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None,
+               subset_mask=None, output_hidden_states: bool = False) -> MosaicBertEncoderOutput:
+        """Run the encoder on packed tokens and return packed states (the heads build on this).
+
+        ``subset_mask`` (``[B, S]`` bool): the last layer computes its attention output and feed-forward
+        only for these tokens (MLM training: the masked ones), and ``hidden`` holds only them.
+        A row with no real token (all padding) gets a zero pooled output.
+        """
+        B, S = self._check_inputs(input_ids, inputs_embeds, attention_mask, token_type_ids)
+        device = input_ids.device if input_ids is not None else inputs_embeds.device
+        if attention_mask is None:
+            attention_mask = torch.ones(B, S, dtype=torch.bool, device=device)
+        unpadded = unpad_mask(attention_mask)
+        limit = self.config.max_sequence_length
+        if limit is not None and unpadded.max_seqlen > limit:
+            raise ValueError(f"MosaicBertModel: a sequence has {unpadded.max_seqlen} tokens, more than "
+                             f"config.max_sequence_length={limit}")
+        idx = unpadded.indices
+        # Unpad once, before the embeddings: only real tokens are embedded and encoded.
+        hidden = self.embeddings(
+            input_ids=input_ids.flatten().index_select(0, idx) if input_ids is not None else None,
+            token_type_ids=token_type_ids.flatten().index_select(0, idx) if token_type_ids is not None else None,
+            inputs_embeds=inputs_embeds.flatten(0, 1).index_select(0, idx) if inputs_embeds is not None else None)
+        subset_idx = None
+        if subset_mask is not None and not output_hidden_states:
+            subset_idx = torch.nonzero(subset_mask.flatten().index_select(0, idx), as_tuple=False).flatten()
+        hidden, states = self.encoder(hidden, unpadded.cu_seqlens, unpadded.max_seqlen,
+                                      self.alibi_slopes(hidden.device), subset_idx, output_hidden_states)
+        if subset_mask is not None and subset_idx is None:  # hidden states were asked for: select afterwards
+            hidden = hidden.index_select(
+                0, torch.nonzero(subset_mask.flatten().index_select(0, idx), as_tuple=False).flatten())
+        pooled = None
+        if self.pooler is not None and subset_mask is None:
+            lengths = unpadded.cu_seqlens.diff()
+            first = unpadded.cu_seqlens[:-1].clamp(max=max(hidden.shape[0] - 1, 0)).long()
+            if hidden.shape[0] > 0:
+                firsts = hidden.index_select(0, first)
+            else:
+                firsts = hidden.new_zeros(B, hidden.shape[-1])
+            firsts = firsts * (lengths > 0).to(firsts.dtype)[:, None]
+            pooled = self.pooler(firsts)
+        padded_states = tuple(pad_tokens(s, unpadded) for s in states) if states is not None else None
+        return MosaicBertEncoderOutput(hidden=hidden, pooled=pooled, hidden_states=padded_states, unpadded=unpadded)
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, output_hidden_states=None, output_attentions=None, return_dict=None,
+                **kwargs) -> BaseModelOutputWithPooling:
+        """Like ``BertModel.forward``. ``position_ids`` are ignored (ALiBi); attention weights are never
+        materialized, so ``attentions`` is always None. Padding positions of ``last_hidden_state`` are 0."""
+        out = self.encode(input_ids, attention_mask, token_type_ids, inputs_embeds,
+                          output_hidden_states=bool(output_hidden_states))
+        result = BaseModelOutputWithPooling(last_hidden_state=pad_tokens(out.hidden, out.unpadded),
+                                            pooler_output=out.pooled, hidden_states=out.hidden_states)
+        return result if return_dict is not False else result.to_tuple()
+
+
+class MosaicBertPredictionHeadTransform(nn.Module):
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.transform_act_fn = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden_states) -> torch.Tensor:
+        return self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
+
+
+class MosaicBertLMPredictionHead(nn.Module):
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__()
+        self.transform = MosaicBertPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)  # weight tied to the word embeddings
+
+    def forward(self, hidden_states) -> torch.Tensor:
+        return self.decoder(self.transform(hidden_states))
+
+
+class MosaicBertOnlyMLMHead(nn.Module):
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__()
+        self.predictions = MosaicBertLMPredictionHead(config)
+
+    def forward(self, sequence_output) -> torch.Tensor:
+        return self.predictions(sequence_output)
+
+
+@dataclass
+class MosaicBertMaskedLMOutput(ModelOutput):
+    """MLM output.
+
+    loss: mean cross-entropy over the labelled tokens (``labels != -100``); 0 when none is labelled.
+    logits: without ``labels``, ``[B, S, vocab]`` (zeros at padding). With ``labels``, only the labelled
+        tokens' ``[n_labelled, vocab]`` in row-major order (``masked_positions`` says where), unless
+        ``return_full_logits=True`` scatters them into a zero ``[B, S, vocab]`` tensor.
+    masked_positions: ``[n_labelled]`` flat indices ``b * S + s`` of the rows of ``logits`` (with labels).
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    masked_positions: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
+    """MosaicBERT with the BERT MLM head; the decoder weight is tied to the word embeddings.
+
+    With ``labels``, logits are computed only for labelled tokens (``labels != -100``) and the last
+    layer's feed-forward runs only on them. MosaicML's own ``BertForMaskedLM`` selected ``labels > 0``
+    instead; with the usual collator (``-100`` for unmasked tokens) the two agree except that id 0
+    (``[PAD]`` in BERT vocabularies) could never be a target there. Converted checkpoints behave the
+    same under either rule for real data.
+    """
+
+    _tied_weights_keys = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__(config)
+        self.bert = MosaicBertModel(config, add_pooling_layer=False)
+        self.cls = MosaicBertOnlyMLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.cls.predictions.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.cls.predictions.decoder = new_embeddings
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_hidden_states=None, output_attentions=None,
+                return_dict=None, return_full_logits: bool = False, **kwargs) -> MosaicBertMaskedLMOutput:
+        masked = None
+        if labels is not None:
+            shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+            if labels.shape != shape:
+                raise ValueError(f"MosaicBertForMaskedLM: labels must have shape {tuple(shape)}; "
+                                 f"got {tuple(labels.shape)}")
+            masked = labels != -100
+            if attention_mask is not None:
+                masked = masked & attention_mask.bool()
+        out = self.bert.encode(input_ids, attention_mask, token_type_ids, inputs_embeds, subset_mask=masked,
+                               output_hidden_states=bool(output_hidden_states))
+        logits = self.cls(out.hidden)
+        loss = positions = None
+        if labels is not None:
+            positions = torch.nonzero(masked.flatten(), as_tuple=False).flatten()
+            targets = labels.flatten().index_select(0, positions)
+            if targets.numel() == 0:
+                loss = logits.sum() * 0.0
+            else:
+                loss = F.cross_entropy(logits.float(), targets)
+            if return_full_logits:
+                B, S = masked.shape
+                full = logits.new_zeros(B * S, logits.shape[-1]).index_copy(0, positions, logits)
+                logits = full.view(B, S, -1)
+        else:
+            logits = pad_tokens(logits, out.unpadded)
+        result = MosaicBertMaskedLMOutput(loss=loss, logits=logits, masked_positions=positions,
+                                          hidden_states=out.hidden_states)
+        return result if return_dict is not False else result.to_tuple()
+
+
+def _classification_loss(config, logits, labels, num_labels):
+    if config.problem_type is None:
+        if num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    if config.problem_type == "regression":
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float()) if num_labels == 1 else \
+            F.mse_loss(logits.float(), labels.float())
+    if config.problem_type == "single_label_classification":
+        return F.cross_entropy(logits.view(-1, num_labels).float(), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+
+
+class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
+    """Pooler (first real token of each row) -> dropout -> linear classifier, as MosaicML's."""
+
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = MosaicBertModel(config)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_hidden_states=None, output_attentions=None,
+                return_dict=None, **kwargs) -> SequenceClassifierOutput:
+        out = self.bert.encode(input_ids, attention_mask, token_type_ids, inputs_embeds,
+                               output_hidden_states=bool(output_hidden_states))
+        logits = self.classifier(self.dropout(out.pooled))
+        loss = _classification_loss(self.config, logits, labels, self.num_labels) if labels is not None else None
+        result = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+        return result if return_dict is not False else result.to_tuple()
+
+
+class MosaicBertForTokenClassification(MosaicBertPreTrainedModel):
+    """Dropout -> linear classifier on every real token; padding positions get zero logits."""
+
+    def __init__(self, config: MosaicBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = MosaicBertModel(config, add_pooling_layer=False)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                inputs_embeds=None, labels=None, output_hidden_states=None, output_attentions=None,
+                return_dict=None, **kwargs) -> TokenClassifierOutput:
+        out = self.bert.encode(input_ids, attention_mask, token_type_ids, inputs_embeds,
+                               output_hidden_states=bool(output_hidden_states))
+        packed_logits = self.classifier(self.dropout(out.hidden))
+        loss = None
+        if labels is not None:
+            targets = labels.flatten().index_select(0, out.unpadded.indices)  # padding never counts
+            keep = targets != -100
+            loss = (F.cross_entropy(packed_logits[keep].float(), targets[keep]) if bool(keep.any())
+                    else packed_logits.sum() * 0.0)
+        result = TokenClassifierOutput(loss=loss, logits=pad_tokens(packed_logits, out.unpadded),
+                                       hidden_states=out.hidden_states)
+        return result if return_dict is not False else result.to_tuple()
+
+
+__all__ = [
+    "MosaicBertPreTrainedModel",
+    "MosaicBertModel",
+    "MosaicBertForMaskedLM",
+    "MosaicBertForSequenceClassification",
+    "MosaicBertForTokenClassification",
+]

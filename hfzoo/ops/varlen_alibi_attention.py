@@ -1,0 +1,454 @@
+"""Bidirectional attention over packed variable-length sequences with a symmetric ALiBi bias.
+
+Sequences of a batch are packed one after another (no padding) into ``[total, H, D]`` tensors and
+delimited by ``cu_seqlens = [0, len_0, len_0 + len_1, ..., total]``. Token ``i`` of a sequence attends to
+every token ``j`` of the *same* sequence with the logit
+
+    s_ij = scale * <q_i, k_j> - slope_h * |i - j|
+
+(MosaicBERT's ALiBi: symmetric, no causal mask), and ``o_i = softmax_j(s_ij) v_j``. Tokens never see
+other sequences, so a batch of lengths 64..512 costs only the real tokens' work.
+
+Ladder: ``alibi_slopes`` (the published head slopes) -> ``varlen_alibi_attention_reference`` (the
+definition, plain PyTorch SDPA with a bias) -> Triton kernels (flash-style: online softmax in the
+forward; the backward recomputes the probabilities from the saved log-sum-exp, one kernel for dK/dV and
+one for dQ, no atomics) -> autograd Functions -> ``varlen_alibi_attention`` and
+``varlen_alibi_attention_qkvpacked`` (public, dispatching per call; see ``dispatch.py``).
+
+The Triton kernels have no attention dropout: with ``dropout_p > 0`` the reference runs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .dispatch import interpreter_enabled, resolve_backend
+from .triton_shim import tl, triton
+
+# ----------------------------------------------------------------------------------------------------
+# The slopes
+
+
+def alibi_slopes(num_heads: int) -> list[float]:
+    """ALiBi head slopes (Press et al.), as MosaicBERT uses them.
+
+    For a power of two ``n``: a geometric sequence starting at ``2^(-8/n)`` with that same ratio, i.e.
+    ``slope_h = 2^(-8 (h + 1) / n)``. Otherwise: the slopes of the closest smaller power of two ``m``,
+    followed by every other slope of ``2m`` (the odd-numbered ones) until there are ``n``.
+    """
+    if num_heads < 1:
+        raise ValueError(f"alibi_slopes: num_heads must be >= 1, got {num_heads}")
+
+    def power_of_two(n: int) -> list[float]:
+        start = 2.0 ** (-(2.0 ** -(math.log2(n) - 3)))
+        return [start ** (i + 1) for i in range(n)]
+
+    if math.log2(num_heads).is_integer():
+        return power_of_two(num_heads)
+    closest = 2 ** math.floor(math.log2(num_heads))
+    return power_of_two(closest) + alibi_slopes(2 * closest)[0::2][: num_heads - closest]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reference
+
+# Above this many bias elements (H * total^2) the reference loops over sequences instead of building
+# one block-diagonal bias for the whole packed batch.
+_PACKED_BIAS_LIMIT = 1 << 22
+
+
+def _alibi_bias(positions: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
+    dist = (positions[:, None] - positions[None, :]).abs().float()
+    return -slopes.float()[:, None, None] * dist  # [H, L, L]
+
+
+def varlen_alibi_attention_reference(q, k, v, cu_seqlens, max_seqlen, slopes, softmax_scale=None,
+                                     dropout_p: float = 0.0):
+    """The definition in plain PyTorch: SDPA with an explicit ALiBi bias, computed in fp32.
+
+    Short batches run as one SDPA call over the packed tokens with a block-diagonal bias (``-inf``
+    between sequences); longer ones loop over sequences. Returns ``q``'s dtype. Differentiable.
+    """
+    total, H, D = q.shape
+    scale = D ** -0.5 if softmax_scale is None else softmax_scale
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    qf, kf, vf = (t.float().transpose(0, 1) for t in (q, k, v))  # [H, total, D]
+    if total == 0:
+        return q.new_zeros(q.shape)
+    if H * total * total <= _PACKED_BIAS_LIMIT:
+        seg = torch.repeat_interleave(torch.arange(len(lengths), device=q.device),
+                                      torch.as_tensor(lengths, device=q.device), output_size=total)
+        pos = torch.arange(total, device=q.device) - cu_seqlens.to(q.device).long()[seg]
+        bias = _alibi_bias(pos, slopes)
+        bias = bias.masked_fill(seg[:, None] != seg[None, :], float("-inf"))
+        out = F.scaled_dot_product_attention(qf[None], kf[None], vf[None], attn_mask=bias[None],
+                                             dropout_p=dropout_p, scale=scale)[0]
+    else:
+        outs, start = [], 0
+        for L in lengths:
+            if L == 0:
+                continue
+            sl = slice(start, start + L)
+            bias = _alibi_bias(torch.arange(L, device=q.device), slopes)
+            outs.append(F.scaled_dot_product_attention(qf[None, :, sl], kf[None, :, sl], vf[None, :, sl],
+                                                       attn_mask=bias[None], dropout_p=dropout_p,
+                                                       scale=scale)[0])
+            start += L
+        out = torch.cat(outs, dim=1)
+    return out.transpose(0, 1).to(q.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Triton kernels. Grid: (blocks along the longest sequence, sequences, heads). Logits are kept in the
+# log2 domain (scaled by log2(e)) so the kernels use exp2. LSE is saved per token and head ([total, H]).
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _alibi_fwd_kernel(Q, K, V, O, LSE, CU, SLOPES, qk_scale,
+                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+                      H, D, SEQ_BUCKET,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1)
+    h = tl.program_id(2)
+    start = tl.load(CU + b)
+    L = tl.load(CU + b + 1) - start
+    if pid_m * BLOCK_M >= L:
+        return
+    slope = tl.load(SLOPES + h).to(tl.float32) * 1.4426950408889634
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < L
+    mask_d = offs_d < D
+    rows = (start + offs_m).to(tl.int64)
+    q = tl.load(Q + rows[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
+                mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for n0 in range(0, L, BLOCK_N):
+        cols = n0 + offs_n
+        mask_n = cols < L
+        kv_rows = (start + cols).to(tl.int64)
+        kt = tl.load(K + kv_rows[None, :] * stride_kt + h * stride_kh + offs_d[:, None],
+                     mask=mask_n[None, :] & mask_d[:, None], other=0.0)
+        s = tl.dot(q, kt) * qk_scale
+        s = s - slope * tl.abs(offs_m[:, None] - cols[None, :]).to(tl.float32)
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V + kv_rows[:, None] * stride_vt + h * stride_vh + offs_d[None, :],
+                    mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    acc = acc / l_i[:, None]
+    tl.store(O + rows[:, None] * stride_ot + h * stride_oh + offs_d[None, :], acc.to(O.dtype.element_ty),
+             mask=mask_m[:, None] & mask_d[None, :])
+    tl.store(LSE + rows * H + h, m_i + tl.math.log2(l_i), mask=mask_m)
+
+
+@triton.jit
+def _alibi_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, SLOPES, qk_scale, sm_scale,
+                           stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+                           stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
+                           H, D, SEQ_BUCKET,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    # One program owns BLOCK_N keys and walks over every query block of its sequence.
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1)
+    h = tl.program_id(2)
+    start = tl.load(CU + b)
+    L = tl.load(CU + b + 1) - start
+    if pid_n * BLOCK_N >= L:
+        return
+    slope = tl.load(SLOPES + h).to(tl.float32) * 1.4426950408889634
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_n = cols < L
+    mask_d = offs_d < D
+    kv_rows = (start + cols).to(tl.int64)
+    kvmask = mask_n[:, None] & mask_d[None, :]
+    k = tl.load(K + kv_rows[:, None] * stride_kt + h * stride_kh + offs_d[None, :], mask=kvmask, other=0.0)
+    v = tl.load(V + kv_rows[:, None] * stride_vt + h * stride_vh + offs_d[None, :], mask=kvmask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    for m0 in range(0, L, BLOCK_M):
+        qpos = m0 + offs_m
+        mask_m = qpos < L
+        rows = (start + qpos).to(tl.int64)
+        qmask = mask_d[:, None] & mask_m[None, :]
+        qt = tl.load(Q + rows[None, :] * stride_qt + h * stride_qh + offs_d[:, None], mask=qmask, other=0.0)
+        dot_ = tl.load(DO + rows[None, :] * stride_dot + h * stride_doh + offs_d[:, None], mask=qmask, other=0.0)
+        lse = tl.load(LSE + rows * H + h, mask=mask_m, other=0.0)
+        delta = tl.load(DELTA + rows * H + h, mask=mask_m, other=0.0)
+        st = tl.dot(k, qt) * qk_scale  # [BLOCK_N, BLOCK_M], transposed logits
+        st = st - slope * tl.abs(cols[:, None] - qpos[None, :]).to(tl.float32)
+        pt = tl.math.exp2(st - lse[None, :])
+        pt = tl.where(mask_m[None, :], pt, 0.0)
+        dv += tl.dot(pt.to(dot_.dtype), tl.trans(dot_))
+        dpt = tl.dot(v, dot_)
+        dst = pt * (dpt - delta[None, :])
+        dk += tl.dot(dst.to(qt.dtype), tl.trans(qt))
+    dk = dk * sm_scale
+    tl.store(DK + kv_rows[:, None] * stride_dkt + h * stride_dkh + offs_d[None, :], dk.to(DK.dtype.element_ty),
+             mask=kvmask)
+    tl.store(DV + kv_rows[:, None] * stride_dvt + h * stride_dvh + offs_d[None, :], dv.to(DV.dtype.element_ty),
+             mask=kvmask)
+
+
+@triton.jit
+def _alibi_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, SLOPES, qk_scale, sm_scale,
+                         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+                         stride_dot, stride_doh, stride_dqt, stride_dqh,
+                         H, D, SEQ_BUCKET,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    # One program owns BLOCK_M queries and walks over every key block of its sequence.
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1)
+    h = tl.program_id(2)
+    start = tl.load(CU + b)
+    L = tl.load(CU + b + 1) - start
+    if pid_m * BLOCK_M >= L:
+        return
+    slope = tl.load(SLOPES + h).to(tl.float32) * 1.4426950408889634
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < L
+    mask_d = offs_d < D
+    rows = (start + offs_m).to(tl.int64)
+    qmask = mask_m[:, None] & mask_d[None, :]
+    q = tl.load(Q + rows[:, None] * stride_qt + h * stride_qh + offs_d[None, :], mask=qmask, other=0.0)
+    do = tl.load(DO + rows[:, None] * stride_dot + h * stride_doh + offs_d[None, :], mask=qmask, other=0.0)
+    lse = tl.load(LSE + rows * H + h, mask=mask_m, other=0.0)
+    delta = tl.load(DELTA + rows * H + h, mask=mask_m, other=0.0)
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    for n0 in range(0, L, BLOCK_N):
+        cols = n0 + offs_n
+        mask_n = cols < L
+        kv_rows = (start + cols).to(tl.int64)
+        tmask = mask_d[:, None] & mask_n[None, :]
+        kt = tl.load(K + kv_rows[None, :] * stride_kt + h * stride_kh + offs_d[:, None], mask=tmask, other=0.0)
+        vt = tl.load(V + kv_rows[None, :] * stride_vt + h * stride_vh + offs_d[:, None], mask=tmask, other=0.0)
+        s = tl.dot(q, kt) * qk_scale
+        s = s - slope * tl.abs(offs_m[:, None] - cols[None, :]).to(tl.float32)
+        p = tl.math.exp2(s - lse[:, None])
+        p = tl.where(mask_n[None, :], p, 0.0)
+        dp = tl.dot(do, vt)
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(kt.dtype), tl.trans(kt))
+    dq = dq * sm_scale
+    tl.store(DQ + rows[:, None] * stride_dqt + h * stride_dqh + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+             mask=qmask)
+
+
+def _configs(pairs):
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in pairs]
+
+
+# Short lists (cold start counts): keyed on the head-dim block and a power-of-two bucket of the longest
+# sequence, so a new batch composition does not re-tune.
+_KEY = ["BLOCK_D", "SEQ_BUCKET"]
+_fwd_tuned = triton.autotune(_configs([(128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2)]), key=_KEY)(
+    _alibi_fwd_kernel)
+_dkdv_tuned = triton.autotune(_configs([(64, 64, 4, 2), (32, 128, 4, 3), (64, 128, 8, 2)]), key=_KEY)(
+    _alibi_bwd_dkdv_kernel)
+_dq_tuned = triton.autotune(_configs([(64, 64, 4, 2), (128, 32, 4, 3), (128, 64, 8, 2)]), key=_KEY)(
+    _alibi_bwd_dq_kernel)
+# Under Triton's CPU interpreter: one small fixed tile (block edges are crossed by short test sequences).
+_INTERPRETER_META = {"BLOCK_M": 16, "BLOCK_N": 16}
+
+
+def _launch(tuned, plain, grid_len_key, n_seq, H, max_seqlen, *args, **kwargs):
+    if interpreter_enabled():
+        meta = _INTERPRETER_META
+        grid = (triton.cdiv(max_seqlen, meta[grid_len_key]), n_seq, H)
+        plain[grid](*args, **kwargs, **meta)
+    else:
+        grid = lambda META: (triton.cdiv(max_seqlen, META[grid_len_key]), n_seq, H)
+        tuned[grid](*args, **kwargs)
+
+
+def _block_d(D: int) -> int:
+    return max(16, triton.next_power_of_2(D))
+
+
+def _forward(q, k, v, cu_seqlens, max_seqlen, slopes, scale):
+    total, H, D = q.shape
+    o = torch.empty(total, H, D, dtype=q.dtype, device=q.device)
+    lse = torch.empty(total, H, dtype=torch.float32, device=q.device)
+    n_seq = cu_seqlens.numel() - 1
+    _launch(_fwd_tuned, _alibi_fwd_kernel, "BLOCK_M", n_seq, H, max_seqlen,
+            q, k, v, o, lse, cu_seqlens, slopes, scale * _LOG2E,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
+            H, D, triton.next_power_of_2(max_seqlen), BLOCK_D=_block_d(D))
+    return o, lse
+
+
+def _backward(q, k, v, o, lse, do, dq, dk, dv, cu_seqlens, max_seqlen, slopes, scale):
+    total, H, D = q.shape
+    n_seq = cu_seqlens.numel() - 1
+    delta = (o.float() * do.float()).sum(-1)  # [total, H]: rowsum(dO * O) = sum_j P_ij dP_ij
+    bucket = triton.next_power_of_2(max_seqlen)
+    _launch(_dkdv_tuned, _alibi_bwd_dkdv_kernel, "BLOCK_N", n_seq, H, max_seqlen,
+            q, k, v, do, lse, delta, dk, dv, cu_seqlens, slopes, scale * _LOG2E, scale,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+            H, D, bucket, BLOCK_D=_block_d(D))
+    _launch(_dq_tuned, _alibi_bwd_dq_kernel, "BLOCK_M", n_seq, H, max_seqlen,
+            q, k, v, do, lse, delta, dq, cu_seqlens, slopes, scale * _LOG2E, scale,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
+            H, D, bucket, BLOCK_D=_block_d(D))
+
+
+def _unit_stride(*tensors):
+    return [t if t.stride(-1) == 1 else t.contiguous() for t in tensors]
+
+
+class VarlenAlibiAttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, cu_seqlens, max_seqlen, slopes, scale):
+        q, k, v = _unit_stride(q, k, v)
+        o, lse = _forward(q, k, v, cu_seqlens, max_seqlen, slopes, scale)
+        ctx.save_for_backward(q, k, v, o, lse, cu_seqlens, slopes)
+        ctx.max_seqlen, ctx.scale = max_seqlen, scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse, cu_seqlens, slopes = ctx.saved_tensors
+        (do,) = _unit_stride(do)
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        _backward(q, k, v, o, lse, do, dq, dk, dv, cu_seqlens, ctx.max_seqlen, slopes, ctx.scale)
+        return dq, dk, dv, None, None, None, None
+
+
+class VarlenAlibiAttentionQKVPackedFunction(torch.autograd.Function):
+    """Same op on a packed ``[total, 3, H, D]`` projection: the gradient is written into one tensor."""
+
+    @staticmethod
+    def forward(ctx, qkv, cu_seqlens, max_seqlen, slopes, scale):
+        (qkv,) = _unit_stride(qkv)
+        o, lse = _forward(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, max_seqlen, slopes, scale)
+        ctx.save_for_backward(qkv, o, lse, cu_seqlens, slopes)
+        ctx.max_seqlen, ctx.scale = max_seqlen, scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        qkv, o, lse, cu_seqlens, slopes = ctx.saved_tensors
+        (do,) = _unit_stride(do)
+        dqkv = torch.empty_like(qkv)
+        _backward(qkv[:, 0], qkv[:, 1], qkv[:, 2], o, lse, do, dqkv[:, 0], dqkv[:, 1], dqkv[:, 2],
+                  cu_seqlens, ctx.max_seqlen, slopes, ctx.scale)
+        return dqkv, None, None, None, None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Public ops
+
+
+def _check(name, q, k, v, cu_seqlens, max_seqlen, slopes, dropout_p):
+    if q.dim() != 3:
+        raise ValueError(f"{name}: q must be [total, heads, head_dim]; got shape {tuple(q.shape)}")
+    if k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"{name}: q, k and v must have the same shape; got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype) or not q.is_floating_point():
+        raise TypeError(f"{name}: q, k, v must share one floating dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"{name}: cu_seqlens must be a 1-D tensor [0, ..., total] with at least 2 entries")
+    if cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{name}: cu_seqlens must be int32 or int64; got {cu_seqlens.dtype}")
+    if cu_seqlens.device != q.device:
+        raise ValueError(f"{name}: cu_seqlens is on {cu_seqlens.device} but q is on {q.device}")
+    if cu_seqlens.device.type == "cpu":  # value checks are free on the CPU (no device sync)
+        if int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != q.shape[0] or bool((cu_seqlens.diff() < 0).any()):
+            raise ValueError(f"{name}: cu_seqlens must rise from 0 to total={q.shape[0]}; got {cu_seqlens.tolist()}")
+        longest = int(cu_seqlens.diff().max())
+        if longest > max_seqlen:
+            raise ValueError(f"{name}: max_seqlen={max_seqlen} is smaller than the longest sequence ({longest})")
+    if not isinstance(max_seqlen, int) or max_seqlen < 0:
+        raise ValueError(f"{name}: max_seqlen must be a non-negative int; got {max_seqlen!r}")
+    if not isinstance(slopes, torch.Tensor) or slopes.shape != (q.shape[1],):
+        raise ValueError(f"{name}: slopes must be a tensor of shape ({q.shape[1]},) (one per head); "
+                         f"got {getattr(slopes, 'shape', slopes)}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"{name}: dropout_p must be in [0, 1); got {dropout_p}")
+    if _block_d(q.shape[2]) > 256:
+        raise ValueError(f"{name}: head_dim {q.shape[2]} is larger than the supported 256")
+
+
+def _use_reference(name, tensors, backend, dropout_p, total):
+    choice = resolve_backend(*tensors, backend=backend, op=name)
+    if choice == "triton" and dropout_p > 0:
+        if backend == "triton":
+            raise ValueError(f"{name}: the triton backend has no attention dropout; use dropout_p=0")
+        return True
+    return choice == "reference" or total == 0
+
+
+def varlen_alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                           max_seqlen: int, slopes: torch.Tensor, softmax_scale: float | None = None,
+                           dropout_p: float = 0.0, backend: str | None = None) -> torch.Tensor:
+    """Attention within each packed sequence, with the symmetric ALiBi bias ``-slope_h * |i - j|``.
+
+    Args:
+        q, k, v: ``[total, H, D]`` tokens of all sequences one after another (fp32, fp16 or bf16; any
+            strides with a unit last stride, so slices of a fused QKV projection work without copies).
+        cu_seqlens: ``[B + 1]`` int32/int64 offsets ``[0, len_0, len_0 + len_1, ..., total]`` on q's device.
+        max_seqlen: the longest sequence length (an int, so no device sync is needed).
+        slopes: ``[H]`` fp32 per-head slopes (see ``alibi_slopes``).
+        softmax_scale: logit scale; ``D ** -0.5`` when None.
+        dropout_p: attention dropout (reference backend only; the Triton kernels have none).
+        backend: ``"triton"``, ``"reference"`` or None (choose per ``hfzoo.ops.dispatch``).
+
+    Returns:
+        ``[total, H, D]`` in q's dtype; differentiable in q, k, v. Empty sequences are allowed.
+
+    Example::
+
+        >>> q = k = v = torch.randn(7, 2, 16)
+        >>> cu = torch.tensor([0, 3, 7], dtype=torch.int32)
+        >>> slopes = torch.tensor(alibi_slopes(2))
+        >>> varlen_alibi_attention(q, k, v, cu, 4, slopes, backend="reference").shape
+        torch.Size([7, 2, 16])
+    """
+    name = "varlen_alibi_attention"
+    _check(name, q, k, v, cu_seqlens, max_seqlen, slopes, dropout_p)
+    scale = q.shape[-1] ** -0.5 if softmax_scale is None else float(softmax_scale)
+    slopes = slopes.to(device=q.device, dtype=torch.float32).contiguous()
+    if _use_reference(name, (q, k, v, cu_seqlens), backend, dropout_p, q.shape[0]):
+        return varlen_alibi_attention_reference(q, k, v, cu_seqlens, max_seqlen, slopes, scale, dropout_p)
+    return VarlenAlibiAttentionFunction.apply(q, k, v, cu_seqlens.to(torch.int32), max_seqlen, slopes, scale)
+
+
+def varlen_alibi_attention_qkvpacked(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
+                                     slopes: torch.Tensor, softmax_scale: float | None = None,
+                                     dropout_p: float = 0.0, backend: str | None = None) -> torch.Tensor:
+    """``varlen_alibi_attention`` on a fused projection ``qkv`` of shape ``[total, 3, H, D]``.
+
+    The same op as ``varlen_alibi_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], ...)``; on the Triton path
+    the gradient is written straight into one ``[total, 3, H, D]`` tensor (no concatenation). Returns
+    ``[total, H, D]``.
+    """
+    name = "varlen_alibi_attention_qkvpacked"
+    if qkv.dim() != 4 or qkv.shape[1] != 3:
+        raise ValueError(f"{name}: qkv must be [total, 3, heads, head_dim]; got shape {tuple(qkv.shape)}")
+    q, k, v = qkv.unbind(1)
+    _check(name, q, k, v, cu_seqlens, max_seqlen, slopes, dropout_p)
+    scale = q.shape[-1] ** -0.5 if softmax_scale is None else float(softmax_scale)
+    slopes = slopes.to(device=q.device, dtype=torch.float32).contiguous()
+    if _use_reference(name, (qkv, cu_seqlens), backend, dropout_p, q.shape[0]):
+        return varlen_alibi_attention_reference(q, k, v, cu_seqlens, max_seqlen, slopes, scale, dropout_p)
+    return VarlenAlibiAttentionQKVPackedFunction.apply(qkv, cu_seqlens.to(torch.int32), max_seqlen, slopes, scale)
