@@ -1,0 +1,511 @@
+"""Gated Linear Attention Transformer (Yang et al., 2023, https://arxiv.org/abs/2312.06635).
+
+The model is a pre-norm Transformer whose token mixer is gated linear attention: per head, a matrix state
+``S`` (``K x V``) decays along the key dimension by a data-dependent factor and accumulates ``k^T v``,
+
+    S_t = diag(alpha_t) S_{t-1} + k_t^T v_t,        o_t = q_t S_t / sqrt(K),
+    alpha_t = exp(logsigmoid(W2 W1 x_t) / 16)       (a low-rank gate, close to 1),
+
+so a layer costs O(T) in time and O(1) memory per generated token. The output of each head is RMS-normalized
+and multiplied by a swish output gate. Optionally, q/k/v pass a short causal depthwise convolution first, and
+some layers may be ordinary softmax attention (hybrid models). Parameter names follow flash-linear-attention,
+so its checkpoints load after a config conversion.
+
+Padding: left-padded tokens must not touch the recurrent state. Padded batches are packed into one varlen
+sequence (``cu_seqlens``) for the recurrence; the short convolution sees zeros at padded positions, exactly
+as at the start of a sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.generation import GenerationMixin
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
+)
+from transformers.modeling_utils import PreTrainedModel
+
+from ...ops.gla import chunk_gla, fused_recurrent_gla
+from ...ops.rmsnorm import rms_norm_gated
+from .cache_gla import GLACache
+from .configuration_gla import GLAConfig
+
+# Up to this many new tokens, the step-by-step kernel is used (decoding, short prompts); longer inputs use
+# the chunked kernel.
+RECURRENT_MAX_LEN = 64
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Normalization
+
+
+class GLARMSNorm(nn.Module):
+    """RMSNorm over the last dimension; with ``gate``, the output is multiplied by ``swish(gate)`` (fused)."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6, elementwise_affine: bool = True):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(hidden_size)) if elementwise_affine else None
+
+    def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        return rms_norm_gated(x, self.weight, gate, self.eps)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Short convolution
+
+
+class ShortConvolution(nn.Conv1d):
+    """Causal depthwise convolution over time followed by SiLU. ``weight`` is ``[D, 1, W]`` as in fla.
+
+    The state is the last ``W`` inputs ``[B, D, W]``; positions where ``mask`` is 0 are read as zeros, so a
+    left-padded sequence convolves exactly as if it started at its first real token.
+    """
+
+    def __init__(self, hidden_size: int, kernel_size: int, bias: bool = False):
+        super().__init__(hidden_size, hidden_size, kernel_size, groups=hidden_size, bias=bias)
+
+    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None, mask: torch.Tensor | None = None):
+        # x: [B, T, D] -> (y [B, T, D], new state [B, D, W])
+        B, T, D = x.shape
+        W = self.kernel_size[0]
+        if mask is not None:
+            x = x * mask[..., None].to(x.dtype)
+        xt = x.transpose(1, 2)
+        if state is None:
+            state = xt.new_zeros(B, D, W)
+        window = torch.cat([state.to(xt.dtype), xt], dim=-1)           # [B, D, W + T]
+        y = F.conv1d(window[..., 1:], self.weight, self.bias, groups=D)  # [B, D, T]
+        return F.silu(y).transpose(1, 2), window[..., -W:]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Gated linear attention
+
+
+def _pack_rows(mask: torch.Tensor):
+    """Token indices and ``cu_seqlens`` of the real tokens of each row of a ``[B, T]`` 0/1 mask."""
+    lengths = mask.sum(-1, dtype=torch.int32)
+    indices = mask.flatten().nonzero().squeeze(-1)
+    cu_seqlens = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+    return indices, cu_seqlens, lengths
+
+
+class GatedLinearAttention(nn.Module):
+    def __init__(self, config: GLAConfig, layer_idx: int):
+        super().__init__()
+        d = config.hidden_size
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads = config.num_heads, config.kv_heads
+        self.head_k_dim, self.head_v_dim = config.head_k_dim, config.head_v_dim
+        self.gate_logit_normalizer = config.gate_logit_normalizer
+        self.clamp_min = config.clamp_min
+        self.use_output_gate = config.use_output_gate
+        kv_key_dim = self.num_kv_heads * self.head_k_dim
+        kv_value_dim = self.num_kv_heads * self.head_v_dim
+
+        self.q_proj = nn.Linear(d, config.key_dim, bias=False)
+        self.k_proj = nn.Linear(d, kv_key_dim, bias=False)
+        self.v_proj = nn.Linear(d, kv_value_dim, bias=False)
+        if config.use_output_gate:
+            self.g_proj = nn.Linear(d, config.value_dim, bias=False)
+        self.use_short_conv = config.use_short_conv
+        if config.use_short_conv:
+            self.q_conv1d = ShortConvolution(config.key_dim, config.conv_size, config.conv_bias)
+            self.k_conv1d = ShortConvolution(kv_key_dim, config.conv_size, config.conv_bias)
+            self.v_conv1d = ShortConvolution(kv_value_dim, config.conv_size, config.conv_bias)
+        # low-rank decay gate: d -> r -> key dim (one decay per key channel of each key/value head)
+        self.gk_proj = nn.Sequential(nn.Linear(d, config.gate_low_rank_dim, bias=False),
+                                     nn.Linear(config.gate_low_rank_dim, kv_key_dim, bias=True))
+        self.o_proj = nn.Linear(config.value_dim, d, bias=False)
+        norm = GLARMSNorm(self.head_v_dim, config.norm_eps, config.elementwise_affine)
+        if config.use_output_gate:
+            self.g_norm_swish_gate = norm
+        else:
+            self.g_norm = norm
+
+    def forward(self, hidden_states, attention_mask=None, cache: GLACache | None = None):
+        B, T, _ = hidden_states.shape
+        state = cache.layers[self.layer_idx] if cache is not None else None
+        mask = None
+        if attention_mask is not None:
+            mask = attention_mask[:, -T:].bool()
+            if bool(mask.all()):
+                mask = None
+
+        q, k, v = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
+        if self.use_short_conv:
+            conv = state.conv_state if state is not None else {}
+            q, cq = self.q_conv1d(q, conv.get("q"), mask)
+            k, ck = self.k_conv1d(k, conv.get("k"), mask)
+            v, cv = self.v_conv1d(v, conv.get("v"), mask)
+            if state is not None:
+                state.conv_state = {"q": cq, "k": ck, "v": cv}
+
+        # log decay in fp32: logsigmoid(.) / normalizer  (<= 0; the state is multiplied by its exp)
+        gk = F.logsigmoid(self.gk_proj(hidden_states).float()) / self.gate_logit_normalizer
+        if self.clamp_min is not None:
+            gk = gk.clamp_min(self.clamp_min)
+
+        q = q.view(B, T, self.num_heads, self.head_k_dim)
+        k = k.view(B, T, self.num_kv_heads, self.head_k_dim)
+        v = v.view(B, T, self.num_kv_heads, self.head_v_dim)
+        gk = gk.view(B, T, self.num_kv_heads, self.head_k_dim)
+
+        initial = state.recurrent_state if state is not None else None
+        o, final = self._recurrence(q, k, v, gk, initial, mask, output_final_state=state is not None)
+        if state is not None:
+            state.recurrent_state = final
+
+        # per-head RMSNorm, times swish(g) (fused)
+        if self.use_output_gate:
+            g = self.g_proj(hidden_states).view(B, T, self.num_heads, self.head_v_dim)
+            o = self.g_norm_swish_gate(o, g)
+        else:
+            o = self.g_norm(o)
+        return self.o_proj(o.reshape(B, T, -1))
+
+    @staticmethod
+    def _recurrence(q, k, v, g, initial_state, mask, output_final_state):
+        B, T = q.shape[:2]
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, g))
+        op = fused_recurrent_gla if (T <= RECURRENT_MAX_LEN and not needs_grad) else chunk_gla
+        if mask is None:
+            return op(q, k, v, g, initial_state=initial_state, output_final_state=output_final_state)
+        indices, cu_seqlens, lengths = _pack_rows(mask)
+        if bool((lengths == 0).any()):
+            # A row with no real token in this call: a zero key and a zero log decay leave its state unchanged.
+            m = mask[..., None, None]
+            return op(q, k * m.to(k.dtype), v, g * m, initial_state=initial_state,
+                      output_final_state=output_final_state)
+        # Pack the real tokens of every row into one varlen sequence: pads never enter the recurrence.
+        def pack(t):
+            return t.flatten(0, 1).index_select(0, indices).unsqueeze(0)
+
+        o_packed, final = op(pack(q), pack(k), pack(v), pack(g), initial_state=initial_state,
+                             output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+        o = o_packed.new_zeros(B * T, *o_packed.shape[2:]).index_copy(0, indices, o_packed[0])
+        return o.view(B, T, *o.shape[1:]), final
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Softmax attention (hybrid layers)
+
+
+def _rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+class Attention(nn.Module):
+    """Causal softmax attention with rotary positions (non-interleaved) and an optional sliding window."""
+
+    def __init__(self, config: GLAConfig, layer_idx: int, spec: dict):
+        super().__init__()
+        d = config.hidden_size
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads = spec["num_heads"], spec["num_kv_heads"]
+        self.head_dim = d // self.num_heads
+        self.window_size = spec["window_size"]
+        self.q_proj = nn.Linear(d, d, bias=spec["qkv_bias"])
+        self.k_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=spec["qkv_bias"])
+        self.v_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=spec["qkv_bias"])
+        self.o_proj = nn.Linear(d, d, bias=False)
+        inv_freq = 1.0 / spec["rope_theta"] ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def _rope(self, x, positions):
+        # x: [B, T, H, D]; positions: [B, T]
+        angles = positions[..., None].float() * self.inv_freq.to(x.device)       # [B, T, D/2]
+        cos = torch.cat([angles.cos(), angles.cos()], -1)[:, :, None].to(x.dtype)
+        sin = torch.cat([angles.sin(), angles.sin()], -1)[:, :, None].to(x.dtype)
+        return x * cos + _rotate_half(x) * sin
+
+    def forward(self, hidden_states, attention_mask=None, cache: GLACache | None = None, position_ids=None):
+        B, T, _ = hidden_states.shape
+        past = cache.layers[self.layer_idx].get_seq_length() if cache is not None else 0
+        S = past + T
+        device = hidden_states.device
+        if attention_mask is not None and attention_mask.shape[-1] < S:
+            attention_mask = F.pad(attention_mask, (S - attention_mask.shape[-1], 0), value=1)
+        key_mask = attention_mask[:, -S:].bool() if attention_mask is not None else None
+        if position_ids is None:
+            if key_mask is not None:   # count real tokens only, so left padding does not shift positions
+                position_ids = (key_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -T:]
+            else:
+                position_ids = torch.arange(past, S, device=device).expand(B, T)
+
+        q = self.q_proj(hidden_states).view(B, T, self.num_heads, self.head_dim)
+        k = self.k_proj(hidden_states).view(B, T, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(hidden_states).view(B, T, self.num_kv_heads, self.head_dim)
+        q, k = self._rope(q, position_ids), self._rope(k, position_ids)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))       # [B, heads, T, D]
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
+
+        q_pos = torch.arange(past, S, device=device)[:, None]
+        k_pos = torch.arange(S, device=device)[None, :]
+        allowed = k_pos <= q_pos
+        if self.window_size is not None:
+            allowed = allowed & (k_pos > q_pos - self.window_size)
+        allowed = allowed[None, None]
+        if key_mask is not None:
+            # padded keys are never read; a padded query reads itself only (its output is discarded anyway)
+            allowed = (allowed & key_mask[:, None, None, :]) | (k_pos == q_pos)[None, None]
+        if self.num_kv_heads != self.num_heads:
+            rep = self.num_heads // self.num_kv_heads
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return self.o_proj(o.transpose(1, 2).reshape(B, T, -1))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# MLP and block
+
+
+class GLAMLP(nn.Module):
+    """SwiGLU: ``down(swish(gate(x)) * up(x))``."""
+
+    def __init__(self, config: GLAConfig):
+        super().__init__()
+        width = config.mlp_width
+        self.gate_proj = nn.Linear(config.hidden_size, width, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, width, bias=False)
+        self.down_proj = nn.Linear(width, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class GLABlock(GradientCheckpointingLayer):
+    """Pre-norm block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+
+    def __init__(self, config: GLAConfig, layer_idx: int):
+        super().__init__()
+        spec = config.attention_spec(layer_idx)
+        self.is_softmax_attention = spec is not None
+        self.attn_norm = GLARMSNorm(config.hidden_size, config.norm_eps)
+        if spec is not None:
+            self.attn = Attention(config, layer_idx, spec)
+        else:
+            self.attn = GatedLinearAttention(config, layer_idx)
+        self.mlp_norm = GLARMSNorm(config.hidden_size, config.norm_eps)
+        self.mlp = GLAMLP(config)
+
+    def forward(self, hidden_states, attention_mask=None, cache=None, position_ids=None):
+        residual = hidden_states
+        h = self.attn_norm(hidden_states)
+        if self.is_softmax_attention:
+            h = self.attn(h, attention_mask, cache, position_ids)
+        else:
+            h = self.attn(h, attention_mask, cache)
+        hidden_states = residual + h
+        return hidden_states + self.mlp(self.mlp_norm(hidden_states))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Pretrained model, base model, heads
+
+
+class GLAPreTrainedModel(PreTrainedModel):
+    config_class = GLAConfig
+    base_model_prefix = "model"
+    _no_split_modules = ["GLABlock"]
+    supports_gradient_checkpointing = True
+    _is_stateful = True
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv1d)):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, GLARMSNorm) and module.weight is not None:
+            init.ones_(module.weight)
+        elif isinstance(module, Attention):
+            head_dim = module.head_dim
+            theta = self.config.attention_spec(module.layer_idx)["rope_theta"]
+            init.copy_(module.inv_freq, 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+
+
+def _pick_cache(past_key_values, cache):
+    """transformers 5.24 passes ``cache=``, earlier 5.x ``past_key_values=``; accept either."""
+    if past_key_values is not None and cache is not None and past_key_values is not cache:
+        raise ValueError("pass either `cache` or `past_key_values`, not both")
+    cache = cache if cache is not None else past_key_values
+    if cache is not None and not isinstance(cache, GLACache):
+        raise TypeError(f"GLA models keep their state in a GLACache; got {type(cache).__name__} "
+                        "(let the model create it: pass use_cache=True and no cache)")
+    return cache
+
+
+def _cache_of(outputs):
+    """The cache of a model output (named ``cache`` from transformers 5.24 on, ``past_key_values`` before)."""
+    return outputs.get("cache", outputs.get("past_key_values"))
+
+
+class GLAModel(GLAPreTrainedModel):
+    def __init__(self, config: GLAConfig):
+        super().__init__(config)
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList([GLABlock(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = GLARMSNorm(config.hidden_size, config.norm_eps)
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings = value
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, use_cache=None, output_hidden_states=None, return_dict=None, cache=None,
+                **kwargs):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        output_hidden_states = (output_hidden_states if output_hidden_states is not None
+                                else self.config.output_hidden_states)
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        cache = _pick_cache(past_key_values, cache)
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if self.gradient_checkpointing and self.training:
+            use_cache, cache = False, None     # a replayed forward would update the state twice
+        if use_cache and cache is None:
+            cache = GLACache(self.config)
+        if not use_cache:
+            cache = None
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError(f"attention_mask must be a [batch, length] 0/1 padding mask; got shape "
+                             f"{tuple(attention_mask.shape)}")
+
+        hidden_states = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        all_hidden = () if output_hidden_states else None
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden += (hidden_states,)
+            hidden_states = layer(hidden_states, attention_mask=attention_mask, cache=cache, position_ids=position_ids)
+        hidden_states = self.norm(hidden_states)
+        if output_hidden_states:
+            all_hidden += (hidden_states,)
+        if cache is not None:
+            cache.advance(hidden_states.shape[1])
+
+        if not return_dict:
+            return tuple(x for x in (hidden_states, cache, all_hidden) if x is not None)
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=cache,
+                                       hidden_states=all_hidden)
+
+
+class GLAForCausalLM(GLAPreTrainedModel, GenerationMixin):
+    _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
+
+    def __init__(self, config: GLAConfig):
+        super().__init__(config)
+        self.model = GLAModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # generate() must not build a DynamicCache for us: the model creates its GLACache on the first call.
+        return False
+
+    def get_input_embeddings(self):
+        return self.model.embeddings
+
+    def set_input_embeddings(self, value):
+        self.model.embeddings = value
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, labels=None, use_cache=None, output_hidden_states=None, return_dict=None,
+                logits_to_keep: int | torch.Tensor = 0, cache=None, **kwargs):
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             past_key_values=past_key_values, cache=cache, inputs_embeds=inputs_embeds,
+                             use_cache=use_cache, output_hidden_states=output_hidden_states, return_dict=True)
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        cache = _cache_of(outputs)
+        if not return_dict:
+            out = tuple(x for x in (logits, cache, outputs.hidden_states) if x is not None)
+            return (loss, *out) if loss is not None else out
+        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache,
+                                      hidden_states=outputs.hidden_states)
+
+
+class GLAForSequenceClassification(GLAPreTrainedModel):
+    """Classifies a sequence from the hidden state of its last real token (left or right padding)."""
+
+    def __init__(self, config: GLAConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = GLAModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.embeddings
+
+    def set_input_embeddings(self, value):
+        self.model.embeddings = value
+
+    def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None,
+                output_hidden_states=None, return_dict=None, **kwargs):
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
+                             use_cache=False, output_hidden_states=output_hidden_states, return_dict=True)
+        hidden = outputs.last_hidden_state
+        B, T = hidden.shape[:2]
+        positions = torch.arange(T, device=hidden.device)
+        if attention_mask is not None:
+            last = (attention_mask.bool() * positions).argmax(-1)
+        elif input_ids is not None and self.config.pad_token_id is not None:
+            last = ((input_ids != self.config.pad_token_id) * positions).argmax(-1)
+        else:
+            last = torch.full((B,), T - 1, device=hidden.device)
+        logits = self.score(hidden[torch.arange(B, device=hidden.device), last])
+
+        loss = None
+        if labels is not None:
+            labels = labels.to(logits.device)
+            if self.config.problem_type is None:
+                if self.num_labels == 1:
+                    self.config.problem_type = "regression"
+                elif labels.dtype in (torch.long, torch.int):
+                    self.config.problem_type = "single_label_classification"
+                else:
+                    self.config.problem_type = "multi_label_classification"
+            if self.config.problem_type == "regression":
+                loss = F.mse_loss(logits.squeeze(-1), labels.float()) if self.num_labels == 1 \
+                    else F.mse_loss(logits, labels.float())
+            elif self.config.problem_type == "single_label_classification":
+                loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+            else:
+                loss = F.binary_cross_entropy_with_logits(logits, labels.float())
+        if not return_dict:
+            return (loss, logits) if loss is not None else (logits,)
+        return SequenceClassifierOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+
+
+__all__ = ["GLAModel", "GLAForCausalLM", "GLAForSequenceClassification", "GLAPreTrainedModel"]
