@@ -1,0 +1,532 @@
+"""Chunked gated linear attention in Triton: forward and backward (training and prefill).
+
+The sequence is cut into chunks of ``BT = 64`` tokens. Inside a chunk the gates are cumulated on the fly
+(``gc = cumsum(g)`` in fp32, never written to memory); ``gl`` is the chunk's total log decay. With ``h`` the
+state before the chunk:
+
+    o      = scale * [ (q * e^gc) @ h  +  A @ v ],    A_ij = sum_k q_ik k_jk e^(gc_ik - gc_jk)  (j <= i)
+    h_next = e^gl * h + (k * e^(gl - gc))^T @ v
+
+Intra-chunk scores ``A`` on tensor cores: when the chunk's decay stays within ``e^-CLAMP`` in every key
+dimension of a block (every realistic chunk), ``A = (q e^gc) @ (k e^-gc)^T`` in one matmul; ``e^-gc`` is
+then at most ``e^CLAMP`` and the products keep their relative precision. Chunks with stronger decay take
+an exact elementwise path (``exp`` of differences clamped at 0, column by column), so no input overflows.
+The same split serves the backward's ``dq``/``dk`` intra terms.
+
+Kernels (grid in brackets):
+  _fwd_h     [K/BK, V/BV, N*Hkv]   sequential over chunks: states before each chunk, final state
+  _fwd_o     [V/BV, chunks, H]     output
+  _bwd_dh    [K/BK, V/BV, N*Hkv]   reverse scan: state gradients after each chunk, d initial state
+  _bwd_dv    [V/BV, chunks, Hkv]   dv (summed over the query heads of a group)
+  _bwd_dqk   [K/BK, chunks, Hkv]   dq, dk and the local gate gradient q*dq - k*dk
+  _bwd_dg    [K/BK, N*Hkv]         reverse cumsum of the local gate gradient along each sequence
+The backward recomputes the chunk states instead of keeping them from the forward.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .triton_shim import tl, triton
+
+BT = 64  # chunk length
+CLAMP = 40.0  # largest in-chunk log decay taken by the single-matmul path
+
+
+def _p2(n: int, lo: int = 16, hi: int = 64) -> int:
+    return max(lo, min(hi, triton.next_power_of_2(n)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Small helpers shared by the kernels.
+
+
+@triton.jit
+def _dot_in(x, HALF: tl.constexpr):
+    # half inputs run their matmuls in bf16 (its range holds e^CLAMP); fp32 inputs stay fp32
+    if HALF:
+        return x.to(tl.bfloat16)
+    else:
+        return x.to(tl.float32)
+
+
+@triton.jit
+def _chunk_of(i_c, CU, CI, T, NT, IS_VARLEN: tl.constexpr):
+    # global chunk index -> (sequence, chunk within it, first token, one past the last token)
+    if IS_VARLEN:
+        i_n = tl.load(CI + 2 * i_c)
+        i_t = tl.load(CI + 2 * i_c + 1)
+        bos = tl.load(CU + i_n).to(tl.int64)
+        eos = tl.load(CU + i_n + 1).to(tl.int64)
+    else:
+        i_n = i_c // NT
+        i_t = i_c % NT
+        bos = (i_n * T).to(tl.int64)
+        eos = bos + T
+    return i_n, i_t, bos, eos
+
+
+@triton.jit
+def _seq_of(i_n, CU, CO, T, NT, IS_VARLEN: tl.constexpr):
+    # sequence -> (first token, one past the last, its first global chunk, its number of chunks)
+    if IS_VARLEN:
+        bos = tl.load(CU + i_n).to(tl.int64)
+        eos = tl.load(CU + i_n + 1).to(tl.int64)
+        boc = tl.load(CO + i_n)
+    else:
+        bos = (i_n * T).to(tl.int64)
+        eos = bos + T
+        boc = i_n * NT
+    return bos, eos, boc, tl.cdiv(eos - bos, 64)
+
+
+@triton.jit
+def _load_rows(P, tok, mrow, col0, cols, ncols, row_stride):
+    # rows `tok` (int64 token indices) x columns col0 + cols of a [tokens, row_stride] view
+    ptr = P + tok[:, None] * row_stride + col0 + cols[None, :]
+    return tl.load(ptr, mask=mrow[:, None] & (cols[None, :] < ncols), other=0.0)
+
+
+@triton.jit
+def _exact_A(A, X, Y, gc, BT: tl.constexpr):
+    # A[i, j] += sum_k X[i, k] Y[j, k] e^(gc[i, k] - gc[j, k]) for j <= i, column by column (any decay)
+    rows = tl.arange(0, BT)
+    for t in range(BT):
+        sel = rows[:, None] == t
+        y_t = tl.sum(tl.where(sel, Y, 0.0), axis=0)
+        g_t = tl.sum(tl.where(sel, gc, 0.0), axis=0)
+        a_t = tl.sum(X * y_t[None, :] * tl.exp(tl.minimum(gc - g_t[None, :], 0.0)), axis=1)
+        A += tl.where(rows[None, :] == t, a_t[:, None], 0.0)
+    return A
+
+
+@triton.jit
+def _exact_dq(acc, M, Y, gc, BT: tl.constexpr):
+    # acc[i, k] += sum_{j <= i} M[i, j] Y[j, k] e^(gc[i, k] - gc[j, k])   (M causal-masked)
+    rows = tl.arange(0, BT)
+    for t in range(BT):
+        sel = rows[:, None] == t
+        y_t = tl.sum(tl.where(sel, Y, 0.0), axis=0)
+        g_t = tl.sum(tl.where(sel, gc, 0.0), axis=0)
+        m_t = tl.sum(tl.where(rows[None, :] == t, M, 0.0), axis=1)
+        acc += m_t[:, None] * y_t[None, :] * tl.exp(tl.minimum(gc - g_t[None, :], 0.0))
+    return acc
+
+
+@triton.jit
+def _exact_dk(acc, M, X, gc, BT: tl.constexpr):
+    # acc[j, k] += sum_{i >= j} M[i, j] X[i, k] e^(gc[i, k] - gc[j, k])   (M causal-masked)
+    rows = tl.arange(0, BT)
+    for t in range(BT):
+        sel = rows[:, None] == t
+        g_t = tl.sum(tl.where(sel, gc, 0.0), axis=0)
+        m_t = tl.sum(tl.where(rows[None, :] == t, M, 0.0), axis=1)
+        d_t = tl.sum(m_t[:, None] * X * tl.exp(tl.minimum(gc - g_t[None, :], 0.0)), axis=0)
+        acc += tl.where(sel, d_t[None, :], 0.0)
+    return acc
+
+
+# ----------------------------------------------------------------------------------------------------
+# Forward.
+
+
+@triton.jit
+def _fwd_h_kernel(K_, V_, G, H_, H0, HT, CU, CO, T, NT,
+                  H_KV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
+                  BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
+                  IS_VARLEN: tl.constexpr, HALF: tl.constexpr):
+    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = i_nh // H_KV, i_nh % H_KV
+    bos, eos, boc, nt = _seq_of(i_n, CU, CO, T, NT, IS_VARLEN)
+    rows = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    cv = tl.arange(0, BV)
+    ok, ov = i_k * BK + ck, i_v * BV + cv
+    mkv = (ok[:, None] < DK) & (ov[None, :] < DV)
+    st = ok[:, None] * DV + ov[None, :]
+    S = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_H0:
+        S += tl.load(H0 + i_nh.to(tl.int64) * DK * DV + st, mask=mkv, other=0.0).to(tl.float32)
+    for i_t in range(nt):
+        tl.store(H_ + ((boc + i_t).to(tl.int64) * H_KV + i_h) * DK * DV + st, S.to(H_.dtype.element_ty), mask=mkv)
+        tok = bos + i_t * BT + rows
+        mt = tok < eos
+        k = _load_rows(K_, tok, mt, i_h * DK + i_k * BK, ck, DK - i_k * BK, H_KV * DK).to(tl.float32)
+        g = _load_rows(G, tok, mt, i_h * DK + i_k * BK, ck, DK - i_k * BK, H_KV * DK).to(tl.float32)
+        v = _load_rows(V_, tok, mt, i_h * DV + i_v * BV, cv, DV - i_v * BV, H_KV * DV)
+        gc = tl.cumsum(g, axis=0)
+        gl = tl.sum(g, axis=0)
+        kd = k * tl.exp(gl[None, :] - gc)
+        S = S * tl.exp(gl)[:, None] + tl.dot(tl.trans(_dot_in(kd, HALF)), _dot_in(v, HALF))
+    if STORE_HT:
+        tl.store(HT + i_nh.to(tl.int64) * DK * DV + st, S, mask=mkv)
+
+
+@triton.jit
+def _fwd_o_kernel(Q, K_, V_, G, H_, O, CU, CI, scale, T, NT,
+                  H: tl.constexpr, H_KV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
+                  BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr, HALF: tl.constexpr,
+                  CLAMP: tl.constexpr):
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_hk = i_h // (H // H_KV)
+    i_n, i_t, bos, eos = _chunk_of(i_c, CU, CI, T, NT, IS_VARLEN)
+    rows = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    cv = tl.arange(0, BV)
+    ov = i_v * BV + cv
+    tok = bos + i_t * BT + rows
+    mt = tok < eos
+    hbase = H_ + (i_c.to(tl.int64) * H_KV + i_hk) * DK * DV
+    acc = tl.zeros([BT, BV], dtype=tl.float32)
+    A = tl.zeros([BT, BT], dtype=tl.float32)
+    for k0 in range(0, DK, BK):
+        q = _load_rows(Q, tok, mt, i_h * DK + k0, ck, DK - k0, H * DK).to(tl.float32)
+        k = _load_rows(K_, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK).to(tl.float32)
+        g = _load_rows(G, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK).to(tl.float32)
+        gc = tl.cumsum(g, axis=0)
+        qg = q * tl.exp(gc)
+        h = tl.load(hbase + (k0 + ck)[:, None] * DV + ov[None, :],
+                    mask=((k0 + ck)[:, None] < DK) & (ov[None, :] < DV), other=0.0)
+        acc += tl.dot(_dot_in(qg, HALF), _dot_in(h, HALF))
+        if tl.min(tl.sum(g, axis=0)) >= -CLAMP:
+            kg = k * tl.exp(-gc)
+            A += tl.dot(_dot_in(qg, HALF), tl.trans(_dot_in(kg, HALF)))
+        else:
+            A = _exact_A(A, q, k, gc, BT)
+    A = tl.where(rows[:, None] >= rows[None, :], A, 0.0)
+    v = _load_rows(V_, tok, mt, i_hk * DV + i_v * BV, cv, DV - i_v * BV, H_KV * DV)
+    acc += tl.dot(_dot_in(A, HALF), _dot_in(v, HALF))
+    optr = O + tok[:, None] * (H * DV) + i_h * DV + ov[None, :]
+    tl.store(optr, (acc * scale).to(O.dtype.element_ty), mask=mt[:, None] & (ov[None, :] < DV))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Backward.
+
+
+@triton.jit
+def _bwd_dh_kernel(Q, G, DO, DH, DHT, DH0, CU, CO, scale, T, NT,
+                   H: tl.constexpr, H_KV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
+                   BK: tl.constexpr, BV: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+                   IS_VARLEN: tl.constexpr, HALF: tl.constexpr):
+    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_hk = i_nh // H_KV, i_nh % H_KV
+    GROUP: tl.constexpr = H // H_KV
+    bos, eos, boc, nt = _seq_of(i_n, CU, CO, T, NT, IS_VARLEN)
+    rows = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    cv = tl.arange(0, BV)
+    ok, ov = i_k * BK + ck, i_v * BV + cv
+    mkv = (ok[:, None] < DK) & (ov[None, :] < DV)
+    st = ok[:, None] * DV + ov[None, :]
+    dS = tl.zeros([BK, BV], dtype=tl.float32)
+    if USE_DHT:
+        dS += tl.load(DHT + i_nh.to(tl.int64) * DK * DV + st, mask=mkv, other=0.0).to(tl.float32)
+    for j in range(nt):
+        i_t = nt - 1 - j
+        # gradient with respect to the state after chunk i_t
+        tl.store(DH + ((boc + i_t).to(tl.int64) * H_KV + i_hk) * DK * DV + st, dS.to(DH.dtype.element_ty),
+                 mask=mkv)
+        tok = bos + i_t * BT + rows
+        mt = tok < eos
+        g = _load_rows(G, tok, mt, i_hk * DK + i_k * BK, ck, DK - i_k * BK, H_KV * DK).to(tl.float32)
+        gc = tl.cumsum(g, axis=0)
+        dS = dS * tl.exp(tl.sum(g, axis=0))[:, None]
+        eg = tl.exp(gc) * scale
+        for hh in range(GROUP):
+            i_h = i_hk * GROUP + hh
+            q = _load_rows(Q, tok, mt, i_h * DK + i_k * BK, ck, DK - i_k * BK, H * DK).to(tl.float32)
+            do = _load_rows(DO, tok, mt, i_h * DV + i_v * BV, cv, DV - i_v * BV, H * DV)
+            dS += tl.dot(tl.trans(_dot_in(q * eg, HALF)), _dot_in(do, HALF))
+    if STORE_DH0:
+        tl.store(DH0 + i_nh.to(tl.int64) * DK * DV + st, dS, mask=mkv)
+
+
+@triton.jit
+def _bwd_dv_kernel(Q, K_, G, DO, DH, DV_, CU, CI, scale, T, NT,
+                   H: tl.constexpr, H_KV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
+                   BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr, HALF: tl.constexpr,
+                   CLAMP: tl.constexpr):
+    i_v, i_c, i_hk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    GROUP: tl.constexpr = H // H_KV
+    i_n, i_t, bos, eos = _chunk_of(i_c, CU, CI, T, NT, IS_VARLEN)
+    rows = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    cv = tl.arange(0, BV)
+    ov = i_v * BV + cv
+    tok = bos + i_t * BT + rows
+    mt = tok < eos
+    causal = rows[:, None] >= rows[None, :]
+    dhbase = DH + (i_c.to(tl.int64) * H_KV + i_hk) * DK * DV
+    acc = tl.zeros([BT, BV], dtype=tl.float32)
+    # through the state after the chunk: dv += (k e^(gl - gc)) @ dh_next
+    for k0 in range(0, DK, BK):
+        k = _load_rows(K_, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK).to(tl.float32)
+        g = _load_rows(G, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK).to(tl.float32)
+        gc = tl.cumsum(g, axis=0)
+        kd = k * tl.exp(tl.sum(g, axis=0)[None, :] - gc)
+        dh = tl.load(dhbase + (k0 + ck)[:, None] * DV + ov[None, :],
+                     mask=((k0 + ck)[:, None] < DK) & (ov[None, :] < DV), other=0.0)
+        acc += tl.dot(_dot_in(kd, HALF), _dot_in(dh, HALF))
+    # inside the chunk: dv += A^T @ do, summed over the group's query heads
+    for hh in range(GROUP):
+        i_h = i_hk * GROUP + hh
+        A = tl.zeros([BT, BT], dtype=tl.float32)
+        for k0 in range(0, DK, BK):
+            q = _load_rows(Q, tok, mt, i_h * DK + k0, ck, DK - k0, H * DK).to(tl.float32)
+            k = _load_rows(K_, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK).to(tl.float32)
+            g = _load_rows(G, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK).to(tl.float32)
+            gc = tl.cumsum(g, axis=0)
+            if tl.min(tl.sum(g, axis=0)) >= -CLAMP:
+                A += tl.dot(_dot_in(q * tl.exp(gc), HALF), tl.trans(_dot_in(k * tl.exp(-gc), HALF)))
+            else:
+                A = _exact_A(A, q, k, gc, BT)
+        A = tl.where(causal, A * scale, 0.0)
+        do = _load_rows(DO, tok, mt, i_h * DV + i_v * BV, cv, DV - i_v * BV, H * DV)
+        acc += tl.dot(tl.trans(_dot_in(A, HALF)), _dot_in(do, HALF))
+    ptr = DV_ + tok[:, None] * (H_KV * DV) + i_hk * DV + ov[None, :]
+    tl.store(ptr, acc.to(DV_.dtype.element_ty), mask=mt[:, None] & (ov[None, :] < DV))
+
+
+@triton.jit
+def _bwd_dqk_kernel(Q, K_, V_, G, H_, DO, DH, DQ, DK_, DG, CU, CI, scale, T, NT,
+                    H: tl.constexpr, H_KV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
+                    BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr, HALF: tl.constexpr,
+                    CLAMP: tl.constexpr):
+    i_k, i_c, i_hk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    GROUP: tl.constexpr = H // H_KV
+    i_n, i_t, bos, eos = _chunk_of(i_c, CU, CI, T, NT, IS_VARLEN)
+    rows = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    cv = tl.arange(0, BV)
+    ok = i_k * BK + ck
+    tok = bos + i_t * BT + rows
+    mt = tok < eos
+    mk = ok < DK
+    causal = rows[:, None] >= rows[None, :]
+    sbase = (i_c.to(tl.int64) * H_KV + i_hk) * DK * DV
+    k = _load_rows(K_, tok, mt, i_hk * DK + i_k * BK, ck, DK - i_k * BK, H_KV * DK).to(tl.float32)
+    g = _load_rows(G, tok, mt, i_hk * DK + i_k * BK, ck, DK - i_k * BK, H_KV * DK).to(tl.float32)
+    gc = tl.cumsum(g, axis=0)
+    gl = tl.sum(g, axis=0)
+    fast = tl.min(gl) >= -CLAMP
+    # through the state after the chunk: dk += (v @ dh_next^T) * e^(gl - gc)
+    dk = tl.zeros([BT, BK], dtype=tl.float32)
+    for v0 in range(0, DV, BV):
+        v = _load_rows(V_, tok, mt, i_hk * DV + v0, cv, DV - v0, H_KV * DV)
+        dh = tl.load(DH + sbase + ok[:, None] * DV + (v0 + cv)[None, :],
+                     mask=mk[:, None] & ((v0 + cv)[None, :] < DV), other=0.0)
+        dk += tl.dot(_dot_in(v, HALF), tl.trans(_dot_in(dh, HALF)))
+    dk = dk * tl.exp(gl[None, :] - gc)
+    dgl = tl.zeros([BT, BK], dtype=tl.float32)
+    for hh in range(GROUP):
+        i_h = i_hk * GROUP + hh
+        q = _load_rows(Q, tok, mt, i_h * DK + i_k * BK, ck, DK - i_k * BK, H * DK).to(tl.float32)
+        dq = tl.zeros([BT, BK], dtype=tl.float32)
+        dA = tl.zeros([BT, BT], dtype=tl.float32)
+        for v0 in range(0, DV, BV):
+            do = _load_rows(DO, tok, mt, i_h * DV + v0, cv, DV - v0, H * DV)
+            v = _load_rows(V_, tok, mt, i_hk * DV + v0, cv, DV - v0, H_KV * DV)
+            h = tl.load(H_ + sbase + ok[:, None] * DV + (v0 + cv)[None, :],
+                        mask=mk[:, None] & ((v0 + cv)[None, :] < DV), other=0.0)
+            dq += tl.dot(_dot_in(do, HALF), tl.trans(_dot_in(h, HALF)))
+            dA += tl.dot(_dot_in(do, HALF), tl.trans(_dot_in(v, HALF)))
+        dq = dq * (tl.exp(gc) * scale)
+        dA = tl.where(causal, dA * scale, 0.0)
+        if fast:
+            eg = tl.exp(gc)
+            ieg = tl.exp(-gc)
+            dq += tl.dot(_dot_in(dA, HALF), _dot_in(k * ieg, HALF)) * eg
+            dk += tl.dot(tl.trans(_dot_in(dA, HALF)), _dot_in(q * eg, HALF)) * ieg
+        else:
+            dq = _exact_dq(dq, dA, k, gc, BT)
+            dk = _exact_dk(dk, dA, q, gc, BT)
+        ptr = DQ + tok[:, None] * (H * DK) + i_h * DK + ok[None, :]
+        tl.store(ptr, dq.to(DQ.dtype.element_ty), mask=mt[:, None] & mk[None, :])
+        dgl += q * dq
+    dgl -= k * dk
+    ptr = tok[:, None] * (H_KV * DK) + i_hk * DK + ok[None, :]
+    tl.store(DK_ + ptr, dk.to(DK_.dtype.element_ty), mask=mt[:, None] & mk[None, :])
+    tl.store(DG + ptr, dgl, mask=mt[:, None] & mk[None, :])
+
+
+@triton.jit
+def _bwd_dg_kernel(DG, FIN, CU, CO, T, NT, H_KV: tl.constexpr, DK: tl.constexpr, BT: tl.constexpr,
+                   BK: tl.constexpr, USE_FIN: tl.constexpr, IS_VARLEN: tl.constexpr):
+    # in place: dg_t = sum_{s >= t} dgl_s over the sequence (+ the final state's sum_v ht * dht)
+    i_k, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_hk = i_nh // H_KV, i_nh % H_KV
+    bos, eos, boc, nt = _seq_of(i_n, CU, CO, T, NT, IS_VARLEN)
+    rows = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    ok = i_k * BK + ck
+    carry = tl.zeros([BK], dtype=tl.float32)
+    if USE_FIN:
+        carry += tl.load(FIN + i_nh.to(tl.int64) * DK + ok, mask=ok < DK, other=0.0)
+    for j in range(nt):
+        i_t = nt - 1 - j
+        tok = bos + i_t * BT + rows
+        mt = tok < eos
+        ptr = DG + tok[:, None] * (H_KV * DK) + i_hk * DK + ok[None, :]
+        m = mt[:, None] & (ok[None, :] < DK)
+        x = tl.load(ptr, mask=m, other=0.0)
+        tot = tl.sum(x, axis=0)
+        tl.store(ptr, tot[None, :] - tl.cumsum(x, axis=0) + x + carry[None, :], mask=m)
+        carry += tot
+
+
+# ----------------------------------------------------------------------------------------------------
+# Launchers.
+
+
+class _Seqs:
+    """Where the sequences and chunks are: dense [B, T] batches or cu_seqlens-packed ones."""
+
+    def __init__(self, B, T, cu_seqlens, device):
+        self.T = T
+        self.NT = triton.cdiv(T, BT)
+        if cu_seqlens is None:
+            self.varlen = False
+            self.N = B
+            self.n_chunks = B * self.NT
+            self.cu = self.co = self.ci = None
+        else:
+            self.varlen = True
+            offs = [int(x) for x in cu_seqlens.tolist()]
+            self.N = len(offs) - 1
+            nts = [triton.cdiv(offs[i + 1] - offs[i], BT) for i in range(self.N)]
+            co = [0]
+            ci = []
+            for n, c in enumerate(nts):
+                co.append(co[-1] + c)
+                ci.extend((n, j) for j in range(c))
+            self.n_chunks = co[-1]
+            self.cu = torch.tensor(offs, dtype=torch.int32, device=device)
+            self.co = torch.tensor(co, dtype=torch.int32, device=device)
+            self.ci = torch.tensor(ci if ci else [(0, 0)], dtype=torch.int32, device=device)
+
+
+def _blocks(K, V):
+    cfg = {
+        "h": (_p2(K), _p2(V)),               # state scans: BK, BV
+        "o": (_p2(K), _p2(V, hi=128)),        # output: K loop step, BV
+        "dv": (_p2(K), _p2(V, hi=128)),
+        "dqk": (_p2(K), _p2(V)),
+    }
+    return cfg
+
+
+def _warps(*tile):
+    n = 1
+    for t in tile:
+        n *= t
+    return 8 if n >= 64 * 128 else 4
+
+
+def _state_dtype(dtype):
+    return torch.float32 if dtype == torch.float32 else torch.bfloat16
+
+
+def _fwd_states(k, v, g, h0, seqs, want_ht):
+    B, T, Hkv, K = k.shape
+    V = v.shape[-1]
+    BK, BV = _blocks(K, V)["h"]
+    h = torch.empty(seqs.n_chunks, Hkv, K, V, dtype=_state_dtype(v.dtype), device=v.device)
+    ht = torch.empty(seqs.N, Hkv, K, V, dtype=torch.float32, device=v.device) if want_ht else None
+    grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), seqs.N * Hkv)
+    _fwd_h_kernel[grid](k, v, g, h, h0, ht, seqs.cu, seqs.co, seqs.T, seqs.NT,
+                        H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, USE_H0=h0 is not None,
+                        STORE_HT=want_ht, IS_VARLEN=seqs.varlen, HALF=v.dtype != torch.float32,
+                        num_warps=4)
+    return h, ht
+
+
+def _fwd(q, k, v, g, scale, h0, seqs, want_ht):
+    B, T, H, K = q.shape
+    Hkv, V = k.shape[2], v.shape[-1]
+    h, ht = _fwd_states(k, v, g, h0, seqs, want_ht)
+    o = torch.empty(B, T, H, V, dtype=v.dtype, device=v.device)
+    BK, BV = _blocks(K, V)["o"]
+    grid = (triton.cdiv(V, BV), seqs.n_chunks, H)
+    _fwd_o_kernel[grid](q, k, v, g, h, o, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
+                        H=H, H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=seqs.varlen,
+                        HALF=v.dtype != torch.float32, CLAMP=CLAMP, num_warps=_warps(BT, BV))
+    return o, ht
+
+
+def _bwd(q, k, v, g, scale, h0, ht, do, dht, seqs):
+    B, T, H, K = q.shape
+    Hkv, V = k.shape[2], v.shape[-1]
+    half = v.dtype != torch.float32
+    cfg = _blocks(K, V)
+    h, _ = _fwd_states(k, v, g, h0, seqs, False)
+    dh = torch.empty_like(h)
+    dh0 = torch.empty(seqs.N, Hkv, K, V, dtype=torch.float32, device=v.device) if h0 is not None else None
+    BK, BV = cfg["h"]
+    _bwd_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), seqs.N * Hkv)](
+        q, g, do, dh, dht, dh0, seqs.cu, seqs.co, scale, seqs.T, seqs.NT,
+        H=H, H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, USE_DHT=dht is not None, STORE_DH0=h0 is not None,
+        IS_VARLEN=seqs.varlen, HALF=half, num_warps=4)
+    dv = torch.empty_like(v)
+    BK, BV = cfg["dv"]
+    _bwd_dv_kernel[(triton.cdiv(V, BV), seqs.n_chunks, Hkv)](
+        q, k, g, do, dh, dv, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
+        H=H, H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, HALF=half, CLAMP=CLAMP,
+        num_warps=_warps(BT, BV))
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dg = torch.empty(k.shape, dtype=torch.float32, device=k.device)
+    BK, BV = cfg["dqk"]
+    _bwd_dqk_kernel[(triton.cdiv(K, BK), seqs.n_chunks, Hkv)](
+        q, k, v, g, h, do, dh, dq, dk, dg, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
+        H=H, H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, HALF=half, CLAMP=CLAMP,
+        num_warps=_warps(BT, BK))
+    fin = (ht * dht.float()).sum(-1).contiguous() if dht is not None else None
+    BK = _p2(K)
+    _bwd_dg_kernel[(triton.cdiv(K, BK), seqs.N * Hkv)](
+        dg, fin, seqs.cu, seqs.co, seqs.T, seqs.NT, H_KV=Hkv, DK=K, BT=BT, BK=BK,
+        USE_FIN=fin is not None, IS_VARLEN=seqs.varlen, num_warps=4)
+    return dq, dk, dv, dg, dh0
+
+
+class ChunkGLAFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, g, scale, h0, output_final_state, cu_seqlens):
+        q, k, v, g = (t.contiguous() for t in (q, k, v, g))
+        h0 = h0.contiguous() if h0 is not None else None
+        seqs = _Seqs(q.shape[0], q.shape[1], cu_seqlens, q.device)
+        o, ht = _fwd(q, k, v, g, scale, h0, seqs, output_final_state)
+        ctx.save_for_backward(q, k, v, g, h0, ht)
+        ctx.seqs, ctx.scale, ctx.g_dtype = seqs, scale, g.dtype
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, g, h0, ht = ctx.saved_tensors
+        do = do.contiguous()
+        dht = dht.contiguous() if (dht is not None and ht is not None) else None
+        dq, dk, dv, dg, dh0 = _bwd(q, k, v, g, ctx.scale, h0, ht, do, dht, ctx.seqs)
+        return dq, dk, dv, dg.to(ctx.g_dtype), None, dh0, None, None
+
+
+def chunk_gla_triton(q, k, v, g, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
+    """Triton chunked GLA; arguments as :func:`hfzoo.ops.gla.chunk_gla` (inputs already checked there).
+
+    Returns ``(o, final_state or None)``. Differentiable in q, k, v, g and initial_state (and through the
+    final state). ``q`` and ``k`` are cast to ``v``'s dtype; fp16/bf16 inputs run their matmuls in bf16.
+    """
+    if scale is None:
+        scale = q.shape[-1] ** -0.5
+    if q.dtype != v.dtype:
+        q = q.to(v.dtype)
+    if k.dtype != v.dtype:
+        k = k.to(v.dtype)
+    if q.shape[1] == 0:
+        N = q.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
+        o = v.new_zeros(*q.shape[:3], v.shape[-1])
+        if not output_final_state:
+            return o, None
+        ht = initial_state.float() if initial_state is not None else \
+            torch.zeros(N, k.shape[2], k.shape[3], v.shape[3], dtype=torch.float32, device=v.device)
+        return o, ht
+    return ChunkGLAFunction.apply(q, k, v, g, float(scale), initial_state, bool(output_final_state), cu_seqlens)
