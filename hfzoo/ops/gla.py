@@ -7,7 +7,9 @@ Per head, with a per-key-dimension decay ``alpha_t = exp(g_t)`` (``g_t <= 0``, l
 
 ``chunk_gla`` is the training form (chunked, parallel over the sequence); ``fused_recurrent_gla`` is the
 decoding form (one step at a time, state in registers). Both take the same arguments and agree with
-``naive_recurrent_gla`` below, which is the definition.
+``naive_recurrent_gla`` below, which is the definition (and the test oracle). ``chunk_gla_torch`` is the same
+chunked computation in plain PyTorch: the reference backend that CPU users get, far faster than the loop.
+Triton kernels: ``gla_chunk.py`` (forward and backward) and ``gla_recurrent.py`` (decoding).
 
 Grouped-query heads: ``q`` has H heads, ``k``, ``v``, ``g`` may have ``Hkv`` heads with ``H % Hkv == 0``;
 query head ``h`` reads the state of key/value head ``h // (H // Hkv)``. States have ``Hkv`` heads.
@@ -21,6 +23,13 @@ from .dispatch import resolve_backend
 
 
 def _check_inputs(name, q, k, v, g, initial_state, cu_seqlens):
+    for arg, t in (("q", q), ("k", k), ("v", v), ("g", g)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name}: {arg} must be a floating-point tensor, got {t.dtype}")
+    if cu_seqlens is not None and (not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.is_floating_point()):
+        raise TypeError(f"{name}: cu_seqlens must be an integer tensor")
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or g.dim() != 4:
         raise ValueError(f"{name}: q, k, g must be [B, T, H, K] and v [B, T, H, V]; got dims "
                          f"{q.dim()}, {k.dim()}, {v.dim()}, {g.dim()}")
@@ -71,6 +80,63 @@ def naive_recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final
     return o.to(v.dtype), final
 
 
+def chunk_gla_torch(q, k, v, g, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
+                    chunk_size: int = 32):
+    """The chunked form in plain PyTorch: same results as ``naive_recurrent_gla`` with matmuls per chunk.
+
+    Computes in fp32 (fp64 if ``v`` is fp64) and is differentiable by autograd; it is the reference backend
+    of ``chunk_gla`` (CPU users) because it is far faster than the token loop. Inside a chunk the decay
+    between positions i >= j is ``exp(min(G_i - G_j, 0))`` of the cumulative gates, so nothing overflows.
+    """
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    scale = K ** -0.5 if scale is None else scale
+    dtype = torch.float64 if v.dtype == torch.float64 else torch.float32
+    if cu_seqlens is None:
+        o, ht = _chunk_gla_dense(q, k, v, g, scale, initial_state, chunk_size, dtype)
+    else:
+        offsets = cu_seqlens.tolist()
+        outs, finals = [], []
+        for n in range(len(offsets) - 1):
+            s, e = offsets[n], offsets[n + 1]
+            h0 = initial_state[n:n + 1] if initial_state is not None else None
+            o_n, ht_n = _chunk_gla_dense(q[:, s:e], k[:, s:e], v[:, s:e], g[:, s:e], scale, h0, chunk_size, dtype)
+            outs.append(o_n)
+            finals.append(ht_n)
+        o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, T, H, V, dtype=dtype)
+        ht = torch.cat(finals, dim=0) if finals else None
+    return o.to(v.dtype), (ht.float() if output_final_state else None)
+
+
+def _chunk_gla_dense(q, k, v, g, scale, initial_state, C, dtype):
+    B, T, H, K = q.shape
+    Hkv, V = k.shape[2], v.shape[-1]
+    G = H // Hkv
+    q = q.to(dtype).reshape(B, T, Hkv, G, K)
+    k, v, g = k.to(dtype), v.to(dtype), g.to(dtype)
+    S = torch.zeros(B, Hkv, K, V, dtype=dtype, device=q.device)
+    if initial_state is not None:
+        S = S + initial_state.to(dtype)
+    outs = []
+    for s in range(0, T, C):
+        e = min(s + C, T)
+        qc, kc, vc = q[:, s:e], k[:, s:e], v[:, s:e]
+        gc = g[:, s:e].cumsum(1)  # [B, L, Hkv, K]
+        L = e - s
+        # state before the chunk, seen through the decay accumulated so far in the chunk
+        o = torch.einsum("blhgk,bhkv->blhgv", qc * gc.exp()[:, :, :, None], S)
+        # inside the chunk: A[i, j] = sum_k q_ik k_jk exp(G_ik - G_jk) for j <= i
+        causal = torch.ones(L, L, dtype=torch.bool, device=q.device).tril()
+        decay = (gc[:, :, None] - gc[:, None]).clamp(max=0).exp() * causal[None, :, :, None, None]
+        A = torch.einsum("bihgk,bijhk->bhgij", qc, kc[:, None] * decay)
+        o = o + torch.einsum("bhgij,bjhv->bihgv", A, vc)
+        outs.append(scale * o.reshape(B, L, H, V))
+        gl = gc[:, -1]  # [B, Hkv, K]
+        S = S * gl.exp()[..., None] + torch.einsum("bjhk,bjhv->bhkv", kc * (gl[:, None] - gc).exp(), vc)
+    o = torch.cat(outs, dim=1) if outs else q.new_zeros(B, 0, H, V)
+    return o, S
+
+
 def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
               backend=None):
     """Gated linear attention over whole sequences (training and prefill).
@@ -101,7 +167,7 @@ def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=Fal
     """
     _check_inputs("chunk_gla", q, k, v, g, initial_state, cu_seqlens)
     if resolve_backend(q, k, v, g, backend=backend, op="chunk_gla") == "reference":
-        return naive_recurrent_gla(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens)
+        return chunk_gla_torch(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens)
     from .gla_chunk import chunk_gla_triton
 
     return chunk_gla_triton(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens)
