@@ -1,0 +1,199 @@
+"""MosaicBERT vs HF BERT and ModernBERT: a BERT-base MLM training step on a half-padded batch. GPU only.
+
+    PYTHONPATH=. HFZOO_BENCH_OUT=out python benchmarks/mosaicbert.py
+
+Workload (as in DESIGN.md): bf16 weights, batch 32 x 512 with lengths uniform in 64..512 (about 45%
+padding), 30% of the real tokens masked; one step = forward + loss + backward (no optimizer).
+Throughput counts real (non-padding) tokens. Then the attention alone: hfzoo's varlen ALiBi kernel vs
+SDPA over the padded batch with a materialized ALiBi + padding bias, and (last, because it compiles)
+PyTorch FlexAttention with an ALiBi score_mod and a document block mask over the same packed tokens.
+"""
+
+import importlib.util
+import os
+import time
+
+import torch
+
+from benchmarks.common import Results, bench_ms, first_call_s
+from hfzoo.models.mosaicbert import MosaicBertConfig, MosaicBertForMaskedLM
+from hfzoo.ops.varlen_alibi_attention import alibi_slopes, varlen_alibi_attention_qkvpacked
+
+B, S, LO, HI = 32, 512, 64, 512
+H, D, HIDDEN, LAYERS, VOCAB = 12, 64, 768, 12, 30522
+DEV, DT = "cuda", torch.bfloat16
+
+
+def make_batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(LO, HI + 1, (B,), generator=g)
+    mask = (torch.arange(S)[None, :] < lengths[:, None]).long()
+    ids = torch.randint(5, VOCAB, (B, S), generator=g) * mask
+    labels = torch.where((torch.rand(B, S, generator=g) < 0.3) & mask.bool(), ids, torch.full_like(ids, -100))
+    return lengths, {"input_ids": ids.to(DEV), "attention_mask": mask.to(DEV), "labels": labels.to(DEV)}
+
+
+def step_fn(model, batch):
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step():
+        for p in params:
+            p.grad = None
+        model(**batch).loss.backward()
+    return step
+
+
+def build(name):
+    from transformers import AutoModelForMaskedLM, BertConfig, ModernBertConfig
+
+    if name.startswith("hfzoo"):
+        # "hfzoo": mosaic-bert-base sizes (GeGLU with 3072 per half); "hfzoo_ffn2048": BERT-base's parameter count
+        cfg = MosaicBertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=H,
+                               intermediate_size=2048 if name == "hfzoo_ffn2048" else 3072)
+        model = MosaicBertForMaskedLM(cfg)
+    elif name == "hf_bert":
+        cfg = BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=H,
+                         intermediate_size=3072)
+        model = AutoModelForMaskedLM.from_config(cfg, attn_implementation="sdpa")
+    else:  # modernbert / modernbert_sparse / modernbert_fa2
+        cfg = ModernBertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=H,
+                               intermediate_size=1152, sparse_prediction=name == "modernbert_sparse",
+                               pad_token_id=0, bos_token_id=1, eos_token_id=2, sep_token_id=3, cls_token_id=4)
+        impl = "flash_attention_2" if name == "modernbert_fa2" else "sdpa"
+        model = AutoModelForMaskedLM.from_config(cfg, attn_implementation=impl)
+    return model.to(device=DEV, dtype=DT).train()
+
+
+def bench_models(res, lengths, batch):
+    real = int(lengths.sum())
+    case = f"mlm step B{B} S{S} len{LO}-{HI} bf16"
+    print(f"real tokens {real} of {B * S} ({100 * (1 - real / (B * S)):.0f}% padding)")
+    names = ["hfzoo", "hfzoo_ffn2048", "hf_bert", "modernbert", "modernbert_sparse"]
+    if importlib.util.find_spec("flash_attn") is not None:
+        names.append("modernbert_fa2")
+    else:
+        print("flash_attn is not installed: no unpadded ModernBERT (flash_attention_2) contender")
+    for name in names:
+        torch.manual_seed(0)
+        model = build(name)
+        step = step_fn(model, batch)
+        res.add(f"coldstart {case}", name, "s", first_call_s(step))
+        print(f"{name}: loss {model(**batch).loss.item():.4f}, "
+              f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
+        ms = bench_ms(step, warmup=200, rep=1500)
+        res.add(case, name, "ms", ms)
+        res.add(case, name, "tokens/s", real / ms * 1e3)
+        res.add(case, name, "GB", torch.cuda.max_memory_allocated() / 1e9)
+        del model, step
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def attention_inputs(lengths):
+    g = torch.Generator(device=DEV).manual_seed(1)
+    total = int(lengths.sum())
+    cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(DEV, torch.int32)
+    qkv = torch.randn(total, 3, H, D, device=DEV, dtype=DT, generator=g).requires_grad_()
+    slopes = torch.tensor(alibi_slopes(H), device=DEV)
+    return total, cu, qkv, slopes
+
+
+def padded_bias(lengths, slopes):
+    pos = torch.arange(S, device=DEV)
+    alibi = -slopes[:, None, None] * (pos[:, None] - pos[None, :]).abs()  # [H, S, S]
+    keymask = torch.arange(S, device=DEV)[None, :] < lengths.to(DEV)[:, None]  # [B, S]
+    bias = alibi[None] + torch.where(keymask, 0.0, float("-inf"))[:, None, None, :]
+    return bias.to(DT)  # [B, H, S, S]
+
+
+def pad_qkv(qkv, lengths):
+    mask = torch.arange(S, device=DEV)[None, :] < lengths.to(DEV)[:, None]
+    out = qkv.new_zeros(B, S, 3, H, D)
+    out[mask] = qkv.detach()
+    return [t.transpose(1, 2).contiguous().requires_grad_() for t in out.unbind(2)]  # 3 x [B, H, S, D]
+
+
+def bench_attention(res, lengths):
+    total, cu, qkv, slopes = attention_inputs(lengths)
+    do = torch.randn(total, H, D, device=DEV, dtype=DT)
+    case = f"attention B{B} S{S} len{LO}-{HI} H{H} D{D} bf16"
+    hz = lambda: varlen_alibi_attention_qkvpacked(qkv, cu, HI, slopes)
+    res.add(f"coldstart fwd {case}", "hfzoo", "s", first_call_s(hz))
+    res.add(case.replace("attention", "fwd attention"), "hfzoo", "ms", bench_ms(hz, 100, 500))
+    res.add(case.replace("attention", "fwdbwd attention"), "hfzoo", "ms",
+            bench_ms(lambda: torch.autograd.grad(hz(), qkv, do), 100, 500))
+
+    bias = padded_bias(lengths, slopes)
+    q, k, v = pad_qkv(qkv, lengths)
+    dop = torch.randn_like(q)
+    sd = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    res.add(case.replace("attention", "fwd attention"), "sdpa_bias", "ms", bench_ms(sd, 100, 500))
+    res.add(case.replace("attention", "fwdbwd attention"), "sdpa_bias", "ms",
+            bench_ms(lambda: torch.autograd.grad(sd(), (q, k, v), dop), 100, 500))
+    res.add(f"bias memory {case}", "sdpa_bias", "GB", bias.numel() * bias.element_size() / 1e9)
+
+    # A new length bucket (longest 1024): Triton re-tunes (no recompile); time the first call.
+    long_lengths = lengths.clone()
+    long_lengths[0] = 1024
+    total2, cu2, qkv2, _ = attention_inputs(long_lengths)
+    res.add(f"coldstart fwdbwd new bucket max1024 {case}", "hfzoo", "s",
+            first_call_s(lambda: varlen_alibi_attention_qkvpacked(qkv2, cu2, 1024, slopes).sum().backward()))
+    return total, cu, qkv, slopes, do, case
+
+
+def bench_flex(res, lengths, total, cu, qkv, slopes, do, case):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    tp = (total + 127) // 128 * 128
+    seg = torch.repeat_interleave(torch.arange(B, device=DEV), lengths.to(DEV))
+    doc = torch.full((tp,), -1, device=DEV, dtype=torch.long)
+    doc[:total] = seg
+    pos = torch.zeros(tp, device=DEV, dtype=torch.long)
+    pos[:total] = torch.arange(total, device=DEV) - cu.long()[seg]
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score - slopes[h] * (pos[q_idx] - pos[kv_idx]).abs()
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return doc[q_idx] == doc[kv_idx]
+
+    flex = torch.compile(flex_attention)
+    qf = torch.zeros(3, 1, H, tp, D, device=DEV, dtype=DT)
+    qf[:, 0, :, :total] = qkv.detach().permute(1, 2, 0, 3)
+    q, k, v = (t.clone().requires_grad_() for t in qf.unbind(0))
+    dof = torch.zeros(1, H, tp, D, device=DEV, dtype=DT)
+    dof[0, :, :total] = do.transpose(0, 1)
+    t0 = time.perf_counter()
+    bm = create_block_mask(mask_mod, None, None, tp, tp, device=DEV)
+    fb = lambda: torch.autograd.grad(flex(q, k, v, score_mod=score_mod, block_mask=bm), (q, k, v), dof)
+    fb()
+    torch.cuda.synchronize()
+    res.add(f"coldstart fwdbwd {case}", "flex_attention", "s", time.perf_counter() - t0)
+    res.add(f"block mask {case}", "flex_attention", "ms",
+            bench_ms(lambda: create_block_mask(mask_mod, None, None, tp, tp, device=DEV), 10, 100))
+    res.add(case.replace("attention", "fwd attention"), "flex_attention", "ms",
+            bench_ms(lambda: flex(q, k, v, score_mod=score_mod, block_mask=bm), 100, 500))
+    res.add(case.replace("attention", "fwdbwd attention"), "flex_attention", "ms", bench_ms(fb, 100, 500))
+    # agreement with hfzoo on the real tokens
+    out = flex(q, k, v, score_mod=score_mod, block_mask=bm)[0, :, :total].transpose(0, 1).float()
+    ref = varlen_alibi_attention_qkvpacked(qkv.detach(), cu, HI, slopes).float()
+    print(f"flex_attention vs hfzoo relative RMS difference: {((out - ref).norm() / ref.norm()).item():.2e}")
+
+
+def main():
+    res = Results("mosaicbert")
+    lengths, batch = make_batch()
+    bench_models(res, lengths, batch)
+    res.save(plot_metric="tokens/s")
+    args = bench_attention(res, lengths)
+    res.save(plot_metric="tokens/s")
+    if os.environ.get("HFZOO_BENCH_FLEX", "1") == "1":
+        try:
+            bench_flex(res, lengths, *args)
+        except Exception as e:  # report, keep the rest
+            print(f"flex_attention failed: {type(e).__name__}: {e}")
+    print(res.save(plot_metric="tokens/s"))
+
+
+if __name__ == "__main__":
+    main()
