@@ -75,7 +75,11 @@ def bench_models(res, lengths, batch):
         print("flash_attn is not installed: no unpadded ModernBERT (flash_attention_2) contender")
     for name in names:
         torch.manual_seed(0)
-        model = build(name)
+        try:
+            model = build(name)
+        except Exception as e:  # report and go on with the others
+            print(f"{name}: could not be built: {type(e).__name__}: {e}")
+            continue
         step = step_fn(model, batch)
         res.add(f"coldstart {case}", name, "s", first_call_s(step))
         print(f"{name}: loss {model(**batch).loss.item():.4f}, "
