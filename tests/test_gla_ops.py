@@ -1,0 +1,191 @@
+"""GLA ops: Triton chunked/recurrent kernels (interpreter on CPU, native on GPU) against the token-loop definition."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import rel_err
+
+from hfzoo.ops.gla import chunk_gla, chunk_gla_torch, fused_recurrent_gla, naive_recurrent_gla
+
+
+def _inputs(B, T, H, Hkv, K, V, N=None, decay=1.0, device="cpu", dtype=torch.float32, seed=0):
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen)
+    q, k, v = r(B, T, H, K), r(B, T, Hkv, K), r(B, T, Hkv, V)
+    g = F.logsigmoid(r(B, T, Hkv, K)) * decay / 4
+    h0 = r(N or B, Hkv, K, V)
+    to = lambda x, dt: x.to(device=device, dtype=dt)
+    return to(q, dtype), to(k, dtype), to(v, dtype), to(g, torch.float32), to(h0, torch.float32)
+
+
+def _run(fn, q, k, v, g, h0, cu, do, dht, **kw):
+    """Output, final state and the gradients of <o, do> + <ht, dht> for every input that was given."""
+    leaves = [t.detach().clone().requires_grad_() for t in (q, k, v, g)]
+    h0 = h0.detach().clone().requires_grad_() if h0 is not None else None
+    o, ht = fn(*leaves, None, h0, dht is not None, cu, **kw)
+    loss = (o.float() * do.float()).sum()
+    if dht is not None:
+        loss = loss + (ht * dht).sum()
+    grads = torch.autograd.grad(loss, leaves + ([h0] if h0 is not None else []))
+    return [o, *([ht] if dht is not None else []), *grads]
+
+
+def _check(q, k, v, g, h0=None, cu=None, final=True, tol=2e-5):
+    do = torch.randn(*q.shape[:3], v.shape[-1])
+    N = q.shape[0] if cu is None else cu.numel() - 1
+    dht = torch.randn(N, *k.shape[2:], v.shape[-1]) if final else None
+    ours = _run(chunk_gla, q, k, v, g, h0, cu, do, dht, backend="triton")
+    ref = _run(naive_recurrent_gla, q, k, v, g, h0, cu, do, dht)
+    assert len(ours) == len(ref)
+    for a, b in zip(ours, ref):
+        assert a.shape == b.shape
+        assert rel_err(a, b) < tol
+
+
+@pytest.mark.parametrize("T", [1, 37, 130])
+def test_chunk_matches_definition(T):
+    q, k, v, g, h0 = _inputs(2, T, 2, 2, 32, 16, seed=T)
+    _check(q, k, v, g, h0)
+
+
+def test_chunk_without_states():
+    q, k, v, g, _ = _inputs(1, 70, 2, 2, 16, 32, seed=1)
+    _check(q, k, v, g, None, final=False)
+
+
+def test_chunk_varlen_gqa_with_states():
+    # sequences of 10, 65 (crosses a chunk boundary) and 25 tokens; 4 query heads over 2 key/value heads
+    cu = torch.tensor([0, 10, 75, 100])
+    q, k, v, g, h0 = _inputs(1, 100, 4, 2, 16, 16, N=3, seed=2)
+    _check(q, k, v, g, h0, cu)
+
+
+def test_chunk_strong_decay_takes_exact_path():
+    # ~-8 per token: a chunk decays far beyond e^-40, so the elementwise intra-chunk path runs
+    q, k, v, g, h0 = _inputs(1, 130, 2, 1, 16, 16, decay=40.0, seed=3)
+    assert g[0, :64].sum(0).min() < -40
+    _check(q, k, v, g, h0)
+
+
+def test_chunk_odd_head_dims():
+    # K = 80 spans two 64-wide key blocks (the second one partly masked); V = 24 is no power of two
+    q, k, v, g, h0 = _inputs(1, 70, 2, 2, 80, 24, seed=4)
+    _check(q, k, v, g, h0)
+
+
+def test_torch_chunked_reference_matches_definition():
+    cu = torch.tensor([0, 3, 40, 90])
+    q, k, v, g, h0 = _inputs(1, 90, 4, 2, 16, 24, N=3, decay=12.0, seed=5)
+    do, dht = torch.randn(1, 90, 4, 24), torch.randn(3, 2, 16, 24)
+    ours = _run(chunk_gla_torch, q, k, v, g, h0, cu, do, dht)
+    ref = _run(naive_recurrent_gla, q, k, v, g, h0, cu, do, dht)
+    for a, b in zip(ours, ref):
+        assert rel_err(a, b) < 1e-5
+
+
+def test_reference_backend_is_chunked_torch():
+    q, k, v, g, h0 = _inputs(2, 50, 2, 2, 16, 16, seed=6)
+    o, ht = chunk_gla(q, k, v, g, initial_state=h0, output_final_state=True, backend="reference")
+    o2, ht2 = naive_recurrent_gla(q, k, v, g, initial_state=h0, output_final_state=True)
+    assert rel_err(o, o2) < 1e-5 and rel_err(ht, ht2) < 1e-5
+
+
+@pytest.mark.parametrize("cu", [None, [0, 1, 9, 20]])
+def test_recurrent_matches_definition(cu):
+    cu = torch.tensor(cu) if cu is not None else None
+    B = 2 if cu is None else 1
+    q, k, v, g, h0 = _inputs(B, 20, 4, 2, 32, 48, N=3 if cu is not None else None, decay=3.0, seed=7)
+    with torch.no_grad():
+        o, ht = fused_recurrent_gla(q, k, v, g, initial_state=h0, output_final_state=True, cu_seqlens=cu,
+                                    backend="triton")
+    o2, ht2 = naive_recurrent_gla(q, k, v, g, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+    assert rel_err(o, o2) < 1e-5 and rel_err(ht, ht2) < 1e-5
+
+
+def test_recurrent_gradients_use_chunked_kernels():
+    q, k, v, g, h0 = _inputs(1, 9, 2, 2, 16, 16, seed=8)
+    do, dht = torch.randn(1, 9, 2, 16), torch.randn(1, 2, 16, 16)
+    ours = _run(fused_recurrent_gla, q, k, v, g, h0, None, do, dht, backend="triton")
+    ref = _run(naive_recurrent_gla, q, k, v, g, h0, None, do, dht)
+    for a, b in zip(ours, ref):
+        assert rel_err(a, b) < 2e-5
+
+
+def test_bad_inputs_are_named():
+    q, k, v, g, h0 = _inputs(2, 8, 4, 2, 16, 16)
+    with pytest.raises(ValueError, match="k and g"):
+        chunk_gla(q, k[..., :8], v, g)
+    with pytest.raises(ValueError, match="v must be"):
+        chunk_gla(q, k, v[:, :4], g)
+    with pytest.raises(ValueError, match="multiple"):
+        chunk_gla(q[:, :, :3], k, v, g)
+    with pytest.raises(ValueError, match="initial_state"):
+        chunk_gla(q, k, v, g, initial_state=h0[:1])
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        chunk_gla(q, k, v, g, cu_seqlens=torch.tensor([0, 8]))
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        fused_recurrent_gla(q[:1], k[:1], v[:1], g[:1], cu_seqlens=torch.tensor([0, 5]))
+    with pytest.raises(TypeError, match="cu_seqlens"):
+        chunk_gla(q[:1], k[:1], v[:1], g[:1], cu_seqlens=torch.tensor([0.0, 8.0]))
+    with pytest.raises(TypeError, match="q"):
+        chunk_gla(q.numpy(), k, v, g)
+    with pytest.raises(TypeError, match="v"):
+        fused_recurrent_gla(q, k, v.long(), g)
+
+
+# ----------------------------------------------------------------------------------------------------
+# GPU: half precision at realistic sizes against the chunked reference in fp64.
+
+
+def _gpu_check(B, T, H, Hkv, K, V, dtype, cu=None, decay=1.0, tol=None):
+    N = None if cu is None else len(cu) - 1
+    q, k, v, g, h0 = _inputs(B, T, H, Hkv, K, V, N=N, decay=decay, device="cuda", dtype=dtype)
+    cu = torch.tensor(cu, device="cuda") if cu is not None else None
+    do = torch.randn(B, T, H, V, device="cuda", dtype=dtype)
+    dht = torch.randn_like(h0)
+    ours = _run(chunk_gla, q, k, v, g, h0, cu, do, dht, backend="triton")
+    ref = _run(chunk_gla_torch, *(t.double() for t in (q, k, v, g, h0)), cu, do.double(), dht.double())
+    tol = tol or (5e-3 if dtype == torch.float32 else 2e-2)
+    names = ["o", "ht", "dq", "dk", "dv", "dg", "dh0"]
+    errs = {n: rel_err(a, b) for n, a, b in zip(names, ours, ref)}
+    assert ours[0].dtype == dtype and ours[1].dtype == torch.float32
+    assert all(e < tol for e in errs.values()), errs
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_gpu_chunk_h16_d128(dtype):
+    _gpu_check(2, 1000, 16, 16, 128, 128, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_chunk_gqa_varlen_k256_v512(dtype):
+    _gpu_check(1, 900, 4, 2, 256, 512, dtype, cu=[0, 100, 163, 700, 900])
+
+
+@pytest.mark.gpu
+def test_gpu_chunk_strong_decay():
+    _gpu_check(2, 300, 4, 4, 128, 64, torch.bfloat16, decay=40.0)
+
+
+@pytest.mark.gpu
+def test_gpu_long_sequence_stays_finite_and_accurate():
+    q, k, v, g, h0 = _inputs(1, 65536, 4, 4, 128, 128, device="cuda", dtype=torch.bfloat16)
+    q.requires_grad_()
+    o, ht = chunk_gla(q, k, v, g, initial_state=h0, output_final_state=True)
+    (o.float().square().mean() + ht.square().mean()).backward()
+    assert torch.isfinite(o).all() and torch.isfinite(ht).all() and torch.isfinite(q.grad).all()
+    with torch.no_grad():
+        o2, ht2 = chunk_gla_torch(q, k, v, g, initial_state=h0, output_final_state=True, chunk_size=64)
+    assert rel_err(o, o2) < 2e-2 and rel_err(ht, ht2) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [1, 64])
+def test_gpu_recurrent_decode_step(batch):
+    q, k, v, g, h0 = _inputs(batch, 1, 4, 4, 256, 512, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        o, ht = fused_recurrent_gla(q, k, v, g, initial_state=h0, output_final_state=True)
+    o2, ht2 = naive_recurrent_gla(q, k, v, g, initial_state=h0, output_final_state=True)
+    assert rel_err(o, o2) < 1e-2 and rel_err(ht, ht2) < 1e-5
