@@ -406,21 +406,21 @@ class _Seqs:
             self.ci = torch.tensor(ci if ci else [(0, 0)], dtype=torch.int32, device=device)
 
 
-def _blocks(K, V):
-    cfg = {
-        "h": (_p2(K), _p2(V)),               # state scans: BK, BV
-        "o": (_p2(K), _p2(V, hi=128)),        # output: K loop step, BV
-        "dv": (_p2(K), _p2(V, hi=128)),
-        "dqk": (_p2(K), _p2(V)),
-    }
-    return cfg
+# Per-kernel tile sizes and launch options; ``TUNE[name]`` overrides them (benchmarks/gla.py sweeps it).
+TUNE: dict[str, dict] = {}
 
 
-def _warps(*tile):
-    n = 1
-    for t in tile:
-        n *= t
-    return 8 if n >= 64 * 128 else 4
+def _conf(name, K, V):
+    conf = {
+        "h": dict(BK=_p2(K), BV=_p2(V), num_warps=4),       # state scan (forward and recomputed)
+        "dh": dict(BK=_p2(K), BV=_p2(V), num_warps=4),      # reverse state-gradient scan
+        "o": dict(BK=_p2(K), BV=_p2(V, hi=128), num_warps=8 if V >= 128 else 4),
+        "dv": dict(BK=_p2(K), BV=_p2(V, hi=128), num_warps=8 if V >= 128 else 4),
+        "dqk": dict(BK=_p2(K), BV=_p2(V), num_warps=8 if K >= 64 else 4),
+    }[name]
+    conf.update(TUNE.get(name, {}))
+    opts = {key: conf[key] for key in ("num_warps", "num_stages") if key in conf}
+    return conf["BK"], conf["BV"], opts
 
 
 def _state_dtype(dtype):
@@ -430,14 +430,13 @@ def _state_dtype(dtype):
 def _fwd_states(k, v, g, h0, seqs, want_ht):
     B, T, Hkv, K = k.shape
     V = v.shape[-1]
-    BK, BV = _blocks(K, V)["h"]
+    BK, BV, opts = _conf("h", K, V)
     h = torch.empty(seqs.n_chunks, Hkv, K, V, dtype=_state_dtype(v.dtype), device=v.device)
     ht = torch.empty(seqs.N, Hkv, K, V, dtype=torch.float32, device=v.device) if want_ht else None
     grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), seqs.N * Hkv)
     _fwd_h_kernel[grid](k, v, g, h, h0, ht, seqs.cu, seqs.co, seqs.T, seqs.NT,
                         H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, USE_H0=h0 is not None,
-                        STORE_HT=want_ht, IS_VARLEN=seqs.varlen, HALF=v.dtype != torch.float32,
-                        num_warps=4)
+                        STORE_HT=want_ht, IS_VARLEN=seqs.varlen, HALF=v.dtype != torch.float32, **opts)
     return h, ht
 
 
@@ -446,11 +445,11 @@ def _fwd(q, k, v, g, scale, h0, seqs, want_ht):
     Hkv, V = k.shape[2], v.shape[-1]
     h, ht = _fwd_states(k, v, g, h0, seqs, want_ht)
     o = torch.empty(B, T, H, V, dtype=v.dtype, device=v.device)
-    BK, BV = _blocks(K, V)["o"]
+    BK, BV, opts = _conf("o", K, V)
     grid = (triton.cdiv(V, BV), seqs.n_chunks, H)
     _fwd_o_kernel[grid](q, k, v, g, h, o, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
                         H=H, H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=seqs.varlen,
-                        HALF=v.dtype != torch.float32, CLAMP=CLAMP, num_warps=_warps(BT, BV))
+                        HALF=v.dtype != torch.float32, CLAMP=CLAMP, **opts)
     return o, ht
 
 
@@ -458,29 +457,26 @@ def _bwd(q, k, v, g, scale, h0, ht, do, dht, seqs):
     B, T, H, K = q.shape
     Hkv, V = k.shape[2], v.shape[-1]
     half = v.dtype != torch.float32
-    cfg = _blocks(K, V)
     h, _ = _fwd_states(k, v, g, h0, seqs, False)
     dh = torch.empty_like(h)
     dh0 = torch.empty(seqs.N, Hkv, K, V, dtype=torch.float32, device=v.device) if h0 is not None else None
-    BK, BV = cfg["h"]
+    BK, BV, opts = _conf("dh", K, V)
     _bwd_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), seqs.N * Hkv)](
         q, g, do, dh, dht, dh0, seqs.cu, seqs.co, scale, seqs.T, seqs.NT,
         H=H, H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, USE_DHT=dht is not None, STORE_DH0=h0 is not None,
-        IS_VARLEN=seqs.varlen, HALF=half, num_warps=4)
+        IS_VARLEN=seqs.varlen, HALF=half, **opts)
     dv = torch.empty_like(v)
-    BK, BV = cfg["dv"]
+    BK, BV, opts = _conf("dv", K, V)
     _bwd_dv_kernel[(triton.cdiv(V, BV), seqs.n_chunks, Hkv)](
         q, k, g, do, dh, dv, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
-        H=H, H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, HALF=half, CLAMP=CLAMP,
-        num_warps=_warps(BT, BV))
+        H=H, H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, HALF=half, CLAMP=CLAMP, **opts)
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dg = torch.empty(k.shape, dtype=torch.float32, device=k.device)
-    BK, BV = cfg["dqk"]
+    BK, BV, opts = _conf("dqk", K, V)
     _bwd_dqk_kernel[(triton.cdiv(K, BK), seqs.n_chunks, Hkv)](
         q, k, v, g, h, do, dh, dq, dk, dg, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
-        H=H, H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, HALF=half, CLAMP=CLAMP,
-        num_warps=_warps(BT, BK))
+        H=H, H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, HALF=half, CLAMP=CLAMP, **opts)
     fin = (ht * dht.float()).sum(-1).contiguous() if dht is not None else None
     BK = _p2(K)
     _bwd_dg_kernel[(triton.cdiv(K, BK), seqs.N * Hkv)](

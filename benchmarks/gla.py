@@ -1,0 +1,203 @@
+"""GLA kernels on the GPU: hfzoo's chunk_gla / fused_recurrent_gla vs fla's and vs SDPA flash attention.
+
+Run on the GPU machine (fla's pure-Python wheels carried, see benchmarks/NOTES.md):
+    PYTHONPATH=. HFZOO_BENCH_OUT=$OUT python benchmarks/gla.py [--quick] [--sweep]
+
+Cases (bf16, 32k tokens per batch): ``fwd``/``fwdbwd B.. T.. H.. K.. V.. bf16`` for T = 2048/8192/16384 and
+(H, K, V) = (16, 128, 128), (4, 256, 512); ``decode B.. H4 K256 V512`` (one token with a state); a cold
+start row (first call, compilation included). Rows with metric ``x_fla`` are hfzoo time / fla time.
+"""
+
+# ruff: noqa: B023  (the lambdas below are timed on the spot, inside their loop iteration)
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.common import Results, bench_ms, first_call_s, peak_gb  # noqa: E402
+from hfzoo.ops import gla_chunk  # noqa: E402
+from hfzoo.ops.gla import chunk_gla, fused_recurrent_gla  # noqa: E402
+
+COPY_TBPS = 4.27  # measured H200 device-to-device copy rate (DESIGN.md)
+TOKENS = 32768
+SHAPES = [(16, 128, 128), (4, 256, 512)]
+LENGTHS = [2048, 8192, 16384]
+
+
+def _fla():
+    try:
+        from fla.ops.gla import chunk_gla as fla_chunk
+        from fla.ops.gla import fused_recurrent_gla as fla_recurrent
+
+        return fla_chunk, fla_recurrent
+    except Exception as e:  # fla not carried: its rows are left out
+        print("fla unavailable:", repr(e)[:200])
+        return None, None
+
+
+def _inputs(B, T, H, K, V, dt=torch.bfloat16, grad=True):
+    dev = "cuda"
+    q = torch.randn(B, T, H, K, device=dev, dtype=dt, requires_grad=grad)
+    k = torch.randn(B, T, H, K, device=dev, dtype=dt, requires_grad=grad)
+    v = torch.randn(B, T, H, V, device=dev, dtype=dt, requires_grad=grad)
+    g = (F.logsigmoid(torch.randn(B, T, H, K, device=dev)) / 16).requires_grad_(grad)
+    return q, k, v, g
+
+
+def _fwd_bytes(B, T, H, K, V):
+    # q, k, v and o in bf16, g in fp32: what the forward must read and write at least
+    return B * T * H * (2 * K * 2 + V * 2 + K * 4 + V * 2)
+
+
+def _time_pair(res, case_fwd, case_fb, name, fn, q, k, v, g, do):
+    def fwd():
+        with torch.no_grad():
+            return fn(q, k, v, g)[0]
+
+    def fb():
+        o = fn(q, k, v, g)[0]
+        o.backward(do)
+
+    try:
+        t_f = bench_ms(fwd)
+        res.add(case_fwd, name, "ms", t_f)
+        t_fb = bench_ms(fb)
+        res.add(case_fb, name, "ms", t_fb)
+        return t_f, t_fb
+    except Exception as e:
+        print(f"{name} failed: {repr(e)[:300]}")
+        return None, None
+
+
+def cold_start(res, fla_chunk):
+    # first calls in this process: compilation of every kernel of the forward and backward
+    q, k, v, g = _inputs(1, 4096, 16, 128, 128)
+    do = torch.randn_like(v)
+    res.add("coldstart fwdbwd T4096 H16 K128 V128", "hfzoo", "s",
+            first_call_s(lambda: chunk_gla(q, k, v, g)[0].backward(do)))
+    if fla_chunk is not None:
+        res.add("coldstart fwdbwd T4096 H16 K128 V128", "fla", "s",
+                first_call_s(lambda: fla_chunk(q, k, v, g)[0].backward(do)))
+
+
+def agreement(res, fla_chunk):
+    # hfzoo against fla on the same bf16 inputs (both against an fp32 chunked reference would be slow here)
+    if fla_chunk is None:
+        return
+    q, k, v, g = _inputs(2, 2048, 4, 256, 512)
+    do = torch.randn_like(v)
+    outs = []
+    for fn in (chunk_gla, fla_chunk):
+        for t in (q, k, v, g):
+            t.grad = None
+        o = fn(q, k, v, g)[0]
+        o.backward(do)
+        outs.append([o.float(), q.grad.float(), k.grad.float(), v.grad.float(), g.grad.float()])
+    for name, a, b in zip(["o", "dq", "dk", "dv", "dg"], *outs):
+        err = ((a - b).norm() / b.norm()).item()
+        res.add(f"agreement T2048 H4 K256 V512 {name}", "hfzoo_vs_fla", "rel_err", err)
+
+
+def chunk_cases(res, fla_chunk, lengths, shapes):
+    for H, K, V in shapes:
+        for T in lengths:
+            B = max(1, TOKENS // T)
+            tag = f"B{B} T{T} H{H} K{K} V{V} bf16"
+            q, k, v, g = _inputs(B, T, H, K, V)
+            do = torch.randn_like(v)
+            ours = _time_pair(res, f"fwd {tag}", f"fwdbwd {tag}", "hfzoo", chunk_gla, q, k, v, g, do)
+            floor = _fwd_bytes(B, T, H, K, V) / (COPY_TBPS * 1e12) * 1e3
+            res.add(f"fwd {tag}", "memory_floor", "ms", floor)
+            if ours[0]:
+                res.add(f"fwd {tag}", "hfzoo", "x_floor", ours[0] / floor)
+            if fla_chunk is not None:
+                theirs = _time_pair(res, f"fwd {tag}", f"fwdbwd {tag}", "fla", fla_chunk, q, k, v, g, do)
+                for i, kind in enumerate(("fwd", "fwdbwd")):
+                    if ours[i] and theirs[i]:
+                        res.add(f"{kind} {tag}", "hfzoo", "x_fla", ours[i] / theirs[i])
+            res.add(f"fwdbwd {tag}", "hfzoo", "peak_gb",
+                    peak_gb(lambda: chunk_gla(q, k, v, g)[0].backward(do)))
+            if fla_chunk is not None:
+                res.add(f"fwdbwd {tag}", "fla", "peak_gb",
+                        peak_gb(lambda: fla_chunk(q, k, v, g)[0].backward(do)))
+            q = k = v = g = do = None
+            if (H, K, V) == SHAPES[0]:
+                # flash attention at the same tokens and width: 16 heads x 128
+                qs, ks, vs = (torch.randn(B, 16, T, 128, device="cuda", dtype=torch.bfloat16,
+                                          requires_grad=True) for _ in range(3))
+                dos = torch.randn_like(qs)
+                sd = lambda: F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
+                _time_pair(res, f"fwd {tag}", f"fwdbwd {tag}", "sdpa", lambda a, b, c, d: (sd(),),
+                           None, None, None, None, dos)
+                qs = ks = vs = dos = None
+            torch.cuda.empty_cache()
+
+
+def decode_cases(res, fla_recurrent):
+    H, K, V = 4, 256, 512
+    for B in (1, 64):
+        case = f"decode B{B} H{H} K{K} V{V} bf16"
+        q, k, v, g = _inputs(B, 1, H, K, V, grad=False)
+        s = torch.randn(B, H, K, V, device="cuda")
+        ours = bench_ms(lambda: fused_recurrent_gla(q, k, v, g, initial_state=s, output_final_state=True))
+        res.add(case, "hfzoo", "ms", ours)
+        res.add(case, "hfzoo", "tokens/s", B / ours * 1e3)
+        if fla_recurrent is not None:
+            theirs = bench_ms(lambda: fla_recurrent(q, k, v, gk=g, initial_state=s, output_final_state=True))
+            res.add(case, "fla", "ms", theirs)
+            res.add(case, "fla", "tokens/s", B / theirs * 1e3)
+            res.add(case, "hfzoo", "x_fla", ours / theirs)
+
+
+def sweep(res):
+    # a few launch configurations of the heaviest kernels, fwd+bwd at T=8192 (printed, recorded as rows)
+    variants = {
+        "default": {},
+        "dqk_w4": {"dqk": {"num_warps": 4}},
+        "dv_bv64": {"dv": {"BV": 64, "num_warps": 4}},
+        "o_bv64": {"o": {"BV": 64, "num_warps": 4}},
+        "scan_bv32": {"h": {"BV": 32}, "dh": {"BV": 32}},
+    }
+    for H, K, V in SHAPES:
+        T = 8192
+        B = TOKENS // T
+        q, k, v, g = _inputs(B, T, H, K, V)
+        do = torch.randn_like(v)
+        for name, tune in variants.items():
+            gla_chunk.TUNE.clear()
+            gla_chunk.TUNE.update(tune)
+            try:
+                t = bench_ms(lambda: chunk_gla(q, k, v, g)[0].backward(do))
+                res.add(f"sweep fwdbwd B{B} T{T} H{H} K{K} V{V} bf16", f"hfzoo_{name}", "ms", t)
+                res.save()
+            except Exception as e:
+                print(f"variant {name} failed: {repr(e)[:300]}")
+        gla_chunk.TUNE.clear()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="T=8192 only")
+    ap.add_argument("--sweep", action="store_true", help="also time a few launch configurations")
+    args = ap.parse_args()
+    res = Results("gla")
+    fla_chunk, fla_recurrent = _fla()
+    cold_start(res, fla_chunk)
+    agreement(res, fla_chunk)
+    chunk_cases(res, fla_chunk, [8192] if args.quick else LENGTHS, SHAPES)
+    res.save()
+    decode_cases(res, fla_recurrent)
+    res.save()
+    if args.sweep:
+        sweep(res)
+    print("saved", res.save())
+
+
+if __name__ == "__main__":
+    main()
