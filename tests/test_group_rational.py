@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from helpers import rel_err
 
+import hfzoo.ops.group_rational as gr_mod
 from hfzoo.ops.group_rational import RATIONAL_INITS, group_rational, group_rational_reference
 
 
@@ -38,9 +39,11 @@ CASES = [  # shape, groups, numerator rows (1 = shared, as in the released check
 ]
 
 
+@pytest.mark.parametrize("chunk", [1, 4])
 @pytest.mark.parametrize("form", ["released", "paper"])
 @pytest.mark.parametrize("shape,G,arows", CASES)
-def test_kernel_matches_reference_fp32(shape, G, arows, form):
+def test_kernel_matches_reference_fp32(shape, G, arows, form, chunk, monkeypatch):
+    monkeypatch.setattr(gr_mod, "BWD_CHUNK", chunk)   # backward sums folded over 1 or up to 4 columns
     torch.manual_seed(sum(shape) + G + len(form))
     x = torch.randn(*shape) * 1.5
     a = torch.randn(arows, 6) * 0.3
@@ -127,7 +130,9 @@ def test_bad_arguments():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape,D,G", [((4096,), 768, 8), ((8, 197), 3072, 8), ((33,), 1000, 8), ((3, 7), 192, 4)])
 @pytest.mark.parametrize("form", ["released", "paper"])
-def test_kernel_gpu(dtype, shape, D, G, form):
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_kernel_gpu(dtype, shape, D, G, form, chunk, monkeypatch):
+    monkeypatch.setattr(gr_mod, "BWD_CHUNK", chunk)
     torch.manual_seed(0)
     x = (torch.randn(*shape, D, device="cuda") * 1.5).to(dtype)
     a = torch.randn(1, 6, device="cuda") * 0.3

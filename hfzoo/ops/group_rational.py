@@ -139,11 +139,24 @@ def _group_rational_fwd_kernel(X, A, B, Y, M, D, DG, A_STRIDE, B_STRIDE,
 
 
 @triton.jit
+def _fold(t, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr):
+    """[BLOCK_M, BLOCK_C] -> [BLOCK_M, BLOCK_C // CHUNK]: sum runs of CHUNK adjacent columns (same group)."""
+    if CHUNK == 1:
+        return t
+    else:
+        return tl.sum(tl.reshape(t, [BLOCK_M, BLOCK_C // CHUNK, CHUNK]), axis=2)
+
+
+@triton.jit
 def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, M, D, DG, A_STRIDE, B_STRIDE, rows_per_program,
-                               PAPER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+                               PAPER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+                               CHUNK: tl.constexpr):
     # Program (i, j) walks rows [i * rows_per_program, (i + 1) * rows_per_program) of column block j.
-    # Coefficient-gradient terms accumulate elementwise in ten [BLOCK_M, BLOCK_C] register tiles and are
-    # reduced over rows once at the end: PART[i, k, col] for k = 0..9 (a_0..a_5, then the b terms).
+    # The ten coefficient-gradient terms are folded over runs of CHUNK adjacent columns (CHUNK divides the
+    # group size, so a run never straddles two groups; with CHUNK = the values one thread holds per row the
+    # fold stays inside a thread) and accumulated in ten [BLOCK_M, BLOCK_C // CHUNK] register tiles, which are
+    # reduced over rows once at the end: PART[i, k, chunk] for k = 0..9 (a_0..a_5, then the b terms).
+    NCB: tl.constexpr = BLOCK_C // CHUNK
     pid_m = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < D
@@ -152,16 +165,16 @@ def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, M, D, DG, A_STRIDE, B_STRI
         c0, c1, c2, c3 = b0, b1, b2, b3
     else:
         c0, c1, c2, c3 = tl.abs(b0), tl.abs(b1), tl.abs(b2), tl.abs(b3)
-    ga0 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
-    ga1 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
-    ga2 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
-    ga3 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
-    ga4 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
-    ga5 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
-    gb0 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
-    gb1 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
-    gb2 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
-    gb3 = tl.zeros([BLOCK_M, BLOCK_C], dtype=tl.float32)
+    ga0 = tl.zeros([BLOCK_M, NCB], dtype=tl.float32)
+    ga1 = tl.zeros([BLOCK_M, NCB], dtype=tl.float32)
+    ga2 = tl.zeros([BLOCK_M, NCB], dtype=tl.float32)
+    ga3 = tl.zeros([BLOCK_M, NCB], dtype=tl.float32)
+    ga4 = tl.zeros([BLOCK_M, NCB], dtype=tl.float32)
+    ga5 = tl.zeros([BLOCK_M, NCB], dtype=tl.float32)
+    gb0 = tl.zeros([BLOCK_M, NCB], dtype=tl.float32)
+    gb1 = tl.zeros([BLOCK_M, NCB], dtype=tl.float32)
+    gb2 = tl.zeros([BLOCK_M, NCB], dtype=tl.float32)
+    gb3 = tl.zeros([BLOCK_M, NCB], dtype=tl.float32)
     start = pid_m * rows_per_program
     for r0 in range(start, start + rows_per_program, BLOCK_M):
         rows = r0 + tl.arange(0, BLOCK_M)
@@ -200,27 +213,30 @@ def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, M, D, DG, A_STRIDE, B_STRI
         gp = dy * rq               # dL/dP
         gq = -gp * p * rq          # dL/dQ
         tl.store(DX + offs, (gp * dp + gq * dq).to(DX.dtype.element_ty), mask=mask)
-        ga0 += gp
-        ga1 += gp * x
-        ga2 += gp * x2
-        ga3 += gp * x3
-        ga4 += gp * x4
-        ga5 += gp * x4 * x
-        gb0 += gq * u1
-        gb1 += gq * u2
-        gb2 += gq * u3
-        gb3 += gq * u4
-    base = PART + pid_m.to(tl.int64) * 10 * D + cols
-    tl.store(base + 0 * D, tl.sum(ga0, axis=0), mask=cmask)
-    tl.store(base + 1 * D, tl.sum(ga1, axis=0), mask=cmask)
-    tl.store(base + 2 * D, tl.sum(ga2, axis=0), mask=cmask)
-    tl.store(base + 3 * D, tl.sum(ga3, axis=0), mask=cmask)
-    tl.store(base + 4 * D, tl.sum(ga4, axis=0), mask=cmask)
-    tl.store(base + 5 * D, tl.sum(ga5, axis=0), mask=cmask)
-    tl.store(base + 6 * D, tl.sum(gb0, axis=0), mask=cmask)
-    tl.store(base + 7 * D, tl.sum(gb1, axis=0), mask=cmask)
-    tl.store(base + 8 * D, tl.sum(gb2, axis=0), mask=cmask)
-    tl.store(base + 9 * D, tl.sum(gb3, axis=0), mask=cmask)
+        ga0 += _fold(gp, BLOCK_M, BLOCK_C, CHUNK)
+        ga1 += _fold(gp * x, BLOCK_M, BLOCK_C, CHUNK)
+        ga2 += _fold(gp * x2, BLOCK_M, BLOCK_C, CHUNK)
+        ga3 += _fold(gp * x3, BLOCK_M, BLOCK_C, CHUNK)
+        ga4 += _fold(gp * x4, BLOCK_M, BLOCK_C, CHUNK)
+        ga5 += _fold(gp * x4 * x, BLOCK_M, BLOCK_C, CHUNK)
+        gb0 += _fold(gq * u1, BLOCK_M, BLOCK_C, CHUNK)
+        gb1 += _fold(gq * u2, BLOCK_M, BLOCK_C, CHUNK)
+        gb2 += _fold(gq * u3, BLOCK_M, BLOCK_C, CHUNK)
+        gb3 += _fold(gq * u4, BLOCK_M, BLOCK_C, CHUNK)
+    NC = D // CHUNK
+    chunks = tl.program_id(1) * NCB + tl.arange(0, NCB)
+    kmask = chunks < NC
+    base = PART + pid_m.to(tl.int64) * 10 * NC + chunks
+    tl.store(base + 0 * NC, tl.sum(ga0, axis=0), mask=kmask)
+    tl.store(base + 1 * NC, tl.sum(ga1, axis=0), mask=kmask)
+    tl.store(base + 2 * NC, tl.sum(ga2, axis=0), mask=kmask)
+    tl.store(base + 3 * NC, tl.sum(ga3, axis=0), mask=kmask)
+    tl.store(base + 4 * NC, tl.sum(ga4, axis=0), mask=kmask)
+    tl.store(base + 5 * NC, tl.sum(ga5, axis=0), mask=kmask)
+    tl.store(base + 6 * NC, tl.sum(gb0, axis=0), mask=kmask)
+    tl.store(base + 7 * NC, tl.sum(gb1, axis=0), mask=kmask)
+    tl.store(base + 8 * NC, tl.sum(gb2, axis=0), mask=kmask)
+    tl.store(base + 9 * NC, tl.sum(gb3, axis=0), mask=kmask)
 
 
 def _column_block(D: int) -> int:
@@ -250,21 +266,35 @@ def _forward(x2, a, b, num_groups, paper):
     return y
 
 
+# Columns folded together in the backward's coefficient-gradient sums (see the kernel); 1 disables folding.
+# Benchmarks and tests may set it; the largest power of two <= BWD_CHUNK that divides the group size is used.
+BWD_CHUNK = 4
+
+
+def _chunk(group_size: int) -> int:
+    c = 1
+    while c * 2 <= BWD_CHUNK and group_size % (c * 2) == 0:
+        c *= 2
+    return c
+
+
 def _backward(x2, dy2, a, b, num_groups, paper):
     M, D = x2.shape
+    DG = D // num_groups
     dx = torch.empty_like(x2)
-    BLOCK_C = _column_block(D)
-    # 1024-element tiles: 8 values per thread with 4 warps keeps the ten accumulators in registers.
-    BLOCK_M = max(1, 1024 // BLOCK_C)
+    CHUNK = _chunk(DG)
+    BLOCK_C = max(_column_block(D), CHUNK)
+    # 4 warps; 8 (or, folded, 16) values per thread and row block keep the accumulators in registers.
+    BLOCK_M = max(1, (1024 if CHUNK == 1 else 2048) // BLOCK_C)
     col_blocks = triton.cdiv(D, BLOCK_C)
     programs = max(1, min(triton.cdiv(4 * _sm_count(x2.device), col_blocks), triton.cdiv(M, BLOCK_M)))
     rows_per_program = triton.cdiv(triton.cdiv(M, programs), BLOCK_M) * BLOCK_M
     programs = triton.cdiv(M, rows_per_program)
-    part = torch.empty(programs, 10, D, dtype=torch.float32, device=x2.device)
+    part = torch.empty(programs, 10, D // CHUNK, dtype=torch.float32, device=x2.device)
     _group_rational_bwd_kernel[(programs, col_blocks)](
-        x2, dy2, a, b, dx, part, M, D, D // num_groups, *_strides(a, b), rows_per_program,
-        PAPER=paper, BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, num_warps=4)
-    per_group = part.sum(0).view(10, num_groups, D // num_groups).sum(-1)   # [10, G]
+        x2, dy2, a, b, dx, part, M, D, DG, *_strides(a, b), rows_per_program,
+        PAPER=paper, BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, CHUNK=CHUNK, num_warps=4)
+    per_group = part.sum(0).view(10, num_groups, DG // CHUNK).sum(-1)       # [10, G]
     da = per_group[:NUM_NUMERATOR].t()                                       # [G, 6]
     db = per_group[NUM_NUMERATOR:].t()                                       # [G, 4]
     if a.shape[0] == 1:
