@@ -348,9 +348,16 @@ def _pick_cache(past_key_values, cache):
     return cache
 
 
+def _with_cache(output_cls, cache, **fields):
+    """Build a model output; its cache field is ``cache`` from transformers 5.24 on, ``past_key_values`` before."""
+    name = "cache" if "cache" in getattr(output_cls, "__dataclass_fields__", {}) else "past_key_values"
+    return output_cls(**{name: cache}, **fields)
+
+
 def _cache_of(outputs):
     """The cache of a model output (named ``cache`` from transformers 5.24 on, ``past_key_values`` before)."""
-    return outputs.get("cache", outputs.get("past_key_values"))
+    name = "cache" if "cache" in getattr(type(outputs), "__dataclass_fields__", {}) else "past_key_values"
+    return getattr(outputs, name)
 
 
 class GLAModel(GLAPreTrainedModel):
@@ -402,8 +409,7 @@ class GLAModel(GLAPreTrainedModel):
 
         if not return_dict:
             return tuple(x for x in (hidden_states, cache, all_hidden) if x is not None)
-        return BaseModelOutputWithPast(last_hidden_state=hidden_states, past_key_values=cache,
-                                       hidden_states=all_hidden)
+        return _with_cache(BaseModelOutputWithPast, cache, last_hidden_state=hidden_states, hidden_states=all_hidden)
 
 
 class GLAForCausalLM(GLAPreTrainedModel, GenerationMixin):
@@ -450,8 +456,8 @@ class GLAForCausalLM(GLAPreTrainedModel, GenerationMixin):
         if not return_dict:
             out = tuple(x for x in (logits, cache, outputs.hidden_states) if x is not None)
             return (loss, *out) if loss is not None else out
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache,
-                                      hidden_states=outputs.hidden_states)
+        return _with_cache(CausalLMOutputWithPast, cache, loss=loss, logits=logits,
+                           hidden_states=outputs.hidden_states)
 
 
 class GLAForSequenceClassification(GLAPreTrainedModel):
