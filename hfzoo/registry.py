@@ -6,8 +6,9 @@ the exporter, the gallery and the tests iterate over ``ARCHITECTURES`` instead o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)

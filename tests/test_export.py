@@ -22,13 +22,14 @@ LOADER = textwrap.dedent("""
                 raise ModuleNotFoundError(f"hfzoo is blocked in this test ({name})")
     sys.meta_path.insert(0, BlockHfzoo())
     import torch, transformers
-    folder, auto_name, inputs_path, out_path = sys.argv[1:5]
-    model = getattr(transformers, auto_name).from_pretrained(folder, trust_remote_code=True).eval()
+    folder, auto_name, inputs_path, out_path, device = sys.argv[1:6]
+    model = getattr(transformers, auto_name).from_pretrained(folder, trust_remote_code=True).eval().to(device)
     assert not any(m == "hfzoo" or m.startswith("hfzoo.") for m in sys.modules), "hfzoo was imported"
     assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
     with torch.no_grad():
-        out = model(**torch.load(inputs_path))
-    torch.save([t for t in out.to_tuple() if isinstance(t, torch.Tensor)], out_path)
+        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in torch.load(inputs_path).items()}
+        out = model(**inputs)
+    torch.save([t.cpu() for t in out.to_tuple() if isinstance(t, torch.Tensor)], out_path)
 """)
 
 
@@ -36,8 +37,7 @@ def _tensors(out):
     return [t for t in out.to_tuple() if isinstance(t, torch.Tensor)]
 
 
-@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
-def test_exported_folder_loads_without_hfzoo(name, tmp_path):
+def _export_and_compare(name, tmp_path, device):
     arch = ARCHITECTURES[name]
     torch.manual_seed(0)
     model = arch.main_model(arch.tiny_config()).eval()
@@ -59,20 +59,36 @@ def test_exported_folder_loads_without_hfzoo(name, tmp_path):
 
     inputs = arch.example_inputs(model.config)
     torch.save(inputs, tmp_path / "inputs.pt")
+    model.to(device)
     with torch.no_grad():
-        expected = _tensors(model(**inputs))
+        expected = [t.cpu() for t in _tensors(model(**{k: v.to(device) if torch.is_tensor(v) else v
+                                                      for k, v in inputs.items()}))]
     auto_name = next(a for a, c in arch.auto_models.items() if c is arch.main_model)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1", TRITON_INTERPRET="0")
     proc = subprocess.run([sys.executable, "-c", LOADER, str(folder), auto_name, str(tmp_path / "inputs.pt"),
-                           str(tmp_path / "out.pt")], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=600)
+                           str(tmp_path / "out.pt"), device], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = torch.load(tmp_path / "out.pt")
     assert len(got) == len(expected)
     for a, b in zip(got, expected):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_exported_folder_loads_without_hfzoo(name, tmp_path):
+    """CPU: the subprocess runs the reference path (no interpreter), the library model here the kernels
+    under the interpreter, so this also checks the two backends agree on a whole model."""
+    _export_and_compare(name, tmp_path, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_exported_folder_runs_its_kernels_on_gpu_without_hfzoo(name, tmp_path):
+    """GPU: the standalone bundle picks the Triton kernels it carries and matches the library model."""
+    _export_and_compare(name, tmp_path, "cuda")
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))

@@ -126,3 +126,20 @@ def test_image_processor(tmp_path):
     assert isinstance(again, KATImageProcessor) and again.image_mode == "L"
     with pytest.raises(ValueError, match="image_mean"):
         KATImageProcessor(image_mode="L", image_mean=[0.5, 0.5, 0.5])
+
+
+@pytest.mark.gpu
+def test_kat_small_kernel_path_gpu_bf16_autocast():
+    torch.manual_seed(0)
+    model = KATForImageClassification(KATConfig.from_preset("kat_small", num_hidden_layers=2, num_labels=10)).cuda()
+    x, labels = torch.randn(4, 3, 224, 224, device="cuda"), torch.tensor([1, 2, 3, 4], device="cuda")
+    results = []
+    for backend in ("triton", "reference"):
+        model.zero_grad()
+        with use_backend(backend), torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(pixel_values=x, labels=labels)
+        out.loss.backward()
+        results.append((out.logits.float(), {n: p.grad.float().clone() for n, p in model.named_parameters()}))
+    assert rel_err(results[0][0], results[1][0]) < 2e-2
+    for name, g in results[0][1].items():
+        assert rel_err(g, results[1][1][name]) < 5e-2, name
