@@ -245,8 +245,8 @@ class SimVQPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.GroupNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-        elif isinstance(module, SimVQQuantizer):
-            init.normal_(module.embedding.weight, mean=0.0, std=module.dim ** -0.5)
+        elif isinstance(module, nn.Embedding):  # the frozen codebook C ~ N(0, D^-1/2)
+            init.normal_(module.weight, mean=0.0, std=module.embedding_dim ** -0.5)
 
 
 class SimVQModel(SimVQPreTrainedModel):

@@ -1,0 +1,137 @@
+"""nearest_code: Triton kernel (interpreter on CPU, fp32; native on GPU) against the chunked PyTorch reference and
+an fp64 brute-force oracle."""
+
+import pytest
+import torch
+from helpers import rel_err
+
+from hfzoo.ops.nearest_code import code_norms, nearest_code, nearest_code_reference
+
+
+def _oracle(z, c):
+    """fp64 squared distances [N, K] (small sizes only)."""
+    return torch.cdist(z.double().reshape(-1, z.shape[-1]), c.double()).pow(2)
+
+
+def _assert_optimal(z, c, idx, rtol):
+    """The chosen code's exact distance is within rtol * (|z|^2 + max|c|^2) of the exact minimum."""
+    d = _oracle(z, c)
+    chosen = d.gather(1, idx.reshape(-1, 1).to(d.device)).squeeze(1)
+    scale = z.double().reshape(-1, z.shape[-1]).pow(2).sum(-1) + c.double().pow(2).sum(-1).max()
+    gap = (chosen - d.min(1).values) / scale
+    assert gap.max().item() <= rtol, gap.max().item()
+
+
+@pytest.mark.parametrize("n,k,d", [(77, 53, 40), (1, 5, 16), (40, 130, 7), (33, 45, 300)])
+def test_kernel_matches_reference_fp32(n, k, d):
+    g = torch.Generator().manual_seed(n * 1000 + k + d)
+    z, c = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
+    i_tri, d_tri = nearest_code(z, c, backend="triton", return_distance=True)
+    i_ref, d_ref = nearest_code(z, c, backend="reference", return_distance=True)
+    assert i_tri.dtype == torch.int64 and i_tri.shape == (n,)
+    assert torch.equal(i_tri, i_ref)
+    assert rel_err(d_tri, d_ref) < 1e-5
+    # both agree with exact arithmetic on well-separated random data
+    assert torch.equal(i_ref, _oracle(z, c).argmin(1))
+    assert rel_err(d_ref, _oracle(z, c).min(1).values) < 1e-5
+
+
+def test_ties_go_to_the_lowest_index_across_and_within_tiles():
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(20, 24, generator=g)
+    # code j and its copies at j + 20 (same 32-code tile on CPU) and j + 70 (a later tile)
+    c = torch.cat([base, base, torch.randn(30, 24, generator=g) + 50.0, base])
+    z = base[torch.randint(0, 20, (50,), generator=g)] + 0.01 * torch.randn(50, 24, generator=g)
+    want = _oracle(z, base).argmin(1)
+    for backend in ("triton", "reference"):
+        got = nearest_code(z, c, backend=backend)
+        assert torch.equal(got, want), backend
+    # identical vectors equidistant to two codes: exact ties in float, still the lowest index
+    c2 = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [0.0, 3.0]]).repeat(1, 8)
+    z2 = torch.zeros(3, 16)
+    for backend in ("triton", "reference"):
+        assert nearest_code(z2, c2, backend=backend).tolist() == [0, 0, 0], backend
+
+
+def test_distance_optimality_on_near_ties():
+    # many nearly equidistant codes: indices may legitimately differ, but the chosen distance must be minimal
+    g = torch.Generator().manual_seed(2)
+    c = torch.nn.functional.normalize(torch.randn(96, 32, generator=g), dim=-1)
+    z = 1e-3 * torch.randn(64, 32, generator=g)
+    for backend in ("triton", "reference"):
+        _assert_optimal(z, c, nearest_code(z, c, backend=backend), rtol=1e-6)
+
+
+def test_leading_dims_and_chunked_reference():
+    g = torch.Generator().manual_seed(3)
+    z, c = torch.randn(2, 3, 5, 16, generator=g), torch.randn(37, 16, generator=g)
+    idx = nearest_code(z, c, backend="triton")
+    assert idx.shape == (2, 3, 5)
+    i_small, _ = nearest_code_reference(z.reshape(-1, 16), c, chunk_elements=40)  # one row per chunk
+    assert torch.equal(idx.reshape(-1), i_small)
+    assert torch.equal(code_norms(c), (c * c).sum(-1))
+
+
+def test_reference_handles_half_precision_inputs_in_fp32():
+    g = torch.Generator().manual_seed(4)
+    z, c = torch.randn(30, 16, generator=g).bfloat16(), torch.randn(50, 16, generator=g).bfloat16()
+    idx = nearest_code(z, c, backend="reference")
+    assert torch.equal(idx, _oracle(z.float(), c.float()).argmin(1))
+
+
+def test_bad_inputs_name_the_argument():
+    z, c = torch.randn(4, 8), torch.randn(6, 8)
+    with pytest.raises(ValueError, match="last dimension"):
+        nearest_code(torch.randn(4, 7), c)
+    with pytest.raises(ValueError, match="codebook"):
+        nearest_code(z, torch.randn(6))
+    with pytest.raises(TypeError, match="same dtype"):
+        nearest_code(z, c.double().float().half())
+    with pytest.raises(TypeError, match="fp32, fp16 or bf16"):
+        nearest_code(z.long(), c.long())
+    with pytest.raises(ValueError, match="precision"):
+        nearest_code(z, c, precision="fp64")
+    with pytest.raises(ValueError, match="at least one code"):
+        nearest_code(z, torch.randn(0, 8))
+
+
+# ---------------------------------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
+def test_gpu_fp32_matches_reference(precision):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    z = torch.randn(5000, 128, device="cuda", generator=g)
+    c = torch.randn(3001, 128, device="cuda", generator=g) / 128 ** 0.5
+    i_tri, d_tri = nearest_code(z, c, precision=precision, return_distance=True, backend="triton")
+    i_ref, d_ref = nearest_code(z, c, return_distance=True, backend="reference")
+    agree = (i_tri == i_ref).float().mean().item()
+    assert agree >= 0.999, agree
+    assert rel_err(d_tri, d_ref) < 1e-5
+    _assert_optimal(z[:1000].cpu(), c.cpu(), i_tri[:1000].cpu(), rtol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_half_inputs_match_fp32_reference_of_the_same_values(dtype):
+    g = torch.Generator(device="cuda").manual_seed(1)
+    z = torch.randn(4096, 128, device="cuda", generator=g).to(dtype)
+    c = (torch.randn(2048, 128, device="cuda", generator=g) / 128 ** 0.5).to(dtype)
+    i_tri = nearest_code(z, c, backend="triton")
+    i_ref = nearest_code(z, c, backend="reference")  # upcasts to fp32: exact products, fp32 sums
+    agree = (i_tri == i_ref).float().mean().item()
+    assert agree >= 0.999, agree
+    _assert_optimal(z[:1000].float().cpu(), c.float().cpu(), i_tri[:1000].cpu(), rtol=1e-6)
+
+
+@pytest.mark.gpu
+def test_gpu_wide_rows_and_ties():
+    g = torch.Generator(device="cuda").manual_seed(2)
+    base = torch.randn(300, 300, device="cuda", generator=g)
+    c = torch.cat([base, base, base])  # copies in later tiles: the first copy must win
+    z = base[torch.randint(0, 300, (999,), device="cuda", generator=g)] + 0.01 * torch.randn(999, 300, device="cuda",
+                                                                                             generator=g)
+    want = nearest_code(z, base, backend="reference")
+    assert torch.equal(nearest_code(z, c, precision="ieee", backend="triton"), want)
+    assert torch.equal(nearest_code(z, c, backend="triton"), want)

@@ -1,0 +1,214 @@
+"""SimVQ model: quantizer math, encode/decode consistency, 1D form, Auto classes, processor."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+from hfzoo.models.simvq import ARCHITECTURE, SimVQConfig, SimVQImageProcessor, SimVQModel, SimVQQuantizer
+from hfzoo.models.simvq.modeling_simvq import codebook_utilization, depth_to_space
+from hfzoo.ops.dispatch import use_backend
+
+
+@pytest.fixture(autouse=True)
+def _reference_search():
+    """Model tests run the nearest-code search in PyTorch (the kernel has its own tests; on CPU it would run
+    through Triton's slow interpreter). test_model_through_the_kernel covers the kernel path end to end."""
+    with use_backend("reference"):
+        yield
+
+
+def _model(**overrides):
+    torch.manual_seed(0)
+    cfg = ARCHITECTURE.tiny_config()
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return SimVQModel(cfg)
+
+
+def test_quantizer_matches_the_papers_definition():
+    torch.manual_seed(0)
+    q = SimVQQuantizer(50, 8, beta=0.25)
+    assert not q.embedding.weight.requires_grad and q.embedding_proj.weight.requires_grad
+    assert q.embedding_proj.bias is not None
+    z = torch.randn(2, 8, 3, 5, requires_grad=True)
+    z_q, idx, loss = q(z)
+    cb = q.embedding_proj.weight @ q.embedding.weight.t()  # W C^T + b, per code
+    cb = (cb + q.embedding_proj.bias[:, None]).t()
+    flat = z.detach().permute(0, 2, 3, 1).reshape(-1, 8)
+    want = torch.cdist(flat.double(), cb.detach().double()).argmin(1).reshape(2, 3, 5)
+    assert torch.equal(idx, want)
+    codes = cb[idx].permute(0, 3, 1, 2)
+    torch.testing.assert_close(z_q, codes, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss, 1.25 * F.mse_loss(z.detach(), codes.detach()), rtol=1e-5, atol=1e-7)
+    # straight-through: d z_q / d z is the identity; the codebook term trains W (and only W)
+    (z_q.sum() + loss).backward()
+    assert q.embedding.weight.grad is None and q.embedding_proj.weight.grad.abs().sum() > 0
+    torch.testing.assert_close(z.grad, torch.ones_like(z) + 0.25 * 2 * (z - codes).detach() / z.numel())
+
+
+def test_legacy_loss_swaps_the_weights():
+    torch.manual_seed(0)
+    q = SimVQQuantizer(16, 4, beta=0.25, legacy=True)
+    z = torch.randn(1, 4, 6, requires_grad=True)  # 1D: [B, D, T]
+    z_q, idx, loss = q(z)
+    assert idx.shape == (1, 6) and z_q.shape == z.shape
+    (gz,) = torch.autograd.grad(loss, z)
+    codes = q.lookup(idx).detach()
+    torch.testing.assert_close(gz, 2 * (z - codes).detach() / z.numel())  # commitment weight 1 in legacy mode
+
+
+def test_initial_codebook_scale_and_frozen_c_survive_training_step():
+    model = _model(codebook_size=4096, z_channels=64)
+    c = model.quantize.embedding.weight
+    assert abs(c.std().item() - 64 ** -0.5) < 0.05 * 64 ** -0.5 and abs(c.mean().item()) < 0.01
+    before = c.clone()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    model(pixel_values=x).loss.backward()
+    opt.step()
+    assert torch.equal(model.quantize.embedding.weight, before)
+
+
+def test_decode_of_encode_equals_forward_and_uses_projected_codebook():
+    model = _model().eval()
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    with torch.no_grad():
+        out = model(pixel_values=x)
+        idx = model.encode(x)
+        rec = model.decode(idx)
+        # the reference's get_codebook_entry reads the unprojected C: a different (wrong) reconstruction
+        unprojected = model.decoder(model.quantize.embedding(idx).permute(0, 3, 1, 2))
+    assert idx.shape == (3, 8, 8) and idx.dtype == torch.int64
+    assert torch.equal(rec, out.reconstruction) and torch.equal(idx, out.indices)
+    assert (unprojected - rec).abs().max() > 1e-2
+    assert out.reconstruction.shape == x.shape
+    torch.testing.assert_close(out.loss, out.reconstruction_loss + out.quantizer_loss)
+    assert out.codebook_utilization.item() == codebook_utilization(idx, 64) == idx.unique().numel() / 64
+
+
+def test_model_through_the_kernel():
+    model = _model().eval()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    with torch.no_grad(), use_backend("triton"):
+        out = model(pixel_values=x)
+    with torch.no_grad():
+        ref = model(pixel_values=x)
+    assert torch.equal(out.indices, ref.indices)
+    torch.testing.assert_close(out.reconstruction, ref.reconstruction)
+
+
+def test_decoder_upsampling_uses_depth_to_space_dcr_order():
+    x = torch.arange(2 * 8 * 2 * 3, dtype=torch.float32).reshape(2, 8, 2, 3)
+    y = depth_to_space(x, 2, dims=2)
+    assert y.shape == (2, 2, 4, 6)
+    # output pixel (c, 2h + i, 2w + j) comes from input channel (i * 2 + j) * C_out + c
+    for c_out in range(2):
+        for i in range(2):
+            for j in range(2):
+                assert torch.equal(y[:, c_out, i::2, j::2], x[:, (i * 2 + j) * 2 + c_out])
+    x1 = torch.arange(12.0).reshape(1, 4, 3)
+    y1 = depth_to_space(x1, 2, dims=1)
+    assert torch.equal(y1[:, :, 1::2], x1[:, 2:4])
+
+
+def test_one_dimensional_form():
+    torch.manual_seed(0)
+    cfg = SimVQConfig(spatial_dims=1, in_channels=5, out_channels=5, ch=16, ch_mult=[1, 2, 2], num_res_blocks=1,
+                      z_channels=8, codebook_size=32, norm_num_groups=8)
+    model = SimVQModel(cfg).eval()
+    x = torch.randn(2, 5, 24)
+    with torch.no_grad():
+        out = model(input_values=x)
+        assert out.reconstruction.shape == x.shape and out.indices.shape == (2, 6)
+        assert torch.equal(model.decode(model.encode(x)), out.reconstruction)
+    assert isinstance(model.encoder.conv_in, torch.nn.Conv1d)
+    with pytest.raises(ValueError, match="divisible"):
+        model(input_values=torch.randn(2, 5, 22))
+
+
+def test_training_reduces_loss_and_gradients_reach_all_trainable_parameters():
+    model = _model()
+    x = torch.rand(4, 3, 16, 16) * 2 - 1
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    first = None
+    for _ in range(15):
+        out = model(pixel_values=x)
+        opt.zero_grad()
+        out.loss.backward()
+        if first is None:
+            first = out.loss.item()
+            missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+            assert not missing, missing
+        opt.step()
+    assert out.loss.item() < 0.7 * first
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model = _model().train()
+    x = torch.rand(2, 3, 16, 16) * 2 - 1
+    model(pixel_values=x).loss.backward()
+    plain = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+    model(pixel_values=x).loss.backward()
+    ckpt = [p.grad for p in model.parameters() if p.requires_grad]
+    for a, b in zip(plain, ckpt):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_auto_classes_and_save_load_roundtrip(tmp_path):
+    model = _model().eval()
+    model.save_pretrained(tmp_path)
+    proc = SimVQImageProcessor(size=16)
+    proc.save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).model_type == "hfzoo_simvq"
+    loaded = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(loaded) is SimVQModel
+    assert torch.equal(loaded.quantize.embedding.weight, model.quantize.embedding.weight)
+    proc2 = AutoImageProcessor.from_pretrained(tmp_path)
+    assert type(proc2) is SimVQImageProcessor and proc2.size == 16
+    img = (np.random.default_rng(0).random((20, 30, 3)) * 255).astype(np.uint8)
+    pv = proc2(img)["pixel_values"]
+    assert pv.shape == (1, 3, 16, 16) and pv.min() >= -1 and pv.max() <= 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(pixel_values=pv).reconstruction, model(pixel_values=pv).reconstruction)
+
+
+def test_processor_round_trip_of_values():
+    proc = SimVQImageProcessor(size=8, crop=False)
+    img = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    pv = proc([img, img])["pixel_values"]
+    assert pv.shape == (2, 3, 8, 8)
+    back = proc.postprocess(pv)
+    assert np.array_equal(back[0], img)  # same size: no resampling, exact [-1, 1] <-> uint8 round trip
+
+
+def test_bad_inputs():
+    model = _model()
+    with pytest.raises(ValueError, match="pixel_values"):
+        model(pixel_values=torch.randn(2, 1, 16, 16))
+    with pytest.raises(ValueError, match="divisible"):
+        model(pixel_values=torch.randn(2, 3, 15, 16))
+    with pytest.raises(ValueError, match="exactly one"):
+        model()
+    with pytest.raises(ValueError, match=r"\[0, 64\)"):
+        model.decode(torch.full((1, 2, 2), 64))
+    with pytest.raises(TypeError, match="integer"):
+        model.decode(torch.zeros(1, 2, 2))
+    with pytest.raises(ValueError, match="norm_num_groups"):
+        SimVQConfig(ch=20, norm_num_groups=32)
+    with pytest.raises(ValueError, match="spatial_dims"):
+        SimVQConfig(spatial_dims=3)
+
+
+@pytest.mark.gpu
+def test_gpu_model_triton_path_matches_reference_path():
+    model = _model(codebook_size=1024).cuda().eval()
+    x = torch.rand(4, 3, 32, 32, device="cuda") * 2 - 1
+    with torch.no_grad(), use_backend("auto"):
+        out = model(pixel_values=x)
+        with use_backend("reference"):
+            ref = model(pixel_values=x)
+    assert (out.indices == ref.indices).float().mean() > 0.99
