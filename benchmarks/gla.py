@@ -5,7 +5,8 @@ Run on the GPU machine (fla's pure-Python wheels carried, see benchmarks/NOTES.m
 
 Cases (bf16, 32k tokens per batch): ``fwd``/``fwdbwd B.. T.. H.. K.. V.. bf16`` for T = 2048/8192/16384 and
 (H, K, V) = (16, 128, 128), (4, 256, 512); ``decode B.. H4 K256 V512`` (one token with a state); a cold
-start row (first call, compilation included). Rows with metric ``x_fla`` are hfzoo time / fla time.
+start row (first call, compilation included). Rows with metric ``x_fla`` are hfzoo time / fla time,
+``x_floor`` the forward's time over its memory floor (bytes of q, k, v, g, o at 4.27 TB/s).
 """
 
 # ruff: noqa: B023  (the lambdas below are timed on the spot, inside their loop iteration)
@@ -75,21 +76,72 @@ def _time_pair(res, case_fwd, case_fb, name, fn, q, k, v, g, do):
         return None, None
 
 
-def cold_start(res, fla_chunk):
-    # first calls in this process: compilation of every kernel of the forward and backward
+def _tag(H, K, V, T):
+    B = max(1, TOKENS // T)
+    return B, f"B{B} T{T} H{H} K{K} V{V} bf16"
+
+
+def cold_start(res, name, fn):
+    # the first call in this process: compilation (and autotuning, for fla) of the forward and backward
     q, k, v, g = _inputs(1, 4096, 16, 128, 128)
     do = torch.randn_like(v)
-    res.add("coldstart fwdbwd T4096 H16 K128 V128", "hfzoo", "s",
-            first_call_s(lambda: chunk_gla(q, k, v, g)[0].backward(do)))
-    if fla_chunk is not None:
-        res.add("coldstart fwdbwd T4096 H16 K128 V128", "fla", "s",
-                first_call_s(lambda: fla_chunk(q, k, v, g)[0].backward(do)))
+    res.add("coldstart fwdbwd T4096 H16 K128 V128", name, "s",
+            first_call_s(lambda: fn(q, k, v, g)[0].backward(do)))
+
+
+def chunk_cases(res, name, fn, lengths, shapes, sdpa=False):
+    times = {}
+    for H, K, V in shapes:
+        for T in lengths:
+            B, tag = _tag(H, K, V, T)
+            q, k, v, g = _inputs(B, T, H, K, V)
+            do = torch.randn_like(v)
+            times[tag] = _time_pair(res, f"fwd {tag}", f"fwdbwd {tag}", name, fn, q, k, v, g, do)
+            if name == "hfzoo":
+                floor = _fwd_bytes(B, T, H, K, V) / (COPY_TBPS * 1e12) * 1e3
+                res.add(f"fwd {tag}", "memory_floor", "ms", floor)
+                if times[tag][0]:
+                    res.add(f"fwd {tag}", "hfzoo", "x_floor", times[tag][0] / floor)
+            res.add(f"fwdbwd {tag}", name, "peak_gb", peak_gb(lambda: fn(q, k, v, g)[0].backward(do)))
+            q = k = v = g = do = None
+            if sdpa and (H, K, V) == SHAPES[0]:
+                # flash attention at the same tokens and width: 16 heads x 128
+                qs, ks, vs = (torch.randn(B, 16, T, 128, device="cuda", dtype=torch.bfloat16,
+                                          requires_grad=True) for _ in range(3))
+                dos = torch.randn_like(qs)
+                sd = lambda: F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
+                _time_pair(res, f"fwd {tag}", f"fwdbwd {tag}", "sdpa", lambda a, b, c, d: (sd(),),
+                           None, None, None, None, dos)
+                qs = ks = vs = dos = None
+            torch.cuda.empty_cache()
+            res.save()
+    return times
+
+
+def ratios(res, ours, theirs):
+    for tag, (f1, fb1) in ours.items():
+        f2, fb2 = theirs.get(tag, (None, None))
+        for kind, a, b in (("fwd", f1, f2), ("fwdbwd", fb1, fb2)):
+            if a and b:
+                res.add(f"{kind} {tag}", "hfzoo", "x_fla", a / b)
+
+
+def decode_cases(res, name, fn):
+    H, K, V = 4, 256, 512
+    times = {}
+    for B in (1, 64):
+        case = f"decode B{B} H{H} K{K} V{V} bf16"
+        q, k, v, g = _inputs(B, 1, H, K, V, grad=False)
+        s = torch.randn(B, H, K, V, device="cuda")
+        t = bench_ms(lambda: fn(q, k, v, g, s))
+        res.add(case, name, "ms", t)
+        res.add(case, name, "tokens/s", B / t * 1e3)
+        times[case] = t
+    return times
 
 
 def agreement(res, fla_chunk):
-    # hfzoo against fla on the same bf16 inputs (both against an fp32 chunked reference would be slow here)
-    if fla_chunk is None:
-        return
+    # hfzoo against fla on the same bf16 inputs
     q, k, v, g = _inputs(2, 2048, 4, 256, 512)
     do = torch.randn_like(v)
     outs = []
@@ -102,57 +154,6 @@ def agreement(res, fla_chunk):
     for name, a, b in zip(["o", "dq", "dk", "dv", "dg"], *outs):
         err = ((a - b).norm() / b.norm()).item()
         res.add(f"agreement T2048 H4 K256 V512 {name}", "hfzoo_vs_fla", "rel_err", err)
-
-
-def chunk_cases(res, fla_chunk, lengths, shapes):
-    for H, K, V in shapes:
-        for T in lengths:
-            B = max(1, TOKENS // T)
-            tag = f"B{B} T{T} H{H} K{K} V{V} bf16"
-            q, k, v, g = _inputs(B, T, H, K, V)
-            do = torch.randn_like(v)
-            ours = _time_pair(res, f"fwd {tag}", f"fwdbwd {tag}", "hfzoo", chunk_gla, q, k, v, g, do)
-            floor = _fwd_bytes(B, T, H, K, V) / (COPY_TBPS * 1e12) * 1e3
-            res.add(f"fwd {tag}", "memory_floor", "ms", floor)
-            if ours[0]:
-                res.add(f"fwd {tag}", "hfzoo", "x_floor", ours[0] / floor)
-            if fla_chunk is not None:
-                theirs = _time_pair(res, f"fwd {tag}", f"fwdbwd {tag}", "fla", fla_chunk, q, k, v, g, do)
-                for i, kind in enumerate(("fwd", "fwdbwd")):
-                    if ours[i] and theirs[i]:
-                        res.add(f"{kind} {tag}", "hfzoo", "x_fla", ours[i] / theirs[i])
-            res.add(f"fwdbwd {tag}", "hfzoo", "peak_gb",
-                    peak_gb(lambda: chunk_gla(q, k, v, g)[0].backward(do)))
-            if fla_chunk is not None:
-                res.add(f"fwdbwd {tag}", "fla", "peak_gb",
-                        peak_gb(lambda: fla_chunk(q, k, v, g)[0].backward(do)))
-            q = k = v = g = do = None
-            if (H, K, V) == SHAPES[0]:
-                # flash attention at the same tokens and width: 16 heads x 128
-                qs, ks, vs = (torch.randn(B, 16, T, 128, device="cuda", dtype=torch.bfloat16,
-                                          requires_grad=True) for _ in range(3))
-                dos = torch.randn_like(qs)
-                sd = lambda: F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
-                _time_pair(res, f"fwd {tag}", f"fwdbwd {tag}", "sdpa", lambda a, b, c, d: (sd(),),
-                           None, None, None, None, dos)
-                qs = ks = vs = dos = None
-            torch.cuda.empty_cache()
-
-
-def decode_cases(res, fla_recurrent):
-    H, K, V = 4, 256, 512
-    for B in (1, 64):
-        case = f"decode B{B} H{H} K{K} V{V} bf16"
-        q, k, v, g = _inputs(B, 1, H, K, V, grad=False)
-        s = torch.randn(B, H, K, V, device="cuda")
-        ours = bench_ms(lambda: fused_recurrent_gla(q, k, v, g, initial_state=s, output_final_state=True))
-        res.add(case, "hfzoo", "ms", ours)
-        res.add(case, "hfzoo", "tokens/s", B / ours * 1e3)
-        if fla_recurrent is not None:
-            theirs = bench_ms(lambda: fla_recurrent(q, k, v, gk=g, initial_state=s, output_final_state=True))
-            res.add(case, "fla", "ms", theirs)
-            res.add(case, "fla", "tokens/s", B / theirs * 1e3)
-            res.add(case, "hfzoo", "x_fla", ours / theirs)
 
 
 def sweep(res):
@@ -184,16 +185,28 @@ def sweep(res):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="T=8192 only")
+    ap.add_argument("--no-fla", action="store_true", help="leave fla out (its first call autotunes for minutes)")
     ap.add_argument("--sweep", action="store_true", help="also time a few launch configurations")
     args = ap.parse_args()
+    lengths = [8192] if args.quick else LENGTHS
     res = Results("gla")
-    fla_chunk, fla_recurrent = _fla()
-    cold_start(res, fla_chunk)
-    agreement(res, fla_chunk)
-    chunk_cases(res, fla_chunk, [8192] if args.quick else LENGTHS, SHAPES)
+    # hfzoo first, so its rows survive a timeout during fla's autotuning
+    cold_start(res, "hfzoo", chunk_gla)
+    ours = chunk_cases(res, "hfzoo", chunk_gla, lengths, SHAPES, sdpa=True)
+    ours_dec = decode_cases(res, "hfzoo", lambda q, k, v, g, s: fused_recurrent_gla(
+        q, k, v, g, initial_state=s, output_final_state=True))
     res.save()
-    decode_cases(res, fla_recurrent)
-    res.save()
+    fla_chunk, fla_recurrent = (None, None) if args.no_fla else _fla()
+    if fla_chunk is not None:
+        cold_start(res, "fla", fla_chunk)
+        theirs = chunk_cases(res, "fla", fla_chunk, lengths, SHAPES)
+        ratios(res, ours, theirs)
+        theirs_dec = decode_cases(res, "fla", lambda q, k, v, g, s: fla_recurrent(
+            q, k, v, gk=g, initial_state=s, output_final_state=True))
+        for case, t in ours_dec.items():
+            res.add(case, "hfzoo", "x_fla", t / theirs_dec[case])
+        agreement(res, fla_chunk)
+        res.save()
     if args.sweep:
         sweep(res)
     print("saved", res.save())

@@ -416,7 +416,7 @@ def _conf(name, K, V):
         "dh": dict(BK=_p2(K), BV=_p2(V), num_warps=4),      # reverse state-gradient scan
         "o": dict(BK=_p2(K), BV=_p2(V, hi=128), num_warps=8 if V >= 128 else 4),
         "dv": dict(BK=_p2(K), BV=_p2(V, hi=128), num_warps=8 if V >= 128 else 4),
-        "dqk": dict(BK=_p2(K), BV=_p2(V), num_warps=8 if K >= 64 else 4),
+        "dqk": dict(BK=_p2(K), BV=_p2(V), num_warps=4),   # 4 beat 8 on the H200 (benchmarks/NOTES.md)
     }[name]
     conf.update(TUNE.get(name, {}))
     opts = {key: conf[key] for key in ("num_warps", "num_stages") if key in conf}
