@@ -52,7 +52,7 @@ def test_slopes_follow_the_published_rule():
 @pytest.mark.parametrize("packed_bias", [True, False])
 def test_reference_matches_naive_loop(monkeypatch, packed_bias):
     if not packed_bias:  # force the per-sequence branch
-        monkeypatch.setattr(vaa, "_PACKED_BIAS_LIMIT", 0)
+        monkeypatch.setattr(vaa, "_GROUP_TOKENS", 1)
     torch.manual_seed(0)
     lengths, H, D = [3, 0, 6, 1], 3, 8
     T = sum(lengths)

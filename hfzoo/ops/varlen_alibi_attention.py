@@ -55,50 +55,50 @@ def alibi_slopes(num_heads: int) -> list[float]:
 # ----------------------------------------------------------------------------------------------------
 # Reference
 
-# Above this many bias elements (H * total^2) the reference loops over sequences instead of building
-# one block-diagonal bias for the whole packed batch.
-_PACKED_BIAS_LIMIT = 1 << 22
+# Consecutive sequences are grouped into one SDPA call with a block-diagonal bias while the group holds at
+# most this many tokens (the masked-out blocks are still computed, so groups stay small); a longer
+# sequence forms a group of its own.
+_GROUP_TOKENS = 256
 
 
-def _alibi_bias(positions: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
-    dist = (positions[:, None] - positions[None, :]).abs().float()
-    return -slopes.float()[:, None, None] * dist  # [H, L, L]
+def _group_bias(lengths: list[int], slopes: torch.Tensor, device) -> torch.Tensor:
+    """``[H, n, n]`` ALiBi bias for consecutive sequences packed together, ``-inf`` across sequences."""
+    n = sum(lengths)
+    seg = torch.repeat_interleave(torch.arange(len(lengths), device=device), torch.tensor(lengths, device=device),
+                                  output_size=n)
+    starts = torch.tensor([0] + lengths[:-1], device=device).cumsum(0)
+    pos = torch.arange(n, device=device) - starts[seg]
+    bias = -slopes.float()[:, None, None] * (pos[:, None] - pos[None, :]).abs().float()
+    return bias.masked_fill(seg[:, None] != seg[None, :], float("-inf"))
 
 
 def varlen_alibi_attention_reference(q, k, v, cu_seqlens, max_seqlen, slopes, softmax_scale=None,
                                      dropout_p: float = 0.0):
     """The definition in plain PyTorch: SDPA with an explicit ALiBi bias, computed in fp32.
 
-    Short batches run as one SDPA call over the packed tokens with a block-diagonal bias (``-inf``
-    between sequences); longer ones loop over sequences. Returns ``q``'s dtype. Differentiable.
+    Sequences are grouped (consecutively) into one SDPA call per group with a block-diagonal bias
+    (``-inf`` between sequences); a short batch is a single call. Returns ``q``'s dtype. Differentiable.
     """
     total, H, D = q.shape
     scale = D ** -0.5 if softmax_scale is None else softmax_scale
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-    qf, kf, vf = (t.float().transpose(0, 1) for t in (q, k, v))  # [H, total, D]
     if total == 0:
         return q.new_zeros(q.shape)
-    if H * total * total <= _PACKED_BIAS_LIMIT:
-        seg = torch.repeat_interleave(torch.arange(len(lengths), device=q.device),
-                                      torch.as_tensor(lengths, device=q.device), output_size=total)
-        pos = torch.arange(total, device=q.device) - cu_seqlens.to(q.device).long()[seg]
-        bias = _alibi_bias(pos, slopes)
-        bias = bias.masked_fill(seg[:, None] != seg[None, :], float("-inf"))
-        out = F.scaled_dot_product_attention(qf[None], kf[None], vf[None], attn_mask=bias[None],
-                                             dropout_p=dropout_p, scale=scale)[0]
-    else:
-        outs, start = [], 0
-        for L in lengths:
-            if L == 0:
-                continue
-            sl = slice(start, start + L)
-            bias = _alibi_bias(torch.arange(L, device=q.device), slopes)
-            outs.append(F.scaled_dot_product_attention(qf[None, :, sl], kf[None, :, sl], vf[None, :, sl],
-                                                       attn_mask=bias[None], dropout_p=dropout_p,
-                                                       scale=scale)[0])
-            start += L
-        out = torch.cat(outs, dim=1)
-    return out.transpose(0, 1).to(q.dtype)
+    lengths = [L for L in (cu_seqlens[1:] - cu_seqlens[:-1]).tolist() if L > 0]
+    groups, current = [], []
+    for L in lengths:
+        if current and sum(current) + L > _GROUP_TOKENS:
+            groups.append(current)
+            current = []
+        current.append(L)
+    groups.append(current)
+    qf, kf, vf = (t.float().transpose(0, 1) for t in (q, k, v))  # [H, total, D]
+    sizes = [sum(g) for g in groups]
+    outs = []
+    for g, qg, kg, vg in zip(groups, qf.split(sizes, 1), kf.split(sizes, 1), vf.split(sizes, 1)):
+        bias = _group_bias(g, slopes, q.device)
+        outs.append(F.scaled_dot_product_attention(qg[None], kg[None], vg[None], attn_mask=bias[None],
+                                                   dropout_p=dropout_p, scale=scale)[0])
+    return torch.cat(outs, dim=1).transpose(0, 1).to(q.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------
