@@ -80,7 +80,18 @@ def nearest_code_reference(z: torch.Tensor, codebook: torch.Tensor, chunk_elemen
 # earlier (lower) index, and within a tile tl.min's left tie-break keeps the lowest index too.
 
 
-def _configs():
+# Shared memory decides the configs (H200: 227 KB per block). Per pipeline stage the kernel holds one codebook
+# tile (BLOCK_K x BLOCK_D), plus the z tile once; fp32 tiles are twice the size of 16-bit ones, and fp32 dots in
+# "tf32x3" keep split (high/low) copies of the operands besides. On an H200 the 16-bit configs below were measured
+# to fit, while 128x128 fp32 tiles with 3 stages asked for 384 KB and failed to launch; the fp32 list is therefore
+# smaller, and ends with a config that fits in any case. Configs that do not fit are skipped by the autotuner.
+def _configs(fp32: bool):
+    if fp32:
+        return [
+            triton.Config({"BLOCK_M": 128, "BLOCK_K": 64}, num_warps=8, num_stages=2),
+            triton.Config({"BLOCK_M": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
+            triton.Config({"BLOCK_M": 64, "BLOCK_K": 32}, num_warps=4, num_stages=2),
+        ]
     return [
         triton.Config({"BLOCK_M": 128, "BLOCK_K": 128}, num_warps=8, num_stages=3),
         triton.Config({"BLOCK_M": 128, "BLOCK_K": 64}, num_warps=4, num_stages=4),
@@ -129,17 +140,16 @@ def _nearest_code_kernel(Z, C, CN, IDX, BEST, N, K, D, stride_z, stride_c,
     tl.store(BEST + rows, best, mask=rmask)
 
 
-_autotuned_kernel = None
+_autotuned_kernels: dict = {}
 
 
-def _kernel():
+def _kernel(fp32: bool):
     # Autotuned on coarse buckets (powers of two of N and K, D and dtype), so a new batch size does not
     # re-tune. Built lazily so that importing hfzoo never touches Triton's autotuner.
-    global _autotuned_kernel
-    if _autotuned_kernel is None:
-        _autotuned_kernel = triton.autotune(configs=_configs(), key=["N_BUCKET", "K_BUCKET", "D"])(
+    if fp32 not in _autotuned_kernels:
+        _autotuned_kernels[fp32] = triton.autotune(configs=_configs(fp32), key=["N_BUCKET", "K_BUCKET", "D"])(
             _nearest_code_kernel)
-    return _autotuned_kernel
+    return _autotuned_kernels[fp32]
 
 
 def _bucket(n: int) -> int:
@@ -154,7 +164,7 @@ def _nearest_code_triton(z: torch.Tensor, codebook: torch.Tensor, precision: str
     cn = code_norms(codebook).contiguous()
     idx = torch.empty(n, dtype=torch.int64, device=z.device)
     best = torch.empty(n, dtype=torch.float32, device=z.device)
-    block_d = max(16, min(256, triton.next_power_of_2(d)))
+    block_d = max(16, min(128, triton.next_power_of_2(d)))  # wider rows loop over D in chunks
     grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),)
     if z.device.type == "cpu":
         # Triton's interpreter: one small fixed config (autotuning there would only cost test time)
@@ -162,8 +172,8 @@ def _nearest_code_triton(z: torch.Tensor, codebook: torch.Tensor, precision: str
             z, codebook, cn, idx, best, n, k, d, z.stride(0), codebook.stride(0), _bucket(n), _bucket(k),
             BLOCK_M=32, BLOCK_K=32, BLOCK_D=block_d, SINGLE_D=d <= block_d, PRECISION=precision)
     else:
-        _kernel()[grid](z, codebook, cn, idx, best, n, k, d, z.stride(0), codebook.stride(0), _bucket(n), _bucket(k),
-                        BLOCK_D=block_d, SINGLE_D=d <= block_d, PRECISION=precision)
+        _kernel(z.dtype == torch.float32)[grid](z, codebook, cn, idx, best, n, k, d, z.stride(0), codebook.stride(0), _bucket(n), _bucket(k),
+                                                BLOCK_D=block_d, SINGLE_D=d <= block_d, PRECISION=precision)
     return idx, best
 
 
