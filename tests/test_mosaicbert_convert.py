@@ -145,4 +145,4 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path):
 
 
 def test_registered_converter():
-    assert converters()["mosaicml_bert"] is mosaicml_bert
+    assert converters()["mosaicml-bert"] is mosaicml_bert

@@ -31,7 +31,7 @@ from ..hub.atomic import atomic_directory
 from ..models.mosaicbert.configuration_mosaicbert import MosaicBertConfig
 from ..models.mosaicbert.modeling_mosaicbert import MosaicBertForMaskedLM, MosaicBertForSequenceClassification
 
-SOURCE = "mosaicml_bert"
+SOURCE = "mosaicml-bert"
 DESCRIPTION = "MosaicML MosaicBERT (Hub folder with bert_layers.py weights, or a Composer .pt) -> hfzoo MosaicBERT"
 
 # Buffers some checkpoints carry that hold no learned values (token-type/position id ranges).
