@@ -39,11 +39,14 @@ CASES = [  # shape, groups, numerator rows (1 = shared, as in the released check
 ]
 
 
-@pytest.mark.parametrize("chunk", [1, 4])
+@pytest.mark.parametrize("chunk,prefetch", [(1, False), (4, True)])
 @pytest.mark.parametrize("form", ["released", "paper"])
 @pytest.mark.parametrize("shape,G,arows", CASES)
-def test_kernel_matches_reference_fp32(shape, G, arows, form, chunk, monkeypatch):
-    monkeypatch.setattr(gr_mod, "BWD_CHUNK", chunk)   # backward sums folded over 1 or up to 4 columns
+def test_kernel_matches_reference_fp32(shape, G, arows, form, chunk, prefetch, monkeypatch):
+    # backward variants: coefficient sums folded over 1 or up to 4 columns; next row block loaded ahead
+    for settings in gr_mod.BWD.values():
+        monkeypatch.setitem(settings, "max_chunk", chunk)
+        monkeypatch.setitem(settings, "prefetch", prefetch)
     torch.manual_seed(sum(shape) + G + len(form))
     x = torch.randn(*shape) * 1.5
     a = torch.randn(arows, 6) * 0.3
@@ -130,9 +133,11 @@ def test_bad_arguments():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape,D,G", [((4096,), 768, 8), ((8, 197), 3072, 8), ((33,), 1000, 8), ((3, 7), 192, 4)])
 @pytest.mark.parametrize("form", ["released", "paper"])
-@pytest.mark.parametrize("chunk", [1, 4])
-def test_kernel_gpu(dtype, shape, D, G, form, chunk, monkeypatch):
-    monkeypatch.setattr(gr_mod, "BWD_CHUNK", chunk)
+@pytest.mark.parametrize("chunk,prefetch", [(1, False), (None, False), (None, True)])
+def test_kernel_gpu(dtype, shape, D, G, form, chunk, prefetch, monkeypatch):
+    for settings in gr_mod.BWD.values():
+        monkeypatch.setitem(settings, "max_chunk", chunk)
+        monkeypatch.setitem(settings, "prefetch", prefetch)
     torch.manual_seed(0)
     x = (torch.randn(*shape, D, device="cuda") * 1.5).to(dtype)
     a = torch.randn(1, 6, device="cuda") * 0.3

@@ -141,22 +141,69 @@ def _group_rational_fwd_kernel(X, A, B, Y, M, D, DG, A_STRIDE, B_STRIDE,
 @triton.jit
 def _fold(t, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr):
     """[BLOCK_M, BLOCK_C] -> [BLOCK_M, BLOCK_C // CHUNK]: sum runs of CHUNK adjacent columns (same group)."""
-    if CHUNK == 1:
-        return t
+    if CHUNK > 1:
+        t = tl.sum(tl.reshape(t, [BLOCK_M, BLOCK_C // CHUNK, CHUNK]), axis=2)
+    return t
+
+
+@triton.jit
+def _bwd_tile(x, dy, a0, a1, a2, a3, a4, a5, c0, c1, c2, c3, PAPER: tl.constexpr):
+    """dx and the ten per-element coefficient-gradient terms of one [BLOCK_M, BLOCK_C] tile.
+
+    a_i are the numerator and c_i the denominator coefficients ([1, BLOCK_C] each; c_i = |b_i| for the
+    released form). Terms: dL/da_k = gp x^k, then dL/dc_k = gq dQ/dc_k, with gp = dy / Q, gq = -gp P / Q.
+    """
+    x2 = x * x
+    x3 = x2 * x
+    x4 = x2 * x2
+    p = a0 + a1 * x + a2 * x2 + a3 * x3 + a4 * x4 + a5 * x4 * x
+    dp = a1 + 2.0 * a2 * x + 3.0 * a3 * x2 + 4.0 * a4 * x3 + 5.0 * a5 * x4
+    if PAPER:
+        # Q = 1 + |T|, T = c0 x + c1 x^2 + c2 x^3 + c3 x^4; dQ/dc_i = s x^{i+1}, s = sign(T), sign(0) = +1
+        t = c0 * x + c1 * x2 + c2 * x3 + c3 * x4
+        s = tl.where(t < 0, -1.0, 1.0)
+        q = 1.0 + tl.abs(t)
+        dq = s * (c0 + 2.0 * c1 * x + 3.0 * c2 * x2 + 4.0 * c3 * x3)
+        u1 = s * x
+        u2 = s * x2
+        u3 = s * x3
+        u4 = s * x4
     else:
-        return tl.sum(tl.reshape(t, [BLOCK_M, BLOCK_C // CHUNK, CHUNK]), axis=2)
+        # Q = 1 + sum c_i |x|^{i+1}; dQ/dc_i = |x|^{i+1}; d|x|/dx = sign(x), sign(0) = +1
+        s = tl.where(x < 0, -1.0, 1.0)
+        ax = tl.abs(x)
+        ax3 = x2 * ax
+        q = 1.0 + c0 * ax + c1 * x2 + c2 * ax3 + c3 * x4
+        dq = s * (c0 + 2.0 * c1 * ax + 3.0 * c2 * x2 + 4.0 * c3 * ax3)
+        u1 = ax
+        u2 = x2
+        u3 = ax3
+        u4 = x4
+    rq = 1.0 / q               # one division per element
+    gp = dy * rq               # dL/dP
+    gq = -gp * p * rq          # dL/dQ
+    dx = gp * dp + gq * dq
+    return dx, gp, gp * x, gp * x2, gp * x3, gp * x4, gp * x4 * x, gq * u1, gq * u2, gq * u3, gq * u4
+
+
+@triton.jit
+def _fold(t, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr):
+    """[BLOCK_M, BLOCK_C] -> [BLOCK_M, BLOCK_C // CHUNK]: sum runs of CHUNK adjacent columns (same group)."""
+    if CHUNK > 1:
+        t = tl.sum(tl.reshape(t, [BLOCK_M, BLOCK_C // CHUNK, CHUNK]), axis=2)
+    return t
 
 
 @triton.jit
 def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, M, D, DG, A_STRIDE, B_STRIDE, rows_per_program,
                                PAPER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-                               CHUNK: tl.constexpr):
+                               CHUNK: tl.constexpr, PREFETCH: tl.constexpr):
     # Program (i, j) walks rows [i * rows_per_program, (i + 1) * rows_per_program) of column block j.
     # The ten coefficient-gradient terms are folded over runs of CHUNK adjacent columns (CHUNK divides the
-    # group size, so a run never straddles two groups; with CHUNK = the values one thread holds per row the
+    # group size, so a run never straddles two groups; with CHUNK = the values one thread loads at once the
     # fold stays inside a thread) and accumulated in ten [BLOCK_M, BLOCK_C // CHUNK] register tiles, which are
     # reduced over rows once at the end: PART[i, k, chunk] for k = 0..9 (a_0..a_5, then the b terms).
-    NCB: tl.constexpr = BLOCK_C // CHUNK
+    # With PREFETCH, the next row block's x and dy are loaded before the current one is computed.
     pid_m = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     cmask = cols < D
@@ -165,66 +212,54 @@ def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, M, D, DG, A_STRIDE, B_STRI
         c0, c1, c2, c3 = b0, b1, b2, b3
     else:
         c0, c1, c2, c3 = tl.abs(b0), tl.abs(b1), tl.abs(b2), tl.abs(b3)
-    ga0 = tl.zeros([BLOCK_M, NCB], dtype=tl.float32)
-    ga1 = tl.zeros([BLOCK_M, NCB], dtype=tl.float32)
-    ga2 = tl.zeros([BLOCK_M, NCB], dtype=tl.float32)
-    ga3 = tl.zeros([BLOCK_M, NCB], dtype=tl.float32)
-    ga4 = tl.zeros([BLOCK_M, NCB], dtype=tl.float32)
-    ga5 = tl.zeros([BLOCK_M, NCB], dtype=tl.float32)
-    gb0 = tl.zeros([BLOCK_M, NCB], dtype=tl.float32)
-    gb1 = tl.zeros([BLOCK_M, NCB], dtype=tl.float32)
-    gb2 = tl.zeros([BLOCK_M, NCB], dtype=tl.float32)
-    gb3 = tl.zeros([BLOCK_M, NCB], dtype=tl.float32)
+    a0, a1, a2, a3, a4, a5 = a0[None, :], a1[None, :], a2[None, :], a3[None, :], a4[None, :], a5[None, :]
+    c0, c1, c2, c3 = c0[None, :], c1[None, :], c2[None, :], c3[None, :]
+    ga0 = tl.zeros([BLOCK_M, BLOCK_C // CHUNK], dtype=tl.float32)
+    ga1 = tl.zeros([BLOCK_M, BLOCK_C // CHUNK], dtype=tl.float32)
+    ga2 = tl.zeros([BLOCK_M, BLOCK_C // CHUNK], dtype=tl.float32)
+    ga3 = tl.zeros([BLOCK_M, BLOCK_C // CHUNK], dtype=tl.float32)
+    ga4 = tl.zeros([BLOCK_M, BLOCK_C // CHUNK], dtype=tl.float32)
+    ga5 = tl.zeros([BLOCK_M, BLOCK_C // CHUNK], dtype=tl.float32)
+    gb0 = tl.zeros([BLOCK_M, BLOCK_C // CHUNK], dtype=tl.float32)
+    gb1 = tl.zeros([BLOCK_M, BLOCK_C // CHUNK], dtype=tl.float32)
+    gb2 = tl.zeros([BLOCK_M, BLOCK_C // CHUNK], dtype=tl.float32)
+    gb3 = tl.zeros([BLOCK_M, BLOCK_C // CHUNK], dtype=tl.float32)
     start = pid_m * rows_per_program
+    end = tl.minimum(start + rows_per_program, M)
+    if PREFETCH:
+        rows = start + tl.arange(0, BLOCK_M)
+        mask = (rows < end)[:, None] & cmask[None, :]
+        offs = rows[:, None].to(tl.int64) * D + cols[None, :]
+        x_next = tl.load(X + offs, mask=mask, other=0.0)
+        dy_next = tl.load(DY + offs, mask=mask, other=0.0)
     for r0 in range(start, start + rows_per_program, BLOCK_M):
         rows = r0 + tl.arange(0, BLOCK_M)
-        mask = ((rows < M) & (rows < start + rows_per_program))[:, None] & cmask[None, :]
+        mask = (rows < end)[:, None] & cmask[None, :]
         offs = rows[:, None].to(tl.int64) * D + cols[None, :]
-        x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-        dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)   # 0 outside: no contribution
-        x2 = x * x
-        x3 = x2 * x
-        x4 = x2 * x2
-        p = a0[None, :] + a1[None, :] * x + a2[None, :] * x2 + a3[None, :] * x3 + a4[None, :] * x4 \
-            + a5[None, :] * x4 * x
-        dp = a1[None, :] + 2.0 * a2[None, :] * x + 3.0 * a3[None, :] * x2 + 4.0 * a4[None, :] * x3 \
-            + 5.0 * a5[None, :] * x4
-        if PAPER:
-            # Q = 1 + |T|, T = c0 x + c1 x^2 + c2 x^3 + c3 x^4; dQ/dc_i = s x^{i+1}, s = sign(T)
-            t = c0[None, :] * x + c1[None, :] * x2 + c2[None, :] * x3 + c3[None, :] * x4
-            s = tl.where(t < 0, -1.0, 1.0)
-            q = 1.0 + tl.abs(t)
-            dq = s * (c0[None, :] + 2.0 * c1[None, :] * x + 3.0 * c2[None, :] * x2 + 4.0 * c3[None, :] * x3)
-            u1 = s * x
-            u2 = s * x2
-            u3 = s * x3
-            u4 = s * x4
+        if PREFETCH:
+            x = x_next.to(tl.float32)
+            dy = dy_next.to(tl.float32)
+            nmask = (rows + BLOCK_M < end)[:, None] & cmask[None, :]
+            x_next = tl.load(X + offs + BLOCK_M * D, mask=nmask, other=0.0)
+            dy_next = tl.load(DY + offs + BLOCK_M * D, mask=nmask, other=0.0)
         else:
-            # Q = 1 + sum c_i |x|^{i+1}, c_i = |b_i|; dQ/dc_i = |x|^{i+1}; d|x|/dx = sign(x), sign(0) = +1
-            s = tl.where(x < 0, -1.0, 1.0)
-            ax = tl.abs(x)
-            q = 1.0 + c0[None, :] * ax + c1[None, :] * x2 + c2[None, :] * x2 * ax + c3[None, :] * x4
-            dq = s * (c0[None, :] + 2.0 * c1[None, :] * ax + 3.0 * c2[None, :] * x2 + 4.0 * c3[None, :] * x2 * ax)
-            u1 = ax
-            u2 = x2
-            u3 = x2 * ax
-            u4 = x4
-        rq = 1.0 / q
-        gp = dy * rq               # dL/dP
-        gq = -gp * p * rq          # dL/dQ
-        tl.store(DX + offs, (gp * dp + gq * dq).to(DX.dtype.element_ty), mask=mask)
-        ga0 += _fold(gp, BLOCK_M, BLOCK_C, CHUNK)
-        ga1 += _fold(gp * x, BLOCK_M, BLOCK_C, CHUNK)
-        ga2 += _fold(gp * x2, BLOCK_M, BLOCK_C, CHUNK)
-        ga3 += _fold(gp * x3, BLOCK_M, BLOCK_C, CHUNK)
-        ga4 += _fold(gp * x4, BLOCK_M, BLOCK_C, CHUNK)
-        ga5 += _fold(gp * x4 * x, BLOCK_M, BLOCK_C, CHUNK)
-        gb0 += _fold(gq * u1, BLOCK_M, BLOCK_C, CHUNK)
-        gb1 += _fold(gq * u2, BLOCK_M, BLOCK_C, CHUNK)
-        gb2 += _fold(gq * u3, BLOCK_M, BLOCK_C, CHUNK)
-        gb3 += _fold(gq * u4, BLOCK_M, BLOCK_C, CHUNK)
+            x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+            dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)   # 0 outside: no contribution
+        dx, t0, t1, t2, t3, t4, t5, t6, t7, t8, t9 = _bwd_tile(x, dy, a0, a1, a2, a3, a4, a5, c0, c1, c2, c3,
+                                                              PAPER)
+        tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
+        ga0 += _fold(t0, BLOCK_M, BLOCK_C, CHUNK)
+        ga1 += _fold(t1, BLOCK_M, BLOCK_C, CHUNK)
+        ga2 += _fold(t2, BLOCK_M, BLOCK_C, CHUNK)
+        ga3 += _fold(t3, BLOCK_M, BLOCK_C, CHUNK)
+        ga4 += _fold(t4, BLOCK_M, BLOCK_C, CHUNK)
+        ga5 += _fold(t5, BLOCK_M, BLOCK_C, CHUNK)
+        gb0 += _fold(t6, BLOCK_M, BLOCK_C, CHUNK)
+        gb1 += _fold(t7, BLOCK_M, BLOCK_C, CHUNK)
+        gb2 += _fold(t8, BLOCK_M, BLOCK_C, CHUNK)
+        gb3 += _fold(t9, BLOCK_M, BLOCK_C, CHUNK)
     NC = D // CHUNK
-    chunks = tl.program_id(1) * NCB + tl.arange(0, NCB)
+    chunks = tl.program_id(1) * (BLOCK_C // CHUNK) + tl.arange(0, BLOCK_C // CHUNK)
     kmask = chunks < NC
     base = PART + pid_m.to(tl.int64) * 10 * NC + chunks
     tl.store(base + 0 * NC, tl.sum(ga0, axis=0), mask=kmask)
@@ -254,26 +289,44 @@ def _strides(a, b):
     return (NUM_NUMERATOR if a.shape[0] > 1 else 0), (NUM_DENOMINATOR if b.shape[0] > 1 else 0)
 
 
+# Launch settings (CUDA; the interpreter uses small tiles). Module-level so benchmarks/kat.py can sweep them;
+# the values are the best of that sweep on an H200 at (64000, 768) (benchmarks/NOTES.md).
+# FWD: bytes of x per thread per tile, warps per program. BWD, per element size of x: values per thread per
+# row block, warps, programs per SM (each walks rows_per_program rows), max_chunk (columns folded in the
+# coefficient sums; None = one 16-byte load: 4 fp32 or 8 bf16 values; 1 disables folding), and prefetch
+# (load the next row block before computing the current one).
+FWD = {"bytes_per_thread": 64, "warps": 8}
+BWD = {
+    2: {"values_per_thread": 16, "warps": 4, "programs_per_sm": 8, "max_chunk": None, "prefetch": True},
+    4: {"values_per_thread": 8, "warps": 8, "programs_per_sm": 8, "max_chunk": None, "prefetch": True},
+}
+
+
 def _forward(x2, a, b, num_groups, paper):
     M, D = x2.shape
     y = torch.empty_like(x2)
     BLOCK_C = _column_block(D)
-    BLOCK_M = max(1, 4096 // BLOCK_C) if x2.is_cuda else max(1, 1024 // BLOCK_C)
+    if x2.is_cuda:
+        warps = FWD["warps"]
+        tile = warps * 32 * max(1, FWD["bytes_per_thread"] // x2.element_size())
+    else:
+        warps, tile = 4, 1024
+    BLOCK_M = max(1, tile // BLOCK_C)
     grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(D, BLOCK_C))
     _group_rational_fwd_kernel[grid](
         x2, a, b, y, M, D, D // num_groups, *_strides(a, b), PAPER=paper, BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C,
-        num_warps=8 if x2.is_cuda else 4)
+        num_warps=warps)
     return y
 
 
-# Columns folded together in the backward's coefficient-gradient sums (see the kernel); 1 disables folding.
-# Benchmarks and tests may set it; the largest power of two <= BWD_CHUNK that divides the group size is used.
-BWD_CHUNK = 4
+def _bwd_settings(element_size: int) -> dict:
+    return BWD.get(element_size, BWD[4])
 
 
-def _chunk(group_size: int) -> int:
+def _chunk(group_size: int, element_size: int) -> int:
+    limit = _bwd_settings(element_size)["max_chunk"] or max(1, 16 // element_size)
     c = 1
-    while c * 2 <= BWD_CHUNK and group_size % (c * 2) == 0:
+    while c * 2 <= limit and group_size % (c * 2) == 0:
         c *= 2
     return c
 
@@ -282,18 +335,22 @@ def _backward(x2, dy2, a, b, num_groups, paper):
     M, D = x2.shape
     DG = D // num_groups
     dx = torch.empty_like(x2)
-    CHUNK = _chunk(DG)
+    CHUNK = _chunk(DG, x2.element_size())
     BLOCK_C = max(_column_block(D), CHUNK)
-    # 4 warps; 8 (or, folded, 16) values per thread and row block keep the accumulators in registers.
-    BLOCK_M = max(1, (1024 if CHUNK == 1 else 2048) // BLOCK_C)
+    cfg = _bwd_settings(x2.element_size())
+    warps = cfg["warps"] if x2.is_cuda else 4
+    per_thread = cfg["values_per_thread"] if x2.is_cuda else 8
+    BLOCK_M = max(1, warps * 32 * per_thread // BLOCK_C)
     col_blocks = triton.cdiv(D, BLOCK_C)
-    programs = max(1, min(triton.cdiv(4 * _sm_count(x2.device), col_blocks), triton.cdiv(M, BLOCK_M)))
+    per_sm = cfg["programs_per_sm"] if x2.is_cuda else 2
+    programs = max(1, min(triton.cdiv(per_sm * _sm_count(x2.device), col_blocks), triton.cdiv(M, BLOCK_M)))
     rows_per_program = triton.cdiv(triton.cdiv(M, programs), BLOCK_M) * BLOCK_M
     programs = triton.cdiv(M, rows_per_program)
     part = torch.empty(programs, 10, D // CHUNK, dtype=torch.float32, device=x2.device)
     _group_rational_bwd_kernel[(programs, col_blocks)](
         x2, dy2, a, b, dx, part, M, D, DG, *_strides(a, b), rows_per_program,
-        PAPER=paper, BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, CHUNK=CHUNK, num_warps=4)
+        PAPER=paper, BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, CHUNK=CHUNK, PREFETCH=bool(cfg["prefetch"]),
+        num_warps=warps)
     per_group = part.sum(0).view(10, num_groups, DG // CHUNK).sum(-1)       # [10, G]
     da = per_group[:NUM_NUMERATOR].t()                                       # [G, 6]
     db = per_group[NUM_NUMERATOR:].t()                                       # [G, 4]

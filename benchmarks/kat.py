@@ -1,0 +1,226 @@
+"""KAT: the group-rational activation (forward, backward) and a whole-model training step. GPU only.
+
+    PYTHONPATH=. python benchmarks/kat.py
+
+Rational on x of shape (64 * 1000, 768), 8 groups, numerator (1, 6) and denominator (8, 4) as in the released
+models, bf16 and fp32. Contenders: `hfzoo` (Triton), `torch_reference` (eager PyTorch), `torch_compile` (of
+the reference) and `rational_kat_cu` (the released Triton kernel, loaded from `.ext/rational_kat_cu/` when
+present: a copy of its public `kat_rational/rational_triton.py`, used only for this comparison).
+Bytes counted: forward reads x and writes y; backward reads x and dy and writes dx (the coefficient-gradient
+partials, under 3 MB, are left out). Whole model: KAT-S vs ViT-S (same model with a GELU MLP) training steps
+(forward, backward, fused AdamW) under bf16 autocast, batch 128, 224 px.
+"""
+
+import importlib.util
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import Results, bench_ms, first_call_s
+from hfzoo.ops import group_rational as gr
+from hfzoo.ops.group_rational import RATIONAL_INITS, group_rational, group_rational_reference
+
+
+def rel_err(out, ref):
+    out, ref = out.detach().double(), ref.detach().double()
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+ROOT = Path(__file__).resolve().parent.parent
+M, D, G = 64 * 1000, 768, 8
+
+
+def load_rational_kat_cu():
+    path = ROOT / ".ext" / "rational_kat_cu" / "rational_triton.py"
+    if not path.is_file():
+        return None
+    if not hasattr(torch.cuda.amp, "custom_fwd"):   # its decorators; gone from newer torch
+        import functools
+
+        torch.cuda.amp.custom_fwd = functools.partial(torch.amp.custom_fwd, device_type="cuda")
+        torch.cuda.amp.custom_bwd = functools.partial(torch.amp.custom_bwd, device_type="cuda")
+    spec = importlib.util.spec_from_file_location("rational_kat_cu_triton", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.RationalTriton1DGroup
+
+
+def bench_rational(res: Results, only_hfzoo: bool = False, coldstart: bool = True):
+    kat_cu = compiled = None
+    if not only_hfzoo:
+        try:
+            kat_cu = load_rational_kat_cu()
+        except Exception:
+            traceback.print_exc()
+        compiled = torch.compile(group_rational_reference)
+    for dt in (torch.bfloat16, torch.float32):
+        bench_rational_dtype(res, dt, kat_cu, compiled, coldstart)
+        torch.cuda.empty_cache()
+
+
+def bench_rational_dtype(res: Results, dt, kat_cu, compiled, coldstart=True):
+    case = f"({M},{D}) G{G} {'bf16' if dt == torch.bfloat16 else 'fp32'}"
+    torch.manual_seed(0)
+    x = torch.randn(M, D, device="cuda", dtype=dt, requires_grad=True)
+    dy = torch.randn(M, D, device="cuda", dtype=dt)
+    a = torch.tensor([RATIONAL_INITS["swish"][0]], device="cuda", requires_grad=True)
+    b = torch.tensor([RATIONAL_INITS["swish"][1]] * G, device="cuda", requires_grad=True)
+    nbytes = x.numel() * x.element_size()
+    contenders = {"hfzoo": lambda: group_rational(x, a, b, G, backend="triton")}
+    if compiled is not None:
+        contenders["torch_reference"] = lambda: group_rational_reference(x, a, b, G)
+        contenders["torch_compile"] = lambda: compiled(x, a, b, G)
+    if kat_cu is not None:
+        contenders["rational_kat_cu"] = lambda: kat_cu.apply(x, a.repeat(G, 1), b, G)
+
+    def backward(y):
+        return torch.autograd.grad(y, (x, a, b), dy, retain_graph=True)
+
+    if coldstart:   # first call at this shape: compiles the forward and backward kernels
+        res.add(f"coldstart fwdbwd {case}", "hfzoo", "s", first_call_s(lambda: backward(contenders["hfzoo"]())))
+    for cname, fn in contenders.items():
+        try:
+            ms = bench_ms(fn)
+            res.add(f"fwd {case}", cname, "ms", ms)
+            res.add(f"fwd {case}", cname, "GB/s", 2 * nbytes / ms / 1e6)
+            y = fn()
+            slow = cname == "rational_kat_cu"     # ~0.4 s per backward (per-element atomics)
+            ms = bench_ms(lambda y=y: backward(y), warmup=5 if slow else 10, rep=20 if slow else 50)
+            res.add(f"bwd {case}", cname, "ms", ms)
+            res.add(f"bwd {case}", cname, "GB/s", 3 * nbytes / ms / 1e6)
+        except Exception:
+            traceback.print_exc()
+
+
+# Launch-setting candidates (hfzoo.ops.group_rational.FWD / BWD), measured by `python benchmarks/kat.py sweep`.
+FWD_SWEEP = [dict(bytes_per_thread=64, warps=8), dict(bytes_per_thread=128, warps=8),
+             dict(bytes_per_thread=128, warps=4), dict(bytes_per_thread=256, warps=8)]
+BWD_SWEEP = [dict(values_per_thread=v, warps=w, programs_per_sm=p, max_chunk=c, prefetch=f)
+             for v, w, p, c, f in [(16, 4, 4, None, False), (16, 4, 4, None, True), (8, 4, 8, None, True),
+                                   (16, 4, 8, None, True), (16, 8, 4, None, True), (32, 4, 4, None, True),
+                                   (8, 8, 8, None, True), (16, 4, 4, 1, True)]]
+
+
+def sweep(res: Results):
+    """Time each launch setting on the benchmark shape, check it against the reference, keep the best."""
+    best = {}
+    for dt in (torch.bfloat16, torch.float32):
+        sweep_dtype(res, dt, best)
+        torch.cuda.empty_cache()
+    return best
+
+
+def sweep_dtype(res: Results, dt, best: dict):
+    name = "bf16" if dt == torch.bfloat16 else "fp32"
+    torch.manual_seed(0)
+    x = torch.randn(M, D, device="cuda", dtype=dt, requires_grad=True)
+    dy = torch.randn(M, D, device="cuda", dtype=dt)
+    a = torch.tensor([RATIONAL_INITS["swish"][0]], device="cuda", requires_grad=True)
+    b = torch.tensor([RATIONAL_INITS["swish"][1]] * G, device="cuda", requires_grad=True)
+    nbytes = x.numel() * x.element_size()
+
+    def fwd():
+        return group_rational(x, a, b, G, backend="triton")
+
+    def bwd(y):
+        return torch.autograd.grad(y, (x, a, b), dy, retain_graph=True)
+
+    # every candidate is checked against the PyTorch reference on these inputs
+    y_ref = group_rational_reference(x, a, b, G)
+    refs = {"fwd": (y_ref,), "bwd": bwd(y_ref)}
+    del y_ref
+    tol = 2e-2 if dt == torch.bfloat16 else 1e-4
+    for kind, table, candidates in (("fwd", gr.FWD, FWD_SWEEP if dt == torch.bfloat16 else FWD_SWEEP[:1]),
+                                    ("bwd", gr.BWD[x.element_size()], BWD_SWEEP)):
+        default = dict(table)
+        ref, scores = refs[kind], []
+        for cand in candidates:
+            table.update(cand)
+            try:
+                y = fwd()
+                out = (y,) if kind == "fwd" else bwd(y)
+                err = max(rel_err(o, r) for o, r in zip(out, ref))
+                ms = bench_ms(fwd if kind == "fwd" else (lambda y=y: bwd(y)), warmup=5, rep=20)
+                gbs = (2 if kind == "fwd" else 3) * nbytes / ms / 1e6
+                label = ",".join(f"{k}={v}" for k, v in cand.items())
+                res.add(f"sweep {kind} ({M},{D}) {name}", label, "GB/s", gbs, max_rel_err_vs_reference=err)
+                if err < tol:
+                    scores.append((gbs, cand))
+            except Exception:
+                traceback.print_exc()
+            finally:
+                table.clear()
+                table.update(default)
+        if scores:
+            best[(kind, name)] = max(scores, key=lambda t: t[0])[1]
+            print(f"best {kind} {name}: {best[(kind, name)]}", flush=True)
+
+
+def bench_model(res: Results, only_kat: bool = False, coldstart: bool = True):
+    B = 128
+    pixels = torch.randn(B, 3, 224, 224, device="cuda")
+    labels = torch.randint(0, 1000, (B,), device="cuda")
+    runs = [("hfzoo_kat", dict(), "triton"), ("vit", dict(mlp_type="mlp"), "triton"),
+            ("kat_torch_reference", dict(), "reference")]
+    for cname, cfg, backend in runs[:1] if only_kat else runs:
+        bench_model_one(res, cname, cfg, backend, pixels, labels, coldstart)
+        torch.cuda.empty_cache()
+
+
+def bench_model_one(res: Results, cname, cfg, backend, pixels, labels, coldstart=True):
+    from hfzoo.models.kat import KATConfig, KATForImageClassification
+    from hfzoo.ops.dispatch import use_backend
+
+    torch.manual_seed(0)
+    model = KATForImageClassification(KATConfig.from_preset("kat_small", num_labels=1000, **cfg)).cuda().train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+
+    def step():
+        with use_backend(backend), torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(pixel_values=pixels, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    if cname == "hfzoo_kat" and coldstart:
+        res.add("coldstart KAT-S train step bs128 bf16", cname, "s", first_call_s(step))
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    n, t0 = 10, time.perf_counter()
+    for _ in range(n):
+        step()
+    torch.cuda.synchronize()
+    dt = (time.perf_counter() - t0) / n
+    case = "train step KAT-S/ViT-S bs128 224px bf16"
+    res.add(case, cname, "ms", dt * 1e3)
+    res.add(case, cname, "images/s", len(pixels) / dt)
+
+
+def main():
+    res = Results("kat")
+    out = os.environ.get("HFZOO_BENCH_OUT")
+    parts = sys.argv[1:] or ["rational", "model"]
+    if "sweep" in parts:   # measure launch settings first, then run the rest with the best ones
+        best = sweep(res)
+        gr.FWD.update(best.get(("fwd", "bf16"), {}))
+        gr.BWD[2].update(best.get(("bwd", "bf16"), {}))
+        gr.BWD[4].update(best.get(("bwd", "fp32"), {}))
+        print("using", gr.FWD, gr.BWD, flush=True)
+        res.save(out, plot_metric=None)
+    if "rational" in parts or "rational-hfzoo" in parts:
+        bench_rational(res, only_hfzoo="rational" not in parts, coldstart="sweep" not in parts)
+        res.save(out, plot_metric="GB/s")
+    if "model" in parts or "model-kat" in parts:
+        try:
+            bench_model(res, only_kat="model" not in parts, coldstart="sweep" not in parts)
+        except Exception:
+            traceback.print_exc()
+    print(res.save(out, plot_metric="GB/s"))
+
+
+if __name__ == "__main__":
+    main()
