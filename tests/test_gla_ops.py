@@ -73,9 +73,10 @@ def test_chunk_odd_head_dims():
     _check(q, k, v, g, h0)
 
 
-def test_torch_chunked_reference_matches_definition():
+@pytest.mark.parametrize("decay", [1.0, 12.0])  # factorised matmul path / exact path for strong decay
+def test_torch_chunked_reference_matches_definition(decay):
     cu = torch.tensor([0, 3, 40, 90])
-    q, k, v, g, h0 = _inputs(1, 90, 4, 2, 16, 24, N=3, decay=12.0, seed=5)
+    q, k, v, g, h0 = _inputs(1, 90, 4, 2, 16, 24, N=3, decay=decay, seed=5)
     do, dht = torch.randn(1, 90, 4, 24), torch.randn(3, 2, 16, 24)
     ours = _run(chunk_gla_torch, q, k, v, g, h0, cu, do, dht)
     ref = _run(naive_recurrent_gla, q, k, v, g, h0, cu, do, dht)
