@@ -1,7 +1,9 @@
 """GLA kernels on the GPU: hfzoo's chunk_gla / fused_recurrent_gla vs fla's and vs SDPA flash attention.
 
 Run on the GPU machine (fla's pure-Python wheels carried, see benchmarks/NOTES.md):
-    PYTHONPATH=. HFZOO_BENCH_OUT=$OUT python benchmarks/gla.py [--quick] [--sweep]
+    PYTHONPATH=. HFZOO_BENCH_OUT=$OUT python benchmarks/gla.py [--quick] [--no-fla] [--sweep]
+``--dry-run`` runs the whole script on the CPU at toy sizes (fp32, Triton interpreter) to check its logic;
+its rows go to a temporary folder, never to results/.
 
 Cases (bf16, 32k tokens per batch): ``fwd``/``fwdbwd B.. T.. H.. K.. V.. bf16`` for T = 2048/8192/16384 and
 (H, K, V) = (16, 128, 128), (4, 256, 512); ``decode B.. H4 K256 V512`` (one token with a state); a cold
@@ -15,20 +17,46 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
+import time
 
-import torch
-import torch.nn.functional as F
+DRY = "--dry-run" in sys.argv
+if DRY:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before Triton is imported
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import Results, bench_ms, first_call_s, peak_gb  # noqa: E402
+from benchmarks import common  # noqa: E402
+from benchmarks.common import Results  # noqa: E402
 from hfzoo.ops import gla_chunk  # noqa: E402
 from hfzoo.ops.gla import chunk_gla, fused_recurrent_gla  # noqa: E402
 
 COPY_TBPS = 4.27  # measured H200 device-to-device copy rate (DESIGN.md)
-TOKENS = 32768
-SHAPES = [(16, 128, 128), (4, 256, 512)]
-LENGTHS = [2048, 8192, 16384]
+if DRY:
+    DEV, DT, TOKENS = "cpu", torch.float32, 128
+    SHAPES, LENGTHS, DECODE = [(2, 16, 16), (1, 32, 64)], [64, 128], (2, 16, 32)
+else:
+    DEV, DT, TOKENS = "cuda", torch.bfloat16, 32768
+    SHAPES, LENGTHS, DECODE = [(16, 128, 128), (4, 256, 512)], [2048, 8192, 16384], (4, 256, 512)
+
+
+def _wall(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+bench_ms = (lambda fn: 1e3 * _wall(fn)) if DRY else common.bench_ms
+first_call_s = _wall if DRY else common.first_call_s
+peak_gb = (lambda fn: (fn(), 0.0)[1]) if DRY else common.peak_gb
+_OUT = tempfile.mkdtemp() if DRY else None
+
+
+def _save(res):
+    return res.save(_OUT, plot_metric=None if DRY else "ms")
 
 
 def _fla():
@@ -42,8 +70,8 @@ def _fla():
         return None, None
 
 
-def _inputs(B, T, H, K, V, dt=torch.bfloat16, grad=True):
-    dev = "cuda"
+def _inputs(B, T, H, K, V, dt=DT, grad=True):
+    dev = DEV
     q = torch.randn(B, T, H, K, device=dev, dtype=dt, requires_grad=grad)
     k = torch.randn(B, T, H, K, device=dev, dtype=dt, requires_grad=grad)
     v = torch.randn(B, T, H, V, device=dev, dtype=dt, requires_grad=grad)
@@ -78,14 +106,15 @@ def _time_pair(res, case_fwd, case_fb, name, fn, q, k, v, g, do):
 
 def _tag(H, K, V, T):
     B = max(1, TOKENS // T)
-    return B, f"B{B} T{T} H{H} K{K} V{V} bf16"
+    return B, f"B{B} T{T} H{H} K{K} V{V} {str(DT)[6:].replace('bfloat16', 'bf16')}"
 
 
 def cold_start(res, name, fn):
     # the first call in this process: compilation (and autotuning, for fla) of the forward and backward
-    q, k, v, g = _inputs(1, 4096, 16, 128, 128)
+    T, (H, K, V) = 32 * TOKENS // 256, SHAPES[0]
+    q, k, v, g = _inputs(1, T, H, K, V)
     do = torch.randn_like(v)
-    res.add("coldstart fwdbwd T4096 H16 K128 V128", name, "s",
+    res.add(f"coldstart fwdbwd T{T} H{H} K{K} V{V}", name, "s",
             first_call_s(lambda: fn(q, k, v, g)[0].backward(do)))
 
 
@@ -106,15 +135,16 @@ def chunk_cases(res, name, fn, lengths, shapes, sdpa=False):
             q = k = v = g = do = None
             if sdpa and (H, K, V) == SHAPES[0]:
                 # flash attention at the same tokens and width: 16 heads x 128
-                qs, ks, vs = (torch.randn(B, 16, T, 128, device="cuda", dtype=torch.bfloat16,
+                qs, ks, vs = (torch.randn(B, 16, T, 128, device=DEV, dtype=DT,
                                           requires_grad=True) for _ in range(3))
                 dos = torch.randn_like(qs)
                 sd = lambda: F.scaled_dot_product_attention(qs, ks, vs, is_causal=True)
                 _time_pair(res, f"fwd {tag}", f"fwdbwd {tag}", "sdpa", lambda a, b, c, d: (sd(),),
                            None, None, None, None, dos)
                 qs = ks = vs = dos = None
-            torch.cuda.empty_cache()
-            res.save()
+            if not DRY:
+                torch.cuda.empty_cache()
+            _save(res)
     return times
 
 
@@ -127,12 +157,12 @@ def ratios(res, ours, theirs):
 
 
 def decode_cases(res, name, fn):
-    H, K, V = 4, 256, 512
+    H, K, V = DECODE
     times = {}
     for B in (1, 64):
-        case = f"decode B{B} H{H} K{K} V{V} bf16"
+        case = f"decode B{B} H{H} K{K} V{V}"
         q, k, v, g = _inputs(B, 1, H, K, V, grad=False)
-        s = torch.randn(B, H, K, V, device="cuda")
+        s = torch.randn(B, H, K, V, device=DEV)
         t = bench_ms(lambda: fn(q, k, v, g, s))
         res.add(case, name, "ms", t)
         res.add(case, name, "tokens/s", B / t * 1e3)
@@ -140,20 +170,22 @@ def decode_cases(res, name, fn):
     return times
 
 
-def agreement(res, fla_chunk):
-    # hfzoo against fla on the same bf16 inputs
-    q, k, v, g = _inputs(2, 2048, 4, 256, 512)
+def accuracy(res, name, fn):
+    # relative RMS error of the output and every gradient against the chunked reference in fp64
+    from hfzoo.ops.gla import chunk_gla_torch
+
+    B, T, (H, K, V) = 2, 1024 if not DRY else 100, SHAPES[0]
+    torch.manual_seed(0)
+    q, k, v, g = _inputs(B, T, H, K, V)
     do = torch.randn_like(v)
     outs = []
-    for fn in (chunk_gla, fla_chunk):
-        for t in (q, k, v, g):
-            t.grad = None
-        o = fn(q, k, v, g)[0]
-        o.backward(do)
-        outs.append([o.float(), q.grad.float(), k.grad.float(), v.grad.float(), g.grad.float()])
-    for name, a, b in zip(["o", "dq", "dk", "dv", "dg"], *outs):
-        err = ((a - b).norm() / b.norm()).item()
-        res.add(f"agreement T2048 H4 K256 V512 {name}", "hfzoo_vs_fla", "rel_err", err)
+    for f, ins in ((fn, (q, k, v, g)), (chunk_gla_torch, [t.detach().double().requires_grad_() for t in (q, k, v, g)])):
+        o = f(*ins)[0]
+        grads = torch.autograd.grad(o, ins, do.to(o.dtype))
+        outs.append([o, *grads])
+    for what, a, b in zip(["o", "dq", "dk", "dv", "dg"], *outs):
+        err = ((a.double() - b).norm() / b.norm()).item()
+        res.add(f"accuracy vs fp64 B{B} T{T} H{H} K{K} V{V} {what}", name, "rel_err", err)
 
 
 def sweep(res):
@@ -166,7 +198,7 @@ def sweep(res):
         "scan_bv32": {"h": {"BV": 32}, "dh": {"BV": 32}},
     }
     for H, K, V in SHAPES:
-        T = 8192
+        T = LENGTHS[1]
         B = TOKENS // T
         q, k, v, g = _inputs(B, T, H, K, V)
         do = torch.randn_like(v)
@@ -176,7 +208,7 @@ def sweep(res):
             try:
                 t = bench_ms(lambda: chunk_gla(q, k, v, g)[0].backward(do))
                 res.add(f"sweep fwdbwd B{B} T{T} H{H} K{K} V{V} bf16", f"hfzoo_{name}", "ms", t)
-                res.save()
+                _save(res)
             except Exception as e:
                 print(f"variant {name} failed: {repr(e)[:300]}")
         gla_chunk.TUNE.clear()
@@ -187,16 +219,18 @@ def main():
     ap.add_argument("--quick", action="store_true", help="T=8192 only")
     ap.add_argument("--no-fla", action="store_true", help="leave fla out (its first call autotunes for minutes)")
     ap.add_argument("--sweep", action="store_true", help="also time a few launch configurations")
+    ap.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU (interpreter), rows not kept")
     args = ap.parse_args()
-    lengths = [8192] if args.quick else LENGTHS
-    res = Results("gla")
+    lengths = LENGTHS[1:2] if args.quick else LENGTHS
+    res = Results("gla_dryrun" if DRY else "gla")
     # hfzoo first, so its rows survive a timeout during fla's autotuning
     cold_start(res, "hfzoo", chunk_gla)
     ours = chunk_cases(res, "hfzoo", chunk_gla, lengths, SHAPES, sdpa=True)
     ours_dec = decode_cases(res, "hfzoo", lambda q, k, v, g, s: fused_recurrent_gla(
         q, k, v, g, initial_state=s, output_final_state=True))
-    res.save()
-    fla_chunk, fla_recurrent = (None, None) if args.no_fla else _fla()
+    accuracy(res, "hfzoo", chunk_gla)
+    _save(res)
+    fla_chunk, fla_recurrent = (None, None) if (args.no_fla or DRY) else _fla()
     if fla_chunk is not None:
         cold_start(res, "fla", fla_chunk)
         theirs = chunk_cases(res, "fla", fla_chunk, lengths, SHAPES)
@@ -205,11 +239,11 @@ def main():
             q, k, v, gk=g, initial_state=s, output_final_state=True))
         for case, t in ours_dec.items():
             res.add(case, "hfzoo", "x_fla", t / theirs_dec[case])
-        agreement(res, fla_chunk)
-        res.save()
+        accuracy(res, "fla", fla_chunk)
+        _save(res)
     if args.sweep:
         sweep(res)
-    print("saved", res.save())
+    print("saved", _save(res))
 
 
 if __name__ == "__main__":
