@@ -73,6 +73,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="hfzoo/checkpoints/tiny-gla")
     p.add_argument("--minutes", type=float, default=6.0, help="training time budget")
+    p.add_argument("--steps", type=int, default=None, help="stop after this many steps (if before the time budget)")
     p.add_argument("--vocab-size", type=int, default=1024)
     p.add_argument("--block", type=int, default=128)
     p.add_argument("--batch", type=int, default=16)
@@ -107,8 +108,9 @@ def main(argv=None):
     # the reference ops are the fastest CPU path (the Triton interpreter is for testing kernels)
     with use_backend("reference"):
         initial = evaluate(model, held_blocks, 32)
-        while time.time() - start < budget:
-            frac = min(1.0, (time.time() - start) / budget)
+        max_steps = args.steps or float("inf")
+        while time.time() - start < budget and step < max_steps:
+            frac = min(1.0, max((time.time() - start) / budget, step / max_steps))
             lr = args.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
             for group in opt.param_groups:
                 group["lr"] = lr

@@ -98,6 +98,10 @@ def _pack_rows(mask: torch.Tensor):
 
 
 class GatedLinearAttention(nn.Module):
+    """q, k, v projections (optionally short-convolved), a low-rank decay gate, the recurrence, then a per-head
+    RMSNorm times ``swish(g_proj(x))`` and the output projection. With ``num_kv_heads < num_heads``, key, value
+    and decay heads are shared by groups of query heads (the ops take them unrepeated)."""
+
     def __init__(self, config: GLAConfig, layer_idx: int):
         super().__init__()
         d = config.hidden_size
