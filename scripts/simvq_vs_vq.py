@@ -47,9 +47,9 @@ class PlainVQ(SimVQQuantizer):
         return self.embedding.weight
 
 
-def build(kind: str, codebook_size: int, seed: int) -> SimVQModel:
+def build(kind: str, codebook_size: int, seed: int, ch: int = 32) -> SimVQModel:
     torch.manual_seed(seed)
-    cfg = SimVQConfig(ch=32, ch_mult=[1, 2, 2], num_res_blocks=1, z_channels=32, codebook_size=codebook_size,
+    cfg = SimVQConfig(ch=ch, ch_mult=[1, 2, 2], num_res_blocks=1, z_channels=32, codebook_size=codebook_size,
                       norm_num_groups=8, resolution=16)
     model = SimVQModel(cfg)
     if kind == "vq":
@@ -76,11 +76,14 @@ def main():
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--sizes", type=int, nargs="+", default=[8192, 65536])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (more threads than free cores is much slower)")
+    p.add_argument("--ch", type=int, default=32, help="base width of encoder/decoder (16 for a quick CPU run)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--data", default=None, help="crops saved by --save-data (for machines without scikit-image)")
     p.add_argument("--save-data", default=None, help="write the crops (uint8) to this file and exit")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "simvq_utilization.json"))
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
 
     if args.data:
@@ -100,7 +103,7 @@ def main():
     rows = []
     for k in args.sizes:
         for kind in ("vq", "hfzoo_simvq"):
-            model = build(kind, k, args.seed).to(dev)
+            model = build(kind, k, args.seed, args.ch).to(dev)
             opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=args.lr, betas=(0.5, 0.9))
             gen = torch.Generator().manual_seed(args.seed)
             if dev.type == "cuda":
@@ -118,7 +121,8 @@ def main():
             util, loss, tokens = evaluate(model, pool, held_out)
             print(f"K={k} {kind}: utilization {util:.4f} held-out MSE {loss:.5f} ({minutes:.1f} min)", flush=True)
             case = f"codebook {k}, {args.steps} steps"
-            extra = {"steps": args.steps, "batch": args.batch, "minutes": round(minutes, 2), "tokens": tokens}
+            extra = {"steps": args.steps, "batch": args.batch, "ch": args.ch, "lr": args.lr,
+                     "minutes": round(minutes, 2), "tokens": tokens}
             rows.append({"case": case, "contender": kind, "metric": "utilization", "value": util, **extra})
             rows.append({"case": case, "contender": kind, "metric": "loss", "value": loss,
                          "note": "reconstruction MSE on held-out photo crops, pixels in [-1, 1]", **extra})
