@@ -196,6 +196,7 @@ def sweep(res):
         "dv_bv64": {"dv": {"BV": 64, "num_warps": 4}},
         "o_bv64": {"o": {"BV": 64, "num_warps": 4}},
         "scan_bv32": {"h": {"BV": 32}, "dh": {"BV": 32}},
+        "dqk_intra_f32": {"dqk": {"INTRA_F32": True}},
     }
     for H, K, V in SHAPES:
         T = LENGTHS[1]
@@ -208,6 +209,8 @@ def sweep(res):
             try:
                 t = bench_ms(lambda: chunk_gla(q, k, v, g)[0].backward(do))
                 res.add(f"sweep fwdbwd B{B} T{T} H{H} K{K} V{V} bf16", f"hfzoo_{name}", "ms", t)
+                if name == "dqk_intra_f32" and (H, K, V) == SHAPES[0]:
+                    accuracy(res, f"hfzoo_{name}", chunk_gla)
                 _save(res)
             except Exception as e:
                 print(f"variant {name} failed: {repr(e)[:300]}")

@@ -48,7 +48,11 @@ def test_chunk_matches_definition(T):
     _check(q, k, v, g, h0)
 
 
-def test_chunk_without_states():
+@pytest.mark.parametrize("intra_f32", [False, True])
+def test_chunk_without_states(intra_f32, monkeypatch):
+    from hfzoo.ops import gla_chunk
+
+    monkeypatch.setitem(gla_chunk.TUNE, "dqk", {"INTRA_F32": intra_f32})
     q, k, v, g, _ = _inputs(1, 70, 2, 2, 16, 32, seed=1)
     _check(q, k, v, g, None, final=False)
 
