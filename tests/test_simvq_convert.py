@@ -105,7 +105,9 @@ def _reference_forward(sd, x, ch_mult, nrb):
 def test_convert_matches_a_functional_reference(tmp_path, weights):
     raw, ema, state = _source_state()
     folder = _write(tmp_path, state)
-    out = convert(folder, tmp_path / "out", weights=weights)
+    # the folder, or the .ckpt file itself (config.yaml is found one level up)
+    source = folder if weights == "auto" else next(folder.rglob("*.ckpt"))
+    out = convert(source, tmp_path / "out", weights=weights)
     model = AutoModel.from_pretrained(out).eval()
     assert AutoImageProcessor.from_pretrained(out).size == 16
     assert model.config.codebook_size == 16 and model.config.legacy_loss is False and model.config.ch_mult == [1, 2]

@@ -223,14 +223,17 @@ def _find_checkpoint(source: Path) -> Path:
 
 
 def _find_config(ckpt: Path, source: Path, config) -> Path:
+    """``config`` if given, else the nearest ``config.yaml`` in the checkpoint's folder or up to two folders above
+    (LightningCLI writes it beside the logs; checkpoints often sit in a ``checkpoints/`` subfolder)."""
     if config is not None:
         return Path(config)
-    for folder in [source if source.is_dir() else ckpt.parent, *ckpt.parents]:
+    candidates = [ckpt.parent, *list(ckpt.parent.parents)[:2]]
+    if source.is_dir() and source not in candidates:
+        candidates.insert(0, source)
+    for folder in candidates:
         if (folder / "config.yaml").is_file():
             return folder / "config.yaml"
-        if folder == source.parent:
-            break
-    raise ValueError(f"no config.yaml found next to {ckpt} or in its parent folders; pass config=")
+    raise ValueError(f"no config.yaml found next to {ckpt} or in the two folders above it; pass config=")
 
 
 def add_arguments(parser) -> None:
