@@ -34,7 +34,12 @@ def register_all() -> None:
             getattr(transformers, auto_name).register(arch.config_class, cls, exist_ok=True)
         for auto_name, cls in arch.processors.items():
             auto = getattr(transformers, auto_name)
-            if auto_name == "AutoImageProcessor":
-                auto.register(arch.config_class, slow_image_processor_class=cls, exist_ok=True)
-            else:
-                auto.register(arch.config_class, cls, exist_ok=True)
+            try:
+                if auto_name == "AutoImageProcessor":
+                    auto.register(arch.config_class, slow_image_processor_class=cls, exist_ok=True)
+                else:
+                    auto.register(arch.config_class, cls, exist_ok=True)
+            except ImportError:
+                # Some transformers 5.x releases make AutoImageProcessor a placeholder that needs torchvision;
+                # there the Auto class cannot be used at all, and our processors still work when imported.
+                continue
