@@ -7,7 +7,8 @@ Importing hfzoo registers every architecture with the transformers Auto classes,
 __version__ = "0.1.0"
 
 from .models import ARCHITECTURES, get_architecture, register_all  # noqa: E402
+from .registry import checkpoint_path  # noqa: E402
 
 register_all()
 
-__all__ = ["ARCHITECTURES", "get_architecture", "register_all", "__version__"]
+__all__ = ["ARCHITECTURES", "checkpoint_path", "get_architecture", "register_all", "__version__"]

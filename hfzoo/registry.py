@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -35,3 +38,12 @@ class Architecture:
             if auto != "AutoModel":
                 return cls
         return self.auto_models["AutoModel"]
+
+
+def checkpoint_path(name: str) -> Path:
+    """Folder of a small trained checkpoint shipped inside hfzoo (``tiny-gla``, ``tiny-kat``, ...)."""
+    path = CHECKPOINT_DIR / name
+    if not (path / "config.json").is_file():
+        shipped = sorted(p.name for p in CHECKPOINT_DIR.iterdir() if (p / "config.json").is_file())
+        raise ValueError(f"no shipped checkpoint named {name!r}; shipped: {', '.join(shipped)}")
+    return path

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import functools
 import threading
-from pathlib import Path
 
 import torch
 
-CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "tiny-gla"
+from ..registry import checkpoint_path
+
+CHECKPOINT = checkpoint_path("tiny-gla")
 MAX_PROMPT_TOKENS = 256     # longer prompts keep their last tokens
 MAX_NEW_TOKENS = 200
 EXAMPLES = ["The for statement is used to", "A class definition defines", "Exceptions are raised when"]

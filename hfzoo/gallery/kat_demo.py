@@ -10,12 +10,13 @@ area-averaged to 8x8 and stretched to the full 0-255 range. The logic is in plai
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import numpy as np
 import torch
 
-CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "tiny-kat"
+from ..registry import checkpoint_path
+
+CHECKPOINT = checkpoint_path("tiny-kat")
 MARGIN = 0.0    # blank fraction per side: sklearn digits span all 8 rows (and ~5.4 of 8 columns)
 
 

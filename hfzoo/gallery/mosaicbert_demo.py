@@ -7,11 +7,12 @@ functions (``load``, ``fill_mask``) that tests call directly; ``build_tab`` only
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 
 import torch
 
-CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "tiny-mosaicbert"
+from ..registry import checkpoint_path
+
+CHECKPOINT = checkpoint_path("tiny-mosaicbert")
 MAX_TOKENS = 512      # a demo limit (the model itself has none: ALiBi)
 MAX_TOP_K = 20
 HEADERS = ["mask", "rank", "token", "probability"]

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import functools
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 
-CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "tiny-simvq"
+from ..registry import checkpoint_path
+
+CHECKPOINT = checkpoint_path("tiny-simvq")
 SAMPLES = ("rocket", "astronaut", "coffee", "chelsea", "camera")  # rocket was held out of training
 
 

@@ -16,6 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from ..registry import CHECKPOINT_DIR
 from .atomic import atomic_directory
 from .cards import render_card
 
@@ -153,8 +154,8 @@ def resolve_folder(source) -> Path | str:
         if not (path / "config.json").is_file():
             raise ValueError(f"{path} has no config.json: not a model folder")
         return path
-    shipped = Path(__file__).resolve().parent.parent / "checkpoints" / str(source)
-    if shipped.is_dir():
+    shipped = CHECKPOINT_DIR / str(source)
+    if (shipped / "config.json").is_file():
         return shipped
     if path.exists():
         raise ValueError(f"{path} is a file; expected a model folder")
