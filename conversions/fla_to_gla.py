@@ -6,21 +6,10 @@
 The logic (config mapping, key checks) lives in ``hfzoo.convert.fla_gla``.
 """
 
-import argparse
+import sys
 
-from hfzoo.convert import fla_gla
-
-
-def main():
-    parser = argparse.ArgumentParser(description=fla_gla.DESCRIPTION)
-    parser.add_argument("source", help="folder with config.json (model_type 'gla') and safetensors/bin weights")
-    parser.add_argument("output", help="folder to write (config.json, model.safetensors, tokenizer files)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
-    fla_gla.add_arguments(parser)
-    args = vars(parser.parse_args())
-    out = fla_gla.convert(args.pop("source"), args.pop("output"), **args)
-    print(f"wrote {out}")
-
+from hfzoo.cli import main
+from hfzoo.convert.fla_gla import SOURCE, convert  # noqa: F401  (importable: convert(source, output, ...))
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(["convert", SOURCE, *sys.argv[1:]]))

@@ -10,21 +10,10 @@
 The logic (config mapping, key checks, Composer unwrapping) lives in ``hfzoo.convert.mosaicml_bert``.
 """
 
-import argparse
+import sys
 
-from hfzoo.convert import mosaicml_bert
-
-
-def main():
-    parser = argparse.ArgumentParser(description=mosaicml_bert.DESCRIPTION)
-    parser.add_argument("source", help="Hub folder (config.json + safetensors/bin) or a Composer .pt checkpoint")
-    parser.add_argument("output", help="folder to write (config.json, model.safetensors, tokenizer files)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
-    mosaicml_bert.add_arguments(parser)
-    args = vars(parser.parse_args())
-    out = mosaicml_bert.convert(args.pop("source"), args.pop("output"), **args)
-    print(f"wrote {out}")
-
+from hfzoo.cli import main
+from hfzoo.convert.mosaicml_bert import SOURCE, convert  # noqa: F401  (importable: convert(source, output, ...))
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(["convert", SOURCE, *sys.argv[1:]]))

@@ -9,21 +9,10 @@ file. ``loss.*`` keys (LPIPS, discriminator) are ignored; ``model_ema.*`` suppli
 the authors' evaluation. The logic lives in ``hfzoo.convert.simvq_ckpt``.
 """
 
-import argparse
+import sys
 
-from hfzoo.convert import simvq_ckpt
-
-
-def main():
-    parser = argparse.ArgumentParser(description=simvq_ckpt.DESCRIPTION)
-    parser.add_argument("source", help="folder with a Lightning .ckpt and config.yaml, or the .ckpt itself")
-    parser.add_argument("output", help="folder to write (config.json, model.safetensors, preprocessor_config.json)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
-    simvq_ckpt.add_arguments(parser)
-    args = vars(parser.parse_args())
-    out = simvq_ckpt.convert(args.pop("source"), args.pop("output"), **args)
-    print(f"wrote {out}")
-
+from hfzoo.cli import main
+from hfzoo.convert.simvq_ckpt import SOURCE, convert  # noqa: F401  (importable: convert(source, output, ...))
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(["convert", SOURCE, *sys.argv[1:]]))

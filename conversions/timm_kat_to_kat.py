@@ -7,21 +7,10 @@
 The logic (key mapping, config inference, checks) lives in ``hfzoo.convert.timm_kat``.
 """
 
-import argparse
+import sys
 
-from hfzoo.convert import timm_kat
-
-
-def main():
-    parser = argparse.ArgumentParser(description=timm_kat.DESCRIPTION)
-    parser.add_argument("source", help="a .safetensors/.pth/.pt/.bin state dict, or a folder holding one")
-    parser.add_argument("output", help="folder to write (model.safetensors, config.json, preprocessor_config.json)")
-    parser.add_argument("--overwrite", action="store_true", help="replace the output folder if it exists")
-    timm_kat.add_arguments(parser)
-    args = vars(parser.parse_args())
-    out = timm_kat.convert(args.pop("source"), args.pop("output"), **args)
-    print(f"wrote {out}")
-
+from hfzoo.cli import main
+from hfzoo.convert.timm_kat import SOURCE, convert  # noqa: F401  (importable: convert(source, output, ...))
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main(["convert", SOURCE, *sys.argv[1:]]))

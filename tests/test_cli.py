@@ -63,3 +63,21 @@ def test_unknown_command_exits_2():
     out = run_cli("frobnicate")
     assert out.returncode == 2
     assert "invalid choice" in out.stderr
+
+
+def test_conversion_scripts_are_thin_entry_points_over_registered_converters():
+    """conversions/<source>_to_<arch>.py import the package converter and run `hfzoo convert <source>`."""
+    import runpy
+    from pathlib import Path
+
+    from hfzoo.convert import converters
+
+    registered = converters()
+    scripts = sorted((Path(__file__).resolve().parent.parent / "conversions").glob("*_to_*.py"))
+    assert len(scripts) == len(registered)
+    for script in scripts:
+        ns = runpy.run_path(str(script), run_name="imported")
+        assert registered[ns["SOURCE"]].convert is ns["convert"], script
+        with pytest.raises(SystemExit) as exc:
+            main(["convert", ns["SOURCE"], "--help"])
+        assert exc.value.code == 0
