@@ -35,10 +35,10 @@ def _cmd_export(args) -> int:
 
 def _cmd_card(args) -> int:
     from .hub.cards import render_card
-    from .hub.export import load_model
+    from .hub.export import load_model, shipped_name
 
-    model, _ = load_model(args.source)
-    card = render_card(model, model_id=args.model_id)
+    model, folder = load_model(args.source)
+    card = render_card(model, model_id=args.model_id, checkpoint=shipped_name(folder))
     if args.output:
         card.save(args.output)
         print(f"wrote {args.output}")

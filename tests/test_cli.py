@@ -81,3 +81,18 @@ def test_conversion_scripts_are_thin_entry_points_over_registered_converters():
         with pytest.raises(SystemExit) as exc:
             main(["convert", ns["SOURCE"], "--help"])
         assert exc.value.code == 0
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_cards_describe_the_shipped_checkpoint_only_when_exporting_it(name, tmp_path, capsys):
+    from hfzoo.hub.cards import PROVENANCE
+
+    arch = ARCHITECTURES[name]
+    assert main(["card", arch.checkpoint]) == 0
+    shipped = capsys.readouterr().out
+    assert arch.checkpoint in shipped and PROVENANCE not in shipped and "tiny" in shipped.lower()
+    arch.main_model(arch.tiny_config()).save_pretrained(tmp_path / "other")
+    assert main(["card", str(tmp_path / "other")]) == 0
+    other = capsys.readouterr().out
+    assert PROVENANCE in other and arch.checkpoint not in other
+    assert not [line for line in other.lower().splitlines() if "tiny checkpoint" in line or "small models" in line]

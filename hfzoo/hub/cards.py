@@ -3,7 +3,9 @@
 Templates start with ``---\\n{{ card_data }}\\n---`` and may use: ``model_id``, ``arch`` (the registry
 entry: ``arch.title``, ``arch.summary``, ``arch.paper``, ``arch.model_type``), ``config`` (a dict),
 ``num_parameters`` (int), ``num_parameters_human`` ("1.2M"), ``auto_class`` (e.g.
-"AutoModelForCausalLM"), ``model_class`` (class name) and ``extra`` (free text, e.g. training notes).
+"AutoModelForCausalLM"), ``model_class`` (class name), ``extra`` (free text, e.g. training notes),
+``checkpoint`` (the name of the shipped checkpoint being exported, e.g. "tiny-gla", else None: the card describes
+that checkpoint's training only then) and ``provenance`` (a sentence for models hfzoo did not train).
 """
 
 from __future__ import annotations
@@ -27,8 +29,16 @@ def human_count(n: int) -> str:
     return str(n)
 
 
-def render_card(model, model_id: str | None = None, extra: str = "", auto_class: str | None = None):
-    """Render the card of an hfzoo model instance; returns a ``huggingface_hub.ModelCard``."""
+PROVENANCE = ("This model was not trained by hfzoo (it was converted from a research checkpoint or trained by its "
+              "owner): its training data and results are those of its source.")
+
+
+def render_card(model, model_id: str | None = None, extra: str = "", auto_class: str | None = None,
+                checkpoint: str | None = None):
+    """Render the card of an hfzoo model instance; returns a ``huggingface_hub.ModelCard``.
+
+    ``checkpoint`` names the shipped checkpoint the model was loaded from (its card section on training applies).
+    """
     from huggingface_hub import ModelCard, ModelCardData
 
     from ..models import get_architecture
@@ -43,7 +53,7 @@ def render_card(model, model_id: str | None = None, extra: str = "", auto_class:
         data, template_path=str(template_path(arch.name)),
         model_id=model_id or f"hfzoo-{arch.name}", arch=arch, config=model.config.to_dict(),
         num_parameters=n, num_parameters_human=human_count(n), auto_class=auto_class,
-        model_class=type(model).__name__, extra=extra)
+        model_class=type(model).__name__, extra=extra, checkpoint=checkpoint, provenance=PROVENANCE)
 
 
 def _pipeline_tag(auto_class: str) -> str | None:

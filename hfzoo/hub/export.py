@@ -147,6 +147,13 @@ def load_model(source):
     return cls.from_pretrained(folder), folder
 
 
+def shipped_name(folder) -> str | None:
+    """The name of a checkpoint shipped inside hfzoo if ``folder`` is one, else None."""
+    if isinstance(folder, Path) and folder.resolve().parent == CHECKPOINT_DIR:
+        return folder.name
+    return None
+
+
 def resolve_folder(source) -> Path | str:
     """A local folder for ``source`` (path or shipped checkpoint name like ``tiny-gla``), else the repo id."""
     path = Path(source)
@@ -195,7 +202,8 @@ def export(source, output, *, model_id: str | None = None, overwrite: bool = Fal
                     shutil.copy2(folder / fname, tmp / fname)
         _add_processor_auto_map(tmp, arch)
         if card:
-            render_card(model, model_id=model_id or output.name, extra=card_extra).save(tmp / "README.md")
+            render_card(model, model_id=model_id or output.name, extra=card_extra,
+                        checkpoint=shipped_name(folder)).save(tmp / "README.md")
     return output
 
 
