@@ -55,12 +55,6 @@ class RecurrentStateLayer:
         self.recurrent_state = None
         self.conv_state = {}
 
-    def offload(self) -> None:
-        self._map(lambda t: t.to("cpu", non_blocking=True))
-
-    def prefetch(self) -> None:
-        pass
-
     def crop(self, tokens_to_remove: int) -> None:
         raise RuntimeError("a recurrent GLA state cannot be cropped back to an earlier position")
 
