@@ -61,13 +61,19 @@ def bench_rational(res: Results, only_hfzoo: bool = False, coldstart: bool = Tru
         torch.cuda.empty_cache()
 
 
-def bench_rational_dtype(res: Results, dt, kat_cu, compiled, coldstart=True):
-    case = f"({M},{D}) G{G} {'bf16' if dt == torch.bfloat16 else 'fp32'}"
+def rational_inputs(dt):
+    """The benchmark's (M, D) input, its upstream gradient and swish-initialised coefficients (seeded)."""
     torch.manual_seed(0)
     x = torch.randn(M, D, device="cuda", dtype=dt, requires_grad=True)
     dy = torch.randn(M, D, device="cuda", dtype=dt)
     a = torch.tensor([RATIONAL_INITS["swish"][0]], device="cuda", requires_grad=True)
     b = torch.tensor([RATIONAL_INITS["swish"][1]] * G, device="cuda", requires_grad=True)
+    return x, dy, a, b
+
+
+def bench_rational_dtype(res: Results, dt, kat_cu, compiled, coldstart=True):
+    case = f"({M},{D}) G{G} {'bf16' if dt == torch.bfloat16 else 'fp32'}"
+    x, dy, a, b = rational_inputs(dt)
     nbytes = x.numel() * x.element_size()
     contenders = {"hfzoo": lambda: group_rational(x, a, b, G, backend="triton")}
     if compiled is not None:
@@ -115,11 +121,7 @@ def sweep(res: Results):
 
 def sweep_dtype(res: Results, dt, best: dict):
     name = "bf16" if dt == torch.bfloat16 else "fp32"
-    torch.manual_seed(0)
-    x = torch.randn(M, D, device="cuda", dtype=dt, requires_grad=True)
-    dy = torch.randn(M, D, device="cuda", dtype=dt)
-    a = torch.tensor([RATIONAL_INITS["swish"][0]], device="cuda", requires_grad=True)
-    b = torch.tensor([RATIONAL_INITS["swish"][1]] * G, device="cuda", requires_grad=True)
+    x, dy, a, b = rational_inputs(dt)
     nbytes = x.numel() * x.element_size()
 
     def fwd():
