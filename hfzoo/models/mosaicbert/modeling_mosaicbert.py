@@ -436,6 +436,12 @@ def _classification_loss(config, logits, labels, num_labels):
     return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
 
+def _classifier_head(config: MosaicBertConfig):
+    """Dropout (classifier_dropout, else hidden_dropout_prob) and the linear classifier of the task heads."""
+    p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+    return nn.Dropout(p), nn.Linear(config.hidden_size, config.num_labels)
+
+
 class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
     """Pooler (first real token of each row) -> dropout -> linear classifier, as MosaicML's."""
 
@@ -443,9 +449,7 @@ class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.bert = MosaicBertModel(config)
-        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(p)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.dropout, self.classifier = _classifier_head(config)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
@@ -466,9 +470,7 @@ class MosaicBertForTokenClassification(MosaicBertPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.bert = MosaicBertModel(config, add_pooling_layer=False)
-        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(p)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.dropout, self.classifier = _classifier_head(config)
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
