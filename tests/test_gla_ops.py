@@ -64,6 +64,18 @@ def test_chunk_varlen_gqa_with_states():
     _check(q, k, v, g, h0, cu)
 
 
+@pytest.mark.parametrize("cu", [None, [0, 70, 75, 300]])
+def test_chunk_dg_carry_spans_blocks(cu, monkeypatch):
+    # the backward sums dg over later chunks in blocks of CARRY_BC chunks: force several blocks per sequence
+    from hfzoo.ops import gla_chunk
+
+    monkeypatch.setattr(gla_chunk, "CARRY_BC", 2)
+    cu = torch.tensor(cu) if cu is not None else None
+    q, k, v, g, h0 = _inputs(1 if cu is not None else 2, 300, 2, 1, 16, 16, N=3 if cu is not None else None,
+                             seed=9)
+    _check(q, k, v, g, h0, cu)
+
+
 def test_chunk_strong_decay_takes_exact_path():
     # ~-8 per token: a chunk decays far beyond e^-40, so the elementwise intra-chunk path runs
     q, k, v, g, h0 = _inputs(1, 130, 2, 1, 16, 16, decay=40.0, seed=3)

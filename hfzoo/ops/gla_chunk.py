@@ -1,11 +1,11 @@
 """Chunked gated linear attention in Triton: forward and backward (training and prefill).
 
-The sequence is cut into chunks of ``BT = 64`` tokens. Inside a chunk the gates are cumulated on the fly
-(``gc = cumsum(g)`` in fp32, never written to memory); ``gl`` is the chunk's total log decay. With ``h`` the
-state before the chunk:
+The sequence is cut into chunks of ``BT = 64`` tokens. A first pass cumulates the gates inside each chunk
+(``gc = cumsum(g)``, fp32) and decays the keys to the chunk's end (``kd = k * e^(gl - gc)``, in the matmul
+dtype); ``gl`` is the chunk's total log decay (``gc`` at its last token). With ``h`` the state before the chunk:
 
     o      = scale * [ (q * e^gc) @ h  +  A @ v ],    A_ij = sum_k q_ik k_jk e^(gc_ik - gc_jk)  (j <= i)
-    h_next = e^gl * h + (k * e^(gl - gc))^T @ v
+    h_next = e^gl * h + kd^T @ v
 
 Intra-chunk scores ``A`` on tensor cores: when the chunk's decay stays within ``e^-CLAMP`` in every key
 dimension of a block (every realistic chunk), ``A = (q e^gc) @ (k e^-gc)^T`` in one matmul; ``e^-gc`` is
@@ -14,13 +14,16 @@ an exact elementwise path (``exp`` of differences clamped at 0, column by column
 The same split serves the backward's ``dq``/``dk`` intra terms.
 
 Kernels (grid in brackets):
+  _prep      [K/BK, chunks, Hkv]   gc and kd (the backward rebuilds kd from the saved gc)
   _fwd_h     [K/BK, V/BV, N*Hkv]   sequential over chunks: states before each chunk, final state
-  _fwd_o     [V/BV, chunks, H]     output
+  _fwd_o     [V/BV, chunks, H]     output; keeps A (unscaled, matmul dtype) for the backward
   _bwd_dh    [K/BK, V/BV, N*Hkv]   reverse scan: state gradients after each chunk, d initial state
-  _bwd_dv    [V/BV, chunks, Hkv]   dv (summed over the query heads of a group)
-  _bwd_dqk   [K/BK, chunks, Hkv]   dq, dk and the local gate gradient q*dq - k*dk
-  _bwd_dg    [K/BK, N*Hkv]         reverse cumsum of the local gate gradient along each sequence
-The backward recomputes the chunk states instead of keeping them from the forward.
+  _bwd_dv    [V/BV, chunks, Hkv]   dv = kd @ dh + A^T @ do (summed over the query heads of a group)
+  _bwd_dqk   [K/BK, chunks, Hkv]   dq, dk; dg summed within the chunk, and each chunk's total
+  _bwd_carry [K/BK, N*Hkv]         per sequence, the totals of the later chunks (blocks of 64 chunks)
+  _bwd_dg_add [K/BK, chunks, Hkv]  dg += the later chunks' share
+The two scans load the next chunk's tiles while the current one computes. The backward recomputes the
+chunk states instead of keeping them from the forward.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from .triton_shim import tl, triton
 
 BT = 64  # chunk length
 CLAMP = 40.0  # largest in-chunk log decay taken by the single-matmul path
+CARRY_BC = 64  # chunks per block in the backward's carry scan of dg
 
 
 def _p2(n: int, lo: int = 16, hi: int = 64) -> int:
@@ -127,14 +131,52 @@ def _exact_dk(acc, M, X, gc, BT: tl.constexpr):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Per-chunk preparation: the in-chunk cumulative gates and the keys decayed to the chunk's end.
+
+
+@triton.jit
+def _last_row(GC, bos, eos, i_t, col0, ck, ncols, row_stride, BT: tl.constexpr):
+    # gc at the chunk's last token: the chunk's total log decay ``gl`` (one value per key column)
+    last = tl.minimum(bos + i_t * BT + BT, eos) - 1
+    return tl.load(GC + last * row_stride + col0 + ck, mask=ck < ncols, other=0.0)
+
+
+@triton.jit
+def _prep_kernel(G, K_, GC, KD, CU, CI, T, NT,
+                 H_KV: tl.constexpr, DK: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                 IS_VARLEN: tl.constexpr, FROM_GC: tl.constexpr):
+    # gc = in-chunk cumsum of g (fp32; or read back when FROM_GC), kd = k * e^(gl - gc) in the matmul dtype
+    i_k, i_c, i_hk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_t, bos, eos = _chunk_of(i_c, CU, CI, T, NT, IS_VARLEN)
+    rows = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    tok = bos + i_t * BT + rows
+    mt = tok < eos
+    col0 = i_hk * DK + i_k * BK
+    m = mt[:, None] & (ck[None, :] < DK - i_k * BK)
+    ptr = tok[:, None] * (H_KV * DK) + col0 + ck[None, :]
+    if FROM_GC:
+        gc = tl.load(GC + ptr, mask=m, other=0.0)
+        gl = _last_row(GC, bos, eos, i_t, col0, ck, DK - i_k * BK, H_KV * DK, BT)
+    else:
+        g = tl.load(G + ptr, mask=m, other=0.0).to(tl.float32)
+        gc = tl.cumsum(g, axis=0)
+        gl = tl.sum(g, axis=0)
+        tl.store(GC + ptr, gc, mask=m)
+    k = tl.load(K_ + ptr, mask=m, other=0.0).to(tl.float32)
+    tl.store(KD + ptr, (k * tl.exp(gl[None, :] - gc)).to(KD.dtype.element_ty), mask=m)
+
+
+# ----------------------------------------------------------------------------------------------------
 # Forward.
 
 
 @triton.jit
-def _fwd_h_kernel(K_, V_, G, H_, H0, HT, CU, CO, T, NT,
+def _fwd_h_kernel(KD, V_, GC, H_, H0, HT, CU, CO, T, NT,
                   H_KV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
                   BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                  IS_VARLEN: tl.constexpr, HALF: tl.constexpr):
+                  IS_VARLEN: tl.constexpr):
+    # S <- e^gl * S + kd^T v, chunk after chunk; the next chunk's tiles are loaded while this one computes
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H_KV, i_nh % H_KV
     bos, eos, boc, nt = _seq_of(i_n, CU, CO, T, NT, IS_VARLEN)
@@ -144,29 +186,32 @@ def _fwd_h_kernel(K_, V_, G, H_, H0, HT, CU, CO, T, NT,
     ok, ov = i_k * BK + ck, i_v * BV + cv
     mkv = (ok[:, None] < DK) & (ov[None, :] < DV)
     st = ok[:, None] * DV + ov[None, :]
+    kcol, nk = i_h * DK + i_k * BK, DK - i_k * BK
+    vcol, nv = i_h * DV + i_v * BV, DV - i_v * BV
     S = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
         S += tl.load(H0 + i_nh.to(tl.int64) * DK * DV + st, mask=mkv, other=0.0).to(tl.float32)
+    tok = bos + rows
+    kd_n = _load_rows(KD, tok, tok < eos, kcol, ck, nk, H_KV * DK)
+    v_n = _load_rows(V_, tok, tok < eos, vcol, cv, nv, H_KV * DV)
+    gl_n = _last_row(GC, bos, eos, 0, kcol, ck, nk, H_KV * DK, BT)
     for i_t in range(nt):
+        kd, v, gl = kd_n, v_n, gl_n
+        tok = bos + (i_t + 1) * BT + rows
+        kd_n = _load_rows(KD, tok, tok < eos, kcol, ck, nk, H_KV * DK)
+        v_n = _load_rows(V_, tok, tok < eos, vcol, cv, nv, H_KV * DV)
+        gl_n = _last_row(GC, bos, eos, tl.minimum(i_t + 1, nt - 1), kcol, ck, nk, H_KV * DK, BT)
         tl.store(H_ + ((boc + i_t).to(tl.int64) * H_KV + i_h) * DK * DV + st, S.to(H_.dtype.element_ty), mask=mkv)
-        tok = bos + i_t * BT + rows
-        mt = tok < eos
-        k = _load_rows(K_, tok, mt, i_h * DK + i_k * BK, ck, DK - i_k * BK, H_KV * DK).to(tl.float32)
-        g = _load_rows(G, tok, mt, i_h * DK + i_k * BK, ck, DK - i_k * BK, H_KV * DK).to(tl.float32)
-        v = _load_rows(V_, tok, mt, i_h * DV + i_v * BV, cv, DV - i_v * BV, H_KV * DV)
-        gc = tl.cumsum(g, axis=0)
-        gl = tl.sum(g, axis=0)
-        kd = k * tl.exp(gl[None, :] - gc)
-        S = S * tl.exp(gl)[:, None] + tl.dot(tl.trans(_dot_in(kd, HALF)), _dot_in(v, HALF))
+        S = S * tl.exp(gl)[:, None] + tl.dot(tl.trans(kd), v.to(kd.dtype))
     if STORE_HT:
         tl.store(HT + i_nh.to(tl.int64) * DK * DV + st, S, mask=mkv)
 
 
 @triton.jit
-def _fwd_o_kernel(Q, K_, V_, G, H_, O, CU, CI, scale, T, NT,
+def _fwd_o_kernel(Q, K_, V_, GC, H_, O, A_, CU, CI, scale, T, NT,
                   H: tl.constexpr, H_KV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
                   BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr, HALF: tl.constexpr,
-                  CLAMP: tl.constexpr):
+                  CLAMP: tl.constexpr, STORE_A: tl.constexpr):
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_hk = i_h // (H // H_KV)
     i_n, i_t, bos, eos = _chunk_of(i_c, CU, CI, T, NT, IS_VARLEN)
@@ -182,20 +227,24 @@ def _fwd_o_kernel(Q, K_, V_, G, H_, O, CU, CI, scale, T, NT,
     for k0 in range(0, DK, BK):
         q = _load_rows(Q, tok, mt, i_h * DK + k0, ck, DK - k0, H * DK).to(tl.float32)
         k = _load_rows(K_, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK).to(tl.float32)
-        g = _load_rows(G, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK).to(tl.float32)
-        gc = tl.cumsum(g, axis=0)
+        gc = _load_rows(GC, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK)
+        gl = _last_row(GC, bos, eos, i_t, i_hk * DK + k0, ck, DK - k0, H_KV * DK, BT)
         qg = q * tl.exp(gc)
         h = tl.load(hbase + (k0 + ck)[:, None] * DV + ov[None, :],
                     mask=((k0 + ck)[:, None] < DK) & (ov[None, :] < DV), other=0.0)
         acc += tl.dot(_dot_in(qg, HALF), _dot_in(h, HALF))
-        if tl.min(tl.sum(g, axis=0)) >= -CLAMP:
+        if tl.min(gl) >= -CLAMP:
             kg = k * tl.exp(-gc)
             A += tl.dot(_dot_in(qg, HALF), tl.trans(_dot_in(kg, HALF)))
         else:
             A = _exact_A(A, q, k, gc, BT)
-    A = tl.where(rows[:, None] >= rows[None, :], A, 0.0)
+    A = _dot_in(tl.where(rows[:, None] >= rows[None, :], A, 0.0), HALF)
+    if STORE_A:  # kept for the backward's dv (unscaled, in the matmul dtype)
+        if i_v == 0:
+            aptr = A_ + tok[:, None] * (H * BT) + i_h * BT + rows[None, :]
+            tl.store(aptr, A, mask=mt[:, None])
     v = _load_rows(V_, tok, mt, i_hk * DV + i_v * BV, cv, DV - i_v * BV, H_KV * DV)
-    acc += tl.dot(_dot_in(A, HALF), _dot_in(v, HALF))
+    acc += tl.dot(A, _dot_in(v, HALF))
     optr = O + tok[:, None] * (H * DV) + i_h * DV + ov[None, :]
     tl.store(optr, (acc * scale).to(O.dtype.element_ty), mask=mt[:, None] & (ov[None, :] < DV))
 
@@ -205,10 +254,11 @@ def _fwd_o_kernel(Q, K_, V_, G, H_, O, CU, CI, scale, T, NT,
 
 
 @triton.jit
-def _bwd_dh_kernel(Q, G, DO, DH, DHT, DH0, CU, CO, scale, T, NT,
+def _bwd_dh_kernel(Q, GC, DO, DH, DHT, DH0, CU, CO, scale, T, NT,
                    H: tl.constexpr, H_KV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
                    BK: tl.constexpr, BV: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
                    IS_VARLEN: tl.constexpr, HALF: tl.constexpr):
+    # reverse scan; the next chunk's gates (and the first query head's q, do) load while this one computes
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_hk = i_nh // H_KV, i_nh % H_KV
     GROUP: tl.constexpr = H // H_KV
@@ -219,34 +269,45 @@ def _bwd_dh_kernel(Q, G, DO, DH, DHT, DH0, CU, CO, scale, T, NT,
     ok, ov = i_k * BK + ck, i_v * BV + cv
     mkv = (ok[:, None] < DK) & (ov[None, :] < DV)
     st = ok[:, None] * DV + ov[None, :]
+    gcol, nk, nv = i_hk * DK + i_k * BK, DK - i_k * BK, DV - i_v * BV
+    h0 = i_hk * GROUP
     dS = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_DHT:
         dS += tl.load(DHT + i_nh.to(tl.int64) * DK * DV + st, mask=mkv, other=0.0).to(tl.float32)
+    tok = bos + (nt - 1) * BT + rows
+    gc_n = _load_rows(GC, tok, tok < eos, gcol, ck, nk, H_KV * DK)
+    gl_n = _last_row(GC, bos, eos, nt - 1, gcol, ck, nk, H_KV * DK, BT)
+    q_n = _load_rows(Q, tok, tok < eos, h0 * DK + i_k * BK, ck, nk, H * DK)
+    do_n = _load_rows(DO, tok, tok < eos, h0 * DV + i_v * BV, cv, nv, H * DV)
     for j in range(nt):
         i_t = nt - 1 - j
+        gc, gl, q, do = gc_n, gl_n, q_n, do_n
+        tokp = bos + (i_t - 1) * BT + rows
+        mp = (tokp < eos) & (tokp >= bos)
+        gc_n = _load_rows(GC, tokp, mp, gcol, ck, nk, H_KV * DK)
+        gl_n = _last_row(GC, bos, eos, tl.maximum(i_t - 1, 0), gcol, ck, nk, H_KV * DK, BT)
+        q_n = _load_rows(Q, tokp, mp, h0 * DK + i_k * BK, ck, nk, H * DK)
+        do_n = _load_rows(DO, tokp, mp, h0 * DV + i_v * BV, cv, nv, H * DV)
         # gradient with respect to the state after chunk i_t
         tl.store(DH + ((boc + i_t).to(tl.int64) * H_KV + i_hk) * DK * DV + st, dS.to(DH.dtype.element_ty),
                  mask=mkv)
+        eg = tl.exp(gc) * scale
+        dS = dS * tl.exp(gl)[:, None] + tl.dot(tl.trans(_dot_in(q.to(tl.float32) * eg, HALF)), _dot_in(do, HALF))
         tok = bos + i_t * BT + rows
         mt = tok < eos
-        g = _load_rows(G, tok, mt, i_hk * DK + i_k * BK, ck, DK - i_k * BK, H_KV * DK).to(tl.float32)
-        gc = tl.cumsum(g, axis=0)
-        dS = dS * tl.exp(tl.sum(g, axis=0))[:, None]
-        eg = tl.exp(gc) * scale
-        for hh in range(GROUP):
-            i_h = i_hk * GROUP + hh
-            q = _load_rows(Q, tok, mt, i_h * DK + i_k * BK, ck, DK - i_k * BK, H * DK).to(tl.float32)
-            do = _load_rows(DO, tok, mt, i_h * DV + i_v * BV, cv, DV - i_v * BV, H * DV)
+        for hh in range(1, GROUP):
+            q = _load_rows(Q, tok, mt, (h0 + hh) * DK + i_k * BK, ck, nk, H * DK).to(tl.float32)
+            do = _load_rows(DO, tok, mt, (h0 + hh) * DV + i_v * BV, cv, nv, H * DV)
             dS += tl.dot(tl.trans(_dot_in(q * eg, HALF)), _dot_in(do, HALF))
     if STORE_DH0:
         tl.store(DH0 + i_nh.to(tl.int64) * DK * DV + st, dS, mask=mkv)
 
 
 @triton.jit
-def _bwd_dv_kernel(Q, K_, G, DO, DH, DV_, CU, CI, scale, T, NT,
+def _bwd_dv_kernel(KD, A_, DO, DH, DV_, CU, CI, scale, T, NT,
                    H: tl.constexpr, H_KV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
-                   BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr, HALF: tl.constexpr,
-                   CLAMP: tl.constexpr):
+                   BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr):
+    # dv = kd @ dh_next + scale * sum over the group's query heads of A^T @ do (A kept by the forward)
     i_v, i_c, i_hk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     GROUP: tl.constexpr = H // H_KV
     i_n, i_t, bos, eos = _chunk_of(i_c, CU, CI, T, NT, IS_VARLEN)
@@ -256,40 +317,26 @@ def _bwd_dv_kernel(Q, K_, G, DO, DH, DV_, CU, CI, scale, T, NT,
     ov = i_v * BV + cv
     tok = bos + i_t * BT + rows
     mt = tok < eos
-    causal = rows[:, None] >= rows[None, :]
     dhbase = DH + (i_c.to(tl.int64) * H_KV + i_hk) * DK * DV
     acc = tl.zeros([BT, BV], dtype=tl.float32)
-    # through the state after the chunk: dv += (k e^(gl - gc)) @ dh_next
     for k0 in range(0, DK, BK):
-        k = _load_rows(K_, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK).to(tl.float32)
-        g = _load_rows(G, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK).to(tl.float32)
-        gc = tl.cumsum(g, axis=0)
-        kd = k * tl.exp(tl.sum(g, axis=0)[None, :] - gc)
+        kd = _load_rows(KD, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK)
         dh = tl.load(dhbase + (k0 + ck)[:, None] * DV + ov[None, :],
                      mask=((k0 + ck)[:, None] < DK) & (ov[None, :] < DV), other=0.0)
-        acc += tl.dot(_dot_in(kd, HALF), _dot_in(dh, HALF))
-    # inside the chunk: dv += A^T @ do, summed over the group's query heads
+        acc += tl.dot(kd, dh.to(kd.dtype))
+    intra = tl.zeros([BT, BV], dtype=tl.float32)
     for hh in range(GROUP):
         i_h = i_hk * GROUP + hh
-        A = tl.zeros([BT, BT], dtype=tl.float32)
-        for k0 in range(0, DK, BK):
-            q = _load_rows(Q, tok, mt, i_h * DK + k0, ck, DK - k0, H * DK).to(tl.float32)
-            k = _load_rows(K_, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK).to(tl.float32)
-            g = _load_rows(G, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK).to(tl.float32)
-            gc = tl.cumsum(g, axis=0)
-            if tl.min(tl.sum(g, axis=0)) >= -CLAMP:
-                A += tl.dot(_dot_in(q * tl.exp(gc), HALF), tl.trans(_dot_in(k * tl.exp(-gc), HALF)))
-            else:
-                A = _exact_A(A, q, k, gc, BT)
-        A = tl.where(causal, A * scale, 0.0)
+        A = tl.load(A_ + tok[:, None] * (H * BT) + i_h * BT + rows[None, :], mask=mt[:, None], other=0.0)
         do = _load_rows(DO, tok, mt, i_h * DV + i_v * BV, cv, DV - i_v * BV, H * DV)
-        acc += tl.dot(tl.trans(_dot_in(A, HALF)), _dot_in(do, HALF))
+        intra += tl.dot(tl.trans(A), do.to(A.dtype))
+    acc += intra * scale
     ptr = DV_ + tok[:, None] * (H_KV * DV) + i_hk * DV + ov[None, :]
     tl.store(ptr, acc.to(DV_.dtype.element_ty), mask=mt[:, None] & (ov[None, :] < DV))
 
 
 @triton.jit
-def _bwd_dqk_kernel(Q, K_, V_, G, H_, DO, DH, DQ, DK_, DG, CU, CI, scale, T, NT,
+def _bwd_dqk_kernel(Q, K_, V_, GC, H_, DO, DH, DQ, DK_, DG, TOT, CU, CI, scale, T, NT,
                     H: tl.constexpr, H_KV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
                     BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr, HALF: tl.constexpr,
                     CLAMP: tl.constexpr, INTRA_F32: tl.constexpr):
@@ -306,9 +353,8 @@ def _bwd_dqk_kernel(Q, K_, V_, G, H_, DO, DH, DQ, DK_, DG, CU, CI, scale, T, NT,
     causal = rows[:, None] >= rows[None, :]
     sbase = (i_c.to(tl.int64) * H_KV + i_hk) * DK * DV
     k = _load_rows(K_, tok, mt, i_hk * DK + i_k * BK, ck, DK - i_k * BK, H_KV * DK).to(tl.float32)
-    g = _load_rows(G, tok, mt, i_hk * DK + i_k * BK, ck, DK - i_k * BK, H_KV * DK).to(tl.float32)
-    gc = tl.cumsum(g, axis=0)
-    gl = tl.sum(g, axis=0)
+    gc = _load_rows(GC, tok, mt, i_hk * DK + i_k * BK, ck, DK - i_k * BK, H_KV * DK)
+    gl = _last_row(GC, bos, eos, i_t, i_hk * DK + i_k * BK, ck, DK - i_k * BK, H_KV * DK, BT)
     fast = tl.min(gl) >= -CLAMP
     # through the state after the chunk: dk += (v @ dh_next^T) * e^(gl - gc)
     dk = tl.zeros([BT, BK], dtype=tl.float32)
@@ -351,32 +397,50 @@ def _bwd_dqk_kernel(Q, K_, V_, G, H_, DO, DH, DQ, DK_, DG, CU, CI, scale, T, NT,
     dgl -= k * dk
     ptr = tok[:, None] * (H_KV * DK) + i_hk * DK + ok[None, :]
     tl.store(DK_ + ptr, dk.to(DK_.dtype.element_ty), mask=mt[:, None] & mk[None, :])
-    tl.store(DG + ptr, dgl, mask=mt[:, None] & mk[None, :])
+    # dg within the chunk (sum over the chunk's tokens from t on); later chunks' share comes from TOT
+    tot = tl.sum(dgl, axis=0)
+    tl.store(DG + ptr, tot[None, :] - tl.cumsum(dgl, axis=0) + dgl, mask=mt[:, None] & mk[None, :])
+    tl.store(TOT + (i_c.to(tl.int64) * H_KV + i_hk) * DK + ok, tot, mask=mk)
 
 
 @triton.jit
-def _bwd_dg_kernel(DG, FIN, CU, CO, T, NT, H_KV: tl.constexpr, DK: tl.constexpr, BT: tl.constexpr,
-                   BK: tl.constexpr, USE_FIN: tl.constexpr, IS_VARLEN: tl.constexpr):
-    # in place: dg_t = sum_{s >= t} dgl_s over the sequence (+ the final state's sum_v ht * dht)
+def _bwd_carry_kernel(TOT, FIN, CO, NT, H_KV: tl.constexpr, DK: tl.constexpr, BK: tl.constexpr,
+                      BC: tl.constexpr, USE_FIN: tl.constexpr, IS_VARLEN: tl.constexpr):
+    # in place: TOT[c] <- sum of TOT over the sequence's chunks after c (+ the final state's sum_v ht * dht)
     i_k, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_hk = i_nh // H_KV, i_nh % H_KV
-    bos, eos, boc, nt = _seq_of(i_n, CU, CO, T, NT, IS_VARLEN)
-    rows = tl.arange(0, BT)
-    ck = tl.arange(0, BK)
-    ok = i_k * BK + ck
+    if IS_VARLEN:
+        boc = tl.load(CO + i_n)
+        nt = tl.load(CO + i_n + 1) - boc
+    else:
+        boc = i_n * NT
+        nt = NT
+    ok = i_k * BK + tl.arange(0, BK)
     carry = tl.zeros([BK], dtype=tl.float32)
     if USE_FIN:
         carry += tl.load(FIN + i_nh.to(tl.int64) * DK + ok, mask=ok < DK, other=0.0)
-    for j in range(nt):
-        i_t = nt - 1 - j
-        tok = bos + i_t * BT + rows
-        mt = tok < eos
-        ptr = DG + tok[:, None] * (H_KV * DK) + i_hk * DK + ok[None, :]
-        m = mt[:, None] & (ok[None, :] < DK)
+    for jb in range(tl.cdiv(nt, BC)):
+        cs = nt - (jb + 1) * BC + tl.arange(0, BC)
+        m = (cs >= 0)[:, None] & (ok[None, :] < DK)
+        ptr = TOT + ((boc + cs).to(tl.int64)[:, None] * H_KV + i_hk) * DK + ok[None, :]
         x = tl.load(ptr, mask=m, other=0.0)
         tot = tl.sum(x, axis=0)
-        tl.store(ptr, tot[None, :] - tl.cumsum(x, axis=0) + x + carry[None, :], mask=m)
+        tl.store(ptr, tot[None, :] - tl.cumsum(x, axis=0) + carry[None, :], mask=m)
         carry += tot
+
+
+@triton.jit
+def _bwd_dg_add_kernel(DG, TOT, CU, CI, T, NT, H_KV: tl.constexpr, DK: tl.constexpr, BT: tl.constexpr,
+                       BK: tl.constexpr, IS_VARLEN: tl.constexpr):
+    # dg of every token of chunk c += the later chunks' share TOT[c]
+    i_k, i_c, i_hk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_t, bos, eos = _chunk_of(i_c, CU, CI, T, NT, IS_VARLEN)
+    tok = bos + i_t * BT + tl.arange(0, BT)
+    ok = i_k * BK + tl.arange(0, BK)
+    carry = tl.load(TOT + (i_c.to(tl.int64) * H_KV + i_hk) * DK + ok, mask=ok < DK, other=0.0)
+    ptr = DG + tok[:, None] * (H_KV * DK) + i_hk * DK + ok[None, :]
+    m = (tok < eos)[:, None] & (ok[None, :] < DK)
+    tl.store(ptr, tl.load(ptr, mask=m, other=0.0) + carry[None, :], mask=m)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -432,85 +496,111 @@ def _state_dtype(dtype):
     return torch.float32 if dtype == torch.float32 else torch.bfloat16
 
 
-def _fwd_states(k, v, g, h0, seqs, want_ht):
+def _prep(k, g, gc, seqs):
+    """``(gc, kd)``: in-chunk cumulative gates (fp32; computed from g, or given) and k * e^(gl - gc)."""
     B, T, Hkv, K = k.shape
+    from_gc = gc is not None
+    if not from_gc:
+        gc = torch.empty(k.shape, dtype=torch.float32, device=k.device)
+    kd = torch.empty(k.shape, dtype=_state_dtype(k.dtype), device=k.device)
+    BK = _p2(K)
+    _prep_kernel[(triton.cdiv(K, BK), seqs.n_chunks, Hkv)](
+        g, k, gc, kd, seqs.cu, seqs.ci, seqs.T, seqs.NT, H_KV=Hkv, DK=K, BT=BT, BK=BK,
+        IS_VARLEN=seqs.varlen, FROM_GC=from_gc, num_warps=4)
+    return gc, kd
+
+
+def _fwd_states(kd, v, gc, h0, seqs, want_ht):
+    B, T, Hkv, K = kd.shape
     V = v.shape[-1]
     BK, BV, opts = _conf("h", K, V)
     h = torch.empty(seqs.n_chunks, Hkv, K, V, dtype=_state_dtype(v.dtype), device=v.device)
     ht = torch.empty(seqs.N, Hkv, K, V, dtype=torch.float32, device=v.device) if want_ht else None
     grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), seqs.N * Hkv)
-    _fwd_h_kernel[grid](k, v, g, h, h0, ht, seqs.cu, seqs.co, seqs.T, seqs.NT,
+    _fwd_h_kernel[grid](kd, v, gc, h, h0, ht, seqs.cu, seqs.co, seqs.T, seqs.NT,
                         H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, USE_H0=h0 is not None,
-                        STORE_HT=want_ht, IS_VARLEN=seqs.varlen, HALF=v.dtype != torch.float32, **opts)
+                        STORE_HT=want_ht, IS_VARLEN=seqs.varlen, **opts)
     return h, ht
 
 
-def _fwd(q, k, v, g, scale, h0, seqs, want_ht):
+def _fwd(q, k, v, g, scale, h0, seqs, want_ht, keep_A):
+    """``(o, ht, gc, A)``; ``A`` (the intra-chunk scores, for the backward) only when ``keep_A``."""
     B, T, H, K = q.shape
     Hkv, V = k.shape[2], v.shape[-1]
-    h, ht = _fwd_states(k, v, g, h0, seqs, want_ht)
+    gc, kd = _prep(k, g, None, seqs)
+    h, ht = _fwd_states(kd, v, gc, h0, seqs, want_ht)
+    kd = None
     o = torch.empty(B, T, H, V, dtype=v.dtype, device=v.device)
+    A = torch.empty(B, T, H, BT, dtype=_state_dtype(v.dtype), device=v.device) if keep_A else None
     BK, BV, opts = _conf("o", K, V)
     grid = (triton.cdiv(V, BV), seqs.n_chunks, H)
-    _fwd_o_kernel[grid](q, k, v, g, h, o, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
+    _fwd_o_kernel[grid](q, k, v, gc, h, o, A, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
                         H=H, H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=seqs.varlen,
-                        HALF=v.dtype != torch.float32, CLAMP=CLAMP, **opts)
-    return o, ht
+                        HALF=v.dtype != torch.float32, CLAMP=CLAMP, STORE_A=keep_A, **opts)
+    return o, ht, gc, A
 
 
-def _bwd(q, k, v, g, scale, h0, ht, do, dht, seqs):
+def _bwd(q, k, v, gc, A, scale, h0, ht, do, dht, seqs):
     B, T, H, K = q.shape
     Hkv, V = k.shape[2], v.shape[-1]
     half = v.dtype != torch.float32
-    h, _ = _fwd_states(k, v, g, h0, seqs, False)
+    _, kd = _prep(k, None, gc, seqs)
+    h, _ = _fwd_states(kd, v, gc, h0, seqs, False)
     dh = torch.empty_like(h)
     dh0 = torch.empty(seqs.N, Hkv, K, V, dtype=torch.float32, device=v.device) if h0 is not None else None
     BK, BV, opts = _conf("dh", K, V)
     _bwd_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), seqs.N * Hkv)](
-        q, g, do, dh, dht, dh0, seqs.cu, seqs.co, scale, seqs.T, seqs.NT,
+        q, gc, do, dh, dht, dh0, seqs.cu, seqs.co, scale, seqs.T, seqs.NT,
         H=H, H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, USE_DHT=dht is not None, STORE_DH0=h0 is not None,
         IS_VARLEN=seqs.varlen, HALF=half, **opts)
     dv = torch.empty_like(v)
     BK, BV, opts = _conf("dv", K, V)
     _bwd_dv_kernel[(triton.cdiv(V, BV), seqs.n_chunks, Hkv)](
-        q, k, g, do, dh, dv, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
-        H=H, H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, HALF=half, CLAMP=CLAMP, **opts)
+        kd, A, do, dh, dv, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
+        H=H, H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, **opts)
+    kd = None
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dg = torch.empty(k.shape, dtype=torch.float32, device=k.device)
+    tot = torch.empty(seqs.n_chunks, Hkv, K, dtype=torch.float32, device=k.device)
     BK, BV, opts = _conf("dqk", K, V)
     _bwd_dqk_kernel[(triton.cdiv(K, BK), seqs.n_chunks, Hkv)](
-        q, k, v, g, h, do, dh, dq, dk, dg, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
+        q, k, v, gc, h, do, dh, dq, dk, dg, tot, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
         H=H, H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, HALF=half, CLAMP=CLAMP,
         INTRA_F32=bool(TUNE.get("dqk", {}).get("INTRA_F32", False)), **opts)
     # the final state's share of dg, sum_v ht * dht, cancels against k * dk of the last tokens, whose dk saw
     # dht through the dh buffer; round dht the same way so the cancellation is exact (bf16: 20x smaller error)
     fin = (ht * dht.to(dh.dtype).float()).sum(-1).contiguous() if dht is not None else None
     BK = _p2(K)
-    _bwd_dg_kernel[(triton.cdiv(K, BK), seqs.N * Hkv)](
-        dg, fin, seqs.cu, seqs.co, seqs.T, seqs.NT, H_KV=Hkv, DK=K, BT=BT, BK=BK,
-        USE_FIN=fin is not None, IS_VARLEN=seqs.varlen, num_warps=4)
+    _bwd_carry_kernel[(triton.cdiv(K, BK), seqs.N * Hkv)](
+        tot, fin, seqs.co, seqs.NT, H_KV=Hkv, DK=K, BK=BK, BC=CARRY_BC, USE_FIN=fin is not None,
+        IS_VARLEN=seqs.varlen, num_warps=4)
+    _bwd_dg_add_kernel[(triton.cdiv(K, BK), seqs.n_chunks, Hkv)](
+        dg, tot, seqs.cu, seqs.ci, seqs.T, seqs.NT, H_KV=Hkv, DK=K, BT=BT, BK=BK,
+        IS_VARLEN=seqs.varlen, num_warps=4)
     return dq, dk, dv, dg, dh0
 
 
 class ChunkGLAFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, g, scale, h0, output_final_state, cu_seqlens):
+    def forward(ctx, q, k, v, g, scale, h0, output_final_state, cu_seqlens, grad_enabled):
         q, k, v, g = (t.contiguous() for t in (q, k, v, g))
         h0 = h0.contiguous() if h0 is not None else None
         seqs = _Seqs(q.shape[0], q.shape[1], cu_seqlens, q.device)
-        o, ht = _fwd(q, k, v, g, scale, h0, seqs, output_final_state)
-        ctx.save_for_backward(q, k, v, g, h0, ht)
+        keep = grad_enabled and (any(ctx.needs_input_grad[:4]) or (h0 is not None and ctx.needs_input_grad[5]))
+        o, ht, gc, A = _fwd(q, k, v, g, scale, h0, seqs, output_final_state, keep)
+        # the backward needs the cumulated gates, not g itself
+        ctx.save_for_backward(q, k, v, gc, A, h0, ht)
         ctx.seqs, ctx.scale, ctx.g_dtype = seqs, scale, g.dtype
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, g, h0, ht = ctx.saved_tensors
+        q, k, v, gc, A, h0, ht = ctx.saved_tensors
         do = do.contiguous()
         dht = dht.contiguous() if (dht is not None and ht is not None) else None
-        dq, dk, dv, dg, dh0 = _bwd(q, k, v, g, ctx.scale, h0, ht, do, dht, ctx.seqs)
-        return dq, dk, dv, dg.to(ctx.g_dtype), None, dh0, None, None
+        dq, dk, dv, dg, dh0 = _bwd(q, k, v, gc, A, ctx.scale, h0, ht, do, dht, ctx.seqs)
+        return dq, dk, dv, dg.to(ctx.g_dtype), None, dh0, None, None, None
 
 
 def chunk_gla_triton(q, k, v, g, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
@@ -533,4 +623,5 @@ def chunk_gla_triton(q, k, v, g, scale=None, initial_state=None, output_final_st
         ht = initial_state.float() if initial_state is not None else \
             torch.zeros(N, k.shape[2], k.shape[3], v.shape[3], dtype=torch.float32, device=v.device)
         return o, ht
-    return ChunkGLAFunction.apply(q, k, v, g, float(scale), initial_state, bool(output_final_state), cu_seqlens)
+    return ChunkGLAFunction.apply(q, k, v, g, float(scale), initial_state, bool(output_final_state), cu_seqlens,
+                                  torch.is_grad_enabled())
