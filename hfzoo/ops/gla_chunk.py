@@ -296,9 +296,9 @@ def _bwd_dh_kernel(Q, GC, DO, DH, DHT, DH0, CU, CO, scale, T, NT,
         tok = bos + i_t * BT + rows
         mt = tok < eos
         for hh in range(1, GROUP):
-            q = _load_rows(Q, tok, mt, (h0 + hh) * DK + i_k * BK, ck, nk, H * DK).to(tl.float32)
-            do = _load_rows(DO, tok, mt, (h0 + hh) * DV + i_v * BV, cv, nv, H * DV)
-            dS += tl.dot(tl.trans(_dot_in(q * eg, HALF)), _dot_in(do, HALF))
+            q_h = _load_rows(Q, tok, mt, (h0 + hh) * DK + i_k * BK, ck, nk, H * DK).to(tl.float32)
+            do_h = _load_rows(DO, tok, mt, (h0 + hh) * DV + i_v * BV, cv, nv, H * DV)
+            dS += tl.dot(tl.trans(_dot_in(q_h * eg, HALF)), _dot_in(do_h, HALF))
     if STORE_DH0:
         tl.store(DH0 + i_nh.to(tl.int64) * DK * DV + st, dS, mask=mkv)
 

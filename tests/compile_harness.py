@@ -1,0 +1,125 @@
+"""Compile the Triton kernels an op launches for a Hopper GPU (sm_90) on a machine without one.
+
+    python tests/compile_harness.py gla
+
+Triton's interpreter (the CPU tests) runs kernels as Python and so misses what only the compiler checks:
+types of loop-carried values, layouts, shared-memory limits. Here the op runs on CPU tensors with kernel
+launches intercepted; each launch's arguments become a signature that is compiled to a cubin for sm_90 with
+the launch's num_warps/num_stages. Prints one line per kernel and exits non-zero on the first failure.
+Must run without ``TRITON_INTERPRET`` (the tests start it in a subprocess).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int32: "i32",
+          torch.int64: "i64", torch.uint8: "u8", torch.bool: "i1"}
+
+
+def record(run_op):
+    """Run ``run_op()`` with every JITFunction launch recorded instead of executed."""
+    from triton.runtime.jit import JITFunction
+
+    launches = []
+
+    def fake_run(self, *args, grid, warmup, **kwargs):
+        launches.append((self, args, kwargs))
+
+    real = JITFunction.run
+    JITFunction.run = fake_run
+    try:
+        run_op()
+    finally:
+        JITFunction.run = real
+    return launches
+
+
+def _arg_type(value):
+    if isinstance(value, torch.Tensor):
+        return "*" + _TYPES[value.dtype]
+    if value is None:
+        return "constexpr"
+    if isinstance(value, bool):
+        return "i1"
+    if isinstance(value, int):
+        return "i32" if -2**31 <= value < 2**31 else "i64"
+    if isinstance(value, float):
+        return "fp32"
+    raise TypeError(f"no signature type for {type(value).__name__}")
+
+
+def compile_launch(fn, args, kwargs, arch: int = 90):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    opts = {key: kwargs.pop(key) for key in ("num_warps", "num_stages") if key in kwargs}
+    values = dict(zip(fn.arg_names, args))
+    values.update(kwargs)
+    sig, const = {}, {}
+    for i, name in enumerate(fn.arg_names):
+        v = values[name]
+        if i in fn.constexprs or v is None:
+            sig[name] = "constexpr"
+            const[(i,)] = v
+        else:
+            sig[name] = _arg_type(v)
+    src = ASTSource(fn, sig, constexprs=const)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
+
+
+def _gla_cases():
+    from hfzoo.ops.gla_chunk import chunk_gla_triton
+    from hfzoo.ops.gla_recurrent import _fused_recurrent_fwd
+
+    def run(B, T, H, Hkv, K, V, dtype, cu=None):
+        q = torch.randn(B, T, H, K, dtype=dtype, requires_grad=True)
+        k = torch.randn(B, T, Hkv, K, dtype=dtype, requires_grad=True)
+        v = torch.randn(B, T, Hkv, V, dtype=dtype, requires_grad=True)
+        g = torch.randn(B, T, Hkv, K).requires_grad_()
+        N = B if cu is None else len(cu) - 1
+        h0 = torch.randn(N, Hkv, K, V, requires_grad=True)
+        cu = torch.tensor(cu, dtype=torch.int32) if cu is not None else None
+        o, ht = chunk_gla_triton(q, k, v, g, None, h0, True, cu)
+        torch.autograd.grad((o.float().sum() + ht.sum()), (q, k, v, g, h0))
+        with torch.no_grad():
+            _fused_recurrent_fwd(q, k, v, g, K ** -0.5, h0, True, cu)
+
+    # the benchmark shapes in bf16, GQA, fp32 with odd dims, fp16 varlen
+    return [lambda: run(1, 64, 2, 2, 128, 128, torch.bfloat16),
+            lambda: run(1, 64, 1, 1, 256, 512, torch.bfloat16),
+            lambda: run(1, 70, 2, 2, 80, 24, torch.float32),
+            lambda: run(1, 100, 2, 1, 64, 128, torch.float16, cu=[0, 30, 100])]
+
+
+CASES = {"gla": _gla_cases}
+
+
+def main(names):
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise SystemExit("run without TRITON_INTERPRET")
+    seen = set()
+    for name in names:
+        for case in CASES[name]():
+            for fn, args, kwargs in record(case):
+                key = (fn.__name__, tuple(_arg_type(a) if not isinstance(a, int) or isinstance(a, bool)
+                                          else "int" for a in args), tuple(sorted(kwargs.items())))
+                if key in seen:
+                    continue
+                seen.add(key)
+                try:
+                    out = compile_launch(fn, args, dict(kwargs))
+                except Exception as e:
+                    print(f"FAILED {fn.__name__} {kwargs}: {type(e).__name__}: {str(e)[:2000]}")
+                    raise SystemExit(1) from e
+                print(f"ok {fn.__name__} shared={out.metadata.shared} {kwargs}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or list(CASES))
