@@ -59,7 +59,7 @@ def compile_launch(fn, args, kwargs, arch: int = 90):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    opts = {key: kwargs.pop(key) for key in ("num_warps", "num_stages") if key in kwargs}
+    opts = {key: kwargs.pop(key) for key in ("num_warps", "num_stages", "maxnreg") if key in kwargs}
     values = dict(zip(fn.arg_names, args))
     values.update(kwargs)
     sig, const = {}, {}
@@ -88,7 +88,8 @@ def _gla_cases():
         cu = torch.tensor(cu, dtype=torch.int32) if cu is not None else None
         o, ht = chunk_gla_triton(q, k, v, g, None, h0, True, cu)
         torch.autograd.grad((o.float().sum() + ht.sum()), (q, k, v, g, h0))
-        with torch.no_grad():
+        with torch.no_grad():  # inference: no intra-chunk scores kept
+            chunk_gla_triton(q, k, v, g, None, h0, True, cu)
             _fused_recurrent_fwd(q, k, v, g, K ** -0.5, h0, True, cu)
 
     # the benchmark shapes in bf16, GQA, fp32 with odd dims, fp16 varlen

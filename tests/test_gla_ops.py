@@ -57,30 +57,48 @@ def test_chunk_without_states(intra_f32, monkeypatch):
     _check(q, k, v, g, None, final=False)
 
 
-def test_chunk_varlen_gqa_with_states():
-    # sequences of 10, 65 (crosses a chunk boundary) and 25 tokens; 4 query heads over 2 key/value heads
+@pytest.mark.parametrize("split_A", [False, True])
+def test_chunk_varlen_gqa_with_states(split_A, monkeypatch):
+    # sequences of 10, 65 (crosses a chunk boundary) and 25 tokens; 4 query heads over 2 key/value heads;
+    # the intra-chunk scores computed inside the output kernel, or by their own kernel (wide V does that)
+    from hfzoo.ops import gla_chunk
+
+    monkeypatch.setitem(gla_chunk.TUNE, "o", {"SPLIT_A": split_A})
     cu = torch.tensor([0, 10, 75, 100])
     q, k, v, g, h0 = _inputs(1, 100, 4, 2, 16, 16, N=3, seed=2)
     _check(q, k, v, g, h0, cu)
 
 
-@pytest.mark.parametrize("cu", [None, [0, 70, 75, 300]])
-def test_chunk_dg_carry_spans_blocks(cu, monkeypatch):
-    # the backward sums dg over later chunks in blocks of CARRY_BC chunks: force several blocks per sequence
+def test_chunk_long_varlen_dg():
+    # dg's share from later chunks comes from each chunk's states: many chunks, sequences ending mid-chunk
+    cu = torch.tensor([0, 70, 75, 330])
+    q, k, v, g, h0 = _inputs(1, 330, 2, 1, 16, 16, N=3, seed=9)
+    _check(q, k, v, g, h0, cu)
+    _check(q, k, v, g, None, cu, final=False)
+
+
+@pytest.mark.parametrize("split_A", [False, True])
+def test_chunk_strong_decay_takes_exact_path(split_A, monkeypatch):
+    # ~-8 per token: a chunk decays far beyond e^-40, so the elementwise intra-chunk path runs
     from hfzoo.ops import gla_chunk
 
-    monkeypatch.setattr(gla_chunk, "CARRY_BC", 2)
-    cu = torch.tensor(cu) if cu is not None else None
-    q, k, v, g, h0 = _inputs(1 if cu is not None else 2, 300, 2, 1, 16, 16, N=3 if cu is not None else None,
-                             seed=9)
-    _check(q, k, v, g, h0, cu)
-
-
-def test_chunk_strong_decay_takes_exact_path():
-    # ~-8 per token: a chunk decays far beyond e^-40, so the elementwise intra-chunk path runs
+    monkeypatch.setitem(gla_chunk.TUNE, "o", {"SPLIT_A": split_A})
     q, k, v, g, h0 = _inputs(1, 130, 2, 1, 16, 16, decay=40.0, seed=3)
     assert g[0, :64].sum(0).min() < -40
     _check(q, k, v, g, h0)
+
+
+@pytest.mark.parametrize("split_A", [False, True])
+def test_chunk_inference_matches_training_forward(split_A, monkeypatch):
+    # under no_grad the forward keeps no intra-chunk scores for a backward; outputs must not change
+    from hfzoo.ops import gla_chunk
+
+    monkeypatch.setitem(gla_chunk.TUNE, "o", {"SPLIT_A": split_A})
+    q, k, v, g, h0 = _inputs(2, 70, 2, 2, 16, 32, seed=11)
+    with torch.no_grad():
+        o, ht = chunk_gla(q, k, v, g, initial_state=h0, output_final_state=True, backend="triton")
+    o2, ht2 = naive_recurrent_gla(q, k, v, g, initial_state=h0, output_final_state=True)
+    assert rel_err(o, o2) < 2e-5 and rel_err(ht, ht2) < 2e-5
 
 
 def test_chunk_odd_head_dims():

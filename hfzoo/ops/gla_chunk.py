@@ -16,17 +16,19 @@ The same split serves the backward's ``dq``/``dk`` intra terms.
 Kernels (grid in brackets):
   _prep      [K/BK, chunks, Hkv]   gc and kd (the backward rebuilds kd from the saved gc)
   _fwd_h     [K/BK, V/BV, N*Hkv]   sequential over chunks: states before each chunk, final state
-  _fwd_o     [V/BV, chunks, H]     output; keeps A (unscaled, matmul dtype) for the backward
+  _fwd_A     [chunks, H]           A alone (unscaled, matmul dtype), when V spans several value blocks
+  _fwd_o     [V/BV, chunks, H]     output; computes A itself for a single value block, keeps it for dv
   _bwd_dh    [K/BK, V/BV, N*Hkv]   reverse scan: state gradients after each chunk, d initial state
   _bwd_dv    [V/BV, chunks, Hkv]   dv = kd @ dh + A^T @ do (summed over the query heads of a group)
-  _bwd_dqk   [K/BK, chunks, Hkv]   dq, dk; dg summed within the chunk, and each chunk's total
-  _bwd_carry [K/BK, N*Hkv]         per sequence, the totals of the later chunks (blocks of 64 chunks)
-  _bwd_dg_add [K/BK, chunks, Hkv]  dg += the later chunks' share
+  _bwd_dqk   [K/BK, chunks, Hkv]   dq, dk, dg (the later tokens' share of dg from sum_v h_next * dh_next)
 The two scans load the next chunk's tiles while the current one computes. The backward recomputes the
 chunk states instead of keeping them from the forward.
 """
 
 from __future__ import annotations
+
+import json
+import os
 
 import torch
 
@@ -34,7 +36,6 @@ from .triton_shim import tl, triton
 
 BT = 64  # chunk length
 CLAMP = 40.0  # largest in-chunk log decay taken by the single-matmul path
-CARRY_BC = 64  # chunks per block in the backward's carry scan of dg
 
 
 def _p2(n: int, lo: int = 16, hi: int = 64) -> int:
@@ -208,10 +209,44 @@ def _fwd_h_kernel(KD, V_, GC, H_, H0, HT, CU, CO, T, NT,
 
 
 @triton.jit
+def _add_A(A, q, k, gc, gl, qg, BT: tl.constexpr, HALF: tl.constexpr, CLAMP: tl.constexpr):
+    # A += one key block's intra-chunk scores: one matmul when the block's decay allows, else exact
+    if tl.min(gl) >= -CLAMP:
+        A += tl.dot(_dot_in(qg, HALF), tl.trans(_dot_in(k * tl.exp(-gc), HALF)))
+    else:
+        A = _exact_A(A, q, k, gc, BT)
+    return A
+
+
+@triton.jit
+def _fwd_A_kernel(Q, K_, GC, A_, CU, CI, T, NT,
+                  H: tl.constexpr, H_KV: tl.constexpr, DK: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                  IS_VARLEN: tl.constexpr, HALF: tl.constexpr, CLAMP: tl.constexpr):
+    # the intra-chunk scores once per chunk and head (causal, unscaled, matmul dtype), when V spans blocks
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_hk = i_h // (H // H_KV)
+    i_n, i_t, bos, eos = _chunk_of(i_c, CU, CI, T, NT, IS_VARLEN)
+    rows = tl.arange(0, BT)
+    ck = tl.arange(0, BK)
+    tok = bos + i_t * BT + rows
+    mt = tok < eos
+    A = tl.zeros([BT, BT], dtype=tl.float32)
+    for k0 in range(0, DK, BK):
+        q = _load_rows(Q, tok, mt, i_h * DK + k0, ck, DK - k0, H * DK).to(tl.float32)
+        k = _load_rows(K_, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK).to(tl.float32)
+        gc = _load_rows(GC, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK)
+        gl = _last_row(GC, bos, eos, i_t, i_hk * DK + k0, ck, DK - k0, H_KV * DK, BT)
+        A = _add_A(A, q, k, gc, gl, q * tl.exp(gc), BT, HALF, CLAMP)
+    A = tl.where(rows[:, None] >= rows[None, :], A, 0.0)
+    tl.store(A_ + tok[:, None] * (H * BT) + i_h * BT + rows[None, :], A.to(A_.dtype.element_ty), mask=mt[:, None])
+
+
+@triton.jit
 def _fwd_o_kernel(Q, K_, V_, GC, H_, O, A_, CU, CI, scale, T, NT,
                   H: tl.constexpr, H_KV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
                   BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr, HALF: tl.constexpr,
-                  CLAMP: tl.constexpr, STORE_A: tl.constexpr):
+                  CLAMP: tl.constexpr, A_MODE: tl.constexpr):
+    # A_MODE: 0 computes A here, 1 also stores it (from the first value block), 2 loads it (_fwd_A_kernel)
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_hk = i_h // (H // H_KV)
     i_n, i_t, bos, eos = _chunk_of(i_c, CU, CI, T, NT, IS_VARLEN)
@@ -226,23 +261,24 @@ def _fwd_o_kernel(Q, K_, V_, GC, H_, O, A_, CU, CI, scale, T, NT,
     A = tl.zeros([BT, BT], dtype=tl.float32)
     for k0 in range(0, DK, BK):
         q = _load_rows(Q, tok, mt, i_h * DK + k0, ck, DK - k0, H * DK).to(tl.float32)
-        k = _load_rows(K_, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK).to(tl.float32)
         gc = _load_rows(GC, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK)
-        gl = _last_row(GC, bos, eos, i_t, i_hk * DK + k0, ck, DK - k0, H_KV * DK, BT)
         qg = q * tl.exp(gc)
         h = tl.load(hbase + (k0 + ck)[:, None] * DV + ov[None, :],
                     mask=((k0 + ck)[:, None] < DK) & (ov[None, :] < DV), other=0.0)
         acc += tl.dot(_dot_in(qg, HALF), _dot_in(h, HALF))
-        if tl.min(gl) >= -CLAMP:
-            kg = k * tl.exp(-gc)
-            A += tl.dot(_dot_in(qg, HALF), tl.trans(_dot_in(kg, HALF)))
-        else:
-            A = _exact_A(A, q, k, gc, BT)
-    A = _dot_in(tl.where(rows[:, None] >= rows[None, :], A, 0.0), HALF)
-    if STORE_A:  # kept for the backward's dv (unscaled, in the matmul dtype)
-        if i_v == 0:
-            aptr = A_ + tok[:, None] * (H * BT) + i_h * BT + rows[None, :]
-            tl.store(aptr, A, mask=mt[:, None])
+        if A_MODE != 2:
+            k = _load_rows(K_, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK).to(tl.float32)
+            gl = _last_row(GC, bos, eos, i_t, i_hk * DK + k0, ck, DK - k0, H_KV * DK, BT)
+            A = _add_A(A, q, k, gc, gl, qg, BT, HALF, CLAMP)
+    if A_MODE == 2:
+        A = _dot_in(tl.load(A_ + tok[:, None] * (H * BT) + i_h * BT + rows[None, :], mask=mt[:, None], other=0.0),
+                    HALF)
+    else:
+        A = _dot_in(tl.where(rows[:, None] >= rows[None, :], A, 0.0), HALF)
+        if A_MODE == 1:  # kept for the backward's dv
+            if i_v == 0:
+                tl.store(A_ + tok[:, None] * (H * BT) + i_h * BT + rows[None, :], A.to(A_.dtype.element_ty),
+                         mask=mt[:, None])
     v = _load_rows(V_, tok, mt, i_hk * DV + i_v * BV, cv, DV - i_v * BV, H_KV * DV)
     acc += tl.dot(A, _dot_in(v, HALF))
     optr = O + tok[:, None] * (H * DV) + i_h * DV + ov[None, :]
@@ -336,7 +372,7 @@ def _bwd_dv_kernel(KD, A_, DO, DH, DV_, CU, CI, scale, T, NT,
 
 
 @triton.jit
-def _bwd_dqk_kernel(Q, K_, V_, GC, H_, DO, DH, DQ, DK_, DG, TOT, CU, CI, scale, T, NT,
+def _bwd_dqk_kernel(Q, K_, V_, GC, H_, DO, DH, DQ, DK_, DG, CU, CI, scale, T, NT,
                     H: tl.constexpr, H_KV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
                     BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr, HALF: tl.constexpr,
                     CLAMP: tl.constexpr, INTRA_F32: tl.constexpr):
@@ -356,14 +392,21 @@ def _bwd_dqk_kernel(Q, K_, V_, GC, H_, DO, DH, DQ, DK_, DG, TOT, CU, CI, scale, 
     gc = _load_rows(GC, tok, mt, i_hk * DK + i_k * BK, ck, DK - i_k * BK, H_KV * DK)
     gl = _last_row(GC, bos, eos, i_t, i_hk * DK + i_k * BK, ck, DK - i_k * BK, H_KV * DK, BT)
     fast = tl.min(gl) >= -CLAMP
-    # through the state after the chunk: dk += (v @ dh_next^T) * e^(gl - gc)
+    # through the state after the chunk: dk += (v @ dh_next^T) * e^(gl - gc); hdh = sum_v h * dh_next
     dk = tl.zeros([BT, BK], dtype=tl.float32)
+    hdh = tl.zeros([BK], dtype=tl.float32)
     for v0 in range(0, DV, BV):
         v = _load_rows(V_, tok, mt, i_hk * DV + v0, cv, DV - v0, H_KV * DV)
-        dh = tl.load(DH + sbase + ok[:, None] * DV + (v0 + cv)[None, :],
-                     mask=mk[:, None] & ((v0 + cv)[None, :] < DV), other=0.0)
+        mkv = mk[:, None] & ((v0 + cv)[None, :] < DV)
+        dh = tl.load(DH + sbase + ok[:, None] * DV + (v0 + cv)[None, :], mask=mkv, other=0.0)
+        h = tl.load(H_ + sbase + ok[:, None] * DV + (v0 + cv)[None, :], mask=mkv, other=0.0)
         dk += tl.dot(_dot_in(v, HALF), tl.trans(_dot_in(dh, HALF)))
+        hdh += tl.sum(h.to(tl.float32) * dh.to(tl.float32), axis=1)
     dk = dk * tl.exp(gl[None, :] - gc)
+    # dg's share from every token after this chunk, sum_{s > chunk} (q dq - k dk)_s, equals sum_v h' * dh_next
+    # with h' = e^gl h + kd^T v the state after the chunk (scaling that state by e^eps is the same as scaling
+    # all later q by e^eps and k by e^-eps); the final chunk's dh_next is dht, so this holds there too
+    carry = tl.exp(gl) * hdh + tl.sum(k * dk, axis=0)
     dgl = tl.zeros([BT, BK], dtype=tl.float32)
     for hh in range(GROUP):
         i_h = i_hk * GROUP + hh
@@ -397,50 +440,9 @@ def _bwd_dqk_kernel(Q, K_, V_, GC, H_, DO, DH, DQ, DK_, DG, TOT, CU, CI, scale, 
     dgl -= k * dk
     ptr = tok[:, None] * (H_KV * DK) + i_hk * DK + ok[None, :]
     tl.store(DK_ + ptr, dk.to(DK_.dtype.element_ty), mask=mt[:, None] & mk[None, :])
-    # dg within the chunk (sum over the chunk's tokens from t on); later chunks' share comes from TOT
-    tot = tl.sum(dgl, axis=0)
-    tl.store(DG + ptr, tot[None, :] - tl.cumsum(dgl, axis=0) + dgl, mask=mt[:, None] & mk[None, :])
-    tl.store(TOT + (i_c.to(tl.int64) * H_KV + i_hk) * DK + ok, tot, mask=mk)
-
-
-@triton.jit
-def _bwd_carry_kernel(TOT, FIN, CO, NT, H_KV: tl.constexpr, DK: tl.constexpr, BK: tl.constexpr,
-                      BC: tl.constexpr, USE_FIN: tl.constexpr, IS_VARLEN: tl.constexpr):
-    # in place: TOT[c] <- sum of TOT over the sequence's chunks after c (+ the final state's sum_v ht * dht)
-    i_k, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_hk = i_nh // H_KV, i_nh % H_KV
-    if IS_VARLEN:
-        boc = tl.load(CO + i_n)
-        nt = tl.load(CO + i_n + 1) - boc
-    else:
-        boc = i_n * NT
-        nt = NT
-    ok = i_k * BK + tl.arange(0, BK)
-    carry = tl.zeros([BK], dtype=tl.float32)
-    if USE_FIN:
-        carry += tl.load(FIN + i_nh.to(tl.int64) * DK + ok, mask=ok < DK, other=0.0)
-    for jb in range(tl.cdiv(nt, BC)):
-        cs = nt - (jb + 1) * BC + tl.arange(0, BC)
-        m = (cs >= 0)[:, None] & (ok[None, :] < DK)
-        ptr = TOT + ((boc + cs).to(tl.int64)[:, None] * H_KV + i_hk) * DK + ok[None, :]
-        x = tl.load(ptr, mask=m, other=0.0)
-        tot = tl.sum(x, axis=0)
-        tl.store(ptr, tot[None, :] - tl.cumsum(x, axis=0) + carry[None, :], mask=m)
-        carry += tot
-
-
-@triton.jit
-def _bwd_dg_add_kernel(DG, TOT, CU, CI, T, NT, H_KV: tl.constexpr, DK: tl.constexpr, BT: tl.constexpr,
-                       BK: tl.constexpr, IS_VARLEN: tl.constexpr):
-    # dg of every token of chunk c += the later chunks' share TOT[c]
-    i_k, i_c, i_hk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_t, bos, eos = _chunk_of(i_c, CU, CI, T, NT, IS_VARLEN)
-    tok = bos + i_t * BT + tl.arange(0, BT)
-    ok = i_k * BK + tl.arange(0, BK)
-    carry = tl.load(TOT + (i_c.to(tl.int64) * H_KV + i_hk) * DK + ok, mask=ok < DK, other=0.0)
-    ptr = DG + tok[:, None] * (H_KV * DK) + i_hk * DK + ok[None, :]
-    m = (tok < eos)[:, None] & (ok[None, :] < DK)
-    tl.store(ptr, tl.load(ptr, mask=m, other=0.0) + carry[None, :], mask=m)
+    # dg_t = sum over the chunk's tokens from t on, plus the later tokens' share
+    dg = tl.sum(dgl, axis=0)[None, :] - tl.cumsum(dgl, axis=0) + dgl + carry[None, :]
+    tl.store(DG + ptr, dg, mask=mt[:, None] & mk[None, :])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -474,21 +476,37 @@ class _Seqs:
             self.ci = torch.tensor(ci if ci else [(0, 0)], dtype=torch.int32, device=device)
 
 
-# Per-kernel tile sizes and launch options; ``TUNE[name]`` overrides them (benchmarks/gla.py sweeps it).
-# ``TUNE["dqk"]["INTRA_F32"] = True`` runs the backward's intra-chunk dq/dk matmuls on fp32 operands.
-TUNE: dict[str, dict] = {}
+def _tune_from_env() -> dict[str, dict]:
+    raw = os.environ.get("HFZOO_GLA_TUNE", "").strip()
+    if not raw:
+        return {}
+    tune = json.loads(raw)
+    if not isinstance(tune, dict) or not all(isinstance(v, dict) for v in tune.values()):
+        raise ValueError(f"HFZOO_GLA_TUNE must be a JSON object of objects, e.g. '{{\"o\": {{\"num_warps\": 4}}}}'; "
+                         f"got {raw!r}")
+    return tune
+
+
+# Per-kernel tile sizes and launch options; ``TUNE[name]`` overrides them (benchmarks/gla.py sweeps it), and
+# so does the environment variable ``HFZOO_GLA_TUNE`` (the same dict as JSON), read at import.
+# ``TUNE["dqk"]["INTRA_F32"] = True`` runs the backward's intra-chunk dq/dk matmuls on fp32 operands;
+# ``TUNE["o"]["SPLIT_A"]`` forces the separate intra-chunk score kernel on or off.
+TUNE: dict[str, dict] = _tune_from_env()
 
 
 def _conf(name, K, V):
+    V = V or K  # the key-only kernels ("prep", "A") have no value block
     conf = {
+        "prep": dict(BK=_p2(K), BV=None, num_warps=4),      # gates cumsum and decayed keys
         "h": dict(BK=_p2(K), BV=_p2(V), num_warps=4),       # state scan (forward and recomputed)
-        "dh": dict(BK=_p2(K), BV=_p2(V), num_warps=4),      # reverse state-gradient scan
+        "A": dict(BK=_p2(K), BV=None, num_warps=4),         # intra-chunk scores, when split from "o"
         "o": dict(BK=_p2(K), BV=_p2(V, hi=128), num_warps=8 if V >= 128 else 4),
+        "dh": dict(BK=_p2(K), BV=_p2(V), num_warps=4),      # reverse state-gradient scan
         "dv": dict(BK=_p2(K), BV=_p2(V, hi=128), num_warps=8 if V >= 128 else 4),
-        "dqk": dict(BK=_p2(K), BV=_p2(V), num_warps=4),   # 4 beat 8 on the H200 (benchmarks/NOTES.md)
+        "dqk": dict(BK=_p2(K), BV=_p2(V), num_warps=4),
     }[name]
     conf.update(TUNE.get(name, {}))
-    opts = {key: conf[key] for key in ("num_warps", "num_stages") if key in conf}
+    opts = {key: conf[key] for key in ("num_warps", "num_stages", "maxnreg") if key in conf}
     return conf["BK"], conf["BV"], opts
 
 
@@ -503,10 +521,10 @@ def _prep(k, g, gc, seqs):
     if not from_gc:
         gc = torch.empty(k.shape, dtype=torch.float32, device=k.device)
     kd = torch.empty(k.shape, dtype=_state_dtype(k.dtype), device=k.device)
-    BK = _p2(K)
+    BK, _, opts = _conf("prep", K, None)
     _prep_kernel[(triton.cdiv(K, BK), seqs.n_chunks, Hkv)](
         g, k, gc, kd, seqs.cu, seqs.ci, seqs.T, seqs.NT, H_KV=Hkv, DK=K, BT=BT, BK=BK,
-        IS_VARLEN=seqs.varlen, FROM_GC=from_gc, num_warps=4)
+        IS_VARLEN=seqs.varlen, FROM_GC=from_gc, **opts)
     return gc, kd
 
 
@@ -531,16 +549,23 @@ def _fwd(q, k, v, g, scale, h0, seqs, want_ht, keep_A):
     h, ht = _fwd_states(kd, v, gc, h0, seqs, want_ht)
     kd = None
     o = torch.empty(B, T, H, V, dtype=v.dtype, device=v.device)
-    A = torch.empty(B, T, H, BT, dtype=_state_dtype(v.dtype), device=v.device) if keep_A else None
     BK, BV, opts = _conf("o", K, V)
+    # when V spans several blocks, A is computed once per chunk and head instead of once per value block
+    split = TUNE.get("o", {}).get("SPLIT_A", triton.cdiv(V, BV) > 1)
+    A = torch.empty(B, T, H, BT, dtype=_state_dtype(v.dtype), device=v.device) if (keep_A or split) else None
+    if split:
+        BKA, _, opts_A = _conf("A", K, None)
+        _fwd_A_kernel[(seqs.n_chunks, H)](q, k, gc, A, seqs.cu, seqs.ci, seqs.T, seqs.NT, H=H, H_KV=Hkv, DK=K,
+                                          BT=BT, BK=BKA, IS_VARLEN=seqs.varlen, HALF=v.dtype != torch.float32,
+                                          CLAMP=CLAMP, **opts_A)
     grid = (triton.cdiv(V, BV), seqs.n_chunks, H)
     _fwd_o_kernel[grid](q, k, v, gc, h, o, A, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
                         H=H, H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=seqs.varlen,
-                        HALF=v.dtype != torch.float32, CLAMP=CLAMP, STORE_A=keep_A, **opts)
+                        HALF=v.dtype != torch.float32, CLAMP=CLAMP, A_MODE=2 if split else int(keep_A), **opts)
     return o, ht, gc, A
 
 
-def _bwd(q, k, v, gc, A, scale, h0, ht, do, dht, seqs):
+def _bwd(q, k, v, gc, A, scale, h0, do, dht, seqs):
     B, T, H, K = q.shape
     Hkv, V = k.shape[2], v.shape[-1]
     half = v.dtype != torch.float32
@@ -562,22 +587,11 @@ def _bwd(q, k, v, gc, A, scale, h0, ht, do, dht, seqs):
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dg = torch.empty(k.shape, dtype=torch.float32, device=k.device)
-    tot = torch.empty(seqs.n_chunks, Hkv, K, dtype=torch.float32, device=k.device)
     BK, BV, opts = _conf("dqk", K, V)
     _bwd_dqk_kernel[(triton.cdiv(K, BK), seqs.n_chunks, Hkv)](
-        q, k, v, gc, h, do, dh, dq, dk, dg, tot, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
+        q, k, v, gc, h, do, dh, dq, dk, dg, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
         H=H, H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, HALF=half, CLAMP=CLAMP,
         INTRA_F32=bool(TUNE.get("dqk", {}).get("INTRA_F32", False)), **opts)
-    # the final state's share of dg, sum_v ht * dht, cancels against k * dk of the last tokens, whose dk saw
-    # dht through the dh buffer; round dht the same way so the cancellation is exact (bf16: 20x smaller error)
-    fin = (ht * dht.to(dh.dtype).float()).sum(-1).contiguous() if dht is not None else None
-    BK = _p2(K)
-    _bwd_carry_kernel[(triton.cdiv(K, BK), seqs.N * Hkv)](
-        tot, fin, seqs.co, seqs.NT, H_KV=Hkv, DK=K, BK=BK, BC=CARRY_BC, USE_FIN=fin is not None,
-        IS_VARLEN=seqs.varlen, num_warps=4)
-    _bwd_dg_add_kernel[(triton.cdiv(K, BK), seqs.n_chunks, Hkv)](
-        dg, tot, seqs.cu, seqs.ci, seqs.T, seqs.NT, H_KV=Hkv, DK=K, BT=BT, BK=BK,
-        IS_VARLEN=seqs.varlen, num_warps=4)
     return dq, dk, dv, dg, dh0
 
 
@@ -590,16 +604,16 @@ class ChunkGLAFunction(torch.autograd.Function):
         keep = grad_enabled and (any(ctx.needs_input_grad[:4]) or (h0 is not None and ctx.needs_input_grad[5]))
         o, ht, gc, A = _fwd(q, k, v, g, scale, h0, seqs, output_final_state, keep)
         # the backward needs the cumulated gates, not g itself
-        ctx.save_for_backward(q, k, v, gc, A, h0, ht)
-        ctx.seqs, ctx.scale, ctx.g_dtype = seqs, scale, g.dtype
+        ctx.save_for_backward(q, k, v, gc, A, h0)
+        ctx.seqs, ctx.scale, ctx.g_dtype, ctx.final = seqs, scale, g.dtype, output_final_state
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, gc, A, h0, ht = ctx.saved_tensors
+        q, k, v, gc, A, h0 = ctx.saved_tensors
         do = do.contiguous()
-        dht = dht.contiguous() if (dht is not None and ht is not None) else None
-        dq, dk, dv, dg, dh0 = _bwd(q, k, v, gc, A, ctx.scale, h0, ht, do, dht, ctx.seqs)
+        dht = dht.contiguous() if (dht is not None and ctx.final) else None
+        dq, dk, dv, dg, dh0 = _bwd(q, k, v, gc, A, ctx.scale, h0, do, dht, ctx.seqs)
         return dq, dk, dv, dg.to(ctx.g_dtype), None, dh0, None, None, None
 
 
