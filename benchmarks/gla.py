@@ -247,6 +247,26 @@ def sweep(res):
                 for key, val in tune.items():
                     chosen.setdefault(key, {}).update(val)
                 break
+    if chosen:  # the groups were timed one at a time: check the combination against the default
+        combo = default = 0.0
+        for H, K, V in SHAPES:
+            B = TOKENS // T
+            q, k, v, g = _inputs(B, T, H, K, V)
+            do = torch.randn_like(v)
+            for name, tune in (("combined", chosen), ("default", {})):
+                gla_chunk.TUNE.clear()
+                gla_chunk.TUNE.update({key: dict(val) for key, val in tune.items()})
+                t = bench_ms(lambda: chunk_gla(q, k, v, g)[0].backward(do))
+                res.add(f"sweep fwdbwd B{B} T{T} H{H} K{K} V{V} bf16", f"hfzoo_{name}", "ms", t)
+                if name == "combined":
+                    combo += t
+                else:
+                    default += t
+            q = k = v = g = do = None
+        gla_chunk.TUNE.clear()
+        print(f"sweep: combined {combo:.3f} ms vs default {default:.3f} ms")
+        if combo >= default:
+            chosen = {}
     out = os.environ.get("HFZOO_BENCH_OUT")
     if out and not DRY:
         with open(os.path.join(out, "gla_tune.json"), "w") as f:
@@ -260,10 +280,18 @@ def main():
     ap.add_argument("--quick", action="store_true", help="T=8192 only")
     ap.add_argument("--no-fla", action="store_true", help="leave fla out (its first call autotunes for minutes)")
     ap.add_argument("--sweep", action="store_true", help="also time a few launch configurations")
+    ap.add_argument("--sweep-only", action="store_true", help="only the sweep (rows in gla_sweep.json)")
     ap.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU (interpreter), rows not kept")
     args = ap.parse_args()
     lengths = LENGTHS[1:2] if args.quick else LENGTHS
+    if args.sweep_only:
+        res = Results("gla_dryrun" if DRY else "gla_sweep")
+        sweep(res)
+        print("saved", _save(res))
+        return
     res = Results("gla_dryrun" if DRY else "gla")
+    if gla_chunk.TUNE:
+        print("launch settings from HFZOO_GLA_TUNE:", gla_chunk.TUNE)
     # hfzoo first, so its rows survive a timeout during fla's autotuning
     cold_start(res, "hfzoo", chunk_gla)
     ours = chunk_cases(res, "hfzoo", chunk_gla, lengths, SHAPES, sdpa=True)
