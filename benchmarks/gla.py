@@ -197,7 +197,8 @@ SWEEP = {
           "o_splitA_flip": None},  # the other choice of SPLIT_A than the default for the shape
     "A": {"A_w8": {"A": {"num_warps": 8}, "o": {"SPLIT_A": True}}},
     "dv": {"dv_bv64_w4": {"dv": {"BV": 64, "num_warps": 4}}},
-    "dqk": {"dqk_w8": {"dqk": {"num_warps": 8}}, "dqk_bv128": {"dqk": {"BV": 128}}},
+    "dqk": {"dqk_w8": {"dqk": {"num_warps": 8}}, "dqk_bv128": {"dqk": {"BV": 128}},
+            "dqk_splitdA": {"dqk": {"SPLIT_DA": True}}, "dqk_splitdA_w8": {"dqk": {"SPLIT_DA": True, "num_warps": 8}}},
 }
 
 

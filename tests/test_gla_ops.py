@@ -48,11 +48,11 @@ def test_chunk_matches_definition(T):
     _check(q, k, v, g, h0)
 
 
-@pytest.mark.parametrize("intra_f32", [False, True])
-def test_chunk_without_states(intra_f32, monkeypatch):
+@pytest.mark.parametrize("dqk", [{}, {"INTRA_F32": True}, {"SPLIT_DA": True}])
+def test_chunk_without_states(dqk, monkeypatch):
     from hfzoo.ops import gla_chunk
 
-    monkeypatch.setitem(gla_chunk.TUNE, "dqk", {"INTRA_F32": intra_f32})
+    monkeypatch.setitem(gla_chunk.TUNE, "dqk", dqk)
     q, k, v, g, _ = _inputs(1, 70, 2, 2, 16, 32, seed=1)
     _check(q, k, v, g, None, final=False)
 
@@ -60,10 +60,11 @@ def test_chunk_without_states(intra_f32, monkeypatch):
 @pytest.mark.parametrize("split_A", [False, True])
 def test_chunk_varlen_gqa_with_states(split_A, monkeypatch):
     # sequences of 10, 65 (crosses a chunk boundary) and 25 tokens; 4 query heads over 2 key/value heads;
-    # the intra-chunk scores computed inside the output kernel, or by their own kernel (wide V does that)
+    # the intra-chunk scores (and dA) computed inside the output (dq/dk) kernel, or by their own kernels
     from hfzoo.ops import gla_chunk
 
     monkeypatch.setitem(gla_chunk.TUNE, "o", {"SPLIT_A": split_A})
+    monkeypatch.setitem(gla_chunk.TUNE, "dqk", {"SPLIT_DA": split_A})
     cu = torch.tensor([0, 10, 75, 100])
     q, k, v, g, h0 = _inputs(1, 100, 4, 2, 16, 16, N=3, seed=2)
     _check(q, k, v, g, h0, cu)
@@ -83,6 +84,7 @@ def test_chunk_strong_decay_takes_exact_path(split_A, monkeypatch):
     from hfzoo.ops import gla_chunk
 
     monkeypatch.setitem(gla_chunk.TUNE, "o", {"SPLIT_A": split_A})
+    monkeypatch.setitem(gla_chunk.TUNE, "dqk", {"SPLIT_DA": split_A})
     q, k, v, g, h0 = _inputs(1, 130, 2, 1, 16, 16, decay=40.0, seed=3)
     assert g[0, :64].sum(0).min() < -40
     _check(q, k, v, g, h0)

@@ -20,6 +20,7 @@ Kernels (grid in brackets):
   _fwd_o     [V/BV, chunks, H]     output; computes A itself for a single value block, keeps it for dv
   _bwd_dh    [K/BK, V/BV, N*Hkv]   reverse scan: state gradients after each chunk, d initial state
   _bwd_dv    [V/BV, chunks, Hkv]   dv = kd @ dh + A^T @ do (summed over the query heads of a group)
+  _bwd_dA    [chunks, H]           dA = scale * do v^T, when split from _bwd_dqk (TUNE)
   _bwd_dqk   [K/BK, chunks, Hkv]   dq, dk, dg (the later tokens' share of dg from sum_v h_next * dh_next)
 The two scans load the next chunk's tiles while the current one computes. The backward recomputes the
 chunk states instead of keeping them from the forward.
@@ -372,10 +373,31 @@ def _bwd_dv_kernel(KD, A_, DO, DH, DV_, CU, CI, scale, T, NT,
 
 
 @triton.jit
-def _bwd_dqk_kernel(Q, K_, V_, GC, H_, DO, DH, DQ, DK_, DG, CU, CI, scale, T, NT,
+def _bwd_dA_kernel(DO, V_, DA, CU, CI, scale, T, NT,
+                   H: tl.constexpr, H_KV: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+                   IS_VARLEN: tl.constexpr, HALF: tl.constexpr):
+    # dA = scale * do @ v^T (causal, fp32) once per chunk and query head, for every key block of _bwd_dqk
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_hk = i_h // (H // H_KV)
+    i_n, i_t, bos, eos = _chunk_of(i_c, CU, CI, T, NT, IS_VARLEN)
+    rows = tl.arange(0, BT)
+    cv = tl.arange(0, BV)
+    tok = bos + i_t * BT + rows
+    mt = tok < eos
+    dA = tl.zeros([BT, BT], dtype=tl.float32)
+    for v0 in range(0, DV, BV):
+        do = _load_rows(DO, tok, mt, i_h * DV + v0, cv, DV - v0, H * DV)
+        v = _load_rows(V_, tok, mt, i_hk * DV + v0, cv, DV - v0, H_KV * DV)
+        dA += tl.dot(_dot_in(do, HALF), tl.trans(_dot_in(v, HALF)))
+    dA = tl.where(rows[:, None] >= rows[None, :], dA * scale, 0.0)
+    tl.store(DA + tok[:, None] * (H * BT) + i_h * BT + rows[None, :], dA, mask=mt[:, None])
+
+
+@triton.jit
+def _bwd_dqk_kernel(Q, K_, V_, GC, H_, DO, DH, DA, DQ, DK_, DG, CU, CI, scale, T, NT,
                     H: tl.constexpr, H_KV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
                     BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr, HALF: tl.constexpr,
-                    CLAMP: tl.constexpr, INTRA_F32: tl.constexpr):
+                    CLAMP: tl.constexpr, INTRA_F32: tl.constexpr, SPLIT_DA: tl.constexpr):
     i_k, i_c, i_hk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     GROUP: tl.constexpr = H // H_KV
     i_n, i_t, bos, eos = _chunk_of(i_c, CU, CI, T, NT, IS_VARLEN)
@@ -412,16 +434,24 @@ def _bwd_dqk_kernel(Q, K_, V_, GC, H_, DO, DH, DQ, DK_, DG, CU, CI, scale, T, NT
         i_h = i_hk * GROUP + hh
         q = _load_rows(Q, tok, mt, i_h * DK + i_k * BK, ck, DK - i_k * BK, H * DK).to(tl.float32)
         dq = tl.zeros([BT, BK], dtype=tl.float32)
-        dA = tl.zeros([BT, BT], dtype=tl.float32)
-        for v0 in range(0, DV, BV):
-            do = _load_rows(DO, tok, mt, i_h * DV + v0, cv, DV - v0, H * DV)
-            v = _load_rows(V_, tok, mt, i_hk * DV + v0, cv, DV - v0, H_KV * DV)
-            h = tl.load(H_ + sbase + ok[:, None] * DV + (v0 + cv)[None, :],
-                        mask=mk[:, None] & ((v0 + cv)[None, :] < DV), other=0.0)
-            dq += tl.dot(_dot_in(do, HALF), tl.trans(_dot_in(h, HALF)))
-            dA += tl.dot(_dot_in(do, HALF), tl.trans(_dot_in(v, HALF)))
+        if SPLIT_DA:  # dA from _bwd_dA_kernel (causal, scaled)
+            for v0 in range(0, DV, BV):
+                do = _load_rows(DO, tok, mt, i_h * DV + v0, cv, DV - v0, H * DV)
+                h = tl.load(H_ + sbase + ok[:, None] * DV + (v0 + cv)[None, :],
+                            mask=mk[:, None] & ((v0 + cv)[None, :] < DV), other=0.0)
+                dq += tl.dot(_dot_in(do, HALF), tl.trans(_dot_in(h, HALF)))
+            dA = tl.load(DA + tok[:, None] * (H * BT) + i_h * BT + rows[None, :], mask=mt[:, None], other=0.0)
+        else:
+            dA = tl.zeros([BT, BT], dtype=tl.float32)
+            for v0 in range(0, DV, BV):
+                do = _load_rows(DO, tok, mt, i_h * DV + v0, cv, DV - v0, H * DV)
+                v = _load_rows(V_, tok, mt, i_hk * DV + v0, cv, DV - v0, H_KV * DV)
+                h = tl.load(H_ + sbase + ok[:, None] * DV + (v0 + cv)[None, :],
+                            mask=mk[:, None] & ((v0 + cv)[None, :] < DV), other=0.0)
+                dq += tl.dot(_dot_in(do, HALF), tl.trans(_dot_in(h, HALF)))
+                dA += tl.dot(_dot_in(do, HALF), tl.trans(_dot_in(v, HALF)))
+            dA = tl.where(causal, dA * scale, 0.0)
         dq = dq * (tl.exp(gc) * scale)
-        dA = tl.where(causal, dA * scale, 0.0)
         if fast:
             eg = tl.exp(gc)
             ieg = tl.exp(-gc)
@@ -490,7 +520,8 @@ def _tune_from_env() -> dict[str, dict]:
 # Per-kernel tile sizes and launch options; ``TUNE[name]`` overrides them (benchmarks/gla.py sweeps it), and
 # so does the environment variable ``HFZOO_GLA_TUNE`` (the same dict as JSON), read at import.
 # ``TUNE["dqk"]["INTRA_F32"] = True`` runs the backward's intra-chunk dq/dk matmuls on fp32 operands;
-# ``TUNE["o"]["SPLIT_A"]`` forces the separate intra-chunk score kernel on or off.
+# ``TUNE["o"]["SPLIT_A"]`` forces the separate intra-chunk score kernel on or off; ``TUNE["dqk"]["SPLIT_DA"]``
+# computes dA = do v^T in its own kernel instead of inside each key block of dq/dk.
 TUNE: dict[str, dict] = _tune_from_env()
 
 
@@ -503,6 +534,7 @@ def _conf(name, K, V):
         "o": dict(BK=_p2(K), BV=_p2(V, hi=128), num_warps=8 if V >= 128 else 4),
         "dh": dict(BK=_p2(K), BV=_p2(V), num_warps=4),      # reverse state-gradient scan
         "dv": dict(BK=_p2(K), BV=_p2(V, hi=128), num_warps=8 if V >= 128 else 4),
+        "dA": dict(BK=None, BV=_p2(V), num_warps=4),        # dA = do v^T, when split from "dqk"
         "dqk": dict(BK=_p2(K), BV=_p2(V), num_warps=4),
     }[name]
     conf.update(TUNE.get(name, {}))
@@ -588,10 +620,17 @@ def _bwd(q, k, v, gc, A, scale, h0, do, dht, seqs):
     dk = torch.empty_like(k)
     dg = torch.empty(k.shape, dtype=torch.float32, device=k.device)
     BK, BV, opts = _conf("dqk", K, V)
+    split = bool(TUNE.get("dqk", {}).get("SPLIT_DA", False))
+    dA = None
+    if split:  # dA once per chunk and head instead of once per key block
+        dA = torch.empty(B, T, H, BT, dtype=torch.float32, device=q.device)
+        _, BVA, opts_dA = _conf("dA", K, V)
+        _bwd_dA_kernel[(seqs.n_chunks, H)](do, v, dA, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT, H=H, H_KV=Hkv,
+                                           DV=V, BT=BT, BV=BVA, IS_VARLEN=seqs.varlen, HALF=half, **opts_dA)
     _bwd_dqk_kernel[(triton.cdiv(K, BK), seqs.n_chunks, Hkv)](
-        q, k, v, gc, h, do, dh, dq, dk, dg, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
+        q, k, v, gc, h, do, dh, dA, dq, dk, dg, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
         H=H, H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, HALF=half, CLAMP=CLAMP,
-        INTRA_F32=bool(TUNE.get("dqk", {}).get("INTRA_F32", False)), **opts)
+        INTRA_F32=bool(TUNE.get("dqk", {}).get("INTRA_F32", False)), SPLIT_DA=split, **opts)
     return dq, dk, dv, dg, dh0
 
 
