@@ -209,9 +209,8 @@ def test_gpu_chunk_gqa_varlen_k256_v512(dtype):
 @pytest.mark.gpu
 def test_gpu_chunk_strong_decay():
     # the exact elementwise intra-chunk path with bf16 inputs; everything but dg measured <= 2.4e-3. With ~-8
-    # log decay per token the true gate gradient is tiny next to its terms: dg measured 1.6e-1 before the final
-    # state's term was rounded like the dh buffer; scripts/gla_dg_rounding.py (a CPU emulation of the bf16
-    # roundings) gives 0.18 before and 0.008-0.022 after, depending on the draw
+    # log decay per token the true gate gradient is tiny next to its terms, so dg gets a looser bound (its
+    # share from later chunks comes from the same bf16 state buffers as dk's, see gla_chunk._bwd_dqk_kernel)
     _gpu_check(2, 300, 4, 4, 128, 64, torch.bfloat16, decay=40.0, tol=1e-2, dg_tol=8e-2)
 
 
