@@ -189,23 +189,15 @@ def accuracy(res, name, fn):
 
 
 # Launch settings tried by --sweep, by group (one kernel or a pair each); "default" is the library's setting.
+# Device run 4 tried prep 8 warps, scans 8 warps (BV 64/128), o BV=64/4 warps, the A kernel with 8 warps,
+# dv BV=64/4 warps, dqk 8 warps / BV=128 / the dA kernel (results/gla_sweep.json, NOTES.md).
 SWEEP = {
-    "prep": {"prep_w8": {"prep": {"num_warps": 8}}},
-    "scan": {"scan_w8": {"h": {"num_warps": 8}, "dh": {"num_warps": 8}},
-             "scan_bv128_w8": {"h": {"BV": 128, "num_warps": 8}, "dh": {"BV": 128, "num_warps": 8}}},
-    "o": {"o_bv64_w4": {"o": {"BV": 64, "num_warps": 4}},
-          "o_splitA_flip": None},  # the other choice of SPLIT_A than the default for the shape
-    "A": {"A_w8": {"A": {"num_warps": 8}, "o": {"SPLIT_A": True}}},
-    "dv": {"dv_bv64_w4": {"dv": {"BV": 64, "num_warps": 4}}},
-    "dqk": {"dqk_w8": {"dqk": {"num_warps": 8}}, "dqk_bv128": {"dqk": {"BV": 128}},
-            "dqk_splitdA": {"dqk": {"SPLIT_DA": True}}, "dqk_splitdA_w8": {"dqk": {"SPLIT_DA": True, "num_warps": 8}}},
+    "prep": {"prep_bk32": {"prep": {"BK": 32}}, "prep_w2": {"prep": {"num_warps": 2}}},
+    "o": {"o_splitA": {"o": {"SPLIT_A": True}}, "o_s1": {"o": {"num_stages": 1}},
+          "o_splitA_s1": {"o": {"SPLIT_A": True, "num_stages": 1}}, "o_bk128": {"o": {"BK": 128}}},
+    "scan": {"scan_s2": {"h": {"num_stages": 2}, "dh": {"num_stages": 2}}},
+    "dqk": {"dqk_s1": {"dqk": {"num_stages": 1}}, "dqk_w8_s1": {"dqk": {"num_warps": 8, "num_stages": 1}}},
 }
-
-
-def _variant(tune, V):
-    if tune is None:  # flip the separate intra-chunk score kernel (default: on when V > 128)
-        return {"o": {"SPLIT_A": not V > 128}}
-    return tune
 
 
 def sweep(res):
@@ -219,18 +211,21 @@ def sweep(res):
         B = TOKENS // T
         q, k, v, g = _inputs(B, T, H, K, V)
         do = torch.randn_like(v)
-        todo = [("default", "default", {})] + [(grp, name, _variant(tune, V)) for grp, variants in SWEEP.items()
+        todo = [("default", "default", {})] + [(grp, name, tune) for grp, variants in SWEEP.items()
                                                for name, tune in variants.items()]
         for grp, name, tune in todo:
             gla_chunk.TUNE.clear()
             gla_chunk.TUNE.update({key: dict(val) for key, val in tune.items()})
             try:
                 t = bench_ms(lambda: chunk_gla(q, k, v, g)[0].backward(do))
+                with torch.no_grad():
+                    t_f = bench_ms(lambda: chunk_gla(q, k, v, g)[0])
             except Exception as e:
                 print(f"variant {name} failed: {repr(e)[:300]}")
                 t = float("inf")
             else:
                 res.add(f"sweep fwdbwd B{B} T{T} H{H} K{K} V{V} bf16", f"hfzoo_{name}", "ms", t)
+                res.add(f"sweep fwd B{B} T{T} H{H} K{K} V{V} bf16", f"hfzoo_{name}", "ms", t_f)
             totals.setdefault((grp, name), []).append((t, tune))
         q = k = v = g = do = None
         _save(res)
@@ -242,12 +237,8 @@ def sweep(res):
                    default=None)
         if best and best[0] < 0.98 * base:
             print(f"sweep: {grp} -> {best[1]} ({best[0]:.3f} vs {base:.3f} ms)")
-            for _, tune in best[2]:
-                if tune.get("o", {}).get("SPLIT_A") is not None and best[1] == "o_splitA_flip":
-                    continue  # a per-shape flip cannot be one global setting
-                for key, val in tune.items():
-                    chosen.setdefault(key, {}).update(val)
-                break
+            for key, val in best[2][0][1].items():
+                chosen.setdefault(key, {}).update(val)
     if chosen:  # the groups were timed one at a time: check the combination against the default
         combo = default = 0.0
         for H, K, V in SHAPES:
