@@ -16,8 +16,8 @@ The same split serves the backward's ``dq``/``dk`` intra terms.
 Kernels (grid in brackets):
   _prep      [K/BK, chunks, Hkv]   gc and kd (the backward rebuilds kd from the saved gc)
   _fwd_h     [K/BK, V/BV, N*Hkv]   sequential over chunks: states before each chunk, final state
-  _fwd_A     [chunks, H]           A alone (unscaled, matmul dtype), when V spans several value blocks
-  _fwd_o     [V/BV, chunks, H]     output; computes A itself for a single value block, keeps it for dv
+  _fwd_A     [chunks, H]           A alone (unscaled, matmul dtype), kept for dv
+  _fwd_o     [V/BV, chunks, H]     output (computes A itself instead when TUNE["o"]["SPLIT_A"] is False)
   _bwd_dh    [K/BK, V/BV, N*Hkv]   reverse scan: state gradients after each chunk, d initial state
   _bwd_dv    [V/BV, chunks, Hkv]   dv = kd @ dh + A^T @ do (summed over the query heads of a group)
   _bwd_dA    [chunks, H]           dA = scale * do v^T, when split from _bwd_dqk (TUNE)
@@ -582,8 +582,9 @@ def _fwd(q, k, v, g, scale, h0, seqs, want_ht, keep_A):
     kd = None
     o = torch.empty(B, T, H, V, dtype=v.dtype, device=v.device)
     BK, BV, opts = _conf("o", K, V)
-    # when V spans several blocks, A is computed once per chunk and head instead of once per value block
-    split = TUNE.get("o", {}).get("SPLIT_A", triton.cdiv(V, BV) > 1)
+    # A in its own kernel: once per chunk and head (not once per value block), and the output kernel stays small
+    # (faster on the H200 also for a single value block: benchmarks/NOTES.md, sweeps of runs 4 and 6)
+    split = TUNE.get("o", {}).get("SPLIT_A", True)
     A = torch.empty(B, T, H, BT, dtype=_state_dtype(v.dtype), device=v.device) if (keep_A or split) else None
     if split:
         BKA, _, opts_A = _conf("A", K, None)
