@@ -57,8 +57,9 @@ def _dot_in(x, HALF: tl.constexpr):
 
 
 @triton.jit
-def _chunk_of(i_c, CU, CI, T, NT, IS_VARLEN: tl.constexpr):
-    # global chunk index -> (sequence, chunk within it, first token, one past the last token)
+def _chunk_tokens(i_c, CU, CI, T, NT, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
+    # global chunk index -> (sequence, chunk within it, first token, one past the last token, the chunk's rows,
+    # their int64 token indices and which of them are inside the sequence)
     if IS_VARLEN:
         i_n = tl.load(CI + 2 * i_c)
         i_t = tl.load(CI + 2 * i_c + 1)
@@ -69,7 +70,9 @@ def _chunk_of(i_c, CU, CI, T, NT, IS_VARLEN: tl.constexpr):
         i_t = i_c % NT
         bos = (i_n * T).to(tl.int64)
         eos = bos + T
-    return i_n, i_t, bos, eos
+    rows = tl.arange(0, BT)
+    tok = bos + i_t * BT + rows
+    return i_n, i_t, bos, eos, rows, tok, tok < eos
 
 
 @triton.jit
@@ -149,11 +152,8 @@ def _prep_kernel(G, K_, GC, KD, CU, CI, T, NT,
                  IS_VARLEN: tl.constexpr, FROM_GC: tl.constexpr):
     # gc = in-chunk cumsum of g (fp32; or read back when FROM_GC), kd = k * e^(gl - gc) in the matmul dtype
     i_k, i_c, i_hk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_t, bos, eos = _chunk_of(i_c, CU, CI, T, NT, IS_VARLEN)
-    rows = tl.arange(0, BT)
+    i_n, i_t, bos, eos, rows, tok, mt = _chunk_tokens(i_c, CU, CI, T, NT, BT, IS_VARLEN)
     ck = tl.arange(0, BK)
-    tok = bos + i_t * BT + rows
-    mt = tok < eos
     col0 = i_hk * DK + i_k * BK
     m = mt[:, None] & (ck[None, :] < DK - i_k * BK)
     ptr = tok[:, None] * (H_KV * DK) + col0 + ck[None, :]
@@ -223,14 +223,11 @@ def _add_A(A, q, k, gc, gl, qg, BT: tl.constexpr, HALF: tl.constexpr, CLAMP: tl.
 def _fwd_A_kernel(Q, K_, GC, A_, CU, CI, T, NT,
                   H: tl.constexpr, H_KV: tl.constexpr, DK: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                   IS_VARLEN: tl.constexpr, HALF: tl.constexpr, CLAMP: tl.constexpr):
-    # the intra-chunk scores once per chunk and head (causal, unscaled, matmul dtype), when V spans blocks
+    # the intra-chunk scores once per chunk and head (causal, unscaled, matmul dtype)
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_hk = i_h // (H // H_KV)
-    i_n, i_t, bos, eos = _chunk_of(i_c, CU, CI, T, NT, IS_VARLEN)
-    rows = tl.arange(0, BT)
+    i_n, i_t, bos, eos, rows, tok, mt = _chunk_tokens(i_c, CU, CI, T, NT, BT, IS_VARLEN)
     ck = tl.arange(0, BK)
-    tok = bos + i_t * BT + rows
-    mt = tok < eos
     A = tl.zeros([BT, BT], dtype=tl.float32)
     for k0 in range(0, DK, BK):
         q = _load_rows(Q, tok, mt, i_h * DK + k0, ck, DK - k0, H * DK).to(tl.float32)
@@ -250,13 +247,10 @@ def _fwd_o_kernel(Q, K_, V_, GC, H_, O, A_, CU, CI, scale, T, NT,
     # A_MODE: 0 computes A here, 1 also stores it (from the first value block), 2 loads it (_fwd_A_kernel)
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_hk = i_h // (H // H_KV)
-    i_n, i_t, bos, eos = _chunk_of(i_c, CU, CI, T, NT, IS_VARLEN)
-    rows = tl.arange(0, BT)
+    i_n, i_t, bos, eos, rows, tok, mt = _chunk_tokens(i_c, CU, CI, T, NT, BT, IS_VARLEN)
     ck = tl.arange(0, BK)
     cv = tl.arange(0, BV)
     ov = i_v * BV + cv
-    tok = bos + i_t * BT + rows
-    mt = tok < eos
     hbase = H_ + (i_c.to(tl.int64) * H_KV + i_hk) * DK * DV
     acc = tl.zeros([BT, BV], dtype=tl.float32)
     A = tl.zeros([BT, BT], dtype=tl.float32)
@@ -347,13 +341,10 @@ def _bwd_dv_kernel(KD, A_, DO, DH, DV_, CU, CI, scale, T, NT,
     # dv = kd @ dh_next + scale * sum over the group's query heads of A^T @ do (A kept by the forward)
     i_v, i_c, i_hk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     GROUP: tl.constexpr = H // H_KV
-    i_n, i_t, bos, eos = _chunk_of(i_c, CU, CI, T, NT, IS_VARLEN)
-    rows = tl.arange(0, BT)
+    i_n, i_t, bos, eos, rows, tok, mt = _chunk_tokens(i_c, CU, CI, T, NT, BT, IS_VARLEN)
     ck = tl.arange(0, BK)
     cv = tl.arange(0, BV)
     ov = i_v * BV + cv
-    tok = bos + i_t * BT + rows
-    mt = tok < eos
     dhbase = DH + (i_c.to(tl.int64) * H_KV + i_hk) * DK * DV
     acc = tl.zeros([BT, BV], dtype=tl.float32)
     for k0 in range(0, DK, BK):
@@ -379,11 +370,8 @@ def _bwd_dA_kernel(DO, V_, DA, CU, CI, scale, T, NT,
     # dA = scale * do @ v^T (causal, fp32) once per chunk and query head, for every key block of _bwd_dqk
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_hk = i_h // (H // H_KV)
-    i_n, i_t, bos, eos = _chunk_of(i_c, CU, CI, T, NT, IS_VARLEN)
-    rows = tl.arange(0, BT)
+    i_n, i_t, bos, eos, rows, tok, mt = _chunk_tokens(i_c, CU, CI, T, NT, BT, IS_VARLEN)
     cv = tl.arange(0, BV)
-    tok = bos + i_t * BT + rows
-    mt = tok < eos
     dA = tl.zeros([BT, BT], dtype=tl.float32)
     for v0 in range(0, DV, BV):
         do = _load_rows(DO, tok, mt, i_h * DV + v0, cv, DV - v0, H * DV)
@@ -400,13 +388,10 @@ def _bwd_dqk_kernel(Q, K_, V_, GC, H_, DO, DH, DA, DQ, DK_, DG, CU, CI, scale, T
                     CLAMP: tl.constexpr, INTRA_F32: tl.constexpr, SPLIT_DA: tl.constexpr):
     i_k, i_c, i_hk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     GROUP: tl.constexpr = H // H_KV
-    i_n, i_t, bos, eos = _chunk_of(i_c, CU, CI, T, NT, IS_VARLEN)
-    rows = tl.arange(0, BT)
+    i_n, i_t, bos, eos, rows, tok, mt = _chunk_tokens(i_c, CU, CI, T, NT, BT, IS_VARLEN)
     ck = tl.arange(0, BK)
     cv = tl.arange(0, BV)
     ok = i_k * BK + ck
-    tok = bos + i_t * BT + rows
-    mt = tok < eos
     mk = ok < DK
     causal = rows[:, None] >= rows[None, :]
     sbase = (i_c.to(tl.int64) * H_KV + i_hk) * DK * DV
