@@ -1,6 +1,6 @@
 """Compile the Triton kernels an op launches for a Hopper GPU (sm_90) on a machine without one.
 
-    python tests/compile_harness.py gla
+    python tests/compile_harness.py [gla] [rmsnorm] [group_rational] [nearest_code] [varlen_alibi]
 
 Triton's interpreter (the CPU tests) runs kernels as Python and so misses what only the compiler checks:
 types of loop-carried values, layouts, shared-memory limits. Here the op runs on CPU tensors with kernel
@@ -23,20 +23,30 @@ _TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", 
 
 
 def record(run_op):
-    """Run ``run_op()`` with every JITFunction launch recorded instead of executed."""
+    """Run ``run_op()`` with every kernel launch recorded instead of executed (each config of an autotuned one).
+
+    The ops' dispatch is told that Triton can run on CPU tensors, so ``backend="triton"`` reaches the launchers.
+    """
+    from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
+
+    from hfzoo.ops import dispatch
 
     launches = []
 
     def fake_run(self, *args, grid, warmup, **kwargs):
         launches.append((self, args, kwargs))
 
-    real = JITFunction.run
-    JITFunction.run = fake_run
+    def fake_autotuned_run(self, *args, grid=None, warmup=False, **kwargs):
+        for cfg in self.configs:
+            launches.append((self.fn, args, {**kwargs, **cfg.all_kwargs()}))
+
+    saved = JITFunction.run, Autotuner.run, dispatch.interpreter_enabled
+    JITFunction.run, Autotuner.run, dispatch.interpreter_enabled = fake_run, fake_autotuned_run, lambda: True
     try:
         run_op()
     finally:
-        JITFunction.run = real
+        JITFunction.run, Autotuner.run, dispatch.interpreter_enabled = saved
     return launches
 
 
@@ -109,7 +119,57 @@ def _gla_cases():
             lambda: run(1, 100, 2, 1, 64, 128, torch.float16, cu=[0, 30, 100])]
 
 
-CASES = {"gla": _gla_cases}
+def _rmsnorm_cases():
+    from hfzoo.ops.rmsnorm import rms_norm_gated
+
+    def run(M, D, dtype):
+        x = torch.randn(M, D, dtype=dtype, requires_grad=True)
+        w = torch.randn(D, dtype=dtype, requires_grad=True)
+        gate = torch.randn(M, D, dtype=dtype, requires_grad=True)
+        y = rms_norm_gated(x, w, gate, backend="triton")
+        torch.autograd.grad(y.float().sum(), (x, w, gate))
+
+    return [lambda: run(64, 128, torch.bfloat16), lambda: run(33, 2048, torch.float32)]
+
+
+def _group_rational_cases():
+    from hfzoo.ops.group_rational import group_rational
+
+    def run(M, D, G, dtype, form):
+        x = torch.randn(M, D, dtype=dtype, requires_grad=True)
+        a = torch.randn(G, 6, requires_grad=True)
+        b = torch.randn(G, 4, requires_grad=True)
+        y = group_rational(x, a, b, num_groups=G, denominator_form=form, backend="triton")
+        torch.autograd.grad(y.float().sum(), (x, a, b))
+
+    return [lambda: run(64, 768, 8, torch.bfloat16, "released"), lambda: run(50, 96, 4, torch.float32, "paper")]
+
+
+def _nearest_code_cases():
+    from hfzoo.ops.nearest_code import nearest_code
+
+    def run(N, K, D, dtype):
+        nearest_code(torch.randn(N, D, dtype=dtype), torch.randn(K, D, dtype=dtype), backend="triton")
+
+    return [lambda: run(100, 300, 128, torch.float32), lambda: run(100, 300, 64, torch.bfloat16)]
+
+
+def _varlen_alibi_cases():
+    from hfzoo.ops.varlen_alibi_attention import alibi_slopes, varlen_alibi_attention
+
+    def run(lengths, H, D, dtype):
+        total = sum(lengths)
+        q, k, v = (torch.randn(total, H, D, dtype=dtype, requires_grad=True) for _ in range(3))
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+        slopes = torch.tensor(alibi_slopes(H))
+        o = varlen_alibi_attention(q, k, v, cu, max(lengths), slopes, backend="triton")
+        torch.autograd.grad(o.float().sum(), (q, k, v))
+
+    return [lambda: run([5, 70, 200], 12, 64, torch.bfloat16), lambda: run([33], 2, 32, torch.float16)]
+
+
+CASES = {"gla": _gla_cases, "rmsnorm": _rmsnorm_cases, "group_rational": _group_rational_cases,
+         "nearest_code": _nearest_code_cases, "varlen_alibi": _varlen_alibi_cases}
 
 
 def main(names):
