@@ -187,14 +187,6 @@ def _bwd_tile(x, dy, a0, a1, a2, a3, a4, a5, c0, c1, c2, c3, PAPER: tl.constexpr
 
 
 @triton.jit
-def _fold(t, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr):
-    """[BLOCK_M, BLOCK_C] -> [BLOCK_M, BLOCK_C // CHUNK]: sum runs of CHUNK adjacent columns (same group)."""
-    if CHUNK > 1:
-        t = tl.sum(tl.reshape(t, [BLOCK_M, BLOCK_C // CHUNK, CHUNK]), axis=2)
-    return t
-
-
-@triton.jit
 def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, M, D, DG, A_STRIDE, B_STRIDE, rows_per_program,
                                PAPER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
                                CHUNK: tl.constexpr, PREFETCH: tl.constexpr):
