@@ -186,20 +186,24 @@ def test_grouped_query_heads_equal_repeated_full_heads():
         assert rel_err(gqa(x).logits, full(x).logits) < 1e-5
 
 
-@pytest.mark.parametrize("name", ["conv_gqa", "hybrid"])
-def test_left_padded_batched_generate_equals_per_sequence_generate(name):
-    model = make_model(name)
-    seqs = [ids(1, n, seed=30 + n)[0] for n in (8, 3, 5)]
-    T = 8
-    x = torch.zeros(3, T, dtype=torch.long)
+def assert_left_padded_generate_matches(model, seqs, max_new_tokens):
+    """Greedy generate on a left-padded batch gives each sequence's own continuation."""
+    T = max(len(s) for s in seqs)
+    x = torch.zeros(len(seqs), T, dtype=torch.long, device=seqs[0].device)
     mask = torch.zeros_like(x)
     for i, s in enumerate(seqs):
         x[i, T - len(s):], mask[i, T - len(s):] = s, 1
-    kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0, eos_token_id=None)
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
     batched = model.generate(x, attention_mask=mask, **kw)
     for i, s in enumerate(seqs):
-        single = model.generate(s[None], attention_mask=torch.ones(1, len(s), dtype=torch.long), **kw)
+        single = model.generate(s[None], attention_mask=torch.ones_like(s)[None], **kw)
         assert batched[i, T:].tolist() == single[0, len(s):].tolist(), i
+
+
+@pytest.mark.parametrize("name", ["conv_gqa", "hybrid"])
+def test_left_padded_batched_generate_equals_per_sequence_generate(name):
+    model = make_model(name)
+    assert_left_padded_generate_matches(model, [ids(1, n, seed=30 + n)[0] for n in (8, 3, 5)], 6)
 
 
 def test_sampling_generate_and_cache_reordering():
@@ -340,14 +344,4 @@ def test_gpu_kernel_path_bf16_forward_backward_and_padded_generate():
         assert rel_err(p.grad, ref_grads[n]) < 0.1, n
 
     model = model.float().eval()
-    seqs = [ids(1, n, seed=40 + n)[0].cuda() for n in (90, 17)]
-    T = 90
-    xb = torch.zeros(2, T, dtype=torch.long, device="cuda")
-    mb = torch.zeros_like(xb)
-    for i, s in enumerate(seqs):
-        xb[i, T - len(s):], mb[i, T - len(s):] = s, 1
-    kw = dict(max_new_tokens=8, do_sample=False, pad_token_id=0, eos_token_id=None)
-    batched = model.generate(xb, attention_mask=mb, **kw)
-    for i, s in enumerate(seqs):
-        single = model.generate(s[None], attention_mask=torch.ones_like(s)[None], **kw)
-        assert batched[i, T:].tolist() == single[0, len(s):].tolist(), i
+    assert_left_padded_generate_matches(model, [ids(1, n, seed=40 + n)[0].cuda() for n in (90, 17)], 8)
