@@ -15,14 +15,13 @@ import json
 import math
 import random
 import time
-from pathlib import Path
 from pydoc_data.topics import topics
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, PreTrainedTokenizerFast
 
-from hfzoo.hub.atomic import atomic_directory
+from hfzoo.hub.atomic import save_pretrained_atomic
 from hfzoo.models.gla import GLAConfig, GLAForCausalLM
 from hfzoo.ops.dispatch import use_backend
 
@@ -142,10 +141,8 @@ def main(argv=None):
     model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
                                                pad_token_id=config.pad_token_id, do_sample=True, temperature=0.8,
                                                top_p=0.9, max_new_tokens=64)
-    with atomic_directory(args.output, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (Path(tmp) / "training_results.json").write_text(json.dumps(results, indent=1) + "\n")
+    save_pretrained_atomic(args.output, model, tokenizer, overwrite=True,
+                           files={"training_results.json": json.dumps(results, indent=1) + "\n"})
     print(f"saved to {args.output}")
 
 

@@ -109,12 +109,10 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)   # a shared, busy CPU: one thread avoids OpenMP spin contention
     model, metrics = train(digits_config(), seed=args.seed, epochs=args.epochs)
-    from hfzoo.hub.atomic import atomic_directory
+    from hfzoo.hub.atomic import save_pretrained_atomic
 
-    with atomic_directory(args.out, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        digits_processor().save_pretrained(tmp)
-        (tmp / "training.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    save_pretrained_atomic(args.out, model, digits_processor(), overwrite=True,
+                           files={"training.json": json.dumps(metrics, indent=1) + "\n"})
     print(json.dumps(metrics))
 
 

@@ -17,14 +17,13 @@ import argparse
 import json
 import random
 import time
-from pathlib import Path
 from pydoc_data.topics import topics
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import BertTokenizerFast
 
-from hfzoo.hub.atomic import atomic_directory
+from hfzoo.hub.atomic import save_pretrained_atomic
 from hfzoo.models.mosaicbert import MosaicBertConfig, MosaicBertForMaskedLM
 from hfzoo.ops.dispatch import use_backend
 
@@ -166,10 +165,8 @@ def main():
         "train_minutes_cpu": round(minutes, 2), "torch_threads": torch.get_num_threads(),
     }
     print(json.dumps(results, indent=1))
-    with atomic_directory(args.output, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (Path(tmp) / "training_results.json").write_text(json.dumps(results, indent=1) + "\n")
+    save_pretrained_atomic(args.output, model, tokenizer, overwrite=True,
+                           files={"training_results.json": json.dumps(results, indent=1) + "\n"})
     print(f"saved to {args.output}")
 
 

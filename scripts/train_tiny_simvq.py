@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from simvq_data import EVAL_PHOTOS, TRAIN_PHOTOS, grid_crops, random_crops  # noqa: E402
 
-from hfzoo.hub.atomic import atomic_directory  # noqa: E402
+from hfzoo.hub.atomic import save_pretrained_atomic  # noqa: E402
 from hfzoo.models.simvq import SimVQConfig, SimVQImageProcessor, SimVQModel  # noqa: E402
 from hfzoo.models.simvq.modeling_simvq import codebook_utilization  # noqa: E402
 from hfzoo.ops.dispatch import use_backend  # noqa: E402
@@ -89,10 +89,8 @@ def main():
                    final_train_loss=round(out.loss.item(), 5), seed=args.seed,
                    train_photos=list(TRAIN_PHOTOS), eval_photos=list(EVAL_PHOTOS),
                    parameters=sum(q.numel() for q in model.parameters()))
-    with atomic_directory(args.out, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        SimVQImageProcessor(size=128).save_pretrained(tmp)
-        (tmp / "training.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    save_pretrained_atomic(args.out, model, SimVQImageProcessor(size=128), overwrite=True,
+                           files={"training.json": json.dumps(metrics, indent=1) + "\n"})
     print(json.dumps(metrics))
 
 

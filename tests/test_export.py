@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,6 +134,30 @@ def test_export_refuses_to_overwrite_and_leaves_nothing_half_written(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no partial folder, no temp left behind
     export(model, out, card=False, overwrite=True)
     assert (out / "model.safetensors").is_file()
+
+
+def test_save_pretrained_atomic_writes_all_parts_or_nothing(tmp_path):
+    from hfzoo.hub.atomic import save_pretrained_atomic
+
+    class Part:
+        def __init__(self, name, fail=False):
+            self.name, self.fail = name, fail
+
+        def save_pretrained(self, folder):
+            if self.fail:
+                raise OSError("disk full")
+            (Path(folder) / self.name).write_text("x")
+
+    out = save_pretrained_atomic(tmp_path / "m", Part("a.json"), Part("b.json"), files={"notes.md": "hi\n"})
+    assert out == tmp_path / "m"
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.json", "notes.md"]
+    assert (out / "notes.md").read_text() == "hi\n"
+    with pytest.raises(FileExistsError):
+        save_pretrained_atomic(out, Part("c.json"))
+    with pytest.raises(OSError, match="disk full"):
+        save_pretrained_atomic(out, Part("c.json"), Part("d.json", fail=True), overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.json", "notes.md"]  # the old folder stays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temporary folder left behind
 
 
 def test_bundle_rejects_imports_it_cannot_flatten(tmp_path):

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from ..hub.atomic import atomic_directory
+from ..hub.atomic import save_pretrained_atomic
 from ..models.simvq.configuration_simvq import SimVQConfig
 from ..models.simvq.image_processing_simvq import SimVQImageProcessor
 from ..models.simvq.modeling_simvq import SimVQModel
@@ -261,12 +261,8 @@ def convert(source, output, *, overwrite: bool = False, config=None, weights: st
             got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
             raise ValueError(f"{k}: checkpoint shape {got} does not match the config's {tuple(want)}")
     model.load_state_dict({k: v.float() for k, v in mapped.items()}, strict=True)
-    output = Path(output)
-    with atomic_directory(output, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
-        SimVQImageProcessor(size=cfg.resolution).save_pretrained(tmp)
-        (tmp / "CONVERSION.md").write_text(
-            f"Converted from {ckpt_path.name} with {config_path.name} by hfzoo.convert.simvq_ckpt "
+    note = (f"Converted from {ckpt_path.name} with {config_path.name} by hfzoo.convert.simvq_ckpt "
             f"({used} weights; ignored {', '.join(IGNORED_PREFIXES)}*"
             f"{'' if used == 'ema' else ' and ' + EMA_PREFIX + '*'}).\n")
-    return output
+    return save_pretrained_atomic(output, model, SimVQImageProcessor(size=cfg.resolution),
+                                  files={"CONVERSION.md": note}, overwrite=overwrite)

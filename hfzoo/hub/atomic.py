@@ -38,3 +38,15 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False):
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def save_pretrained_atomic(path: str | os.PathLike, *parts, files: dict[str, str] | None = None,
+                           overwrite: bool = False) -> Path:
+    """Write a model folder in one atomic step: each part's ``save_pretrained`` output (model, tokenizer,
+    processor) and ``files`` (name -> text) beside them. Returns ``Path(path)``."""
+    with atomic_directory(path, overwrite=overwrite) as tmp:
+        for part in parts:
+            part.save_pretrained(tmp)
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
+    return Path(path)
