@@ -97,14 +97,29 @@ def _load_rows(P, tok, mrow, col0, cols, ncols, row_stride):
 
 
 @triton.jit
+def _row(X, rows, t):
+    # row t of a [BT, n] tile
+    return tl.sum(tl.where(rows[:, None] == t, X, 0.0), axis=0)
+
+
+@triton.jit
+def _col(M, rows, t):
+    # column t of a [BT, BT] tile
+    return tl.sum(tl.where(rows[None, :] == t, M, 0.0), axis=1)
+
+
+@triton.jit
+def _decay_from(gc, rows, t):
+    # e^(gc[i, k] - gc[t, k]) for every row i, clamped at 1 (the causally masked rows i < t would overflow)
+    return tl.exp(tl.minimum(gc - _row(gc, rows, t)[None, :], 0.0))
+
+
+@triton.jit
 def _exact_A(A, X, Y, gc, BT: tl.constexpr):
     # A[i, j] += sum_k X[i, k] Y[j, k] e^(gc[i, k] - gc[j, k]) for j <= i, column by column (any decay)
     rows = tl.arange(0, BT)
     for t in range(BT):
-        sel = rows[:, None] == t
-        y_t = tl.sum(tl.where(sel, Y, 0.0), axis=0)
-        g_t = tl.sum(tl.where(sel, gc, 0.0), axis=0)
-        a_t = tl.sum(X * y_t[None, :] * tl.exp(tl.minimum(gc - g_t[None, :], 0.0)), axis=1)
+        a_t = tl.sum(X * _row(Y, rows, t)[None, :] * _decay_from(gc, rows, t), axis=1)
         A += tl.where(rows[None, :] == t, a_t[:, None], 0.0)
     return A
 
@@ -114,11 +129,7 @@ def _exact_dq(acc, M, Y, gc, BT: tl.constexpr):
     # acc[i, k] += sum_{j <= i} M[i, j] Y[j, k] e^(gc[i, k] - gc[j, k])   (M causal-masked)
     rows = tl.arange(0, BT)
     for t in range(BT):
-        sel = rows[:, None] == t
-        y_t = tl.sum(tl.where(sel, Y, 0.0), axis=0)
-        g_t = tl.sum(tl.where(sel, gc, 0.0), axis=0)
-        m_t = tl.sum(tl.where(rows[None, :] == t, M, 0.0), axis=1)
-        acc += m_t[:, None] * y_t[None, :] * tl.exp(tl.minimum(gc - g_t[None, :], 0.0))
+        acc += _col(M, rows, t)[:, None] * _row(Y, rows, t)[None, :] * _decay_from(gc, rows, t)
     return acc
 
 
@@ -127,11 +138,8 @@ def _exact_dk(acc, M, X, gc, BT: tl.constexpr):
     # acc[j, k] += sum_{i >= j} M[i, j] X[i, k] e^(gc[i, k] - gc[j, k])   (M causal-masked)
     rows = tl.arange(0, BT)
     for t in range(BT):
-        sel = rows[:, None] == t
-        g_t = tl.sum(tl.where(sel, gc, 0.0), axis=0)
-        m_t = tl.sum(tl.where(rows[None, :] == t, M, 0.0), axis=1)
-        d_t = tl.sum(m_t[:, None] * X * tl.exp(tl.minimum(gc - g_t[None, :], 0.0)), axis=0)
-        acc += tl.where(sel, d_t[None, :], 0.0)
+        d_t = tl.sum(_col(M, rows, t)[:, None] * X * _decay_from(gc, rows, t), axis=0)
+        acc += tl.where(rows[:, None] == t, d_t[None, :], 0.0)
     return acc
 
 
