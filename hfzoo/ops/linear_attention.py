@@ -1,0 +1,422 @@
+"""Non-causal ReLU linear attention (LiT's token mixer), per head, batched over images.
+
+    O_n = φ(q_n) S / (φ(q_n) · z + ε),   S = Σ_m φ(k_m)ᵀ v_m  (Dk×Dv),   z = Σ_m φ(k_m)  (Dk),   φ = ReLU
+
+Every token attends to every token of its image, so the whole sequence folds into one Dk×Dv state per
+(image, head): the cost is linear in the number of tokens.
+
+Feature map and ε. LiT's notes give "ReLU (+1e-6)". We take φ = ReLU exactly and put ε = 1e-6 in the
+denominator (the ``eps`` argument): a token whose query is all ≤ 0 gets output 0 instead of 0/0, the
+gradient mask of φ is exactly ``x > 0`` (torch's ReLU convention), and outputs do not depend on how many
+tokens contribute a 1e-6 floor. Adding the constant inside φ instead would change outputs by O(1e-6·N)
+relative terms only; callers who want it can add it to q and k before the call.
+
+Bytes and FLOPs (one image, one head, N tokens, D = Dk = Dv; bf16 so 2 bytes a value):
+forward reads k, v (state pass) and q, writes o: 8·N·D bytes and 4·N·D² FLOPs; backward reads q, k, v,
+o, dO, writes dq, dk, dv: 16·N·D bytes, 10·N·D² FLOPs. The arithmetic intensity is about D/2 FLOP/byte
+(144 at D = 288, LiT-XL's 4 heads): near the H200's ridge point (776 TFLOP/s / 4.3 TB/s ≈ 180), so the
+kernels keep tiles in tensor-core dots and touch every activation once per pass. For 32k tokens of
+LiT-XL (C = 1152) the forward moves about 300 MB (≈ 0.07 ms at copy speed) and does 43 GFLOP (≈ 0.06 ms):
+small beside the block's qkv and output projections (≈ 0.45 ms), and far below SDPA's 4·N²·C per image
+at 4096 tokens and beyond. The 5×5 depthwise convolution on V that LiT adds is left to cuDNN: it moves
+about as many bytes as one of our passes, and fusing it would need a 25-tap halo per tile in the forward
+and a per-channel weight-gradient reduction in the backward.
+
+Passes (all accumulate in fp32; the state is kept as S/N, z/N with ε/N, which gives the same output):
+  forward : state  S, z    one program per (Dk tile, Dv tile, image·head, token split), atomics across splits
+            output o, den  one program per (token block, Dv tile, image·head)
+  backward: delta  dden_n = -Σ_v dO·o / den_n           (token block, image·head)
+            state  dS = Σ φ(q)ᵀ (dO/den), dz = Σ φ(q) dden
+            grads  dq = ((dO/den) Sᵀ + dden zᵀ)·[q>0],  dk = (V dSᵀ + dz)·[k>0],  dv = φ(K) dS
+
+Layout: ``[B, N, H, D]`` (tokens before heads, as a qkv projection produces them), any strides with a
+unit stride on D; the output is a contiguous ``[B, N, H, Dv]`` so ``o.reshape(B, N, H*Dv)`` is free.
+
+Ladder: reference (the definition) -> Triton kernels -> launch functions -> autograd Function ->
+``linear_attention`` (public op, dispatching per call; see ``dispatch.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .dispatch import interpreter_enabled, resolve_backend
+from .triton_shim import tl, triton
+
+
+def linear_attention_reference(q, k, v, eps: float = 1e-6):
+    """Plain PyTorch definition on ``[B, N, H, D]`` tensors; computes in fp32, returns ``q.dtype``."""
+    qf, kf, vf = torch.relu(q.float()), torch.relu(k.float()), v.float()
+    state = torch.einsum("bnhk,bnhv->bhkv", kf, vf)
+    z = kf.sum(1)                                                   # [B, H, Dk]
+    num = torch.einsum("bnhk,bhkv->bnhv", qf, state)
+    den = torch.einsum("bnhk,bhk->bnh", qf, z)
+    return (num / (den[..., None] + eps)).to(q.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Triton kernels. Tensors are addressed as base + b*s_b + n*s_n + h*s_h + d. S/dS are fp32 [B*H, Dk, Dv],
+# z/dz fp32 [B*H, Dk], den/dden fp32 [B*H, N]. BLOCK_D tiles both Dk and Dv.
+
+
+@triton.jit
+def _relu_cast(x):
+    # ReLU, kept in the input dtype for the tensor-core dot (exact: ReLU does not round).
+    return tl.where(x > 0, x, tl.zeros_like(x))
+
+
+@triton.jit
+def _la_state_kernel(K, V, S, Z, s_kb, s_kn, s_kh, s_vb, s_vn, s_vh, N, H, DK, DV, tokens_per_split,
+                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
+    n_v = tl.cdiv(DV, BLOCK_D)
+    ik = tl.program_id(0) // n_v
+    iv = tl.program_id(0) % n_v
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    start = tl.program_id(2) * tokens_per_split
+    dk = ik * BLOCK_D + tl.arange(0, BLOCK_D)
+    dv = iv * BLOCK_D + tl.arange(0, BLOCK_D)
+    k_base = K + b.to(tl.int64) * s_kb + h * s_kh
+    v_base = V + b.to(tl.int64) * s_vb + h * s_vh
+    acc = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
+    zacc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for n0 in range(start, start + tokens_per_split, BLOCK_N):
+        rows = n0 + tl.arange(0, BLOCK_N)
+        rmask = rows < N
+        k = tl.load(k_base + rows[:, None].to(tl.int64) * s_kn + dk[None, :],
+                    mask=rmask[:, None] & (dk[None, :] < DK), other=0.0)
+        v = tl.load(v_base + rows[:, None].to(tl.int64) * s_vn + dv[None, :],
+                    mask=rmask[:, None] & (dv[None, :] < DV), other=0.0)
+        k = _relu_cast(k)
+        acc += tl.dot(tl.trans(k), v, input_precision=PREC)
+        zacc += tl.sum(k.to(tl.float32), axis=0)
+    smask = (dk[:, None] < DK) & (dv[None, :] < DV)
+    tl.atomic_add(S + bh.to(tl.int64) * DK * DV + dk[:, None] * DV + dv[None, :], acc, mask=smask)
+    if iv == 0:
+        tl.atomic_add(Z + bh * DK + dk, zacc, mask=dk < DK)
+
+
+@triton.jit
+def _la_out_kernel(Q, S, Z, O, DEN, s_qb, s_qn, s_qh, N, H, DK, DV, eps,
+                   BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    iv = tl.program_id(1)
+    bh = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    rmask = rows < N
+    dv = iv * BLOCK_D + tl.arange(0, BLOCK_D)
+    q_base = Q + b.to(tl.int64) * s_qb + h * s_qh
+    num = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    den = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, DK, BLOCK_D):
+        dk = k0 + tl.arange(0, BLOCK_D)
+        a = tl.load(q_base + rows[:, None].to(tl.int64) * s_qn + dk[None, :],
+                    mask=rmask[:, None] & (dk[None, :] < DK), other=0.0)
+        a = _relu_cast(a)
+        s = tl.load(S + bh.to(tl.int64) * DK * DV + dk[:, None] * DV + dv[None, :],
+                    mask=(dk[:, None] < DK) & (dv[None, :] < DV), other=0.0)
+        z = tl.load(Z + bh * DK + dk, mask=dk < DK, other=0.0)
+        num += tl.dot(a, s.to(a.dtype), input_precision=PREC)
+        den += tl.sum(a.to(tl.float32) * z[None, :], axis=1)
+    den = den + eps
+    o = num / den[:, None]
+    # O is contiguous [B, N, H, DV]
+    o_offs = (b.to(tl.int64) * N + rows[:, None]) * H * DV + h * DV + dv[None, :]
+    tl.store(O + o_offs, o.to(O.dtype.element_ty), mask=rmask[:, None] & (dv[None, :] < DV))
+    if iv == 0:
+        tl.store(DEN + bh.to(tl.int64) * N + rows, den, mask=rmask)
+
+
+@triton.jit
+def _la_bwd_delta_kernel(O, DO, DEN, DDEN, s_gb, s_gn, s_gh, N, H, DV,
+                         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    rmask = rows < N
+    delta = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for v0 in range(0, DV, BLOCK_D):
+        dv = v0 + tl.arange(0, BLOCK_D)
+        mask = rmask[:, None] & (dv[None, :] < DV)
+        o = tl.load(O + (b.to(tl.int64) * N + rows[:, None]) * H * DV + h * DV + dv[None, :], mask=mask, other=0.0)
+        g = tl.load(DO + b.to(tl.int64) * s_gb + rows[:, None].to(tl.int64) * s_gn + h * s_gh + dv[None, :],
+                    mask=mask, other=0.0)
+        delta += tl.sum(o.to(tl.float32) * g.to(tl.float32), axis=1)
+    den = tl.load(DEN + bh.to(tl.int64) * N + rows, mask=rmask, other=1.0)
+    tl.store(DDEN + bh.to(tl.int64) * N + rows, -delta / den, mask=rmask)
+
+
+@triton.jit
+def _la_bwd_state_kernel(Q, DO, DEN, DDEN, DS, DZ, s_qb, s_qn, s_qh, s_gb, s_gn, s_gh, N, H, DK, DV,
+                         tokens_per_split, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
+    n_v = tl.cdiv(DV, BLOCK_D)
+    ik = tl.program_id(0) // n_v
+    iv = tl.program_id(0) % n_v
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    start = tl.program_id(2) * tokens_per_split
+    dk = ik * BLOCK_D + tl.arange(0, BLOCK_D)
+    dv = iv * BLOCK_D + tl.arange(0, BLOCK_D)
+    q_base = Q + b.to(tl.int64) * s_qb + h * s_qh
+    g_base = DO + b.to(tl.int64) * s_gb + h * s_gh
+    acc = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
+    zacc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    for n0 in range(start, start + tokens_per_split, BLOCK_N):
+        rows = n0 + tl.arange(0, BLOCK_N)
+        rmask = rows < N
+        a = tl.load(q_base + rows[:, None].to(tl.int64) * s_qn + dk[None, :],
+                    mask=rmask[:, None] & (dk[None, :] < DK), other=0.0)
+        a = _relu_cast(a)
+        g = tl.load(g_base + rows[:, None].to(tl.int64) * s_gn + dv[None, :],
+                    mask=rmask[:, None] & (dv[None, :] < DV), other=0.0)
+        den = tl.load(DEN + bh.to(tl.int64) * N + rows, mask=rmask, other=1.0)
+        dden = tl.load(DDEN + bh.to(tl.int64) * N + rows, mask=rmask, other=0.0)
+        gs = (g.to(tl.float32) / den[:, None]).to(a.dtype)
+        acc += tl.dot(tl.trans(a), gs, input_precision=PREC)
+        zacc += tl.sum(a.to(tl.float32) * dden[:, None], axis=0)
+    smask = (dk[:, None] < DK) & (dv[None, :] < DV)
+    tl.atomic_add(DS + bh.to(tl.int64) * DK * DV + dk[:, None] * DV + dv[None, :], acc, mask=smask)
+    if iv == 0:
+        tl.atomic_add(DZ + bh * DK + dk, zacc, mask=dk < DK)
+
+
+@triton.jit
+def _la_bwd_qkv_kernel(Q, K, V, DO, S, Z, DS, DZ, DEN, DDEN, DQ, DK_, DV_,
+                       s_qb, s_qn, s_qh, s_kb, s_kn, s_kh, s_vb, s_vn, s_vh, s_gb, s_gn, s_gh,
+                       N, H, DK, DV, inv_n, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
+    # S, Z hold means over tokens (S/N, z/N) and DS, DZ are gradients with respect to those, so the gradients
+    # of k and v, which enter the sums, carry a factor 1/N.
+    # One program: a token block and one D tile j. It writes dq[:, j], dk[:, j] (Dk tile j) and dv[:, j]
+    # (Dv tile j), looping over the other dimension's tiles. DQ/DK_/DV_ are contiguous [B, N, H, D].
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    j = tl.program_id(1)
+    bh = tl.program_id(2)
+    b = bh // H
+    h = bh % H
+    rmask = rows < N
+    r64 = rows[:, None].to(tl.int64)
+    dj = j * BLOCK_D + tl.arange(0, BLOCK_D)
+    den = tl.load(DEN + bh.to(tl.int64) * N + rows, mask=rmask, other=1.0)
+    dden = tl.load(DDEN + bh.to(tl.int64) * N + rows, mask=rmask, other=0.0)
+    s_base = bh.to(tl.int64) * DK * DV
+    if j * BLOCK_D < DK:
+        kmask = rmask[:, None] & (dj[None, :] < DK)
+        q = tl.load(Q + b.to(tl.int64) * s_qb + r64 * s_qn + h * s_qh + dj[None, :], mask=kmask, other=0.0)
+        k = tl.load(K + b.to(tl.int64) * s_kb + r64 * s_kn + h * s_kh + dj[None, :], mask=kmask, other=0.0)
+        dq = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        for v0 in range(0, DV, BLOCK_D):
+            di = v0 + tl.arange(0, BLOCK_D)
+            vmask = rmask[:, None] & (di[None, :] < DV)
+            g = tl.load(DO + b.to(tl.int64) * s_gb + r64 * s_gn + h * s_gh + di[None, :], mask=vmask, other=0.0)
+            v = tl.load(V + b.to(tl.int64) * s_vb + r64 * s_vn + h * s_vh + di[None, :], mask=vmask, other=0.0)
+            tmask = (dj[:, None] < DK) & (di[None, :] < DV)
+            s = tl.load(S + s_base + dj[:, None] * DV + di[None, :], mask=tmask, other=0.0)      # [Dk_j, Dv_i]
+            ds = tl.load(DS + s_base + dj[:, None] * DV + di[None, :], mask=tmask, other=0.0)
+            gs = (g.to(tl.float32) / den[:, None]).to(q.dtype)
+            dq += tl.dot(gs, tl.trans(s.to(q.dtype)), input_precision=PREC)
+            dk += tl.dot(v, tl.trans(ds.to(v.dtype)), input_precision=PREC)
+        z = tl.load(Z + bh * DK + dj, mask=dj < DK, other=0.0)
+        dz = tl.load(DZ + bh * DK + dj, mask=dj < DK, other=0.0)
+        dq = tl.where(q > 0, dq + dden[:, None] * z[None, :], 0.0)
+        dk = tl.where(k > 0, (dk + dz[None, :]) * inv_n, 0.0)
+        out = (b.to(tl.int64) * N + rows[:, None]) * H * DK + h * DK + dj[None, :]
+        tl.store(DQ + out, dq.to(DQ.dtype.element_ty), mask=kmask)
+        tl.store(DK_ + out, dk.to(DK_.dtype.element_ty), mask=kmask)
+    if j * BLOCK_D < DV:
+        dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+        for k0 in range(0, DK, BLOCK_D):
+            di = k0 + tl.arange(0, BLOCK_D)
+            k = tl.load(K + b.to(tl.int64) * s_kb + r64 * s_kn + h * s_kh + di[None, :],
+                        mask=rmask[:, None] & (di[None, :] < DK), other=0.0)
+            k = _relu_cast(k)
+            ds = tl.load(DS + s_base + di[:, None] * DV + dj[None, :],
+                         mask=(di[:, None] < DK) & (dj[None, :] < DV), other=0.0)             # [Dk_i, Dv_j]
+            dv += tl.dot(k, ds.to(k.dtype), input_precision=PREC)
+        dv = dv * inv_n
+        out = (b.to(tl.int64) * N + rows[:, None]) * H * DV + h * DV + dj[None, :]
+        tl.store(DV_ + out, dv.to(DV_.dtype.element_ty), mask=rmask[:, None] & (dj[None, :] < DV))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Launch settings and launchers.
+
+# Per-kernel settings; BLOCK_D=None picks 64, or 32 where 64 would pad D by more than 1/8 (D=288 -> 32).
+TUNE = {
+    "state": {"BLOCK_N": 64, "num_warps": 4},
+    "out": {"BLOCK_N": 64, "num_warps": 4},
+    "bwd_state": {"BLOCK_N": 64, "num_warps": 4},
+    "bwd_qkv": {"BLOCK_N": 64, "num_warps": 4},
+    "BLOCK_D": None,
+}
+_INTERPRETER_BLOCK = 16   # small tiles under the interpreter, so CPU tests cover several tiles cheaply
+
+
+def _block_d(dk: int, dv: int) -> int:
+    if interpreter_enabled():
+        return _INTERPRETER_BLOCK
+    if TUNE["BLOCK_D"]:
+        return TUNE["BLOCK_D"]
+    d = max(dk, dv)
+    if d <= 16:
+        return 16
+    if d <= 32:
+        return 32
+    return 64 if triton.cdiv(d, 64) * 64 * 8 <= d * 9 else 32
+
+
+def _block_n(kernel: str) -> int:
+    return _INTERPRETER_BLOCK if interpreter_enabled() else TUNE[kernel]["BLOCK_N"]
+
+
+def _warps(kernel: str) -> dict:
+    return {} if interpreter_enabled() else {"num_warps": TUNE[kernel]["num_warps"]}
+
+
+def _sm_count(device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2
+
+
+def _token_splits(N: int, programs: int, block_n: int, device) -> tuple[int, int]:
+    """Split each image's tokens so that a state pass launches about 2 programs per SM."""
+    target = 2 * _sm_count(device)
+    n_split = max(1, min(triton.cdiv(N, block_n), triton.cdiv(target, max(programs, 1))))
+    per_split = triton.cdiv(triton.cdiv(N, n_split), block_n) * block_n
+    return triton.cdiv(N, per_split), per_split
+
+
+def _prec(x: torch.Tensor) -> str:
+    return "ieee" if x.dtype == torch.float32 else "tf32"
+
+
+def _strides(x):
+    return x.stride(0), x.stride(1), x.stride(2)
+
+
+def _fwd(q, k, v, eps):
+    B, N, H, DK = q.shape
+    DV = v.shape[-1]
+    BD = _block_d(DK, DV)
+    dev = q.device
+    S = torch.zeros(B * H, DK, DV, device=dev, dtype=torch.float32)
+    Z = torch.zeros(B * H, DK, device=dev, dtype=torch.float32)
+    tiles = triton.cdiv(DK, BD) * triton.cdiv(DV, BD)
+    bn = _block_n("state")
+    n_split, per_split = _token_splits(N, B * H * tiles, bn, dev)
+    _la_state_kernel[(tiles, B * H, n_split)](
+        k, v, S, Z, *_strides(k), *_strides(v), N, H, DK, DV, per_split,
+        BLOCK_N=bn, BLOCK_D=BD, PREC=_prec(q), **_warps("state"))
+    # Keep the state as a mean over tokens (S/N, z/N, ε/N: the same output) so its fp16/bf16 copies inside
+    # the dots neither overflow at long sequences nor make dO/den underflow in the backward.
+    S.mul_(1.0 / N)
+    Z.mul_(1.0 / N)
+    o = torch.empty(B, N, H, DV, device=dev, dtype=q.dtype)
+    den = torch.empty(B * H, N, device=dev, dtype=torch.float32)
+    bn = _block_n("out")
+    _la_out_kernel[(triton.cdiv(N, bn), triton.cdiv(DV, BD), B * H)](
+        q, S, Z, o, den, *_strides(q), N, H, DK, DV, eps / N,
+        BLOCK_N=bn, BLOCK_D=BD, PREC=_prec(q), **_warps("out"))
+    return o, S, Z, den
+
+
+def _bwd(q, k, v, o, S, Z, den, do):
+    B, N, H, DK = q.shape
+    DV = v.shape[-1]
+    BD = _block_d(DK, DV)
+    dev = q.device
+    bn = _block_n("bwd_state")
+    dden = torch.empty_like(den)
+    _la_bwd_delta_kernel[(triton.cdiv(N, bn), B * H)](
+        o, do, den, dden, *_strides(do), N, H, DV, BLOCK_N=bn, BLOCK_D=BD, **_warps("bwd_state"))
+    dS = torch.zeros_like(S)
+    dZ = torch.zeros_like(Z)
+    tiles = triton.cdiv(DK, BD) * triton.cdiv(DV, BD)
+    n_split, per_split = _token_splits(N, B * H * tiles, bn, dev)
+    _la_bwd_state_kernel[(tiles, B * H, n_split)](
+        q, do, den, dden, dS, dZ, *_strides(q), *_strides(do), N, H, DK, DV, per_split,
+        BLOCK_N=bn, BLOCK_D=BD, PREC=_prec(q), **_warps("bwd_state"))
+    dq = torch.empty(B, N, H, DK, device=dev, dtype=q.dtype)
+    dk = torch.empty(B, N, H, DK, device=dev, dtype=k.dtype)
+    dv = torch.empty(B, N, H, DV, device=dev, dtype=v.dtype)
+    bn = _block_n("bwd_qkv")
+    _la_bwd_qkv_kernel[(triton.cdiv(N, bn), triton.cdiv(max(DK, DV), BD), B * H)](
+        q, k, v, do, S, Z, dS, dZ, den, dden, dq, dk, dv,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(do), N, H, DK, DV, 1.0 / N,
+        BLOCK_N=bn, BLOCK_D=BD, PREC=_prec(q), **_warps("bwd_qkv"))
+    return dq, dk, dv
+
+
+def _unit_last(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+class LinearAttentionFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, eps):
+        q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
+        o, S, Z, den = _fwd(q, k, v, eps)
+        ctx.save_for_backward(q, k, v, o, S, Z, den)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, S, Z, den = ctx.saved_tensors
+        dq, dk, dv = _bwd(q, k, v, o, S, Z, den, _unit_last(do))
+        return dq, dk, dv, None
+
+
+def _check(q, k, v, eps):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"linear_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"linear_attention: {name} must be [batch, tokens, heads, head_dim], "
+                             f"got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"linear_attention: {name} must be floating point, got {t.dtype}")
+    if q.shape != k.shape:
+        raise ValueError(f"linear_attention: q and k must have the same shape, got {tuple(q.shape)} and "
+                         f"{tuple(k.shape)}")
+    if v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"linear_attention: v must be [batch, tokens, heads, Dv] with q's first three sizes "
+                         f"{tuple(q.shape[:3])}, got {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"linear_attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not eps > 0:
+        raise ValueError(f"linear_attention: eps must be positive, got {eps}")
+
+
+def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6,
+                     backend: str | None = None) -> torch.Tensor:
+    """Non-causal ReLU linear attention, one state per (image, head).
+
+    Args:
+        q: ``[B, N, H, Dk]`` queries (fp32, fp16 or bf16); any strides with unit stride on the last dim
+           (e.g. a slice of a packed qkv projection).
+        k: ``[B, N, H, Dk]`` keys.
+        v: ``[B, N, H, Dv]`` values.
+        eps: added to the normalizer ``φ(q)·Σφ(k)``.
+        backend: ``"triton"``, ``"reference"`` or None (choose per ``hfzoo.ops.dispatch``).
+
+    Returns:
+        ``[B, N, H, Dv]`` in ``q``'s dtype (contiguous on the Triton path). Differentiable in q, k, v.
+
+    Example::
+
+        >>> q, k, v = torch.randn(3, 2, 10, 4, 16).unbind(0)
+        >>> linear_attention(q, k, v).shape
+        torch.Size([2, 10, 4, 16])
+    """
+    _check(q, k, v, eps)
+    if resolve_backend(q, k, v, backend=backend, op="linear_attention") == "reference" or q.numel() == 0:
+        return linear_attention_reference(q, k, v, eps)
+    return LinearAttentionFunction.apply(q, k, v, eps)
+
+
+__all__ = ["linear_attention", "linear_attention_reference", "LinearAttentionFunction"]
