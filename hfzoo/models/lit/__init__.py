@@ -1,0 +1,37 @@
+"""LiT (linear diffusion transformer): DiT with ReLU linear attention + depthwise conv, few heads."""
+
+import torch
+
+from ...registry import Architecture
+from .configuration_lit import LIT_PRESETS, LIT_SIZES, LiTConfig
+from .modeling_lit import LiTModel
+
+
+def _tiny_config() -> LiTConfig:
+    return LiTConfig(sample_size=8, patch_size=2, in_channels=1, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, num_classes=10, conv_kernel_size=5)
+
+
+def _example_inputs(config: LiTConfig) -> dict:
+    g = torch.Generator().manual_seed(0)
+    B = 2
+    inputs = {"sample": torch.randn(B, config.in_channels, config.sample_size, config.sample_size, generator=g),
+              "timestep": torch.randint(0, 1000, (B,), generator=g)}
+    if config.num_classes > 0:
+        inputs["class_labels"] = torch.randint(0, config.num_classes + 1, (B,), generator=g)
+    return inputs
+
+
+ARCHITECTURE = Architecture(
+    name="lit",
+    title="LiT (Linear Diffusion Transformer)",
+    config_class=LiTConfig,
+    auto_models={"AutoModel": LiTModel},
+    summary="Class-conditional diffusion transformer (DiT design) with ReLU linear attention + 5x5 depthwise conv "
+            "on V, few heads, and a fused Triton linear-attention kernel.",
+    paper="https://arxiv.org/abs/2501.12976",
+    tiny_config=_tiny_config,
+    example_inputs=_example_inputs,
+)
+
+__all__ = ["ARCHITECTURE", "LIT_PRESETS", "LIT_SIZES", "LiTConfig", "LiTModel"]
