@@ -162,6 +162,7 @@ class LiTAttention(nn.Module):
         self.conv = nn.Conv2d(self.head_dim, self.head_dim, config.conv_kernel_size,
                               padding=config.conv_kernel_size // 2, groups=self.head_dim)
         self.proj = nn.Linear(D, D)
+        self.backend: str | None = None      # None: per hfzoo.ops.dispatch; benchmarks pin "reference"/"triton"
 
     def depthwise_conv_v(self, v: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """v [B, N, H, d] -> conv over the (h, w) grid per head -> [B, N, H, d]."""
@@ -174,7 +175,7 @@ class LiTAttention(nn.Module):
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         B, N, D = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).unbind(2)   # [B, N, H, d] views
-        o = linear_attention(q, k, v, eps=self.eps)
+        o = linear_attention(q, k, v, eps=self.eps, backend=self.backend)
         o = o + self.depthwise_conv_v(v, grid)
         return self.proj(o.reshape(B, N, D))
 
