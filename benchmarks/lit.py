@@ -136,7 +136,34 @@ def main(argv=None):
             bench_case(res, part, N, dtype, blocks, compile_spent)
             res.save(plot_metric=None)
     path = res.save(plot_metric="ms")
+    if "--sweep" in argv:
+        sweep(res, dtype)
+        path = res.save(plot_metric=None)     # the plot keeps the contenders only
     print(f"wrote {path}")
+
+
+def sweep(res: Results, dtype, N: int = 4096):
+    """hfzoo mixer fwd+bwd at one size under other tile settings (rows contender 'hfzoo_tune', for tuning)."""
+    from hfzoo.ops import linear_attention as la
+
+    block = make_block("hfzoo", dtype)
+    saved = {k: (dict(v) if isinstance(v, dict) else v) for k, v in la.TUNE.items()}
+    for block_d in (32, 64):
+        for block_n in (32, 64, 128):
+            for warps in (4, 8):
+                try:
+                    la.TUNE["BLOCK_D"] = block_d
+                    for k in ("state", "out", "bwd_state", "bwd_qkv"):
+                        la.TUNE[k] = {"BLOCK_N": block_n, "num_warps": warps}
+                    fwd, fwdbwd = runner(block, "mixer", N, dtype, False)
+                    case = f"mixer N{N} B{TOKENS_PER_BATCH // N} D1152 bf16"
+                    tag = dict(BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps)
+                    res.add(f"fwd {case}", "hfzoo_tune", "ms", bench_ms(fwd), **tag)
+                    res.add(f"fwdbwd {case}", "hfzoo_tune", "ms", bench_ms(fwdbwd), **tag)
+                except Exception:
+                    traceback.print_exc()
+    la.TUNE.clear()
+    la.TUNE.update(saved)
 
 
 def dry_run(res: Results):

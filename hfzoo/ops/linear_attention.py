@@ -245,7 +245,7 @@ def _la_bwd_qkv_kernel(Q, K, V, DO, S, Z, DS, DZ, DEN, DDEN, DQ, DK_, DV_,
 # ----------------------------------------------------------------------------------------------------
 # Launch settings and launchers.
 
-# Per-kernel settings; BLOCK_D=None picks 64, or 32 where 64 would pad D by more than 1/8 (D=288 -> 32).
+# Per-kernel settings; BLOCK_D=None picks 64, or 32 where 64 would pad D by more than 1/8 (D=288 -> 64, D=72 -> 32).
 TUNE = {
     "state": {"BLOCK_N": 64, "num_warps": 4},
     "out": {"BLOCK_N": 64, "num_warps": 4},
