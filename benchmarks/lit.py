@@ -29,7 +29,7 @@ TOKENS_PER_BATCH = 32768
 SIZES = (256, 1024, 4096, 16384)
 DEVICE = "cuda"
 SMALL = {}                  # config overrides of the dry run
-COMPILE_BUDGET_S = 100      # torch.compile contenders stop once this much wall time went into them
+COMPILE_BUDGET_S = 60       # torch.compile contenders stop once this much wall time went into them
 
 
 def rel_err(out, ref):
