@@ -33,6 +33,36 @@ def test_triton_matches_reference_fp32(B, N, H, DK, DV):
         assert rel_err(a, b) < 1e-5, name
 
 
+# LiT's depthwise convolution on v, fused: odd grids (3x5, 7x9, 1x6), kernel sizes 3 and 5, with/without bias
+@pytest.mark.parametrize("B,grid,H,D,K,bias", [(2, (3, 5), 3, 24, 5, True), (1, (7, 9), 2, 16, 3, False),
+                                               (2, (1, 6), 1, 8, 5, True)])
+def test_fused_depthwise_conv_matches_reference_fp32(B, grid, H, D, K, bias):
+    N = grid[0] * grid[1]
+    q, k, v, do = _inputs(B, N, H, D, D, seed=N + K)
+    g = torch.Generator().manual_seed(K)
+    w = torch.randn(D, 1, K, K, generator=g).requires_grad_()
+    b = torch.randn(D, generator=g).requires_grad_() if bias else None
+    inputs = [q, k, v, w] + ([b] if bias else [])
+    res = []
+    for backend in ("triton", "reference"):
+        o = linear_attention(q, k, v, conv_weight=w, conv_bias=b, grid=grid, backend=backend)
+        res.append([o, *torch.autograd.grad(o, inputs, do)])
+    for name, a, r in zip(("o", "dq", "dk", "dv", "dw", "db"), *res):
+        assert rel_err(a, r) < 1e-5, name
+
+
+def test_reference_conv_is_per_head_conv2d():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 1, 12, 2, 4).unbind(0)
+    conv = torch.nn.Conv2d(4, 4, 3, padding=1, groups=4)
+    out = linear_attention_reference(q, k, v, conv_weight=conv.weight, conv_bias=conv.bias, grid=(3, 4))
+    attn = linear_attention_reference(q, k, v)
+    for h in range(2):
+        img = v[:, :, h].transpose(1, 2).reshape(1, 4, 3, 4)          # head h's v as a 4-channel 3x4 image
+        expected = attn[:, :, h] + conv(img).reshape(1, 4, 12).transpose(1, 2)
+        assert rel_err(out[:, :, h], expected) < 1e-6
+
+
 def test_strided_slices_of_packed_qkv():
     # The model passes q, k, v as views into one [B, N, 3, H, D] projection output.
     g = torch.Generator().manual_seed(1)
@@ -87,6 +117,12 @@ def test_bad_inputs_are_named():
         linear_attention(x, x, x.double())
     with pytest.raises(ValueError, match="eps"):
         linear_attention(x, x, x, eps=0.0)
+    with pytest.raises(ValueError, match="grid"):
+        linear_attention(x, x, x, conv_weight=torch.randn(8, 1, 5, 5), grid=(2, 3))
+    with pytest.raises(ValueError, match="conv_weight"):
+        linear_attention(x, x, x, conv_weight=torch.randn(8, 1, 4, 4), grid=(1, 5))
+    with pytest.raises(ValueError, match="conv_bias"):
+        linear_attention(x, x, x, conv_weight=torch.randn(8, 1, 5, 5), conv_bias=torch.randn(7), grid=(1, 5))
 
 
 @pytest.mark.gpu
@@ -102,3 +138,22 @@ def test_gpu_matches_reference(dtype, B, N, H, DK, DV):
         assert a.dtype == dtype, name
         assert torch.isfinite(a).all(), name
         assert rel_err(a, b) < tol, (name, rel_err(a, b))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("B,grid,H,D", [(8, (64, 64), 4, 288), (128, (16, 16), 2, 192), (3, (17, 23), 6, 64)])
+def test_gpu_fused_conv_matches_reference(dtype, B, grid, H, D):
+    N = grid[0] * grid[1]
+    q, k, v, do = _inputs(B, N, H, D, D, dtype=dtype, device="cuda")
+    g = torch.Generator(device="cuda").manual_seed(1)
+    w = (0.2 * torch.randn(D, 1, 5, 5, generator=g, device="cuda")).to(dtype).requires_grad_()
+    b = torch.randn(D, generator=g, device="cuda").to(dtype).requires_grad_()
+    o = linear_attention(q, k, v, conv_weight=w, conv_bias=b, grid=grid, backend="triton")
+    ours = [o, *torch.autograd.grad(o, (q, k, v, w, b), do)]
+    ref_in = [t.detach().float().requires_grad_() for t in (q, k, v, w, b)]
+    o = linear_attention(*ref_in[:3], conv_weight=ref_in[3], conv_bias=ref_in[4], grid=grid, backend="reference")
+    ref = [o, *torch.autograd.grad(o, ref_in, do.float())]
+    for name, a, r in zip(("o", "dq", "dk", "dv", "dw", "db"), ours, ref):
+        assert a.dtype == dtype, name
+        assert rel_err(a, r) < 2e-2, (name, rel_err(a, r))

@@ -18,16 +18,22 @@ o, dO, writes dq, dk, dv: 16·N·D bytes, 10·N·D² FLOPs. The arithmetic inten
 kernels keep tiles in tensor-core dots and touch every activation once per pass. For 32k tokens of
 LiT-XL (C = 1152) the forward moves about 300 MB (≈ 0.07 ms at copy speed) and does 43 GFLOP (≈ 0.06 ms):
 small beside the block's qkv and output projections (≈ 0.45 ms), and far below SDPA's 4·N²·C per image
-at 4096 tokens and beyond. The 5×5 depthwise convolution on V that LiT adds is left to cuDNN: it moves
-about as many bytes as one of our passes, and fusing it would need a 25-tap halo per tile in the forward
-and a per-channel weight-gradient reduction in the backward.
+at 4096 tokens and beyond.
+
+The 5×5 depthwise convolution on V that LiT adds is fused in (``conv_weight=``): the output pass adds the
+K² taps of v around each token (re-read from cache, not from memory) and the bias; the backward adds the
+transposed taps of dO to dv and writes per-block partial sums of the kernel gradient (no atomics). Left to
+cuDNN instead (run 1 of benchmarks/lit.py on the H200), the LiT-XL mixer took 2.1 ms forward at every
+length against about 0.6 ms expected from its projections and this kernel: the layout changes around the
+convolution (tokens-major [B, N, H, d] to per-head channel images and back) and the depthwise convolution
+itself; the `dwconv` rows of that benchmark time the unfused convolution alone.
 
 Passes (all accumulate in fp32; the state is kept as S/N, z/N with ε/N, which gives the same output):
   forward : state  S, z    one program per (Dk tile, Dv tile, image·head, token split), atomics across splits
-            output o, den  one program per (token block, Dv tile, image·head)
+            output o, den  one program per (token block, Dv tile, image·head); + conv taps of v and bias
   backward: delta  dden_n = -Σ_v dO·o / den_n           (token block, image·head)
             state  dS = Σ φ(q)ᵀ (dO/den), dz = Σ φ(q) dden
-            grads  dq = ((dO/den) Sᵀ + dden zᵀ)·[q>0],  dk = (V dSᵀ + dz)·[k>0],  dv = φ(K) dS
+            grads  dq = ((dO/den) Sᵀ + dden zᵀ)·[q>0],  dk = (V dSᵀ + dz)·[k>0],  dv = φ(K) dS (+ convᵀ(dO))
 
 Layout: ``[B, N, H, D]`` (tokens before heads, as a qkv projection produces them), any strides with a
 unit stride on D; the output is a contiguous ``[B, N, H, Dv]`` so ``o.reshape(B, N, H*Dv)`` is free.
@@ -39,19 +45,31 @@ Ladder: reference (the definition) -> Triton kernels -> launch functions -> auto
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .dispatch import interpreter_enabled, resolve_backend
 from .triton_shim import tl, triton
 
 
-def linear_attention_reference(q, k, v, eps: float = 1e-6):
-    """Plain PyTorch definition on ``[B, N, H, D]`` tensors; computes in fp32, returns ``q.dtype``."""
+def linear_attention_reference(q, k, v, eps: float = 1e-6, conv_weight=None, conv_bias=None, grid=None):
+    """Plain PyTorch definition on ``[B, N, H, D]`` tensors; computes in fp32, returns ``q.dtype``.
+
+    With ``conv_weight`` ([Dv, 1, K, K]), adds the depthwise K×K convolution of each head's v over the
+    ``grid = (height, width)`` token grid (row-major tokens, zero padding), the same kernel for every head."""
     qf, kf, vf = torch.relu(q.float()), torch.relu(k.float()), v.float()
     state = torch.einsum("bnhk,bnhv->bhkv", kf, vf)
     z = kf.sum(1)                                                   # [B, H, Dk]
     num = torch.einsum("bnhk,bhkv->bnhv", qf, state)
     den = torch.einsum("bnhk,bhk->bnh", qf, z)
-    return (num / (den[..., None] + eps)).to(q.dtype)
+    out = num / (den[..., None] + eps)
+    if conv_weight is not None:
+        B, N, H, DV = v.shape
+        gh, gw = grid
+        img = vf.permute(0, 2, 3, 1).reshape(B * H, DV, gh, gw)
+        bias = None if conv_bias is None else conv_bias.float()
+        conv = F.conv2d(img, conv_weight.float(), bias, padding=conv_weight.shape[-1] // 2, groups=DV)
+        out = out + conv.reshape(B, H, DV, N).permute(0, 3, 1, 2)
+    return out.to(q.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -98,7 +116,28 @@ def _la_state_kernel(K, V, S, Z, s_kb, s_kn, s_kh, s_vb, s_vn, s_vh, N, H, DK, D
 
 
 @triton.jit
-def _la_out_kernel(Q, S, Z, O, DEN, s_qb, s_qn, s_qh, N, H, DK, DV, eps,
+def _conv_taps(x_base, s_xn, CW, rows, rmask, dv, dvmask, DV, GH, GW, SIGN: tl.constexpr, KS: tl.constexpr,
+               BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    # Σ_tap w[tap, d] · x[token shifted by SIGN·(dy, dx), d] on the row-major GH×GW token grid, zero outside it;
+    # CW is the fp32 kernel as [KS*KS, DV]. SIGN=+1: the convolution (forward); SIGN=-1: its transpose (the
+    # gradient with respect to its input).
+    r = rows // GW
+    c = rows % GW
+    acc = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    for tap in tl.static_range(KS * KS):
+        rr = r + SIGN * (tap // KS - KS // 2)
+        cc = c + SIGN * (tap % KS - KS // 2)
+        ok = rmask & (rr >= 0) & (rr < GH) & (cc >= 0) & (cc < GW)
+        x = tl.load(x_base + (rr * GW + cc)[:, None].to(tl.int64) * s_xn + dv[None, :],
+                    mask=ok[:, None] & dvmask[None, :], other=0.0)
+        w = tl.load(CW + tap * DV + dv, mask=dvmask, other=0.0)
+        acc += x.to(tl.float32) * w[None, :]
+    return acc
+
+
+@triton.jit
+def _la_out_kernel(Q, S, Z, O, DEN, OA, V, CW, CB, s_qb, s_qn, s_qh, s_vb, s_vn, s_vh, N, H, DK, DV, eps, GH, GW,
+                   HAS_CONV: tl.constexpr, HAS_BIAS: tl.constexpr, KS: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     iv = tl.program_id(1)
@@ -122,9 +161,17 @@ def _la_out_kernel(Q, S, Z, O, DEN, s_qb, s_qn, s_qh, N, H, DK, DV, eps,
         den += tl.sum(a.to(tl.float32) * z[None, :], axis=1)
     den = den + eps
     o = num / den[:, None]
-    # O is contiguous [B, N, H, DV]
+    # O (and OA) are contiguous [B, N, H, DV]
     o_offs = (b.to(tl.int64) * N + rows[:, None]) * H * DV + h * DV + dv[None, :]
-    tl.store(O + o_offs, o.to(O.dtype.element_ty), mask=rmask[:, None] & (dv[None, :] < DV))
+    omask = rmask[:, None] & (dv[None, :] < DV)
+    if HAS_CONV:
+        # the attention part alone is kept for the backward (its delta term); the output adds the convolution
+        tl.store(OA + o_offs, o.to(OA.dtype.element_ty), mask=omask)
+        v_base = V + b.to(tl.int64) * s_vb + h * s_vh
+        o += _conv_taps(v_base, s_vn, CW, rows, rmask, dv, dv < DV, DV, GH, GW, 1, KS, BLOCK_N, BLOCK_D)
+        if HAS_BIAS:
+            o += tl.load(CB + dv, mask=dv < DV, other=0.0)[None, :]
+    tl.store(O + o_offs, o.to(O.dtype.element_ty), mask=omask)
     if iv == 0:
         tl.store(DEN + bh.to(tl.int64) * N + rows, den, mask=rmask)
 
@@ -185,9 +232,10 @@ def _la_bwd_state_kernel(Q, DO, DEN, DDEN, DS, DZ, s_qb, s_qn, s_qh, s_gb, s_gn,
 
 
 @triton.jit
-def _la_bwd_qkv_kernel(Q, K, V, DO, S, Z, DS, DZ, DEN, DDEN, DQ, DK_, DV_,
+def _la_bwd_qkv_kernel(Q, K, V, DO, S, Z, DS, DZ, DEN, DDEN, DQ, DK_, DV_, CW, DWP,
                        s_qb, s_qn, s_qh, s_kb, s_kn, s_kh, s_vb, s_vn, s_vh, s_gb, s_gn, s_gh,
-                       N, H, DK, DV, inv_n, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
+                       N, H, DK, DV, inv_n, GH, GW, HAS_CONV: tl.constexpr, KS: tl.constexpr,
+                       BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
     # S, Z hold means over tokens (S/N, z/N) and DS, DZ are gradients with respect to those, so the gradients
     # of k and v, which enter the sums, carry a factor 1/N.
     # One program: a token block and one D tile j. It writes dq[:, j], dk[:, j] (Dk tile j) and dv[:, j]
@@ -238,6 +286,24 @@ def _la_bwd_qkv_kernel(Q, K, V, DO, S, Z, DS, DZ, DEN, DDEN, DQ, DK_, DV_,
                          mask=(di[:, None] < DK) & (dj[None, :] < DV), other=0.0)             # [Dk_i, Dv_j]
             dv += tl.dot(k, ds.to(k.dtype), input_precision=PREC)
         dv = dv * inv_n
+        if HAS_CONV:
+            # input gradient of the convolution: its transpose applied to dO; kernel gradient: per-program
+            # partial sums Σ_tokens v · dO(shifted), one row per tap, summed on the host (no atomics)
+            g_base = DO + b.to(tl.int64) * s_gb + h * s_gh
+            djmask = dj < DV
+            dv += _conv_taps(g_base, s_gn, CW, rows, rmask, dj, djmask, DV, GH, GW, -1, KS, BLOCK_N, BLOCK_D)
+            vt = tl.load(V + b.to(tl.int64) * s_vb + r64 * s_vn + h * s_vh + dj[None, :],
+                         mask=rmask[:, None] & djmask[None, :], other=0.0).to(tl.float32)
+            r = rows // GW
+            c = rows % GW
+            part = DWP + (bh.to(tl.int64) * tl.num_programs(0) + tl.program_id(0)) * (KS * KS) * DV
+            for tap in tl.static_range(KS * KS):
+                rr = r - (tap // KS - KS // 2)
+                cc = c - (tap % KS - KS // 2)
+                ok = rmask & (rr >= 0) & (rr < GH) & (cc >= 0) & (cc < GW)
+                g = tl.load(g_base + (rr * GW + cc)[:, None].to(tl.int64) * s_gn + dj[None, :],
+                            mask=ok[:, None] & djmask[None, :], other=0.0)
+                tl.store(part + tap * DV + dj, tl.sum(vt * g.to(tl.float32), axis=0), mask=djmask)
         out = (b.to(tl.int64) * N + rows[:, None]) * H * DV + h * DV + dj[None, :]
         tl.store(DV_ + out, dv.to(DV_.dtype.element_ty), mask=rmask[:, None] & (dj[None, :] < DV))
 
@@ -299,7 +365,13 @@ def _strides(x):
     return x.stride(0), x.stride(1), x.stride(2)
 
 
-def _fwd(q, k, v, eps):
+def _conv_table(conv_weight, DV):
+    """[DV, 1, K, K] depthwise kernel -> fp32 [K*K, DV] (one row per tap), as the kernels read it."""
+    K = conv_weight.shape[-1]
+    return conv_weight.detach().reshape(DV, K * K).t().float().contiguous(), K
+
+
+def _fwd(q, k, v, eps, conv_weight=None, conv_bias=None, grid=(1, 1)):
     B, N, H, DK = q.shape
     DV = v.shape[-1]
     BD = _block_d(DK, DV)
@@ -317,15 +389,21 @@ def _fwd(q, k, v, eps):
     S.mul_(1.0 / N)
     Z.mul_(1.0 / N)
     o = torch.empty(B, N, H, DV, device=dev, dtype=q.dtype)
+    has_conv = conv_weight is not None
+    o_attn = torch.empty_like(o) if has_conv else o
+    cw, K = _conv_table(conv_weight, DV) if has_conv else (S, 1)
+    cb = conv_bias.detach().float().contiguous() if conv_bias is not None else S
     den = torch.empty(B * H, N, device=dev, dtype=torch.float32)
     bn = _block_n("out")
     _la_out_kernel[(triton.cdiv(N, bn), triton.cdiv(DV, BD), B * H)](
-        q, S, Z, o, den, *_strides(q), N, H, DK, DV, eps / N,
+        q, S, Z, o, den, o_attn, v, cw, cb, *_strides(q), *_strides(v), N, H, DK, DV, eps / N, grid[0], grid[1],
+        HAS_CONV=has_conv, HAS_BIAS=conv_bias is not None, KS=K,
         BLOCK_N=bn, BLOCK_D=BD, PREC=_prec(q), **_warps("out"))
-    return o, S, Z, den
+    return o, o_attn, S, Z, den
 
 
-def _bwd(q, k, v, o, S, Z, den, do):
+def _bwd(q, k, v, o_attn, S, Z, den, do, conv_weight=None, grid=(1, 1)):
+    """Gradients of q, k, v and (with a convolution) of its [K*K, DV] kernel table."""
     B, N, H, DK = q.shape
     DV = v.shape[-1]
     BD = _block_d(DK, DV)
@@ -333,7 +411,7 @@ def _bwd(q, k, v, o, S, Z, den, do):
     bn = _block_n("bwd_state")
     dden = torch.empty_like(den)
     _la_bwd_delta_kernel[(triton.cdiv(N, bn), B * H)](
-        o, do, den, dden, *_strides(do), N, H, DV, BLOCK_N=bn, BLOCK_D=BD, **_warps("bwd_state"))
+        o_attn, do, den, dden, *_strides(do), N, H, DV, BLOCK_N=bn, BLOCK_D=BD, **_warps("bwd_state"))
     dS = torch.zeros_like(S)
     dZ = torch.zeros_like(Z)
     tiles = triton.cdiv(DK, BD) * triton.cdiv(DV, BD)
@@ -345,11 +423,19 @@ def _bwd(q, k, v, o, S, Z, den, do):
     dk = torch.empty(B, N, H, DK, device=dev, dtype=k.dtype)
     dv = torch.empty(B, N, H, DV, device=dev, dtype=v.dtype)
     bn = _block_n("bwd_qkv")
-    _la_bwd_qkv_kernel[(triton.cdiv(N, bn), triton.cdiv(max(DK, DV), BD), B * H)](
-        q, k, v, do, S, Z, dS, dZ, den, dden, dq, dk, dv,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(do), N, H, DK, DV, 1.0 / N,
-        BLOCK_N=bn, BLOCK_D=BD, PREC=_prec(q), **_warps("bwd_qkv"))
-    return dq, dk, dv
+    n_blocks = triton.cdiv(N, bn)
+    has_conv = conv_weight is not None
+    if has_conv:
+        cw, K = _conv_table(conv_weight, DV)
+        dw_partial = torch.empty(B * H * n_blocks, K * K, DV, device=dev, dtype=torch.float32)
+    else:
+        cw, K, dw_partial = S, 1, S
+    _la_bwd_qkv_kernel[(n_blocks, triton.cdiv(max(DK, DV), BD), B * H)](
+        q, k, v, do, S, Z, dS, dZ, den, dden, dq, dk, dv, cw, dw_partial,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(do), N, H, DK, DV, 1.0 / N, grid[0], grid[1],
+        HAS_CONV=has_conv, KS=K, BLOCK_N=bn, BLOCK_D=BD, PREC=_prec(q), **_warps("bwd_qkv"))
+    dw = dw_partial.sum(0) if has_conv else None
+    return dq, dk, dv, dw
 
 
 def _unit_last(x: torch.Tensor) -> torch.Tensor:
@@ -358,20 +444,29 @@ def _unit_last(x: torch.Tensor) -> torch.Tensor:
 
 class LinearAttentionFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, eps):
+    def forward(ctx, q, k, v, eps, conv_weight=None, conv_bias=None, grid=None):
         q, k, v = _unit_last(q), _unit_last(k), _unit_last(v)
-        o, S, Z, den = _fwd(q, k, v, eps)
-        ctx.save_for_backward(q, k, v, o, S, Z, den)
+        grid = tuple(grid) if grid is not None else (1, q.shape[1])
+        o, o_attn, S, Z, den = _fwd(q, k, v, eps, conv_weight, conv_bias, grid)
+        ctx.save_for_backward(q, k, v, o_attn, S, Z, den, conv_weight)
+        ctx.grid = grid
+        ctx.has_bias = conv_bias is not None
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o, S, Z, den = ctx.saved_tensors
-        dq, dk, dv = _bwd(q, k, v, o, S, Z, den, _unit_last(do))
-        return dq, dk, dv, None
+        q, k, v, o_attn, S, Z, den, conv_weight = ctx.saved_tensors
+        do = _unit_last(do)
+        dq, dk, dv, dw = _bwd(q, k, v, o_attn, S, Z, den, do, conv_weight, ctx.grid)
+        dcw = dcb = None
+        if conv_weight is not None:
+            dcw = dw.t().reshape(conv_weight.shape).to(conv_weight.dtype)
+            if ctx.has_bias:
+                dcb = do.float().sum(dim=(0, 1, 2)).to(conv_weight.dtype)
+        return dq, dk, dv, None, dcw, dcb, None
 
 
-def _check(q, k, v, eps):
+def _check(q, k, v, eps, conv_weight=None, conv_bias=None, grid=None):
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"linear_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -390,11 +485,27 @@ def _check(q, k, v, eps):
         raise TypeError(f"linear_attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not eps > 0:
         raise ValueError(f"linear_attention: eps must be positive, got {eps}")
+    if conv_weight is None:
+        if conv_bias is not None:
+            raise ValueError("linear_attention: conv_bias given without conv_weight")
+        return
+    DV = v.shape[-1]
+    if (conv_weight.dim() != 4 or conv_weight.shape[:2] != (DV, 1) or conv_weight.shape[2] != conv_weight.shape[3]
+            or conv_weight.shape[-1] % 2 == 0):
+        raise ValueError(f"linear_attention: conv_weight must be a depthwise kernel [{DV}, 1, K, K] with odd K, "
+                         f"got {tuple(conv_weight.shape)}")
+    if conv_bias is not None and tuple(conv_bias.shape) != (DV,):
+        raise ValueError(f"linear_attention: conv_bias must have shape ({DV},), got {tuple(conv_bias.shape)}")
+    if grid is None or len(grid) != 2 or grid[0] * grid[1] != q.shape[1]:
+        raise ValueError(f"linear_attention: grid must be (height, width) with height * width = {q.shape[1]} tokens, "
+                         f"got {grid}")
 
 
 def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: float = 1e-6,
-                     backend: str | None = None) -> torch.Tensor:
-    """Non-causal ReLU linear attention, one state per (image, head).
+                     conv_weight: torch.Tensor | None = None, conv_bias: torch.Tensor | None = None,
+                     grid: tuple[int, int] | None = None, backend: str | None = None) -> torch.Tensor:
+    """Non-causal ReLU linear attention, one state per (image, head); optionally plus LiT's depthwise
+    convolution of v over the 2D token grid, fused into the same kernels.
 
     Args:
         q: ``[B, N, H, Dk]`` queries (fp32, fp16 or bf16); any strides with unit stride on the last dim
@@ -402,21 +513,31 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: flo
         k: ``[B, N, H, Dk]`` keys.
         v: ``[B, N, H, Dv]`` values.
         eps: added to the normalizer ``φ(q)·Σφ(k)``.
+        conv_weight: optional ``[Dv, 1, K, K]`` depthwise kernel (odd K; an ``nn.Conv2d(Dv, Dv, K, groups=Dv)``
+           weight), applied to every head's v (the same kernel for all heads), zero padded.
+        conv_bias: optional ``[Dv]`` bias of that convolution.
+        grid: ``(height, width)`` of the token grid, ``height * width = N``, tokens in row-major order
+           (required with ``conv_weight``).
         backend: ``"triton"``, ``"reference"`` or None (choose per ``hfzoo.ops.dispatch``).
 
     Returns:
-        ``[B, N, H, Dv]`` in ``q``'s dtype (contiguous on the Triton path). Differentiable in q, k, v.
+        ``[B, N, H, Dv]`` in ``q``'s dtype (contiguous on the Triton path). Differentiable in q, k, v and the
+        convolution's weight and bias.
 
     Example::
 
-        >>> q, k, v = torch.randn(3, 2, 10, 4, 16).unbind(0)
+        >>> q, k, v = torch.randn(3, 2, 12, 4, 16).unbind(0)
         >>> linear_attention(q, k, v).shape
-        torch.Size([2, 10, 4, 16])
+        torch.Size([2, 12, 4, 16])
+        >>> conv = torch.nn.Conv2d(16, 16, 5, padding=2, groups=16)
+        >>> linear_attention(q, k, v, conv_weight=conv.weight, conv_bias=conv.bias, grid=(3, 4)).shape
+        torch.Size([2, 12, 4, 16])
     """
-    _check(q, k, v, eps)
-    if resolve_backend(q, k, v, backend=backend, op="linear_attention") == "reference" or q.numel() == 0:
-        return linear_attention_reference(q, k, v, eps)
-    return LinearAttentionFunction.apply(q, k, v, eps)
+    _check(q, k, v, eps, conv_weight, conv_bias, grid)
+    tensors = [t for t in (q, k, v, conv_weight, conv_bias) if t is not None]
+    if resolve_backend(*tensors, backend=backend, op="linear_attention") == "reference" or q.numel() == 0:
+        return linear_attention_reference(q, k, v, eps, conv_weight, conv_bias, grid)
+    return LinearAttentionFunction.apply(q, k, v, eps, conv_weight, conv_bias, grid)
 
 
 __all__ = ["linear_attention", "linear_attention_reference", "LinearAttentionFunction"]

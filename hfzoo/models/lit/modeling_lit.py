@@ -164,19 +164,12 @@ class LiTAttention(nn.Module):
         self.proj = nn.Linear(D, D)
         self.backend: str | None = None      # None: per hfzoo.ops.dispatch; benchmarks pin "reference"/"triton"
 
-    def depthwise_conv_v(self, v: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """v [B, N, H, d] -> conv over the (h, w) grid per head -> [B, N, H, d]."""
-        B, N, H, d = v.shape
-        h, w = grid
-        img = v.permute(0, 2, 3, 1).reshape(B * H, d, h, w)
-        out = self.conv(img.contiguous(memory_format=torch.channels_last))
-        return out.reshape(B, H, d, N).permute(0, 3, 1, 2)
-
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         B, N, D = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).unbind(2)   # [B, N, H, d] views
-        o = linear_attention(q, k, v, eps=self.eps, backend=self.backend)
-        o = o + self.depthwise_conv_v(v, grid)
+        # attention + depthwise conv of v, fused in one op (its reference path runs nn.functional.conv2d)
+        o = linear_attention(q, k, v, eps=self.eps, conv_weight=self.conv.weight, conv_bias=self.conv.bias,
+                             grid=grid, backend=self.backend)
         return self.proj(o.reshape(B, N, D))
 
 
