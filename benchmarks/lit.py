@@ -8,7 +8,8 @@ per image (256 / 512 / 1024 / 2048 px through a /8 VAE and patch 2). Cases:
   mixer N<N> ...: qkv -> attention -> output projection (LiT: + the 5x5 depthwise conv on V)
   block N<N> ...: a whole adaLN-Zero block (mixer + MLP + modulation)
 each timed forward (with autograd on, as in training) and forward+backward, plus peak memory of fwd+bwd.
-Contenders: hfzoo (LiT, 4 heads, the fused Triton kernel), dit (DiT-XL, 16 heads, SDPA), torch_reference (LiT
+Contenders: hfzoo (LiT, 4 heads, the Triton kernel; the depthwise conv by cuDNN, as the model trains),
+hfzoo_fused_conv (the conv inside the kernel, as the model samples), dit (DiT-XL, 16 heads, SDPA), torch_reference (LiT
 with the PyTorch reference of the linear attention: what CPU users run, fp32 math), torch_compile
 (`torch.compile` of that same reference module). The coldstart rows time the first fwd+bwd call of the
 hfzoo mixer at each new N (Triton compiles then). rel_err of hfzoo against the reference is kept per case.
@@ -51,6 +52,8 @@ def make_block(kind: str, dtype) -> LiTBlock:
         block.attn.backend = "reference"
     elif kind == "hfzoo":
         block.attn.backend = "triton"
+    elif kind == "hfzoo_fused_conv":             # the depthwise conv inside the kernel (the model's no-grad path)
+        block.attn.backend, block.attn.fused_conv = "triton", True
     return block
 
 
@@ -104,8 +107,8 @@ def bench_case(res: Results, part: str, N: int, dtype, blocks: dict, compile_spe
                 fwdbwd()
                 compile_spent[0] += time.perf_counter() - t0
             extra = {}
-            if name == "hfzoo" and "torch_reference" in outs:
-                extra["rel_err_vs_reference"] = rel_err(outs["hfzoo"], outs["torch_reference"])
+            if name.startswith("hfzoo") and "torch_reference" in outs:
+                extra["rel_err_vs_reference"] = rel_err(outs[name], outs["torch_reference"])
             res.add(f"fwd {case}", name, "ms", bench_ms(fwd), **extra)
             res.add(f"fwdbwd {case}", name, "ms", bench_ms(fwdbwd), **extra)
             res.add(f"fwdbwd {case}", name, "GB", peak_gb(fwdbwd))
@@ -152,9 +155,10 @@ def main(argv=None):
     if "--dry" in argv:
         return dry_run(res)
     # reference first so hfzoo's rows can carry the error against it
-    blocks = {name: make_block(name, dtype) for name in ("torch_reference", "hfzoo", "dit", "torch_compile")}
-    blocks["torch_compile"].load_state_dict(blocks["torch_reference"].state_dict())
-    blocks["hfzoo"].load_state_dict(blocks["torch_reference"].state_dict())
+    names = ("torch_reference", "hfzoo", "hfzoo_fused_conv", "dit", "torch_compile")
+    blocks = {name: make_block(name, dtype) for name in names}
+    for name in ("torch_compile", "hfzoo", "hfzoo_fused_conv"):
+        blocks[name].load_state_dict(blocks["torch_reference"].state_dict())
     compile_spent = [0.0] if "--no-compile" not in argv else [float("inf")]
     sizes = SIZES[:2] if quick else SIZES
     # longest first, mixer and block together: the compile budget goes to the sizes the targets name
@@ -206,10 +210,11 @@ def dry_run(res: Results):
         return (time.perf_counter() - t0) * 1e3
     bench_ms, first_call_s, peak_gb = once, once, lambda fn: (fn(), 0.0)[1]
     dtype = torch.float32
-    names = ("torch_reference", "hfzoo", "dit") if "--no-compile" in sys.argv else \
-        ("torch_reference", "hfzoo", "dit", "torch_compile")
+    names = ("torch_reference", "hfzoo", "hfzoo_fused_conv", "dit")
+    names += () if "--no-compile" in sys.argv else ("torch_compile",)
     blocks = {name: make_block(name, dtype) for name in names}
-    blocks["hfzoo"].load_state_dict(blocks["torch_reference"].state_dict())
+    for name in ("hfzoo", "hfzoo_fused_conv"):
+        blocks[name].load_state_dict(blocks["torch_reference"].state_dict())
     for part in ("mixer", "block"):
         bench_case(res, part, 16, dtype, blocks, [0.0])
     bench_unfused_conv(res, 16, dtype, blocks["hfzoo"])

@@ -71,6 +71,28 @@ def test_kernel_path_matches_reference_with_gradients(attention_type):
         assert rel_err(a, b) < 1e-4
 
 
+def test_fused_and_separate_convolution_agree():
+    cfg = _tiny(sample_size=10)
+    model = _randomize(LiTModel(cfg)).eval()
+    inputs = ARCHITECTURE.example_inputs(cfg)
+    attn = model.blocks[0].attn
+    assert attn.fuse_conv(torch.zeros(1, requires_grad=True)) is False      # training: separate conv
+    with torch.no_grad():
+        assert attn.fuse_conv(torch.zeros(1)) is True                      # sampling: fused
+    outs = []
+    for fused in (True, False):
+        for blk in model.blocks:
+            blk.attn.fused_conv = fused
+        model.zero_grad()
+        with use_backend("triton"):
+            out = model(**inputs).sample
+        out.square().mean().backward()
+        outs.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert rel_err(outs[0][0], outs[1][0]) < 1e-5
+    for a, b in zip(outs[0][1], outs[1][1]):
+        assert rel_err(a, b) < 1e-4
+
+
 def test_guidance_and_null_class():
     cfg = _tiny()
     model = _randomize(LiTModel(cfg)).eval()

@@ -20,13 +20,14 @@ LiT-XL (C = 1152) the forward moves about 300 MB (≈ 0.07 ms at copy speed) and
 small beside the block's qkv and output projections (≈ 0.45 ms), and far below SDPA's 4·N²·C per image
 at 4096 tokens and beyond.
 
-The 5×5 depthwise convolution on V that LiT adds is fused in (``conv_weight=``): the output pass adds the
-K² taps of v around each token (re-read from cache, not from memory) and the bias; the backward adds the
-transposed taps of dO to dv and writes per-block partial sums of the kernel gradient (no atomics). Left to
-cuDNN instead (run 1 of benchmarks/lit.py on the H200), the LiT-XL mixer took 2.1 ms forward at every
-length against about 0.6 ms expected from its projections and this kernel: the layout changes around the
-convolution (tokens-major [B, N, H, d] to per-head channel images and back) and the depthwise convolution
-itself; the `dwconv` rows of that benchmark time the unfused convolution alone.
+The 5×5 depthwise convolution on V that LiT adds can be fused in (``conv_weight=``): the output pass adds
+the K² taps of v around each token (re-read from cache, not from memory) and the bias; the backward adds
+the transposed taps of dO to dv and writes per-block partial sums of the kernel gradient (no atomics).
+Measured on the H200 (benchmarks/results/lit.json, LiT-XL mixer, 32k tokens, bf16): cuDNN's depthwise
+convolution alone, with the layout changes around it, takes 0.71-0.73 ms forward and 1.75-1.82 ms
+forward+backward; fused, the mixer's forward drops from 2.09 to 1.75 ms at 4096 tokens, but its
+forward+backward rises from 5.95 to 7.4 ms: the fused backward (25 shifted dO tiles and 25 partial rows
+per program) is slower than cuDNN's. LiT's model therefore fuses only when no gradient is needed.
 
 Passes (all accumulate in fp32; the state is kept as S/N, z/N with ε/N, which gives the same output):
   forward : state  S, z    one program per (Dk tile, Dv tile, image·head, token split), atomics across splits
@@ -287,11 +288,11 @@ def _la_bwd_qkv_kernel(Q, K, V, DO, S, Z, DS, DZ, DEN, DDEN, DQ, DK_, DV_, CW, D
             dv += tl.dot(k, ds.to(k.dtype), input_precision=PREC)
         dv = dv * inv_n
         if HAS_CONV:
-            # input gradient of the convolution: its transpose applied to dO; kernel gradient: per-program
-            # partial sums Σ_tokens v · dO(shifted), one row per tap, summed on the host (no atomics)
+            # The convolution's input gradient (its transpose applied to dO: taps shifted by -(dy, dx)) and
+            # its kernel gradient Σ_tokens v · dO(shifted), as per-program partial rows summed on the host
+            # (no atomics); both from the same shifted dO tile.
             g_base = DO + b.to(tl.int64) * s_gb + h * s_gh
             djmask = dj < DV
-            dv += _conv_taps(g_base, s_gn, CW, rows, rmask, dj, djmask, DV, GH, GW, -1, KS, BLOCK_N, BLOCK_D)
             vt = tl.load(V + b.to(tl.int64) * s_vb + r64 * s_vn + h * s_vh + dj[None, :],
                          mask=rmask[:, None] & djmask[None, :], other=0.0).to(tl.float32)
             r = rows // GW
@@ -302,8 +303,10 @@ def _la_bwd_qkv_kernel(Q, K, V, DO, S, Z, DS, DZ, DEN, DDEN, DQ, DK_, DV_, CW, D
                 cc = c - (tap % KS - KS // 2)
                 ok = rmask & (rr >= 0) & (rr < GH) & (cc >= 0) & (cc < GW)
                 g = tl.load(g_base + (rr * GW + cc)[:, None].to(tl.int64) * s_gn + dj[None, :],
-                            mask=ok[:, None] & djmask[None, :], other=0.0)
-                tl.store(part + tap * DV + dj, tl.sum(vt * g.to(tl.float32), axis=0), mask=djmask)
+                            mask=ok[:, None] & djmask[None, :], other=0.0).to(tl.float32)
+                w = tl.load(CW + tap * DV + dj, mask=djmask, other=0.0)
+                dv += g * w[None, :]
+                tl.store(part + tap * DV + dj, tl.sum(vt * g, axis=0), mask=djmask)
         out = (b.to(tl.int64) * N + rows[:, None]) * H * DV + h * DV + dj[None, :]
         tl.store(DV_ + out, dv.to(DV_.dtype.element_ty), mask=rmask[:, None] & (dj[None, :] < DV))
 
