@@ -26,8 +26,9 @@ NaN semantics (the same on the reference and the Triton path; tested)
 ---------------------------------------------------------------------
 * Sequences never contaminate each other: a NaN or inf in one sequence of a packed (``cu_seqlens``) batch or
   in one batch row leaves every other sequence's outputs and gradients unchanged (GLA, varlen attention).
-* Inside a sequence NaN propagates as the math says (attention: to every query of that sequence; GLA: from
-  its position onwards; row-wise ops: to that row).
+* Inside a sequence NaN propagates as the math says (attention: to every query of that sequence; GLA: to
+  every later output through the state, and in the chunked forms also to the earlier tokens of its chunk;
+  row-wise ops: to that row).
 * ``nearest_code``: a score that is NaN counts as +inf, so a code containing NaN is never chosen; a vector
   containing NaN gets index 0 and distance NaN.
 """
