@@ -177,26 +177,22 @@ def main(argv=None):
 
 def sweep(res: Results, dtype, N: int = 4096):
     """hfzoo mixer fwd+bwd at one size under other tile settings (rows contender 'hfzoo_tune', for tuning)."""
-    from hfzoo.ops import linear_attention as la
+    from hfzoo.ops import launch
 
     block = make_block("hfzoo", dtype)
-    saved = {k: (dict(v) if isinstance(v, dict) else v) for k, v in la.TUNE.items()}
+    kernels = ("state", "out", "bwd_delta", "bwd_state", "bwd_qkv")
     for block_d in (32, 64):
         for block_n in (32, 64, 128):
             for warps in (4, 8):
+                tag = dict(BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps)
                 try:
-                    la.TUNE["BLOCK_D"] = block_d
-                    for k in ("state", "out", "bwd_state", "bwd_qkv"):
-                        la.TUNE[k] = {"BLOCK_N": block_n, "num_warps": warps}
-                    fwd, fwdbwd = runner(block, "mixer", N, dtype, False)
-                    case = f"mixer N{N} B{TOKENS_PER_BATCH // N} D1152 bf16"
-                    tag = dict(BLOCK_D=block_d, BLOCK_N=block_n, num_warps=warps)
-                    res.add(f"fwd {case}", "hfzoo_tune", "ms", bench_ms(fwd), **tag)
-                    res.add(f"fwdbwd {case}", "hfzoo_tune", "ms", bench_ms(fwdbwd), **tag)
+                    with launch.tuning({f"linear_attention.{k}": tag for k in kernels}):
+                        fwd, fwdbwd = runner(block, "mixer", N, dtype, False)
+                        case = f"mixer N{N} B{TOKENS_PER_BATCH // N} D1152 bf16"
+                        res.add(f"fwd {case}", "hfzoo_tune", "ms", bench_ms(fwd), **tag)
+                        res.add(f"fwdbwd {case}", "hfzoo_tune", "ms", bench_ms(fwdbwd), **tag)
                 except Exception:
                     traceback.print_exc()
-    la.TUNE.clear()
-    la.TUNE.update(saved)
 
 
 def dry_run(res: Results):

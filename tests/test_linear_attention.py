@@ -111,8 +111,15 @@ def test_bad_inputs_are_named():
         linear_attention(x, x, torch.randn(2, 6, 2, 8))
     with pytest.raises(ValueError, match="q and k"):
         linear_attention(x, torch.randn(2, 5, 2, 4), x)
-    with pytest.raises(ValueError, match="q must be"):
+    with pytest.raises(ValueError, match="q must have 4 dimensions"):
         linear_attention(x[0], x, x)
+    with pytest.raises(TypeError, match="k must be"):
+        linear_attention(x, x.long(), x)
+    # float64: the reference runs it; forcing the kernels is an error, not a silent downcast
+    x64 = x.double()
+    assert linear_attention(x64, x64, x64).dtype == torch.float64
+    with pytest.raises(TypeError, match="float64"):
+        linear_attention(x64, x64, x64, backend="triton")
     with pytest.raises(TypeError, match="dtype"):
         linear_attention(x, x, x.double())
     with pytest.raises(ValueError, match="eps"):

@@ -10,6 +10,7 @@ import hfzoo  # noqa: F401  (registers the Auto classes)
 from hfzoo.models.lit import ARCHITECTURE, LIT_PRESETS, LiTConfig, LiTModel
 from hfzoo.models.lit.modeling_lit import LiTAttention, sincos_2d
 from hfzoo.ops import use_backend
+from hfzoo.ops.launch import count_launches
 
 
 def _randomize(model, std=0.1, seed=0):
@@ -62,9 +63,12 @@ def test_kernel_path_matches_reference_with_gradients(attention_type):
     results = []
     for backend in ("triton", "reference"):
         model.zero_grad()
-        with use_backend(backend):
+        with use_backend(backend), count_launches() as launches:
             out = model(**inputs).sample
-        out.square().mean().backward()
+            out.square().mean().backward()
+        # the kernel path really ran the kernels (forward and backward, once per block), the reference none
+        expected = cfg.num_hidden_layers if backend == "triton" and attention_type == "linear" else 0
+        assert launches["linear_attention.out"] == launches["linear_attention.bwd_qkv"] == expected
         results.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
     assert rel_err(results[0][0], results[1][0]) < 1e-5
     for a, b in zip(results[0][1], results[1][1]):

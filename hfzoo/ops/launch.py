@@ -140,6 +140,14 @@ DEFAULTS: dict[str, dict] = {
         {"BLOCK_M": 128, "BLOCK_N": 32, "num_warps": 4, "num_stages": 3},
         {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}],
         "interpreted": {"configs": [{"BLOCK_M": 16, "BLOCK_N": 16}]}},
+    # linear_attention.py (LiT's mixer), measured by `benchmarks/lit.py --sweep` on an H200 (LiT-XL, 4 heads of
+    # 288, 4096 tokens; benchmarks/results/lit.json rows "hfzoo_tune"): tokens per block BLOCK_N; BLOCK_D tiles
+    # both head dims (None: 64, or 32 where 64 pads the head dim by more than 1/8).
+    "linear_attention.state": {"BLOCK_N": 64, "BLOCK_D": None, "num_warps": 4, "interpreted": {"BLOCK_N": 16, "BLOCK_D": 16}},
+    "linear_attention.out": {"BLOCK_N": 64, "BLOCK_D": None, "num_warps": 4, "interpreted": {"BLOCK_N": 16, "BLOCK_D": 16}},
+    "linear_attention.bwd_delta": {"BLOCK_N": 64, "BLOCK_D": None, "num_warps": 4, "interpreted": {"BLOCK_N": 16, "BLOCK_D": 16}},
+    "linear_attention.bwd_state": {"BLOCK_N": 64, "BLOCK_D": None, "num_warps": 4, "interpreted": {"BLOCK_N": 16, "BLOCK_D": 16}},
+    "linear_attention.bwd_qkv": {"BLOCK_N": 64, "BLOCK_D": None, "num_warps": 4, "interpreted": {"BLOCK_N": 16, "BLOCK_D": 16}},
     # gla_recurrent.py: the register-resident state slice [BK, BV] holds at most max_state fp32 values.
     "gla.fused_recurrent": {"max_state": 8192, "max_bv": 64},
     # gla_chunk.py (its tile sizes and warps are computed from K and V and passed as shape_defaults; these are

@@ -40,7 +40,8 @@ Layout: ``[B, N, H, D]`` (tokens before heads, as a qkv projection produces them
 unit stride on D; the output is a contiguous ``[B, N, H, Dv]`` so ``o.reshape(B, N, H*Dv)`` is free.
 
 Ladder: reference (the definition) -> Triton kernels -> launch functions -> autograd Function ->
-``linear_attention`` (public op, dispatching per call; see ``dispatch.py``).
+``linear_attention`` (public op: arguments through ``validate.py``, backend per ``dispatch.py``, launch
+settings ``linear_attention.*`` in ``launch.py``).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .dispatch import interpreter_enabled, resolve_backend
+from . import launch, validate
 from .triton_shim import tl, triton
 
 
@@ -312,49 +313,23 @@ def _la_bwd_qkv_kernel(Q, K, V, DO, S, Z, DS, DZ, DEN, DDEN, DQ, DK_, DV_, CW, D
 
 
 # ----------------------------------------------------------------------------------------------------
-# Launch settings and launchers.
-
-# Per-kernel settings; BLOCK_D=None picks 64, or 32 where 64 would pad D by more than 1/8 (D=288 -> 64, D=72 -> 32).
-TUNE = {
-    "state": {"BLOCK_N": 64, "num_warps": 4},
-    "out": {"BLOCK_N": 64, "num_warps": 4},
-    "bwd_state": {"BLOCK_N": 64, "num_warps": 4},
-    "bwd_qkv": {"BLOCK_N": 64, "num_warps": 4},
-    "BLOCK_D": None,
-}
-_INTERPRETER_BLOCK = 16   # small tiles under the interpreter, so CPU tests cover several tiles cheaply
+# Launchers. Settings per kernel come from launch.DEFAULTS["linear_attention.<kernel>"] (BLOCK_N, BLOCK_D,
+# num_warps; small tiles under the interpreter so CPU tests cover several tiles cheaply).
 
 
-def _block_d(dk: int, dv: int) -> int:
-    if interpreter_enabled():
-        return _INTERPRETER_BLOCK
-    if TUNE["BLOCK_D"]:
-        return TUNE["BLOCK_D"]
-    d = max(dk, dv)
-    if d <= 16:
-        return 16
-    if d <= 32:
-        return 32
-    return 64 if triton.cdiv(d, 64) * 64 * 8 <= d * 9 else 32
-
-
-def _block_n(kernel: str) -> int:
-    return _INTERPRETER_BLOCK if interpreter_enabled() else TUNE[kernel]["BLOCK_N"]
-
-
-def _warps(kernel: str) -> dict:
-    return {} if interpreter_enabled() else {"num_warps": TUNE[kernel]["num_warps"]}
-
-
-def _sm_count(device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 2
+def _conf(kernel: str, dk: int, dv: int) -> tuple[str, dict, int, int]:
+    name = f"linear_attention.{kernel}"
+    conf = launch.settings(name)
+    block_d = conf.get("BLOCK_D")
+    if not block_d:
+        d = max(dk, dv)
+        block_d = 16 if d <= 16 else 32 if d <= 32 else (64 if triton.cdiv(d, 64) * 64 * 8 <= d * 9 else 32)
+    return name, launch.compile_options(conf), conf["BLOCK_N"], block_d
 
 
 def _token_splits(N: int, programs: int, block_n: int, device) -> tuple[int, int]:
     """Split each image's tokens so that a state pass launches about 2 programs per SM."""
-    target = 2 * _sm_count(device)
+    target = 2 * launch.sm_count(device)
     n_split = max(1, min(triton.cdiv(N, block_n), triton.cdiv(target, max(programs, 1))))
     per_split = triton.cdiv(triton.cdiv(N, n_split), block_n) * block_n
     return triton.cdiv(N, per_split), per_split
@@ -377,16 +352,15 @@ def _conv_table(conv_weight, DV):
 def _fwd(q, k, v, eps, conv_weight=None, conv_bias=None, grid=(1, 1)):
     B, N, H, DK = q.shape
     DV = v.shape[-1]
-    BD = _block_d(DK, DV)
     dev = q.device
     S = torch.zeros(B * H, DK, DV, device=dev, dtype=torch.float32)
     Z = torch.zeros(B * H, DK, device=dev, dtype=torch.float32)
-    tiles = triton.cdiv(DK, BD) * triton.cdiv(DV, BD)
-    bn = _block_n("state")
+    name, opts, bn, bd = _conf("state", DK, DV)
+    tiles = triton.cdiv(DK, bd) * triton.cdiv(DV, bd)
     n_split, per_split = _token_splits(N, B * H * tiles, bn, dev)
-    _la_state_kernel[(tiles, B * H, n_split)](
-        k, v, S, Z, *_strides(k), *_strides(v), N, H, DK, DV, per_split,
-        BLOCK_N=bn, BLOCK_D=BD, PREC=_prec(q), **_warps("state"))
+    launch.launch(name, _la_state_kernel, (tiles, B * H, n_split),
+                  k, v, S, Z, *_strides(k), *_strides(v), N, H, DK, DV, per_split,
+                  BLOCK_N=bn, BLOCK_D=bd, PREC=_prec(q), **opts)
     # Keep the state as a mean over tokens (S/N, z/N, ε/N: the same output) so its fp16/bf16 copies inside
     # the dots neither overflow at long sequences nor make dO/den underflow in the backward.
     S.mul_(1.0 / N)
@@ -397,11 +371,11 @@ def _fwd(q, k, v, eps, conv_weight=None, conv_bias=None, grid=(1, 1)):
     cw, K = _conv_table(conv_weight, DV) if has_conv else (S, 1)
     cb = conv_bias.detach().float().contiguous() if conv_bias is not None else S
     den = torch.empty(B * H, N, device=dev, dtype=torch.float32)
-    bn = _block_n("out")
-    _la_out_kernel[(triton.cdiv(N, bn), triton.cdiv(DV, BD), B * H)](
-        q, S, Z, o, den, o_attn, v, cw, cb, *_strides(q), *_strides(v), N, H, DK, DV, eps / N, grid[0], grid[1],
-        HAS_CONV=has_conv, HAS_BIAS=conv_bias is not None, KS=K,
-        BLOCK_N=bn, BLOCK_D=BD, PREC=_prec(q), **_warps("out"))
+    name, opts, bn, bd = _conf("out", DK, DV)
+    launch.launch(name, _la_out_kernel, (triton.cdiv(N, bn), triton.cdiv(DV, bd), B * H),
+                  q, S, Z, o, den, o_attn, v, cw, cb, *_strides(q), *_strides(v), N, H, DK, DV, eps / N,
+                  grid[0], grid[1], HAS_CONV=has_conv, HAS_BIAS=conv_bias is not None, KS=K,
+                  BLOCK_N=bn, BLOCK_D=bd, PREC=_prec(q), **opts)
     return o, o_attn, S, Z, den
 
 
@@ -409,23 +383,23 @@ def _bwd(q, k, v, o_attn, S, Z, den, do, conv_weight=None, grid=(1, 1)):
     """Gradients of q, k, v and (with a convolution) of its [K*K, DV] kernel table."""
     B, N, H, DK = q.shape
     DV = v.shape[-1]
-    BD = _block_d(DK, DV)
     dev = q.device
-    bn = _block_n("bwd_state")
     dden = torch.empty_like(den)
-    _la_bwd_delta_kernel[(triton.cdiv(N, bn), B * H)](
-        o_attn, do, den, dden, *_strides(do), N, H, DV, BLOCK_N=bn, BLOCK_D=BD, **_warps("bwd_state"))
+    name, opts, bn, bd = _conf("bwd_delta", DK, DV)
+    launch.launch(name, _la_bwd_delta_kernel, (triton.cdiv(N, bn), B * H),
+                  o_attn, do, den, dden, *_strides(do), N, H, DV, BLOCK_N=bn, BLOCK_D=bd, **opts)
     dS = torch.zeros_like(S)
     dZ = torch.zeros_like(Z)
-    tiles = triton.cdiv(DK, BD) * triton.cdiv(DV, BD)
+    name, opts, bn, bd = _conf("bwd_state", DK, DV)
+    tiles = triton.cdiv(DK, bd) * triton.cdiv(DV, bd)
     n_split, per_split = _token_splits(N, B * H * tiles, bn, dev)
-    _la_bwd_state_kernel[(tiles, B * H, n_split)](
-        q, do, den, dden, dS, dZ, *_strides(q), *_strides(do), N, H, DK, DV, per_split,
-        BLOCK_N=bn, BLOCK_D=BD, PREC=_prec(q), **_warps("bwd_state"))
+    launch.launch(name, _la_bwd_state_kernel, (tiles, B * H, n_split),
+                  q, do, den, dden, dS, dZ, *_strides(q), *_strides(do), N, H, DK, DV, per_split,
+                  BLOCK_N=bn, BLOCK_D=bd, PREC=_prec(q), **opts)
     dq = torch.empty(B, N, H, DK, device=dev, dtype=q.dtype)
     dk = torch.empty(B, N, H, DK, device=dev, dtype=k.dtype)
     dv = torch.empty(B, N, H, DV, device=dev, dtype=v.dtype)
-    bn = _block_n("bwd_qkv")
+    name, opts, bn, bd = _conf("bwd_qkv", DK, DV)
     n_blocks = triton.cdiv(N, bn)
     has_conv = conv_weight is not None
     if has_conv:
@@ -433,10 +407,10 @@ def _bwd(q, k, v, o_attn, S, Z, den, do, conv_weight=None, grid=(1, 1)):
         dw_partial = torch.empty(B * H * n_blocks, K * K, DV, device=dev, dtype=torch.float32)
     else:
         cw, K, dw_partial = S, 1, S
-    _la_bwd_qkv_kernel[(n_blocks, triton.cdiv(max(DK, DV), BD), B * H)](
-        q, k, v, do, S, Z, dS, dZ, den, dden, dq, dk, dv, cw, dw_partial,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(do), N, H, DK, DV, 1.0 / N, grid[0], grid[1],
-        HAS_CONV=has_conv, KS=K, BLOCK_N=bn, BLOCK_D=BD, PREC=_prec(q), **_warps("bwd_qkv"))
+    launch.launch(name, _la_bwd_qkv_kernel, (n_blocks, triton.cdiv(max(DK, DV), bd), B * H),
+                  q, k, v, do, S, Z, dS, dZ, den, dden, dq, dk, dv, cw, dw_partial,
+                  *_strides(q), *_strides(k), *_strides(v), *_strides(do), N, H, DK, DV, 1.0 / N, grid[0], grid[1],
+                  HAS_CONV=has_conv, KS=K, BLOCK_N=bn, BLOCK_D=bd, PREC=_prec(q), **opts)
     dw = dw_partial.sum(0) if has_conv else None
     return dq, dk, dv, dw
 
@@ -470,37 +444,33 @@ class LinearAttentionFunction(torch.autograd.Function):
 
 
 def _check(q, k, v, eps, conv_weight=None, conv_bias=None, grid=None):
+    op = "linear_attention"
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"linear_attention: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"linear_attention: {name} must be [batch, tokens, heads, head_dim], "
-                             f"got shape {tuple(t.shape)}")
-        if not t.is_floating_point():
-            raise TypeError(f"linear_attention: {name} must be floating point, got {t.dtype}")
+        validate.tensor(op, name, t, dims=4, device=q.device if isinstance(q, torch.Tensor) else None)
     if q.shape != k.shape:
-        raise ValueError(f"linear_attention: q and k must have the same shape, got {tuple(q.shape)} and "
-                         f"{tuple(k.shape)}")
+        raise ValueError(f"{op}: q and k must have the same shape [batch, tokens, heads, head_dim], got "
+                         f"{tuple(q.shape)} and {tuple(k.shape)}")
     if v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"linear_attention: v must be [batch, tokens, heads, Dv] with q's first three sizes "
+        raise ValueError(f"{op}: v must be [batch, tokens, heads, Dv] with q's first three sizes "
                          f"{tuple(q.shape[:3])}, got {tuple(v.shape)}")
     if not (q.dtype == k.dtype == v.dtype):
-        raise TypeError(f"linear_attention: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+        raise TypeError(f"{op}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if not eps > 0:
-        raise ValueError(f"linear_attention: eps must be positive, got {eps}")
+        raise ValueError(f"{op}: eps must be positive, got {eps}")
     if conv_weight is None:
         if conv_bias is not None:
-            raise ValueError("linear_attention: conv_bias given without conv_weight")
+            raise ValueError(f"{op}: conv_bias given without conv_weight")
         return
     DV = v.shape[-1]
-    if (conv_weight.dim() != 4 or conv_weight.shape[:2] != (DV, 1) or conv_weight.shape[2] != conv_weight.shape[3]
-            or conv_weight.shape[-1] % 2 == 0):
-        raise ValueError(f"linear_attention: conv_weight must be a depthwise kernel [{DV}, 1, K, K] with odd K, "
+    validate.tensor(op, "conv_weight", conv_weight, dims=4, device=q.device)
+    if conv_weight.shape[:2] != (DV, 1) or conv_weight.shape[2] != conv_weight.shape[3] or conv_weight.shape[-1] % 2 == 0:
+        raise ValueError(f"{op}: conv_weight must be a depthwise kernel [{DV}, 1, K, K] with odd K, "
                          f"got {tuple(conv_weight.shape)}")
-    if conv_bias is not None and tuple(conv_bias.shape) != (DV,):
-        raise ValueError(f"linear_attention: conv_bias must have shape ({DV},), got {tuple(conv_bias.shape)}")
+    if conv_bias is not None:
+        validate.tensor(op, "conv_bias", conv_bias, dims=1, device=q.device)
+        validate.shape(op, "conv_bias", conv_bias, (DV,))
     if grid is None or len(grid) != 2 or grid[0] * grid[1] != q.shape[1]:
-        raise ValueError(f"linear_attention: grid must be (height, width) with height * width = {q.shape[1]} tokens, "
+        raise ValueError(f"{op}: grid must be (height, width) with height * width = {q.shape[1]} tokens, "
                          f"got {grid}")
 
 
@@ -511,8 +481,9 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: flo
     convolution of v over the 2D token grid, fused into the same kernels.
 
     Args:
-        q: ``[B, N, H, Dk]`` queries (fp32, fp16 or bf16); any strides with unit stride on the last dim
-           (e.g. a slice of a packed qkv projection).
+        q: ``[B, N, H, Dk]`` queries (fp32, fp16 or bf16 for the kernels; fp64 runs the reference); any
+           strides with unit stride on the last dim (e.g. a slice of a packed qkv projection): the kernels
+           take the strides, so the slices are not copied.
         k: ``[B, N, H, Dk]`` keys.
         v: ``[B, N, H, Dv]`` values.
         eps: added to the normalizer ``φ(q)·Σφ(k)``.
@@ -538,7 +509,8 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: flo
     """
     _check(q, k, v, eps, conv_weight, conv_bias, grid)
     tensors = [t for t in (q, k, v, conv_weight, conv_bias) if t is not None]
-    if resolve_backend(*tensors, backend=backend, op="linear_attention") == "reference" or q.numel() == 0:
+    problem = validate.kernel_dtype_problem(*tensors)
+    if validate.pick_backend("linear_attention", tensors, backend, problem) == "reference" or q.numel() == 0:
         return linear_attention_reference(q, k, v, eps, conv_weight, conv_bias, grid)
     return LinearAttentionFunction.apply(q, k, v, eps, conv_weight, conv_bias, grid)
 

@@ -23,11 +23,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
+from ...layers.pretrained_model import HfzooPreTrainedModel
+from ...layers.vision import PatchEmbedding, unpatchify
 from ...ops.linear_attention import linear_attention
 from .configuration_lit import LiTConfig
 
@@ -74,7 +75,7 @@ class LiTPatchEmbed(nn.Module):
         super().__init__()
         self.patch_size = config.patch_size
         self.grid = config.grid_size
-        self.proj = nn.Conv2d(config.in_channels, config.hidden_size, config.patch_size, stride=config.patch_size)
+        self.proj = PatchEmbedding(config.in_channels, config.hidden_size, config.patch_size)
         n = config.grid_size ** 2
         if config.pos_embed_type == "learned":
             self.pos_embed = nn.Parameter(torch.zeros(1, n, config.hidden_size))
@@ -92,9 +93,8 @@ class LiTPatchEmbed(nn.Module):
         return sincos_2d(self.pos_embed.shape[-1], h, w)[None].to(self.pos_embed.device)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        x = self.proj(x.to(self.proj.weight.dtype))
-        h, w = x.shape[-2:]
-        x = x.flatten(2).transpose(1, 2)
+        h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
+        x = self.proj(x)                                                        # [B, h*w, D]
         return x + self.positions(h, w).to(x.dtype), (h, w)
 
 
@@ -273,7 +273,7 @@ class LiTOutput(ModelOutput):
     sample: torch.Tensor | None = None
 
 
-class LiTPreTrainedModel(PreTrainedModel):
+class LiTPreTrainedModel(HfzooPreTrainedModel):
     config_class = LiTConfig
     base_model_prefix = "lit"
     main_input_name = "sample"
@@ -300,10 +300,10 @@ class LiTPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, std=std)
         elif isinstance(module, nn.Conv2d):
-            if module.groups > 1:                                    # the depthwise conv on V: PyTorch's default
-                bound = 1.0 / math.sqrt(module.weight[0].numel())
-            else:                                                    # patch embedding: Xavier of the flat kernel
+            if isinstance(module, PatchEmbedding):                   # Xavier-uniform of the flattened kernel (DiT)
                 bound = math.sqrt(6.0 / (module.weight.shape[0] + module.weight[0].numel()))
+            else:                                                    # the depthwise conv on V: PyTorch's default
+                bound = 1.0 / math.sqrt(module.weight[0].numel())
             init.uniform_(module.weight, -bound, bound)
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -344,11 +344,9 @@ class LiTModel(LiTPreTrainedModel):
         return c
 
     def unpatchify(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """[B, h·w, p·p·C] -> [B, C, h·p, w·p]."""
-        p, C = self.config.patch_size, self.config.out_channels
-        h, w = grid
-        x = x.reshape(x.shape[0], h, w, p, p, C)
-        return torch.einsum("nhwpqc->nchpwq", x).reshape(x.shape[0], C, h * p, w * p)
+        """[B, h·w, p·p·C] -> [B, C, h·p, w·p] (DiT's patch layout: channels last inside a patch)."""
+        p = self.config.patch_size
+        return unpatchify(x, grid[0] * p, grid[1] * p, p)
 
     def forward(self, sample: torch.Tensor | None = None, timestep: torch.Tensor | float | None = None,
                 class_labels: torch.Tensor | None = None, force_drop_ids: torch.Tensor | None = None,
