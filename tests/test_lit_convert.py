@@ -2,6 +2,7 @@
 exactly with softmax attention kept; with attention zeroed on both sides for LiT), the original .pt layout,
 and the `hfzoo convert dit` command end to end."""
 
+import diffusers  # a [dev] requirement: these tests run in CI, never skipped
 import pytest
 import torch
 from helpers import rel_err
@@ -10,8 +11,6 @@ from transformers import AutoModel
 from hfzoo.cli import main
 from hfzoo.convert.dit_lit import load_model
 from hfzoo.models.lit import LiTModel
-
-diffusers = pytest.importorskip("diffusers")
 
 
 def _diffusers_dit(seed=0, num_classes=10):
