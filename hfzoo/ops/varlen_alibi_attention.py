@@ -102,18 +102,17 @@ def varlen_alibi_attention_reference(q, k, v, cu_seqlens, max_seqlen, slopes, so
     outs, start = [], 0
     for group in _groups(lengths):
         n, Lmax, size = len(group), max(group), sum(group)
-        # [n, H, Lmax, D] padded batch, and the key mask of each sequence
+        # [n, H, Lmax, D] padded batch; `valid` marks each sequence's real positions
         pos = torch.arange(Lmax, device=q.device)
         valid = pos[None, :] < torch.tensor(group, device=q.device)[:, None]          # [n, Lmax]
-        rows = (torch.tensor([0] + group[:-1], device=q.device).cumsum(0)[:, None] + pos[None, :])[valid] + start
-        def pad(t):
-            out = t.new_zeros(n, Lmax, H, D)
-            out[valid] = t[rows]
-            return out.transpose(1, 2)
+        padded = []
+        for t in (qf, kf, vf):
+            p = t.new_zeros(n, Lmax, H, D)
+            p[valid] = t[start:start + size]  # row-major order of `valid` is the packed order
+            padded.append(p.transpose(1, 2))
         bias = _alibi_bias(Lmax, slopes).to(dt)[None].expand(n, H, Lmax, Lmax)
         bias = bias.masked_fill(~valid[:, None, None, :], float("-inf"))
-        o = F.scaled_dot_product_attention(pad(qf), pad(kf), pad(vf), attn_mask=bias, dropout_p=dropout_p,
-                                           scale=scale)                                 # [n, H, Lmax, D]
+        o = F.scaled_dot_product_attention(*padded, attn_mask=bias, dropout_p=dropout_p, scale=scale)
         outs.append(o.transpose(1, 2)[valid])                                           # [size, H, D]
         start += size
     return torch.cat(outs, dim=0).to(q.dtype)
