@@ -33,9 +33,9 @@ def test_cu_seqlens_accepted_exactly_when_rising_from_0_to_total(offsets, total,
     valid = offsets[0] == 0 and offsets[-1] == total and all(a <= b for a, b in zip(offsets, offsets[1:]))
     if not valid:
         with pytest.raises(ValueError, match="must rise"):
-            validate.cu_seqlens("op", cu, total, torch.device("cpu"))
+            validate.check_cu_seqlens("op", cu, total, torch.device("cpu"))
         return
-    out, read = validate.cu_seqlens("op", cu, total, torch.device("cpu"))
+    out, read = validate.check_cu_seqlens("op", cu, total, torch.device("cpu"))
     assert out.dtype == torch.int32 and out.is_contiguous() and out.tolist() == offsets and read == offsets
 
 
@@ -45,11 +45,11 @@ def test_cu_seqlens_accepted_exactly_when_rising_from_0_to_total(offsets, total,
 def test_dtype_checks_name_the_argument_and_the_supported_dtypes(dtype):
     t = torch.zeros(2, 3, dtype=dtype)
     if dtype in validate.REFERENCE_DTYPES:
-        assert validate.tensor("op", "x", t) is t
+        assert validate.check_tensor("op", "x", t) is t
         assert (validate.kernel_dtype_problem(t) is None) == (dtype in validate.KERNEL_DTYPES)
     else:
         with pytest.raises(TypeError, match=r"op: x must be one of float32, float16, bfloat16, float64"):
-            validate.tensor("op", "x", t)
+            validate.check_tensor("op", "x", t)
 
 
 def test_offsets_of_one_tensor_are_read_once_until_it_changes(monkeypatch):
@@ -58,13 +58,13 @@ def test_offsets_of_one_tensor_are_read_once_until_it_changes(monkeypatch):
     real = torch.Tensor.tolist
     monkeypatch.setattr(torch.Tensor, "tolist", lambda self: reads.append(1) or real(self))
     for _ in range(3):
-        validate.cu_seqlens("op", cu, 5, torch.device("cpu"))
+        validate.check_cu_seqlens("op", cu, 5, torch.device("cpu"))
     assert len(reads) == 1
     cu[1] = 9  # changed in place: read (and refused) again
     with pytest.raises(ValueError, match="must rise"):
-        validate.cu_seqlens("op", cu, 5, torch.device("cpu"))
+        validate.check_cu_seqlens("op", cu, 5, torch.device("cpu"))
     with validate.trusted():  # the caller vouches for the offsets: nothing is read
-        validate.cu_seqlens("op", torch.tensor([0, 9, 5]), 5, torch.device("cpu"))
+        validate.check_cu_seqlens("op", torch.tensor([0, 9, 5]), 5, torch.device("cpu"))
     assert len(reads) == 2
 
 
