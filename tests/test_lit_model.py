@@ -56,7 +56,7 @@ def test_mixer_matches_per_head_loop():
 
 
 @pytest.mark.parametrize("attention_type", ["linear", "softmax"])
-def test_kernel_path_matches_reference_with_gradients(attention_type):
+def test_triton_and_reference_backends_agree_with_gradients(attention_type):
     cfg = _tiny(attention_type=attention_type, sample_size=10)      # 5x5 grid: 25 tokens, not a block multiple
     model = _randomize(LiTModel(cfg)).eval()
     inputs = ARCHITECTURE.example_inputs(cfg)

@@ -49,8 +49,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import launch, validate
+from .launch import compile_options, launch, settings, sm_count
 from .triton_shim import tl, triton
+from .validate import check_shape, check_tensor, kernel_dtype_problem, pick_backend
 
 
 def linear_attention_reference(q, k, v, eps: float = 1e-6, conv_weight=None, conv_bias=None, grid=None):
@@ -319,17 +320,17 @@ def _la_bwd_qkv_kernel(Q, K, V, DO, S, Z, DS, DZ, DEN, DDEN, DQ, DK_, DV_, CW, D
 
 def _conf(kernel: str, dk: int, dv: int) -> tuple[str, dict, int, int]:
     name = f"linear_attention.{kernel}"
-    conf = launch.settings(name)
+    conf = settings(name)
     block_d = conf.get("BLOCK_D")
     if not block_d:
         d = max(dk, dv)
         block_d = 16 if d <= 16 else 32 if d <= 32 else (64 if triton.cdiv(d, 64) * 64 * 8 <= d * 9 else 32)
-    return name, launch.compile_options(conf), conf["BLOCK_N"], block_d
+    return name, compile_options(conf), conf["BLOCK_N"], block_d
 
 
 def _token_splits(N: int, programs: int, block_n: int, device) -> tuple[int, int]:
     """Split each image's tokens so that a state pass launches about 2 programs per SM."""
-    target = 2 * launch.sm_count(device)
+    target = 2 * sm_count(device)
     n_split = max(1, min(triton.cdiv(N, block_n), triton.cdiv(target, max(programs, 1))))
     per_split = triton.cdiv(triton.cdiv(N, n_split), block_n) * block_n
     return triton.cdiv(N, per_split), per_split
@@ -358,7 +359,7 @@ def _fwd(q, k, v, eps, conv_weight=None, conv_bias=None, grid=(1, 1)):
     name, opts, bn, bd = _conf("state", DK, DV)
     tiles = triton.cdiv(DK, bd) * triton.cdiv(DV, bd)
     n_split, per_split = _token_splits(N, B * H * tiles, bn, dev)
-    launch.launch(name, _la_state_kernel, (tiles, B * H, n_split),
+    launch(name, _la_state_kernel, (tiles, B * H, n_split),
                   k, v, S, Z, *_strides(k), *_strides(v), N, H, DK, DV, per_split,
                   BLOCK_N=bn, BLOCK_D=bd, PREC=_prec(q), **opts)
     # Keep the state as a mean over tokens (S/N, z/N, ε/N: the same output) so its fp16/bf16 copies inside
@@ -372,7 +373,7 @@ def _fwd(q, k, v, eps, conv_weight=None, conv_bias=None, grid=(1, 1)):
     cb = conv_bias.detach().float().contiguous() if conv_bias is not None else S
     den = torch.empty(B * H, N, device=dev, dtype=torch.float32)
     name, opts, bn, bd = _conf("out", DK, DV)
-    launch.launch(name, _la_out_kernel, (triton.cdiv(N, bn), triton.cdiv(DV, bd), B * H),
+    launch(name, _la_out_kernel, (triton.cdiv(N, bn), triton.cdiv(DV, bd), B * H),
                   q, S, Z, o, den, o_attn, v, cw, cb, *_strides(q), *_strides(v), N, H, DK, DV, eps / N,
                   grid[0], grid[1], HAS_CONV=has_conv, HAS_BIAS=conv_bias is not None, KS=K,
                   BLOCK_N=bn, BLOCK_D=bd, PREC=_prec(q), **opts)
@@ -386,14 +387,14 @@ def _bwd(q, k, v, o_attn, S, Z, den, do, conv_weight=None, grid=(1, 1)):
     dev = q.device
     dden = torch.empty_like(den)
     name, opts, bn, bd = _conf("bwd_delta", DK, DV)
-    launch.launch(name, _la_bwd_delta_kernel, (triton.cdiv(N, bn), B * H),
+    launch(name, _la_bwd_delta_kernel, (triton.cdiv(N, bn), B * H),
                   o_attn, do, den, dden, *_strides(do), N, H, DV, BLOCK_N=bn, BLOCK_D=bd, **opts)
     dS = torch.zeros_like(S)
     dZ = torch.zeros_like(Z)
     name, opts, bn, bd = _conf("bwd_state", DK, DV)
     tiles = triton.cdiv(DK, bd) * triton.cdiv(DV, bd)
     n_split, per_split = _token_splits(N, B * H * tiles, bn, dev)
-    launch.launch(name, _la_bwd_state_kernel, (tiles, B * H, n_split),
+    launch(name, _la_bwd_state_kernel, (tiles, B * H, n_split),
                   q, do, den, dden, dS, dZ, *_strides(q), *_strides(do), N, H, DK, DV, per_split,
                   BLOCK_N=bn, BLOCK_D=bd, PREC=_prec(q), **opts)
     dq = torch.empty(B, N, H, DK, device=dev, dtype=q.dtype)
@@ -407,7 +408,7 @@ def _bwd(q, k, v, o_attn, S, Z, den, do, conv_weight=None, grid=(1, 1)):
         dw_partial = torch.empty(B * H * n_blocks, K * K, DV, device=dev, dtype=torch.float32)
     else:
         cw, K, dw_partial = S, 1, S
-    launch.launch(name, _la_bwd_qkv_kernel, (n_blocks, triton.cdiv(max(DK, DV), bd), B * H),
+    launch(name, _la_bwd_qkv_kernel, (n_blocks, triton.cdiv(max(DK, DV), bd), B * H),
                   q, k, v, do, S, Z, dS, dZ, den, dden, dq, dk, dv, cw, dw_partial,
                   *_strides(q), *_strides(k), *_strides(v), *_strides(do), N, H, DK, DV, 1.0 / N, grid[0], grid[1],
                   HAS_CONV=has_conv, KS=K, BLOCK_N=bn, BLOCK_D=bd, PREC=_prec(q), **opts)
@@ -446,7 +447,7 @@ class LinearAttentionFunction(torch.autograd.Function):
 def _check(q, k, v, eps, conv_weight=None, conv_bias=None, grid=None):
     op = "linear_attention"
     for name, t in (("q", q), ("k", k), ("v", v)):
-        validate.tensor(op, name, t, dims=4, device=q.device if isinstance(q, torch.Tensor) else None)
+        check_tensor(op, name, t, dims=4, device=q.device if isinstance(q, torch.Tensor) else None)
     if q.shape != k.shape:
         raise ValueError(f"{op}: q and k must have the same shape [batch, tokens, heads, head_dim], got "
                          f"{tuple(q.shape)} and {tuple(k.shape)}")
@@ -462,13 +463,13 @@ def _check(q, k, v, eps, conv_weight=None, conv_bias=None, grid=None):
             raise ValueError(f"{op}: conv_bias given without conv_weight")
         return
     DV = v.shape[-1]
-    validate.tensor(op, "conv_weight", conv_weight, dims=4, device=q.device)
+    check_tensor(op, "conv_weight", conv_weight, dims=4, device=q.device)
     if conv_weight.shape[:2] != (DV, 1) or conv_weight.shape[2] != conv_weight.shape[3] or conv_weight.shape[-1] % 2 == 0:
         raise ValueError(f"{op}: conv_weight must be a depthwise kernel [{DV}, 1, K, K] with odd K, "
                          f"got {tuple(conv_weight.shape)}")
     if conv_bias is not None:
-        validate.tensor(op, "conv_bias", conv_bias, dims=1, device=q.device)
-        validate.shape(op, "conv_bias", conv_bias, (DV,))
+        check_tensor(op, "conv_bias", conv_bias, dims=1, device=q.device)
+        check_shape(op, "conv_bias", conv_bias, (DV,))
     if grid is None or len(grid) != 2 or grid[0] * grid[1] != q.shape[1]:
         raise ValueError(f"{op}: grid must be (height, width) with height * width = {q.shape[1]} tokens, "
                          f"got {grid}")
@@ -509,8 +510,8 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: flo
     """
     _check(q, k, v, eps, conv_weight, conv_bias, grid)
     tensors = [t for t in (q, k, v, conv_weight, conv_bias) if t is not None]
-    problem = validate.kernel_dtype_problem(*tensors)
-    if validate.pick_backend("linear_attention", tensors, backend, problem) == "reference" or q.numel() == 0:
+    problem = kernel_dtype_problem(*tensors)
+    if pick_backend("linear_attention", tensors, backend, problem) == "reference" or q.numel() == 0:
         return linear_attention_reference(q, k, v, eps, conv_weight, conv_bias, grid)
     return LinearAttentionFunction.apply(q, k, v, eps, conv_weight, conv_bias, grid)
 
