@@ -149,7 +149,7 @@ def main(argv=None):
             "baseline_scratch": results["lit_scratch"]}, indent=1) + "\n")
     Path(args.results).write_text(json.dumps({
         "benchmark": "lit_digits", "device": "cpu", "date": time.strftime("%Y-%m-%d"),
-        "rows": [{"case": "digits 8x8 ddim50 cfg2", "contender": n, "metric": m, "value": r[k]}
+        "rows": [{"case": f"digits 8x8 ddim{args.eval_steps} cfg2", "contender": n, "metric": m, "value": r[k]}
                  for n, r in results.items()
                  for m, k in (("accuracy", "class_accuracy"), ("loss", "frechet_pixels"), ("s", "seconds"))],
         "notes": "accuracy: a logistic-regression digits classifier recognizes the requested class; loss row = "

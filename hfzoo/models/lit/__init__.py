@@ -32,6 +32,7 @@ ARCHITECTURE = Architecture(
     paper="https://arxiv.org/abs/2501.12976",
     tiny_config=_tiny_config,
     example_inputs=_example_inputs,
+    checkpoint="tiny-lit",
 )
 
 __all__ = ["ARCHITECTURE", "LIT_PRESETS", "LIT_SIZES", "LiTConfig", "LiTModel"]
