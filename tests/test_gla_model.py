@@ -14,9 +14,9 @@ from hfzoo.models.gla import (
     GLAForSequenceClassification,
     GLAModel,
     modeling_gla,
-    tiny_config,
 )
 from hfzoo.ops.dispatch import use_backend
+from hfzoo.ops.launch import count_launches
 
 VOCAB = 50
 
@@ -228,23 +228,13 @@ def test_kernel_path_matches_reference():
         with use_backend("reference"):
             ref = model(x, attention_mask=mask).logits
             ref_short = model(x[:, :12], attention_mask=mask[:, :12]).logits
-        out = model(x, attention_mask=mask).logits
-        short = model(x[:, :12], attention_mask=mask[:, :12]).logits   # ... and short enough for the recurrent one
+        with use_backend("triton"), count_launches() as launched:
+            out = model(x, attention_mask=mask).logits
+            short = model(x[:, :12], attention_mask=mask[:, :12]).logits   # ... and short enough for the recurrent one
+    assert launched.total() > 0, "no Triton kernel ran"
     keep = mask.bool()
     assert rel_err(out[keep], ref[keep]) < 1e-4
     assert rel_err(short[keep[:, :12]], ref_short[keep[:, :12]]) < 1e-4
-
-
-def test_gradient_checkpointing_gives_the_same_gradients():
-    model = make_model("hybrid").train()
-    x = ids(2, 8)
-    model(x, labels=x).loss.backward()
-    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model(x, labels=x).loss.backward()
-    for n, p in model.named_parameters():
-        assert rel_err(p.grad, ref[n]) < 1e-5, n
 
 
 def test_trainer_runs_and_lowers_the_loss(tmp_path):
@@ -305,17 +295,6 @@ def test_torch_compile_of_the_reference_path():
         eager = model(x).logits
         compiled = torch.compile(model, backend="eager")(x).logits
     torch.testing.assert_close(compiled, eager)
-
-
-def test_tiny_config_and_example_inputs_run():
-    from hfzoo.models.gla import ARCHITECTURE
-
-    config = ARCHITECTURE.tiny_config()
-    model = ARCHITECTURE.main_model(config).eval()
-    with torch.no_grad():
-        out = model(**ARCHITECTURE.example_inputs(config))
-    assert out.logits.shape[-1] == config.vocab_size
-    assert tiny_config().model_type == "hfzoo_gla"
 
 
 @pytest.mark.gpu
