@@ -110,8 +110,8 @@ def test_hidden_states_one_per_layer_plus_the_input(name):
     with torch.no_grad():
         out = model(**inputs, output_hidden_states=True)
     if "hidden_states" not in out.__dataclass_fields__:
-        # a convolutional tokenizer (SimVQ) has no layer stack: it must not pretend to have hidden states
-        assert not hasattr(model.config, "num_hidden_layers") or name == "simvq"
+        # a convolutional tokenizer (SimVQ) has no layer stack, and then it has no layer count either
+        assert getattr(model.config, "num_hidden_layers", None) is None
         return
     assert len(out.hidden_states) == model.config.num_hidden_layers + 1
     with torch.no_grad():
@@ -135,6 +135,21 @@ def test_bf16_load_runs_in_bf16(name, tmp_path):
     # bf16 rounding (and, for SimVQ, a code picked differently where two are nearly equidistant); unrelated
     # outputs would be about 1.4 apart
     assert rel_err(main.float(), ref[0]) < 0.25
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if ARCHITECTURES[n].checkpoint])
+def test_shipped_checkpoint_loads_every_weight(name):
+    """The checkpoints shipped in hfzoo/checkpoints (trained before the layers tier) still load key for key."""
+    from hfzoo import checkpoint_path
+
+    arch = ARCHITECTURES[name]
+    folder = checkpoint_path(arch.checkpoint)
+    config = transformers.AutoConfig.from_pretrained(folder)
+    saved_as = config.architectures or []
+    cls = next((c for c in arch.auto_models.values() if c.__name__ in saved_as), arch.main_model)
+    model, info = cls.from_pretrained(folder, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    assert type(model) is cls
 
 
 # ---------------------------------------------------------------------------------------------------------------
