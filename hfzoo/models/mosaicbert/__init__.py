@@ -43,6 +43,7 @@ ARCHITECTURE = Architecture(
     example_inputs=_example_inputs,
     checkpoint="tiny-mosaicbert",
     kernel_ops=("varlen_alibi",),
+    supports_packing=True,
 )
 
 __getattr__ = lazy_exports(__name__, {
