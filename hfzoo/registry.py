@@ -135,6 +135,10 @@ class _ResolvingDict(dict):
     def __getitem__(self, key):
         return self._resolved(key)
 
+    def __iter__(self):
+        # defining __iter__ makes dict(self) (transformers' __reduce__) read values through __getitem__
+        return iter(list(dict.keys(self)))
+
     def get(self, key, default=None):
         return self._resolved(key) if key in self else default
 

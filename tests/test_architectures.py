@@ -368,3 +368,7 @@ def test_lazy_models_do_not_hide_other_registrations():
     assert type(AutoModel.from_config(gla.tiny_config())) is gla.auto_models["AutoModel"]
     values = AutoModel._model_mapping._extra_content.values()
     assert ProbeModel in values and gla.auto_models["AutoModel"] in values
+    import pickle   # transformers pickles a mapping as a plain dict copy: it must hold classes, not references
+
+    copy = pickle.loads(pickle.dumps(AutoModel._model_mapping))
+    assert copy[gla.config_class] is gla.auto_models["AutoModel"]
