@@ -346,20 +346,24 @@ def test_registering_after_transformers_auto_modules_were_imported(tmp_path):
     """)
 
 
+class ProbeConfig(transformers.PreTrainedConfig):
+    model_type = "hfzoo_probe_for_tests"
+
+
+class ProbeModel(transformers.PreTrainedModel):
+    config_class = ProbeConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.w = nn.Linear(1, 1)
+        self.post_init()
+
+
 def test_lazy_models_do_not_hide_other_registrations():
     """Our lazy entries live beside other packages' ordinary ones in the same Auto mapping."""
-    from transformers import AutoModel, PreTrainedConfig, PreTrainedModel
+    import pickle
 
-    class ProbeConfig(PreTrainedConfig):
-        model_type = "hfzoo_probe_for_tests"
-
-    class ProbeModel(PreTrainedModel):
-        config_class = ProbeConfig
-
-        def __init__(self, config):
-            super().__init__(config)
-            self.w = nn.Linear(1, 1)
-            self.post_init()
+    from transformers import AutoModel
 
     transformers.AutoConfig.register("hfzoo_probe_for_tests", ProbeConfig, exist_ok=True)
     AutoModel.register(ProbeConfig, ProbeModel, exist_ok=True)
@@ -368,7 +372,6 @@ def test_lazy_models_do_not_hide_other_registrations():
     assert type(AutoModel.from_config(gla.tiny_config())) is gla.auto_models["AutoModel"]
     values = AutoModel._model_mapping._extra_content.values()
     assert ProbeModel in values and gla.auto_models["AutoModel"] in values
-    import pickle   # transformers pickles a mapping as a plain dict copy: it must hold classes, not references
-
+    # transformers pickles a mapping as a plain dict copy: it must hold classes, not references
     copy = pickle.loads(pickle.dumps(AutoModel._model_mapping))
-    assert copy[gla.config_class] is gla.auto_models["AutoModel"]
+    assert copy[gla.config_class] is gla.auto_models["AutoModel"] and copy[ProbeConfig] is ProbeModel
