@@ -51,6 +51,11 @@ class Architecture:
     checkpoint: str | None = None              # name of the small trained checkpoint shipped in hfzoo/checkpoints
     kernel_ops: tuple[str, ...] = ()           # Triton op families the model runs (names of the compile harness)
     supports_packing: bool = False             # forward takes packed documents (cu_seqlens / position_ids restarts)
+    demo: str | None = None                    # module under hfzoo.gallery: "gla_demo"
+    converters: tuple[str, ...] = ()           # modules under hfzoo.convert: ("fla_gla",)
+    card_template: str = ""                    # file under hfzoo/model_cards: "gla.md"
+    pipeline_tag: str = ""                     # the Hub pipeline tag of main_model: "text-generation"
+    lora_target_modules: tuple[str, ...] = ()  # module names LoRA adapts by default
 
     @property
     def config_class(self) -> type:

@@ -66,6 +66,17 @@ def test_entry_describes_its_classes(name):
         assert arch.auto_class_of(cls) == auto
         assert type(cls).__mro__ and any(c.__name__ == "HfzooPreTrainedModel" for c in cls.__mro__), cls
     assert arch.kernel_ops, "every architecture names the Triton op families it runs"
+    import importlib.util
+    from pathlib import Path
+
+    import hfzoo
+
+    root = Path(hfzoo.__file__).parent
+    assert arch.demo is None or importlib.util.find_spec(f"hfzoo.gallery.{arch.demo}") is not None
+    for converter in arch.converters:
+        assert importlib.util.find_spec(f"hfzoo.convert.{converter}") is not None, converter
+    assert (root / "model_cards" / arch.card_template).is_file(), arch.card_template
+    assert arch.pipeline_tag
     assert isinstance(arch.tiny_config(), arch.config_class)
 
 

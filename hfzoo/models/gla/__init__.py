@@ -37,6 +37,10 @@ ARCHITECTURE = Architecture(
     example_inputs=example_inputs,
     checkpoint="tiny-gla",
     kernel_ops=("gla", "rmsnorm"),
+    demo="gla_demo",
+    converters=("fla_gla",),
+    card_template="gla.md",
+    pipeline_tag="text-generation",
     supports_packing=True,
 )
 

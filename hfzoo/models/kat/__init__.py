@@ -34,6 +34,10 @@ ARCHITECTURE = Architecture(
     example_inputs=_example_inputs,
     checkpoint="tiny-kat",
     kernel_ops=("group_rational",),
+    demo="kat_demo",
+    converters=("timm_kat",),
+    card_template="kat.md",
+    pipeline_tag="image-classification",
 )
 
 __getattr__ = lazy_exports(__name__, {

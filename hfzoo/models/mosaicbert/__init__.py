@@ -43,6 +43,10 @@ ARCHITECTURE = Architecture(
     example_inputs=_example_inputs,
     checkpoint="tiny-mosaicbert",
     kernel_ops=("varlen_alibi",),
+    demo="mosaicbert_demo",
+    converters=("mosaicml_bert",),
+    card_template="mosaicbert.md",
+    pipeline_tag="fill-mask",
     supports_packing=True,
 )
 

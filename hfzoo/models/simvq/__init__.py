@@ -37,6 +37,10 @@ ARCHITECTURE = Architecture(
     example_inputs=_example_inputs,
     checkpoint="tiny-simvq",
     kernel_ops=("nearest_code",),
+    demo="simvq_demo",
+    converters=("simvq_ckpt",),
+    card_template="simvq.md",
+    pipeline_tag="image-feature-extraction",
 )
 
 __getattr__ = lazy_exports(__name__, {
