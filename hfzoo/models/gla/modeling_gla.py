@@ -14,6 +14,10 @@ so its checkpoints load after a config conversion.
 Padding: left-padded tokens must not touch the recurrent state. Padded batches are packed into one varlen
 sequence (``cu_seqlens``) for the recurrence; the short convolution sees zeros at padded positions, exactly
 as at the start of a sequence.
+
+Packed documents (``DataCollatorWithFlattening``): ``cu_seqlens`` (or ``cu_seq_lens_q``) or ``position_ids``
+that restart at each document make every document start from a zero state, a fresh convolution window and,
+in softmax-attention layers, attend only within itself -- as if it ran alone.
 """
 
 from __future__ import annotations
