@@ -324,3 +324,34 @@ def test_gpu_kernel_path_bf16_forward_backward_and_padded_generate():
 
     model = model.float().eval()
     assert_left_padded_generate_matches(model, [ids(1, n, seed=40 + n)[0].cuda() for n in (90, 17)], 8)
+
+
+def test_shipped_checkpoint_reproduces_its_recorded_heldout_loss():
+    """The tiny GLA (trained before the layers tier existed) scores what its training run recorded on the
+    held-out topics of the Python language reference (same split, tokenizer and blocks as the script)."""
+    import json
+    from pydoc_data.topics import topics
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hfzoo import checkpoint_path
+
+    folder = checkpoint_path("tiny-gla")
+    recorded = json.loads((folder / "training_results.json").read_text())
+    held = [topics[n] for n in recorded["heldout_topics"]]
+    assert recorded["heldout_topics"] == sorted(topics)[::8]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = []
+    for text in held:
+        ids += [tokenizer.bos_token_id] + tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+    block = recorded["block"]
+    blocks = torch.tensor(ids[: len(ids) // block * block]).view(-1, block)
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(blocks), 32):
+            x = blocks[i:i + 32]
+            logits = model(x).logits[:, :-1]
+            total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum").item()
+    loss = total / (blocks.shape[0] * (block - 1))
+    assert loss == pytest.approx(recorded["heldout_loss"], abs=2e-4)
