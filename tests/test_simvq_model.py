@@ -235,3 +235,28 @@ def test_image_feature_extraction_pipeline_returns_the_quantized_features():
     with torch.no_grad():
         assert model(**processor(image)).loss is None               # no loss in eval unless asked for
         assert model(**processor(image), return_loss=True).loss.dim() == 0
+
+
+def test_shipped_checkpoint_reproduces_its_recorded_heldout_mse():
+    """The tiny SimVQ (trained before the layers tier existed) reconstructs its held-out photo with the mean
+    squared error its training run recorded (same crops as scripts/train_tiny_simvq.py)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    import hfzoo
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    try:
+        from simvq_data import EVAL_PHOTOS, grid_crops
+    finally:
+        sys.path.pop(0)
+    folder = hfzoo.checkpoint_path("tiny-simvq")
+    recorded = json.loads((folder / "training.json").read_text())
+    assert list(EVAL_PHOTOS) == recorded["eval_photos"]
+    held_out = grid_crops(EVAL_PHOTOS, 32, 16)
+    model = AutoModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        rec = torch.cat([model(pixel_values=held_out[i:i + 256]).reconstruction for i in range(0, len(held_out), 256)])
+    mse = F.mse_loss(rec.clamp(-1, 1), held_out).item()
+    assert mse == pytest.approx(recorded["held_out_mse"], abs=2e-5)
