@@ -11,12 +11,13 @@ Intra-chunk scores ``A`` (and the backward's intra ``dq``/``dk``) on tensor core
 and key block at run time:
   * the chunk decays by at most ``e^-CLAMP`` in every key column (ordinary gates): one matmul
     ``(q e^gc) @ (k e^-gc)^T``; ``e^-gc`` is at most ``e^CLAMP``, the products keep their relative precision;
-  * stronger decay: the chunk is cut into ``BC = 16``-token sub-chunks. The scores against the keys of
-    sub-chunk J are one matmul with the reference point at J's last token ``r``: ``(q e^(gc - r)) @
-    (k_J e^(r - gc_J))^T``, where ``e^(r - gc_J) <= 1`` and ``e^(gc - r) <= 1`` for every later query. The
-    diagonal sub-blocks (queries inside J) take the same matmul while no sub-chunk decays beyond ``e^-CLAMP``
-    (then ``e^(gc - r) <= e^CLAMP``), and otherwise an exact elementwise form (``exp`` of differences <= 0, a
-    loop over the 16 key offsets of each sub-chunk).
+  * stronger decay: the chunk is cut into ``BC = 16``-token sub-chunks with reference points ``r_J`` (gc at
+    the last token of sub-chunk J, ``r_-1 = 0``). For a query i in sub-chunk I and a key j in sub-chunk J < I,
+    ``e^(gc_i - gc_j) = e^(gc_i - r_{I-1}) * e^(r_{I-1} - r_J) * e^(r_J - gc_j)``: three factors <= 1, so the
+    scores against the keys of J are one matmul whatever the decay, with two exp tiles per key block shared by
+    all J (the middle factor is a per-column vector). The diagonal sub-blocks (I = J; the middle factor is then
+    ``e^(r_{J-1} - r_J)`` >= 1) join the same matmul while no sub-chunk decays beyond ``e^-CLAMP``, and otherwise
+    take an exact elementwise form (``exp`` of differences <= 0, a loop over the 16 key offsets of a sub-chunk).
 
 Kernels (grid in brackets):
   _prep      [K/BK, chunks, Hkv]   gc and kd (the backward rebuilds kd from the saved gc)
@@ -113,33 +114,55 @@ def _gc_at(GC, tok0, eos, r, col0, ck, ncols, row_stride):
 
 
 @triton.jit
-def _sub_factors(GC, tok0, eos, gc, rows, J, col0, ck, ncols, row_stride, BC: tl.constexpr, CLAMP: tl.constexpr):
-    # reference r = gc at the last token of sub-chunk J: query factor e^(gc - r) (<= 1 for later sub-chunks,
-    # <= e^CLAMP inside J when J allows it), key factor e^(r - gc) on J's rows (<= 1), zero elsewhere
-    r = _gc_at(GC, tok0, eos, J * BC + BC - 1, col0, ck, ncols, row_stride)
-    eq = tl.exp(tl.minimum(gc - r[None, :], CLAMP))
-    ek = tl.where((rows // BC == J)[:, None], tl.exp(tl.minimum(r[None, :] - gc, 0.0)), 0.0)
-    return eq, ek
+def _pick(I: tl.constexpr, a, b, c, d):
+    # the I-th of four values (I known at compile time)
+    if I == 0:
+        x = a
+    elif I == 1:
+        x = b
+    elif I == 2:
+        x = c
+    else:
+        x = d
+    return x
 
 
 @triton.jit
-def _sub_spans_ok(GC, tok0, eos, col0, ck, ncols, row_stride, BT: tl.constexpr, BC: tl.constexpr,
-                  CLAMP: tl.constexpr):
-    # does every sub-chunk decay by at most e^-CLAMP (so its diagonal block may take the factorised matmul)?
-    span = ck * 0.0
-    for J in tl.static_range(BT // BC):
-        first = _gc_at(GC, tok0, eos, J * BC, col0, ck, ncols, row_stride)
-        last = _gc_at(GC, tok0, eos, J * BC + BC - 1, col0, ck, ncols, row_stride)
-        span = tl.maximum(span, first - last)
-    return tl.max(span) <= CLAMP
+def _sub_refs(GC, tok0, eos, col0, ck, ncols, row_stride, BC: tl.constexpr):
+    # the reference points r_J = gc at the last token of sub-chunk J = 0..3 (clamped to the sequence's last token),
+    # and whether every sub-chunk decays by at most e^-CLAMP (r_{J-1} - r_J, with r_{-1} = 0 before the chunk)
+    r0 = _gc_at(GC, tok0, eos, BC - 1, col0, ck, ncols, row_stride)
+    r1 = _gc_at(GC, tok0, eos, 2 * BC - 1, col0, ck, ncols, row_stride)
+    r2 = _gc_at(GC, tok0, eos, 3 * BC - 1, col0, ck, ncols, row_stride)
+    r3 = _gc_at(GC, tok0, eos, 4 * BC - 1, col0, ck, ncols, row_stride)
+    span = tl.max(tl.maximum(tl.maximum(-r0, r0 - r1), tl.maximum(r1 - r2, r2 - r3)))
+    return r0, r1, r2, r3, span
 
 
 @triton.jit
-def _keep_rows(rows, J, diag_ok, BC: tl.constexpr):
-    # query rows whose scores against sub-chunk J come from its matmul: later sub-chunks, and J itself if allowed
-    blk = rows // BC
-    # (diag_ok broadcast to the rows first: the interpreter will not `&` a scalar flag with a row mask)
-    return (blk > J) | ((blk == J) & (rows * 0 + diag_ok.to(tl.int32) > 0))
+def _sub_tiles(gc, blk, r0, r1, r2, r3):
+    # on the rows of sub-chunk I: P = e^(gc - r_{I-1}) and Qk = e^(r_I - gc), both <= 1 (the clamp at 0 only
+    # touches rows past the sequence's end, whose gc reads 0)
+    b0, b1, b2 = (blk == 0)[:, None], (blk == 1)[:, None], (blk == 2)[:, None]
+    prev = tl.where(b0, 0.0, tl.where(b1, r0[None, :], tl.where(b2, r1[None, :], r2[None, :])))
+    own = tl.where(b0, r0[None, :], tl.where(b1, r1[None, :], tl.where(b2, r2[None, :], r3[None, :])))
+    return tl.exp(tl.minimum(gc - prev, 0.0)), tl.exp(tl.minimum(own - gc, 0.0))
+
+
+@triton.jit
+def _sub_row_scale(blk, J: tl.constexpr, diag_ok, r0, r1, r2, r3, like, CLAMP: tl.constexpr):
+    # row factors for the keys of sub-chunk J: e^(r_{I-1} - r_J) on the rows of each later sub-chunk I (<= 1),
+    # e^(r_{J-1} - r_J) on J's own rows when diag_ok (<= e^CLAMP), zero on the rows before. With P and Qk,
+    # e^(gc_i - gc_j) = P_i * e^(r_{I-1} - r_J) * Qk_j for i in I, j in J.
+    M = tl.zeros_like(like)
+    rJ = _pick(J, r0, r1, r2, r3)
+    for I in tl.static_range(J, 4):
+        w = tl.exp(tl.minimum(_pick(I, r0 * 0.0, r0, r1, r2) - rJ, CLAMP))  # (clamp: unused when beyond)
+        sel = blk == I
+        if I == J:  # (diag_ok broadcast to the rows first: the interpreter will not `&` a scalar flag with a mask)
+            sel = sel & (blk * 0 + diag_ok.to(tl.int32) > 0)
+        M = tl.where(sel[:, None], w[None, :], M)
+    return M
 
 
 @triton.jit
@@ -243,12 +266,17 @@ def _fwd_A_kernel(Q, K, GC, AS, CU, CI, T, NT,
         gl = _last_row(GC, bos, eos, i_t, kcol, ck, nk, H_KV * HEAD_K, BT)
         if tl.min(gl) >= -CLAMP:  # one matmul for the whole chunk
             A += tl.dot(_dot_in(q * tl.exp(gc), HALF), tl.trans(_dot_in(k * tl.exp(-gc), HALF)))
-        else:  # sub-chunks: one matmul per key sub-chunk, its own reference point
-            diag_ok = _sub_spans_ok(GC, tok0, eos, kcol, ck, nk, H_KV * HEAD_K, BT, BC, CLAMP)
+        else:  # sub-chunks: one matmul per key sub-chunk (_sub_row_scale)
+            r0, r1, r2, r3, span = _sub_refs(GC, tok0, eos, kcol, ck, nk, H_KV * HEAD_K, BC)
+            diag_ok = span <= CLAMP
+            blk = rows // BC
+            P, Qk = _sub_tiles(gc, blk, r0, r1, r2, r3)
+            qP = q * P
+            kQ = k * Qk
             for J in tl.static_range(BT // BC):
-                eq, ek = _sub_factors(GC, tok0, eos, gc, rows, J, kcol, ck, nk, H_KV * HEAD_K, BC, CLAMP)
-                s = tl.dot(_dot_in(q * eq, HALF), tl.trans(_dot_in(k * ek, HALF)))
-                A += tl.where(_keep_rows(rows, J, diag_ok, BC)[:, None], s, 0.0)
+                M = _sub_row_scale(blk, J, diag_ok, r0, r1, r2, r3, qP, CLAMP)
+                kJ = tl.where((blk == J)[:, None], kQ, 0.0)
+                A += tl.dot(_dot_in(qP * M, HALF), tl.trans(_dot_in(kJ, HALF)))
             if not diag_ok:  # diagonal blocks exactly: e^(gc_i - gc_j) elementwise, one key offset at a time
                 for c in range(BC):
                     j, tok_j, m_j = _diag_rows(tok0, eos, rows, c, BC)
@@ -390,7 +418,9 @@ def _bwd_dqk_kernel(Q, K, V, GC, HS, DO, DHS, DQ, DK, DG, CU, CI, scale, T, NT,
     gc = _load_rows(GC, tok, mt, kcol, ck, nk, H_KV * HEAD_K)
     gl = _last_row(GC, bos, eos, i_t, kcol, ck, nk, H_KV * HEAD_K, BT)
     whole = tl.min(gl) >= -CLAMP  # one matmul per intra term for the whole chunk, else sub-chunks
-    diag_ok = _sub_spans_ok(GC, tok0, eos, kcol, ck, nk, H_KV * HEAD_K, BT, BC, CLAMP)
+    r0, r1, r2, r3, span = _sub_refs(GC, tok0, eos, kcol, ck, nk, H_KV * HEAD_K, BC)
+    diag_ok = span <= CLAMP
+    blk = rows // BC
     # through the state after the chunk: dk += (v @ dh_next^T) * e^(gl - gc); hdh = sum_v h * dh_next
     dk = tl.zeros([BT, BK], dtype=tl.float32)
     hdh = tl.zeros([BK], dtype=tl.float32)
@@ -428,11 +458,15 @@ def _bwd_dqk_kernel(Q, K, V, GC, HS, DO, DHS, DQ, DK, DG, CU, CI, scale, T, NT,
             dq += tl.dot(_dot_in(dA, HALF), _dot_in(k * ieg, HALF)) * eg
             dk += tl.dot(tl.trans(_dot_in(dA, HALF)), _dot_in(q * eg, HALF)) * ieg
         else:
+            P, Qk = _sub_tiles(gc, blk, r0, r1, r2, r3)
+            qP = q * P
+            kQ = k * Qk
+            dAh = _dot_in(dA, HALF)
             for J in tl.static_range(BT // BC):
-                eq, ek = _sub_factors(GC, tok0, eos, gc, rows, J, kcol, ck, nk, H_KV * HEAD_K, BC, CLAMP)
-                dAJ = _dot_in(tl.where(_keep_rows(rows, J, diag_ok, BC)[:, None], dA, 0.0), HALF)
-                dq += tl.dot(dAJ, _dot_in(k * ek, HALF)) * eq
-                dk += tl.dot(tl.trans(dAJ), _dot_in(q * eq, HALF)) * ek
+                M = _sub_row_scale(blk, J, diag_ok, r0, r1, r2, r3, qP, CLAMP)
+                inJ = (blk == J)[:, None]
+                dq += tl.dot(dAh, _dot_in(tl.where(inJ, kQ, 0.0), HALF)) * M * P
+                dk += tl.where(inJ, tl.dot(tl.trans(dAh), _dot_in(qP * M, HALF)) * Qk, 0.0)
             if not diag_ok:  # diagonal blocks exactly, one offset c inside each sub-chunk at a time
                 for c in range(BC):
                     j, tok_j, m_j = _diag_rows(tok0, eos, rows, c, BC)
