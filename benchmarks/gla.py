@@ -82,7 +82,10 @@ def _mixed(x):
 
 # gate regimes: log decays from fla's layer (logsigmoid / 16), without its normaliser (per-token log decay to
 # about -10; ~-0.8 on average, so a 64-token chunk decays ~e^-50), and a per-channel mixture of the two
-GATES = {"logsigmoid/16": lambda x: F.logsigmoid(x) / 16, "logsigmoid": F.logsigmoid, "mixed": _mixed}
+GATES = {"logsigmoid/16": lambda x: F.logsigmoid(x) / 16, "logsigmoid": F.logsigmoid, "mixed": _mixed,
+         # stronger still (beyond the regimes): ~-1.6 and ~-3.2 per token, every chunk past e^-80, so the
+         # sub-chunk matmuls run (x2: diagonal blocks by matmul too; x4: diagonal blocks elementwise)
+         "logsigmoid*2": lambda x: 2 * F.logsigmoid(x), "logsigmoid*4": lambda x: 4 * F.logsigmoid(x)}
 
 
 def _inputs(B, T, H, K, V, dt=DT, grad=True, gate="logsigmoid/16"):

@@ -79,20 +79,21 @@ def _spans(g, cu, size):
     return worst
 
 
-# The intra-chunk scores take one of three forms per chunk and key block (gla_chunk's docstring): a whole-chunk
-# matmul (decay within e^-40), 16-token sub-chunk matmuls (each sub-chunk within e^-40), or sub-chunk matmuls
-# off the diagonal with the diagonal blocks elementwise. Strong gates drive the last two; "mixed" puts
-# ordinary and strong channels in one key block and in the two blocks of K = 80.
-@pytest.mark.parametrize("regime", ["sub_chunks", "exact_diagonal", "mixed"])
+# The intra-chunk scores take one of four forms per chunk and key block (gla_chunk's docstring): a whole-chunk
+# matmul with the reference at the chunk's start (decay within e^-40) or halfway (within e^-80), 16-token
+# sub-chunk matmuls (each sub-chunk within e^-40), or sub-chunk matmuls off the diagonal with the diagonal
+# blocks elementwise. "mixed" puts ordinary and strong channels in one key block and in the two blocks of K = 80.
+@pytest.mark.parametrize("regime", ["halfway", "sub_chunks", "exact_diagonal", "mixed"])
 def test_chunk_strong_decay(regime):
     cu = torch.tensor([0, 37, 150, 163])  # odd lengths, sequences ending mid-chunk and mid-sub-chunk
     K = 80 if regime == "mixed" else 16
-    decay = {"sub_chunks": 4.0, "exact_diagonal": 40.0, "mixed": 1.0}[regime]
+    decay = {"halfway": 4.0, "sub_chunks": 8.0, "exact_diagonal": 40.0, "mixed": 1.0}[regime]
     q, k, v, g, h0 = _inputs(1, 163, 4, 2, K, 16, N=3, decay=decay, seed=3)
     if regime == "mixed":  # per-channel gate normalisers from 1/16 to 10 (log decays ~-0.05 to ~-8 per token)
         g = g * torch.logspace(-1.2, 1.0, K)[torch.randperm(K, generator=torch.Generator().manual_seed(0))]
     chunk, sub = _spans(g, cu, 64), _spans(g, cu, 16)
-    assert chunk > 40 and (sub > 40) == (regime != "sub_chunks"), (chunk, sub)
+    expect = {"halfway": 40 < chunk <= 80, "sub_chunks": chunk > 80 and sub <= 40}.get(regime, sub > 40)
+    assert expect, (chunk, sub)
     _check(q, k, v, g, h0, cu)
 
 
@@ -219,8 +220,14 @@ def test_gpu_chunk_strong_decay():
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_gpu_chunk_logsigmoid_gates(dtype):
-    # gates logsigmoid(x) without a normaliser (~-0.8 per token): every chunk takes the sub-chunk matmuls
+    # gates logsigmoid(x) without a normaliser (~-0.8 per token, ~-50 per chunk): the halfway reference point
     _gpu_check(2, 1000, 16, 16, 128, 128, dtype, decay=4.0)
+
+
+@pytest.mark.gpu
+def test_gpu_chunk_sub_chunk_gates():
+    # 2 * logsigmoid(x) (~-1.6 per token): chunks beyond e^-80, sub-chunks within e^-40 (diagonal blocks by matmul)
+    _gpu_check(2, 1000, 16, 16, 128, 128, torch.bfloat16, decay=8.0)
 
 
 @pytest.mark.gpu

@@ -9,8 +9,10 @@ dtype); ``gl`` is the chunk's total log decay (``gc`` at its last token). With `
 
 Intra-chunk scores ``A`` (and the backward's intra ``dq``/``dk``) on tensor cores at any decay, chosen per chunk
 and key block at run time:
-  * the chunk decays by at most ``e^-CLAMP`` in every key column (ordinary gates): one matmul
-    ``(q e^gc) @ (k e^-gc)^T``; ``e^-gc`` is at most ``e^CLAMP``, the products keep their relative precision;
+  * the chunk decays by at most ``e^-2CLAMP`` in every key column (ordinary gates, and ``logsigmoid`` gates
+    without a normaliser): one matmul ``(q e^(gc - gl/2)) @ (k e^(gl/2 - gc))^T``. The reference point halfway
+    through the chunk's decay keeps both factors within ``e^±CLAMP``; the products keep their relative
+    precision (only causally masked entries can exceed ``e^CLAMP``, and they are discarded);
   * stronger decay: the chunk is cut into ``BC = 16``-token sub-chunks with reference points ``r_J`` (gc at
     the last token of sub-chunk J, ``r_-1 = 0``). For a query i in sub-chunk I and a key j in sub-chunk J < I,
     ``e^(gc_i - gc_j) = e^(gc_i - r_{I-1}) * e^(r_{I-1} - r_J) * e^(r_J - gc_j)``: three factors <= 1, so the
@@ -264,8 +266,9 @@ def _fwd_A_kernel(Q, K, GC, AS, CU, CI, T, NT,
         k = _load_rows(K, tok, mt, kcol, ck, nk, H_KV * HEAD_K).to(tl.float32)
         gc = _load_rows(GC, tok, mt, kcol, ck, nk, H_KV * HEAD_K)
         gl = _last_row(GC, bos, eos, i_t, kcol, ck, nk, H_KV * HEAD_K, BT)
-        if tl.min(gl) >= -CLAMP:  # one matmul for the whole chunk
-            A += tl.dot(_dot_in(q * tl.exp(gc), HALF), tl.trans(_dot_in(k * tl.exp(-gc), HALF)))
+        if tl.min(gl) >= -2 * CLAMP:  # one matmul for the whole chunk, reference point halfway (gl / 2)
+            A += tl.dot(_dot_in(q * tl.exp(gc - 0.5 * gl[None, :]), HALF),
+                        tl.trans(_dot_in(k * tl.exp(0.5 * gl[None, :] - gc), HALF)))
         else:  # sub-chunks: one matmul per key sub-chunk (_sub_row_scale)
             r0, r1, r2, r3, span = _sub_refs(GC, tok0, eos, kcol, ck, nk, H_KV * HEAD_K, BC)
             diag_ok = span <= CLAMP
@@ -417,9 +420,7 @@ def _bwd_dqk_kernel(Q, K, V, GC, HS, DO, DHS, DQ, DK, DG, CU, CI, scale, T, NT,
     k = _load_rows(K, tok, mt, kcol, ck, nk, H_KV * HEAD_K).to(tl.float32)
     gc = _load_rows(GC, tok, mt, kcol, ck, nk, H_KV * HEAD_K)
     gl = _last_row(GC, bos, eos, i_t, kcol, ck, nk, H_KV * HEAD_K, BT)
-    whole = tl.min(gl) >= -CLAMP  # one matmul per intra term for the whole chunk, else sub-chunks
-    r0, r1, r2, r3, span = _sub_refs(GC, tok0, eos, kcol, ck, nk, H_KV * HEAD_K, BC)
-    diag_ok = span <= CLAMP
+    whole = tl.min(gl) >= -2 * CLAMP  # one matmul per intra term for the whole chunk, else sub-chunks
     blk = rows // BC
     # through the state after the chunk: dk += (v @ dh_next^T) * e^(gl - gc); hdh = sum_v h * dh_next
     dk = tl.zeros([BT, BK], dtype=tl.float32)
@@ -452,12 +453,14 @@ def _bwd_dqk_kernel(Q, K, V, GC, HS, DO, DHS, DQ, DK, DG, CU, CI, scale, T, NT,
             dA += tl.dot(_dot_in(do, HALF), tl.trans(_dot_in(v, HALF)))
         dA = tl.where(causal, dA * scale, 0.0)
         dq = dq * (tl.exp(gc) * scale)
-        if whole:
-            eg = tl.exp(gc)
-            ieg = tl.exp(-gc)
+        if whole:  # reference point halfway through the chunk's decay
+            eg = tl.exp(gc - 0.5 * gl[None, :])
+            ieg = tl.exp(0.5 * gl[None, :] - gc)
             dq += tl.dot(_dot_in(dA, HALF), _dot_in(k * ieg, HALF)) * eg
             dk += tl.dot(tl.trans(_dot_in(dA, HALF)), _dot_in(q * eg, HALF)) * ieg
         else:
+            r0, r1, r2, r3, span = _sub_refs(GC, tok0, eos, kcol, ck, nk, H_KV * HEAD_K, BC)
+            diag_ok = span <= CLAMP
             P, Qk = _sub_tiles(gc, blk, r0, r1, r2, r3)
             qP = q * P
             kQ = k * Qk
