@@ -33,8 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
 from benchmarks.common import Results  # noqa: E402
-from hfzoo.ops import gla_chunk  # noqa: E402
 from hfzoo.ops.gla import chunk_gla, fused_recurrent_gla  # noqa: E402
+from hfzoo.ops.launch import tuning  # noqa: E402
 
 COPY_TBPS = 4.27  # measured H200 device-to-device copy rate (DESIGN.md)
 if DRY:
@@ -214,16 +214,16 @@ def accuracy(res, name, fn, gate):
 # 4 warps / 1 stage / BK 128, the A kernel with 8 warps, dv BV=64/4 warps, dqk 8 warps / BV=128 / 1 stage
 # (results/gla_sweep.json, NOTES.md). Timed at both ordinary and strong gates (the sub-chunk forms).
 SWEEP = {
-    "A": {"A_w8": {"A": {"num_warps": 8}}, "A_bk32": {"A": {"BK": 32}}},
-    "o": {"o_bk128": {"o": {"BK": 128}}},
-    "dqk": {"dqk_w8": {"dqk": {"num_warps": 8}}, "dqk_bk32": {"dqk": {"BK": 32}}},
+    "A": {"A_w8": {"gla.fwd_A": {"num_warps": 8}}, "A_bk32": {"gla.fwd_A": {"BK": 32}}},
+    "o": {"o_bk128": {"gla.fwd_o": {"BK": 128}}},
+    "dqk": {"dqk_w8": {"gla.bwd_dqk": {"num_warps": 8}}, "dqk_bk32": {"gla.bwd_dqk": {"BK": 32}}},
 }
 SWEEP_GATES = ("logsigmoid/16", "logsigmoid")
 
 
 def sweep(res):
     """Time each launch variant (fwd+bwd, T=8192, both shapes, SWEEP_GATES); keep, per group, the one with the least total
-    time if it beats the default by more than 2%; write the kept settings to gla_tune.json (HFZOO_GLA_TUNE)."""
+    time if it beats the default by more than 2%; write the kept settings to gla_tune.json (the HFZOO_TUNE format)."""
     import json
 
     T = LENGTHS[1]
@@ -235,12 +235,11 @@ def sweep(res):
         todo = [("default", "default", {})] + [(grp, name, tune) for grp, variants in SWEEP.items()
                                                for name, tune in variants.items()]
         for grp, name, tune in todo:
-            gla_chunk.TUNE.clear()
-            gla_chunk.TUNE.update({key: dict(val) for key, val in tune.items()})
             try:
-                t = bench_ms(lambda: chunk_gla(q, k, v, g)[0].backward(do))
-                with torch.no_grad():
-                    t_f = bench_ms(lambda: chunk_gla(q, k, v, g)[0])
+                with tuning(tune):
+                    t = bench_ms(lambda: chunk_gla(q, k, v, g)[0].backward(do))
+                    with torch.no_grad():
+                        t_f = bench_ms(lambda: chunk_gla(q, k, v, g)[0])
             except Exception as e:
                 print(f"variant {name} failed: {repr(e)[:300]}")
                 t = float("inf")
@@ -250,7 +249,6 @@ def sweep(res):
             totals.setdefault((grp, name), []).append((t, tune))
         q = k = v = g = do = None
         _save(res)
-    gla_chunk.TUNE.clear()
     base = sum(t for t, _ in totals[("default", "default")])
     chosen = {}
     for grp in SWEEP:
@@ -267,16 +265,14 @@ def sweep(res):
             q, k, v, g = _inputs(B, T, H, K, V, gate=gate)
             do = torch.randn_like(v)
             for name, tune in (("combined", chosen), ("default", {})):
-                gla_chunk.TUNE.clear()
-                gla_chunk.TUNE.update({key: dict(val) for key, val in tune.items()})
-                t = bench_ms(lambda: chunk_gla(q, k, v, g)[0].backward(do))
+                with tuning(tune):
+                    t = bench_ms(lambda: chunk_gla(q, k, v, g)[0].backward(do))
                 res.add(f"sweep fwdbwd B{B} T{T} H{H} K{K} V{V} bf16 gate={gate}", f"hfzoo_{name}", "ms", t)
                 if name == "combined":
                     combo += t
                 else:
                     default += t
             q = k = v = g = do = None
-        gla_chunk.TUNE.clear()
         print(f"sweep: combined {combo:.3f} ms vs default {default:.3f} ms")
         if combo >= default:
             chosen = {}
@@ -308,8 +304,8 @@ def main():
         print("saved", _save(res))
         return
     res = Results("gla_dryrun" if DRY else "gla")
-    if gla_chunk.TUNE:
-        print("launch settings from HFZOO_GLA_TUNE:", gla_chunk.TUNE)
+    if os.environ.get("HFZOO_TUNE"):
+        print("launch settings from HFZOO_TUNE:", os.environ["HFZOO_TUNE"])
     # hfzoo first, so its rows survive a timeout during fla's autotuning
     cold_start(res, "hfzoo", chunk_gla)
     ours = chunk_cases(res, "hfzoo", chunk_gla, lengths, SHAPES, gates, sdpa=True)

@@ -39,12 +39,10 @@ backward's intra-chunk matmuls, and the column-by-column exact form over whole 6
 
 from __future__ import annotations
 
-import json
-import os
-
 import torch
 
 from .gla import _SAFE_LOG_DECAY as CLAMP  # largest log decay a factorised (matmul) form spans
+from .launch import compile_options, launch, settings
 from .triton_shim import tl, triton
 
 BT = 64  # chunk length
@@ -185,7 +183,7 @@ def _last_row(GC, bos, eos, i_t, col0, ck, ncols, row_stride, BT: tl.constexpr):
     return _gc_at(GC, bos + i_t * BT, eos, BT - 1, col0, ck, ncols, row_stride)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "NT"])  # a new length compiles nothing
 def _prep_kernel(G, K, GC, KD, CU, CI, T, NT,
                  H_KV: tl.constexpr, HEAD_K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                  IS_VARLEN: tl.constexpr, FROM_GC: tl.constexpr):
@@ -212,7 +210,7 @@ def _prep_kernel(G, K, GC, KD, CU, CI, T, NT,
 # Forward.
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "NT"])  # a new length compiles nothing
 def _fwd_h_kernel(KD, V, GC, HS, H0, HT, CU, CO, T, NT,
                   H_KV: tl.constexpr, HEAD_K: tl.constexpr, HEAD_V: tl.constexpr, BT: tl.constexpr,
                   BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
@@ -249,7 +247,7 @@ def _fwd_h_kernel(KD, V, GC, HS, H0, HT, CU, CO, T, NT,
         tl.store(HT + i_nh.to(tl.int64) * HEAD_K * HEAD_V + st, S, mask=mkv)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "NT"])  # a new length compiles nothing
 def _fwd_A_kernel(Q, K, GC, AS, CU, CI, T, NT,
                   H: tl.constexpr, H_KV: tl.constexpr, HEAD_K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
                   BK: tl.constexpr, IS_VARLEN: tl.constexpr, HALF: tl.constexpr, CLAMP: tl.constexpr):
@@ -291,7 +289,7 @@ def _fwd_A_kernel(Q, K, GC, AS, CU, CI, T, NT,
     tl.store(AS + tok[:, None] * (H * BT) + i_h * BT + rows[None, :], A.to(AS.dtype.element_ty), mask=mt[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "NT"])  # a new length compiles nothing
 def _fwd_o_kernel(Q, V, GC, HS, O, AS, CU, CI, scale, T, NT,
                   H: tl.constexpr, H_KV: tl.constexpr, HEAD_K: tl.constexpr, HEAD_V: tl.constexpr,
                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
@@ -322,7 +320,7 @@ def _fwd_o_kernel(Q, V, GC, HS, O, AS, CU, CI, scale, T, NT,
 # Backward.
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "NT"])  # a new length compiles nothing
 def _bwd_dh_kernel(Q, GC, DO, DHS, DHT, DH0, CU, CO, scale, T, NT,
                    H: tl.constexpr, H_KV: tl.constexpr, HEAD_K: tl.constexpr, HEAD_V: tl.constexpr,
                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, USE_DHT: tl.constexpr,
@@ -372,7 +370,7 @@ def _bwd_dh_kernel(Q, GC, DO, DHS, DHT, DH0, CU, CO, scale, T, NT,
         tl.store(DH0 + i_nh.to(tl.int64) * HEAD_K * HEAD_V + st, dS, mask=mkv)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "NT"])  # a new length compiles nothing
 def _bwd_dv_kernel(KD, AS, DO, DHS, DV, CU, CI, scale, T, NT,
                    H: tl.constexpr, H_KV: tl.constexpr, HEAD_K: tl.constexpr, HEAD_V: tl.constexpr,
                    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr):
@@ -401,7 +399,7 @@ def _bwd_dv_kernel(KD, AS, DO, DHS, DV, CU, CI, scale, T, NT,
     tl.store(ptr, acc.to(DV.dtype.element_ty), mask=mt[:, None] & (ov[None, :] < HEAD_V))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "NT"])  # a new length compiles nothing
 def _bwd_dqk_kernel(Q, K, V, GC, HS, DO, DHS, DQ, DK, DG, CU, CI, scale, T, NT,
                     H: tl.constexpr, H_KV: tl.constexpr, HEAD_K: tl.constexpr, HEAD_V: tl.constexpr,
                     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -526,36 +524,20 @@ class _Seqs:
             self.ci = torch.tensor(ci if ci else [(0, 0)], dtype=torch.int32, device=device)
 
 
-def _tune_from_env() -> dict[str, dict]:
-    raw = os.environ.get("HFZOO_GLA_TUNE", "").strip()
-    if not raw:
-        return {}
-    tune = json.loads(raw)
-    if not isinstance(tune, dict) or not all(isinstance(v, dict) for v in tune.values()):
-        raise ValueError(f"HFZOO_GLA_TUNE must be a JSON object of objects, e.g. '{{\"o\": {{\"num_warps\": 4}}}}'; "
-                         f"got {raw!r}")
-    return tune
-
-
-# Per-kernel tile sizes and launch options; ``TUNE[name]`` overrides them (benchmarks/gla.py sweeps it), and
-# so does the environment variable ``HFZOO_GLA_TUNE`` (the same dict as JSON), read at import.
-TUNE: dict[str, dict] = _tune_from_env()
-
-
-def _conf(name, K, V):
-    V = V or K  # the key-only kernels ("prep", "A") have no value block
-    conf = {
-        "prep": dict(BK=_p2(K), BV=None, num_warps=4),      # gates cumsum and decayed keys
-        "h": dict(BK=_p2(K), BV=_p2(V), num_warps=4),       # state scan (forward and recomputed)
-        "A": dict(BK=_p2(K), BV=None, num_warps=4),         # intra-chunk scores
-        "o": dict(BK=_p2(K), BV=_p2(V, hi=128), num_warps=8 if V >= 128 else 4),
-        "dh": dict(BK=_p2(K), BV=_p2(V), num_warps=4),      # reverse state-gradient scan
-        "dv": dict(BK=_p2(K), BV=_p2(V, hi=128), num_warps=8 if V >= 128 else 4),
-        "dqk": dict(BK=_p2(K), BV=_p2(V), num_warps=4),
-    }[name]
-    conf.update(TUNE.get(name, {}))
-    opts = {key: conf[key] for key in ("num_warps", "num_stages", "maxnreg") if key in conf}
-    return conf["BK"], conf["BV"], opts
+def _conf(kernel, K, V=None):
+    """``(BK, BV, compile options)`` of ``"gla.<kernel>"``: tiles and warps from the head dims (measured on the
+    H200, benchmarks/NOTES.md), overridable through ``launch.settings`` (``HFZOO_TUNE``, ``launch.tuning``)."""
+    V = V or K  # the key-only kernels (prep, A) have no value block
+    wide = 8 if V >= 128 else 4
+    shape = {"prep": dict(BK=_p2(K), num_warps=4),                 # gates cumsum and decayed keys
+             "fwd_h": dict(BK=_p2(K), BV=_p2(V), num_warps=4),     # state scan (forward, and recomputed)
+             "fwd_A": dict(BK=_p2(K), num_warps=4),                # intra-chunk scores
+             "fwd_o": dict(BK=_p2(K), BV=_p2(V, hi=128), num_warps=wide),
+             "bwd_dh": dict(BK=_p2(K), BV=_p2(V), num_warps=4),    # reverse state-gradient scan
+             "bwd_dv": dict(BK=_p2(K), BV=_p2(V, hi=128), num_warps=wide),
+             "bwd_dqk": dict(BK=_p2(K), BV=_p2(V), num_warps=4)}[kernel]
+    conf = settings(f"gla.{kernel}", **shape)
+    return conf["BK"], conf.get("BV"), compile_options(conf)
 
 
 def _state_dtype(dtype):
@@ -569,8 +551,8 @@ def _prep(k, g, gc, seqs):
     if not from_gc:
         gc = torch.empty(k.shape, dtype=torch.float32, device=k.device)
     kd = torch.empty(k.shape, dtype=_state_dtype(k.dtype), device=k.device)
-    BK, _, opts = _conf("prep", K, None)
-    _prep_kernel[(triton.cdiv(K, BK), seqs.n_chunks, Hkv)](
+    BK, _, opts = _conf("prep", K)
+    launch("gla.prep", _prep_kernel, (triton.cdiv(K, BK), seqs.n_chunks, Hkv),
         g, k, gc, kd, seqs.cu, seqs.ci, seqs.T, seqs.NT, H_KV=Hkv, HEAD_K=K, BT=BT, BK=BK,
         IS_VARLEN=seqs.varlen, FROM_GC=from_gc, **opts)
     return gc, kd
@@ -579,11 +561,11 @@ def _prep(k, g, gc, seqs):
 def _fwd_states(kd, v, gc, h0, seqs, want_ht):
     B, T, Hkv, K = kd.shape
     V = v.shape[-1]
-    BK, BV, opts = _conf("h", K, V)
+    BK, BV, opts = _conf("fwd_h", K, V)
     h = torch.empty(seqs.n_chunks, Hkv, K, V, dtype=_state_dtype(v.dtype), device=v.device)
     ht = torch.empty(seqs.N, Hkv, K, V, dtype=torch.float32, device=v.device) if want_ht else None
     grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), seqs.N * Hkv)
-    _fwd_h_kernel[grid](kd, v, gc, h, h0, ht, seqs.cu, seqs.co, seqs.T, seqs.NT,
+    launch("gla.fwd_h", _fwd_h_kernel, grid, kd, v, gc, h, h0, ht, seqs.cu, seqs.co, seqs.T, seqs.NT,
                         H_KV=Hkv, HEAD_K=K, HEAD_V=V, BT=BT, BK=BK, BV=BV, USE_H0=h0 is not None,
                         STORE_HT=want_ht, IS_VARLEN=seqs.varlen, **opts)
     return h, ht
@@ -600,12 +582,12 @@ def _fwd(q, k, v, g, scale, h0, seqs, want_ht):
     # A in its own kernel: once per chunk and head (not once per value block), and the output kernel stays small
     # (faster on the H200 also for a single value block: benchmarks/NOTES.md, sweeps of runs 4 and 6)
     A = torch.empty(B, T, H, BT, dtype=_state_dtype(v.dtype), device=v.device)
-    BK, _, opts = _conf("A", K, None)
-    _fwd_A_kernel[(seqs.n_chunks, H)](q, k, gc, A, seqs.cu, seqs.ci, seqs.T, seqs.NT, H=H, H_KV=Hkv, HEAD_K=K,
+    BK, _, opts = _conf("fwd_A", K)
+    launch("gla.fwd_A", _fwd_A_kernel, (seqs.n_chunks, H), q, k, gc, A, seqs.cu, seqs.ci, seqs.T, seqs.NT, H=H, H_KV=Hkv, HEAD_K=K,
                                       BT=BT, BC=BC, BK=BK, IS_VARLEN=seqs.varlen, HALF=half, CLAMP=CLAMP, **opts)
     o = torch.empty(B, T, H, V, dtype=v.dtype, device=v.device)
-    BK, BV, opts = _conf("o", K, V)
-    _fwd_o_kernel[(triton.cdiv(V, BV), seqs.n_chunks, H)](
+    BK, BV, opts = _conf("fwd_o", K, V)
+    launch("gla.fwd_o", _fwd_o_kernel, (triton.cdiv(V, BV), seqs.n_chunks, H),
         q, v, gc, h, o, A, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT, H=H, H_KV=Hkv, HEAD_K=K, HEAD_V=V,
         BT=BT, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, HALF=half, **opts)
     return o, ht, gc, A
@@ -619,22 +601,22 @@ def _bwd(q, k, v, gc, A, scale, h0, do, dht, seqs):
     h, _ = _fwd_states(kd, v, gc, h0, seqs, False)
     dh = torch.empty_like(h)
     dh0 = torch.empty(seqs.N, Hkv, K, V, dtype=torch.float32, device=v.device) if h0 is not None else None
-    BK, BV, opts = _conf("dh", K, V)
-    _bwd_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), seqs.N * Hkv)](
+    BK, BV, opts = _conf("bwd_dh", K, V)
+    launch("gla.bwd_dh", _bwd_dh_kernel, (triton.cdiv(K, BK), triton.cdiv(V, BV), seqs.N * Hkv),
         q, gc, do, dh, dht, dh0, seqs.cu, seqs.co, scale, seqs.T, seqs.NT,
         H=H, H_KV=Hkv, HEAD_K=K, HEAD_V=V, BT=BT, BK=BK, BV=BV, USE_DHT=dht is not None,
         STORE_DH0=h0 is not None, IS_VARLEN=seqs.varlen, HALF=half, **opts)
     dv = torch.empty_like(v)
-    BK, BV, opts = _conf("dv", K, V)
-    _bwd_dv_kernel[(triton.cdiv(V, BV), seqs.n_chunks, Hkv)](
+    BK, BV, opts = _conf("bwd_dv", K, V)
+    launch("gla.bwd_dv", _bwd_dv_kernel, (triton.cdiv(V, BV), seqs.n_chunks, Hkv),
         kd, A, do, dh, dv, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
         H=H, H_KV=Hkv, HEAD_K=K, HEAD_V=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, **opts)
     kd = None
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dg = torch.empty(k.shape, dtype=torch.float32, device=k.device)
-    BK, BV, opts = _conf("dqk", K, V)
-    _bwd_dqk_kernel[(triton.cdiv(K, BK), seqs.n_chunks, Hkv)](
+    BK, BV, opts = _conf("bwd_dqk", K, V)
+    launch("gla.bwd_dqk", _bwd_dqk_kernel, (triton.cdiv(K, BK), seqs.n_chunks, Hkv),
         q, k, v, gc, h, do, dh, dq, dk, dg, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
         H=H, H_KV=Hkv, HEAD_K=K, HEAD_V=V, BT=BT, BC=BC, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, HALF=half,
         CLAMP=CLAMP, **opts)
