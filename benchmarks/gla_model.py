@@ -17,6 +17,7 @@ Cases and contenders (results in ``gla_model.json``):
   ``tokens/s`` = B * n / seconds (prefill included), ``hfzoo`` and ``fla``.
 """
 
+# ruff: noqa: B023  (the closures below are timed on the spot, inside their loop iteration)
 from __future__ import annotations
 
 import argparse
