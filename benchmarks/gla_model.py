@@ -11,7 +11,7 @@ weights (``hfzoo.convert.fla_gla``), bf16 weights, no autocast.
 Cases and contenders (results in ``gla_model.json``):
 * ``train h<hidden> L<layers> B<b> T<t>``: forward with labels + backward, no optimizer step; metrics ``ms`` and
   ``peak_gb`` (peak allocated above the model and inputs). ``hfzoo`` (its ``loss_function``: full fp32 logits),
-  ``hfzoo_fused_ce`` (the same model's hidden states into ``hfzoo.ops.linear_cross_entropy``: no full logits),
+  ``hfzoo_fused_ce`` (the same model with ``fuse_linear_cross_entropy``: ``hfzoo.ops.linear_cross_entropy``, no full logits),
   ``fla`` (its default fused cross-entropy) and ``fla_unfused`` (``fuse_cross_entropy=False``).
 * ``generate B<b> prompt<p> new<n>``: greedy ``generate`` of exactly n new tokens after a p-token prompt;
   ``tokens/s`` = B * n / seconds (prefill included), ``hfzoo`` and ``fla``.
@@ -90,12 +90,13 @@ def models(hidden, want_fla):
 
 
 def fused_ce_loss(model, ids, labels):
-    """hfzoo's model body, then the chunked linear + cross-entropy op on the shifted labels (no full logits)."""
-    from hfzoo.ops.linear_cross_entropy import linear_cross_entropy
-
-    hidden = model.model(input_ids=ids).last_hidden_state
-    target = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)  # transformers' causal-LM shift
-    return linear_cross_entropy(hidden, model.lm_head.weight, target)
+    """hfzoo's model with ``fuse_linear_cross_entropy``: the loss from the hidden states through the chunked
+    linear + cross-entropy op (no full logits)."""
+    model.config.fuse_linear_cross_entropy = True
+    try:
+        return model(input_ids=ids, labels=labels).loss
+    finally:
+        model.config.fuse_linear_cross_entropy = False
 
 
 def train_cases(res, hidden, ms):
@@ -116,7 +117,7 @@ def train_cases(res, hidden, ms):
                 res.add(case, name, "peak_gb", peak_gb(step))
                 for m in ms.values():
                     m.zero_grad(set_to_none=True)
-                with torch.no_grad():
+                with torch.no_grad():  # (the fused path needs training mode, which the models are in)
                     losses[name] = (fused_ce_loss(ms["hfzoo"], ids, ids) if name == "hfzoo_fused_ce" else
                                     ms[name](input_ids=ids, labels=ids).loss).item()
                 res.add(case, name, "loss", losses[name])

@@ -94,3 +94,31 @@ def test_bad_inputs_are_named():
         linear_cross_entropy(h, w, t, chunk_size=0)
     with pytest.raises(TypeError, match="weight"):
         linear_cross_entropy(h, w.long(), t)
+
+
+def test_gla_model_fused_loss_matches_its_logits_loss():
+    # GLAForCausalLM with fuse_linear_cross_entropy: in training with labels the loss comes from the hidden states
+    # (no logits returned); loss and every gradient equal the default path's, also with num_items_in_batch
+    from hfzoo.models.gla.configuration_gla import GLAConfig
+    from hfzoo.models.gla.modeling_gla import GLAForCausalLM
+
+    torch.manual_seed(0)
+    cfg = GLAConfig(vocab_size=64, hidden_size=32, num_heads=2, num_hidden_layers=2, fuse_linear_cross_entropy=True)
+    model = GLAForCausalLM(cfg).train()
+    ids = torch.randint(0, 64, (2, 21))
+    labels = ids.clone()
+    labels[0, :5] = -100
+    for extra in ({}, {"num_items_in_batch": torch.tensor(50)}):
+        results = []
+        for fused in (True, False):
+            model.config.fuse_linear_cross_entropy = fused
+            model.zero_grad()
+            out = model(input_ids=ids, labels=labels, **extra)
+            out.loss.backward()
+            assert (out.logits is None) == fused
+            results.append([out.loss.detach()] + [p.grad.clone() for p in model.parameters()])
+        for a, b in zip(*results):
+            assert rel_err(a, b) < 1e-5
+    model.eval()
+    model.config.fuse_linear_cross_entropy = True
+    assert model(input_ids=ids, labels=labels).logits is not None  # evaluation keeps transformers' outputs
