@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .validate import shape, tensor
+from .validate import check_shape, check_tensor
 
 _NAME = "linear_cross_entropy"
 
@@ -99,11 +99,11 @@ def linear_cross_entropy(hidden, weight, target, bias=None, ignore_index=-100, r
         >>> torch.allclose(loss, torch.nn.functional.cross_entropy(h @ w.T, t))
         True
     """
-    tensor(_NAME, "hidden", hidden)
-    tensor(_NAME, "weight", weight, dims=2, device=hidden.device)
+    check_tensor(_NAME, "hidden", hidden)
+    check_tensor(_NAME, "weight", weight, dims=2, device=hidden.device)
     if bias is not None:
-        tensor(_NAME, "bias", bias, dims=1, device=hidden.device)
-        shape(_NAME, "bias", bias, (weight.shape[0],), "[V]")
+        check_tensor(_NAME, "bias", bias, dims=1, device=hidden.device)
+        check_shape(_NAME, "bias", bias, (weight.shape[0],), "[V]")
     if not isinstance(target, torch.Tensor) or target.is_floating_point() or target.is_complex():
         raise TypeError(f"{_NAME}: target must be an integer tensor of class indices")
     if hidden.shape[-1] != weight.shape[1]:
