@@ -33,6 +33,7 @@ from transformers.modeling_utils import PreTrainedModel
 
 from ...ops.gla import chunk_gla, fused_recurrent_gla
 from ...ops.rmsnorm import rms_norm_gated
+from ...utils.remote_code import StandaloneSaveMixin
 from .cache_gla import GLACache
 from .configuration_gla import GLAConfig
 
@@ -317,7 +318,7 @@ class GLABlock(GradientCheckpointingLayer):
 # Pretrained model, base model, heads
 
 
-class GLAPreTrainedModel(PreTrainedModel):
+class GLAPreTrainedModel(StandaloneSaveMixin, PreTrainedModel):
     config_class = GLAConfig
     base_model_prefix = "model"
     _no_split_modules = ["GLABlock"]

@@ -24,6 +24,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 
 from ...ops.group_rational import RATIONAL_INITS, group_rational
+from ...utils.remote_code import StandaloneSaveMixin
 from .configuration_kat import KATConfig
 
 # Square of the gain that keeps activations' variance through a rational initialized as this function
@@ -165,7 +166,7 @@ class KATLayer(GradientCheckpointingLayer):
         return x + self.dropout(self.mlp(self.norm2(x)))
 
 
-class KATPreTrainedModel(PreTrainedModel):
+class KATPreTrainedModel(StandaloneSaveMixin, PreTrainedModel):
     config_class = KATConfig
     base_model_prefix = "kat"
     main_input_name = "pixel_values"

@@ -35,6 +35,7 @@ from transformers.modeling_outputs import (
 )
 
 from ...ops.varlen_alibi_attention import alibi_slopes, varlen_alibi_attention_qkvpacked
+from ...utils.remote_code import StandaloneSaveMixin
 from .configuration_mosaicbert import MosaicBertConfig
 
 # ----------------------------------------------------------------------------------------------------
@@ -193,7 +194,7 @@ class MosaicBertPooler(nn.Module):
 # Models
 
 
-class MosaicBertPreTrainedModel(PreTrainedModel):
+class MosaicBertPreTrainedModel(StandaloneSaveMixin, PreTrainedModel):
     config_class = MosaicBertConfig
     base_model_prefix = "bert"
     _no_split_modules = ["MosaicBertLayer"]

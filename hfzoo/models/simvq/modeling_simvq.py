@@ -23,6 +23,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from ...ops.nearest_code import nearest_code
+from ...utils.remote_code import StandaloneSaveMixin
 from .configuration_simvq import SimVQConfig
 
 
@@ -226,7 +227,7 @@ class SimVQModelOutput(ModelOutput):
     codebook_utilization: torch.FloatTensor | None = None
 
 
-class SimVQPreTrainedModel(PreTrainedModel):
+class SimVQPreTrainedModel(StandaloneSaveMixin, PreTrainedModel):
     config_class = SimVQConfig
     base_model_prefix = "simvq"
     main_input_name = "pixel_values"
