@@ -26,6 +26,10 @@ class Architecture:
     tiny_config: Callable[[], Any] | None = None                # a small config for tests and export checks
     example_inputs: Callable[[Any], dict] | None = None         # config -> forward kwargs (CPU tensors)
     checkpoint: str | None = None              # name of the small trained checkpoint shipped in hfzoo/checkpoints
+    demo: str | None = None                    # gallery tab: module under hfzoo.gallery ("gla_demo")
+    converters: tuple[str, ...] = ()           # modules under hfzoo.convert reading original checkpoints ("fla_gla",)
+    card_template: str = ""                    # model card template under model_cards/ (default "<name>.md")
+    pipeline_tag: str | None = None            # Hub pipeline tag of the main model ("text-generation")
 
     @property
     def model_type(self) -> str:

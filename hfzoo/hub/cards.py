@@ -16,7 +16,11 @@ TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 
 
 def template_path(arch_name: str) -> Path:
-    path = TEMPLATE_DIR / f"{arch_name}.md"
+    """The card template of an architecture: its registry entry's ``card_template`` (default ``<name>.md``)."""
+    from ..models import get_architecture
+
+    arch = get_architecture(arch_name)
+    path = TEMPLATE_DIR / (arch.card_template or f"{arch.name}.md")
     if not path.is_file():
         raise ValueError(f"no model card template for architecture {arch_name!r} (looked for {path})")
     return path
@@ -47,8 +51,9 @@ def render_card(model, model_id: str | None = None, extra: str = "", auto_class:
     if auto_class is None:
         auto_class = next((a for a, c in arch.auto_models.items() if isinstance(model, c)), "AutoModel")
     n = sum(p.numel() for p in model.parameters())
+    tag = arch.pipeline_tag if arch.auto_models.get(auto_class) is arch.main_model else _pipeline_tag(auto_class)
     data = ModelCardData(library_name="transformers", license="apache-2.0",
-                         tags=["hfzoo", arch.name, "custom_code"], pipeline_tag=_pipeline_tag(auto_class))
+                         tags=["hfzoo", arch.name, "custom_code"], pipeline_tag=tag)
     return ModelCard.from_template(
         data, template_path=str(template_path(arch.name)),
         model_id=model_id or f"hfzoo-{arch.name}", arch=arch, config=model.config.to_dict(),
@@ -57,6 +62,7 @@ def render_card(model, model_id: str | None = None, extra: str = "", auto_class:
 
 
 def _pipeline_tag(auto_class: str) -> str | None:
+    """The Hub task of a task head other than the architecture's main model (transformers' own mapping)."""
     return {
         "AutoModelForCausalLM": "text-generation",
         "AutoModelForMaskedLM": "fill-mask",

@@ -1,7 +1,7 @@
 """What writers (export, converters) tell the user while they work.
 
-Messages go to the ``hfzoo`` logger at INFO level: silent in library use, shown on stderr by the ``hfzoo``
-command. A tqdm bar over a writer's steps (or a checkpoint's weight files) appears too when the logger is
+Messages go to the ``hfzoo`` logger at INFO level: silent in library use, printed on stdout by the ``hfzoo``
+command (stderr keeps only errors and progress bars). A tqdm bar over a writer's steps (or a checkpoint's weight files) appears too when the logger is
 shown and the checkpoint is large (``LARGE_BYTES``), or always with ``HFZOO_PROGRESS=1``.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
 logger = logging.getLogger("hfzoo")
 LARGE_BYTES = 256 * 2**20
@@ -49,13 +48,10 @@ class Steps:
             self.bar = tqdm(total=len(self.steps), desc=name, unit="step", leave=True)
 
     def __call__(self, step: str, message: str = "") -> None:
-        text = f"{self.name}: {message or step}"
+        say(f"{self.name}: {message or step}")
         if self.bar is not None:
             self.bar.set_postfix_str(step)
             self.bar.update(1)
-            self.bar.write(text, file=sys.stderr)
-        else:
-            say(text)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -35,6 +35,10 @@ ARCHITECTURE = Architecture(
     tiny_config=tiny_config,
     example_inputs=example_inputs,
     checkpoint="tiny-gla",
+    demo="gla_demo",
+    converters=("fla_gla",),
+    card_template="gla.md",
+    pipeline_tag="text-generation",
 )
 
 __all__ = ["ARCHITECTURE", "GLACache", "GLAConfig", "GLAModel", "GLAForCausalLM", "GLAForSequenceClassification"]

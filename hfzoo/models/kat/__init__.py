@@ -29,6 +29,10 @@ ARCHITECTURE = Architecture(
     tiny_config=_tiny_config,
     example_inputs=_example_inputs,
     checkpoint="tiny-kat",
+    demo="kat_demo",
+    converters=("timm_kat",),
+    card_template="kat.md",
+    pipeline_tag="image-classification",
 )
 
 __all__ = ["ARCHITECTURE", "KAT_PRESETS", "KATConfig", "KATForImageClassification", "KATImageProcessor",

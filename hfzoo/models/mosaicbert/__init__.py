@@ -41,6 +41,10 @@ ARCHITECTURE = Architecture(
     tiny_config=_tiny_config,
     example_inputs=_example_inputs,
     checkpoint="tiny-mosaicbert",
+    demo="mosaicbert_demo",
+    converters=("mosaicml_bert",),
+    card_template="mosaicbert.md",
+    pipeline_tag="fill-mask",
 )
 
 __all__ = ["ARCHITECTURE", "MosaicBertConfig", "MosaicBertModel", "MosaicBertForMaskedLM",

@@ -35,6 +35,10 @@ ARCHITECTURE = Architecture(
     tiny_config=_tiny_config,
     example_inputs=_example_inputs,
     checkpoint="tiny-simvq",
+    demo="simvq_demo",
+    converters=("simvq_ckpt",),
+    card_template="simvq.md",
+    pipeline_tag="image-feature-extraction",
 )
 
 __all__ = ["ARCHITECTURE", "SimVQConfig", "SimVQModel", "SimVQModelOutput", "SimVQQuantizer",
