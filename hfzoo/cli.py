@@ -69,10 +69,16 @@ def _cmd_card(args) -> int:
 
 def _cmd_convert(args) -> int:
     mod = args.converter
+    _refuse_existing(args.output, args.overwrite)   # before minutes of reading a large checkpoint
     options = {dest: getattr(args, dest) for dest in args.converter_options}
     path = mod.convert(args.source, args.output, overwrite=args.overwrite, **options)
     print(f"converted {args.source} -> {path}")
     return 0
+
+
+def _refuse_existing(output, overwrite: bool) -> None:
+    if os.path.lexists(output) and not overwrite:
+        raise FileExistsError(f"{os.path.abspath(output)} already exists (pass --overwrite to replace it)")
 
 
 def _cmd_demo(args) -> int:
@@ -155,10 +161,24 @@ def _show_progress(quiet: bool):
     return handler
 
 
+def _quiet_transformers():
+    """transformers' own loading/writing bars would print between our messages and around an error line.
+    Returns a function that restores them (``main`` may be called from Python)."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return lambda: None
+    if not hf_logging.is_progress_bar_enabled():
+        return lambda: None
+    hf_logging.disable_progress_bar()
+    return hf_logging.enable_progress_bar
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = _show_progress(args.quiet)
+    restore_bars = _quiet_transformers()
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -174,6 +194,7 @@ def main(argv=None) -> int:
         print(f"hfzoo {args.command}: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
     finally:
+        restore_bars()
         if handler is not None:
             logging.getLogger("hfzoo").removeHandler(handler)
             logging.getLogger("hfzoo").setLevel(handler.previous_level)

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
 
 from ..hub.progress import files_bar, human_bytes, say
 
@@ -36,6 +39,8 @@ def load_safetensors(path) -> dict[str, torch.Tensor]:
 
 def load_torch(path):
     """``torch.load(weights_only=True)``: pickles of arbitrary objects are refused, nothing in them runs."""
+    import torch
+
     path = Path(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

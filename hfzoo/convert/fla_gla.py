@@ -13,8 +13,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import torch
-
 from ..hub.progress import say
 from .checkpoint_io import load_files, read_json
 
@@ -78,6 +76,8 @@ def rename_key(key: str, config) -> str | None:
 
 def convert_state_dict(state_dict: dict, config) -> dict:
     """Rename fla keys and check them against the hfzoo model; ValueError lists missing/unexpected/misshapen keys."""
+    import torch
+
     from ..models.gla.modeling_gla import GLAForCausalLM
 
     with torch.device("meta"):
@@ -117,6 +117,8 @@ def load_state_dict(folder: Path) -> dict:
 
 def convert(source, output, *, overwrite: bool = False, dtype: str = "keep") -> Path:
     """Convert the fla GLA checkpoint folder ``source`` into an hfzoo folder ``output`` (written atomically)."""
+    import torch
+
     from ..hub.atomic import atomic_directory
     from ..models.gla.modeling_gla import GLAForCausalLM
 
@@ -162,6 +164,8 @@ def convert(source, output, *, overwrite: bool = False, dtype: str = "keep") -> 
 
 
 def _rotary_inv_freq(config, attention):
+    import torch
+
     spec = config.attention_spec(attention.layer_idx)
     d = attention.head_dim
     return 1.0 / spec["rope_theta"] ** (torch.arange(0, d, 2, dtype=torch.float32) / d)

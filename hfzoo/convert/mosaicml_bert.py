@@ -23,13 +23,16 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+    from ..models.mosaicbert.configuration_mosaicbert import MosaicBertConfig
+
 
 from ..hub.atomic import atomic_directory
 from ..hub.progress import say
-from ..models.mosaicbert.configuration_mosaicbert import MosaicBertConfig
-from ..models.mosaicbert.modeling_mosaicbert import MosaicBertForMaskedLM, MosaicBertForSequenceClassification
 from .checkpoint_io import load_files, load_torch, read_json
 
 SOURCE = "mosaicml-bert"
@@ -68,6 +71,8 @@ def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def _composer_state(obj, path: Path) -> tuple[dict, dict | None]:
     """Model tensors (``model.`` prefix removed) and, if stored, the Hugging Face config of a Composer file."""
+    import torch
+
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict of tensors or a Composer checkpoint, got {type(obj).__name__}")
     config = None
@@ -116,6 +121,8 @@ def read_source(source, config=None) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def to_config(cfg_dict: dict, num_labels: int | None = None) -> MosaicBertConfig:
+    from ..models.mosaicbert.configuration_mosaicbert import MosaicBertConfig
+
     fields = {k: v for k, v in cfg_dict.items() if k not in _DROPPED_CONFIG_KEYS}
     if num_labels is not None:
         fields["num_labels"] = num_labels
@@ -127,6 +134,10 @@ def to_config(cfg_dict: dict, num_labels: int | None = None) -> MosaicBertConfig
 
 def convert_state_dict(state: dict[str, torch.Tensor], config: MosaicBertConfig):
     """Build the hfzoo model holding ``state``; ``ValueError`` lists unknown/missing keys or bad shapes."""
+    import torch
+
+    from ..models.mosaicbert.modeling_mosaicbert import MosaicBertForMaskedLM, MosaicBertForSequenceClassification
+
     state = {k: v for k, v in state.items() if k not in _IGNORED_BUFFERS}
     if "cls.predictions.bias" in state and "cls.predictions.decoder.bias" not in state:  # HF-BERT-style head
         state["cls.predictions.decoder.bias"] = state.pop("cls.predictions.bias")

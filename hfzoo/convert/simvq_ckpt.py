@@ -32,14 +32,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    from ..models.simvq.configuration_simvq import SimVQConfig
+
 
 from ..hub.atomic import save_pretrained_atomic
 from ..hub.progress import human_bytes, say
-from ..models.simvq.configuration_simvq import SimVQConfig
-from ..models.simvq.image_processing_simvq import SimVQImageProcessor
-from ..models.simvq.modeling_simvq import SimVQModel
 
 SOURCE = "simvq"
 DESCRIPTION = "SimVQ image tokenizer (Lightning .ckpt + config.yaml from youngsheen/SimVQ) -> hfzoo SimVQ"
@@ -101,6 +101,8 @@ _HARMLESS_GLOBALS = {
 
 def load_lightning_checkpoint(path: str | Path) -> dict:
     """``torch.load(weights_only=True)`` of a Lightning checkpoint, tolerating only ``_HARMLESS_GLOBALS``."""
+    import torch
+
     path = Path(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -142,6 +144,8 @@ def _read_yaml(path: Path) -> dict:
 
 def config_from_yaml(doc: dict, where: str = "config.yaml") -> SimVQConfig:
     """``SimVQConfig`` from a LightningCLI config of the reference image tokenizer."""
+    from ..models.simvq.configuration_simvq import SimVQConfig
+
     model = doc.get("model")
     if not isinstance(model, dict):
         raise ValueError(f"{where}: no 'model' section")
@@ -254,6 +258,11 @@ def add_arguments(parser) -> None:
 
 def convert(source, output, *, overwrite: bool = False, config=None, weights: str = "auto") -> Path:
     """Convert a released SimVQ checkpoint (file, or a folder with one ``.ckpt`` and ``config.yaml``)."""
+    import torch
+
+    from ..models.simvq.image_processing_simvq import SimVQImageProcessor
+    from ..models.simvq.modeling_simvq import SimVQModel
+
     source = Path(source)
     ckpt_path = _find_checkpoint(source)
     config_path = _find_config(ckpt_path, source, config)

@@ -28,8 +28,11 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
 
 from ..hub.progress import say
 from .checkpoint_io import load_files
@@ -55,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_state_dict(source) -> dict[str, torch.Tensor]:
     """Read a timm state dict from a .safetensors/.pth/.pt/.bin file or a folder holding one."""
+    import torch
+
     path = Path(source)
     if path.is_dir():
         found = [path / n for n in _WEIGHT_FILES if (path / n).is_file()]
@@ -142,6 +147,8 @@ def rename_key(key: str) -> str:
 
 def convert_state_dict(sd: dict, config) -> tuple[dict, list[str]]:
     """timm keys -> hfzoo keys; returns (state dict, hfzoo keys left at their init). Raises on a mismatch."""
+    import torch
+
     from ..models.kat.modeling_kat import KATForImageClassification
 
     with torch.device("meta"):

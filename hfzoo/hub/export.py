@@ -150,6 +150,8 @@ def export(source, output, *, model_id: str | None = None, overwrite: bool = Fal
     from .progress import Steps, folder_bytes
 
     output = Path(output)
+    if output.exists() and not overwrite:   # checked again when the folder moves into place
+        raise FileExistsError(f"{output.resolve()} already exists (pass overwrite=True / --overwrite to replace it)")
     size = folder_bytes(source) if isinstance(source, (str, Path)) and Path(source).is_dir() else 0
     with Steps("export", ["load", "weights", "preprocessing", "card", "done"], nbytes=size) as step:
         step("load", f"loading {source if isinstance(source, (str, Path)) else type(source).__name__}")
