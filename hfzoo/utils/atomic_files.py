@@ -9,8 +9,9 @@ Two shapes of "into place":
   succeeded are the files moved in (each move is an atomic rename on the same file system).
 
 Every failure path removes the temporary folder (and restores a replaced folder). A symbolic link at the
-output path is refused rather than followed: replacing it would replace whatever it points to. Folders get
-the usual permissions (``0777 & ~umask``), not ``mkdtemp``'s private ``0700``.
+output path is refused rather than followed: replacing it would replace whatever it points to. What is written
+gets the usual permissions (folders ``0777 & ~umask``, files ``0666 & ~umask``), not ``mkdtemp``'s private
+``0700`` or the ``0600`` of files written through private temporaries.
 """
 
 from __future__ import annotations
@@ -33,6 +34,20 @@ def _mkdtemp(prefix: str, parent: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
     os.chmod(tmp, 0o777 & ~_umask())
     return tmp
+
+
+def _normal_modes(folder: Path) -> None:
+    """Files ``0666 & ~umask``, folders ``0777 & ~umask``: writers that use private temporary files (safetensors
+    weights come out ``0600``) would otherwise publish folders that other users cannot read."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            if not os.path.islink(os.path.join(root, d)):
+                os.chmod(os.path.join(root, d), 0o777 & ~mask)
+        for f in files:
+            if not os.path.islink(os.path.join(root, f)):
+                os.chmod(os.path.join(root, f), 0o666 & ~mask)
+    os.chmod(folder, 0o777 & ~mask)
 
 
 def _remove(path: Path) -> None:
@@ -69,6 +84,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False):
     moved_old = False
     try:
         yield tmp
+        _normal_modes(tmp)
         _refuse_symlink(path)   # checked again: the folder may have changed while we wrote
         if path.exists():
             if not overwrite:
@@ -114,6 +130,7 @@ def staged_directory(path: str | os.PathLike):
     tmp = _mkdtemp(".hfzoo-save-", real)
     try:
         yield tmp
+        _normal_modes(tmp)
         new = sorted(p.name for p in tmp.iterdir())
         writes_weights = any(_is_weights_file(n) for n in new)
         for name in new:
