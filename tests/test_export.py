@@ -54,8 +54,9 @@ def _export_and_compare(name, tmp_path, device):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 assert node.level in (0, 1) and not (node.module or "").startswith("hfzoo"), (path, node.lineno)
-                if node.level == 1:
-                    assert (folder / f"{node.module}.py").is_file(), (path, node.module)
+                if node.level == 1:   # `from .x import y` or `from . import x`: siblings in the folder
+                    for module in [node.module] if node.module else [a.name for a in node.names]:
+                        assert (folder / f"{module}.py").is_file(), (path, module)
             elif isinstance(node, ast.Import):
                 assert not any(a.name.startswith("hfzoo") for a in node.names), (path, node.lineno)
 

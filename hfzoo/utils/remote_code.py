@@ -55,8 +55,18 @@ def _resolve(module_name: str, node: ast.ImportFrom, is_package: bool) -> str | 
     return target if target == PACKAGE or target.startswith(PACKAGE + ".") else None
 
 
+def _is_plain_module(name: str) -> bool:
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        return False
+    return not hasattr(module, "__path__")
+
+
 def _module_imports(module_name: str):
-    """Yield ``(node, target_module)`` for each import of an hfzoo module in ``module_name``'s source."""
+    """Yield ``(node, target, submodules)`` for each import of an hfzoo module in ``module_name``'s source:
+    ``from ..ops.rmsnorm import f`` gives ``(node, "hfzoo.ops.rmsnorm", False)``; ``from . import validate``
+    (names that are modules of a package) gives ``(node, "hfzoo.ops", True)``."""
     module = importlib.import_module(module_name)
     path = Path(module.__file__)
     tree = ast.parse(path.read_text(), filename=str(path))
@@ -72,10 +82,13 @@ def _module_imports(module_name: str):
             if target is None:
                 continue
             target_mod = importlib.import_module(target)
-            if hasattr(target_mod, "__path__"):
+            if not hasattr(target_mod, "__path__"):
+                yield node, target, False
+            elif all(_is_plain_module(f"{target}.{a.name}") for a in node.names):
+                yield node, target, True
+            else:
                 raise ExportError(f"{path}:{node.lineno}: imports from the package {target!r}; model code must "
                                   "import names from a module (`from ..ops.rmsnorm import rms_norm_gated`)")
-            yield node, target
 
 
 def _apply_edits(source: str, edits) -> str:
@@ -113,10 +126,17 @@ def _hfzoo_bundle(module_names) -> dict[str, str]:
         seen[name] = basename
         source = Path(importlib.import_module(name).__file__).read_text()
         edits = []
-        for node, target in _module_imports(name):
-            todo.append(target)
+        for node, target, submodules in _module_imports(name):
             names = ", ".join(a.name + (f" as {a.asname}" if a.asname else "") for a in node.names)
-            edits.append((node, f"from .{target.rsplit('.', 1)[-1]} import {names}"))
+            if not submodules:
+                todo.append(target)
+                edits.append((node, f"from .{target.rsplit('.', 1)[-1]} import {names}"))
+                continue
+            # `from . import validate` stays as it is, but transformers copies only the files named at the start
+            # of a `from .x import y` line: one such line per module, at the import's own indentation.
+            todo.extend(f"{target}.{a.name}" for a in node.names)
+            lines = [f"from .{a.name} import __name__ as _bundled_{a.name}" for a in node.names]
+            edits.append((node, ("\n" + " " * node.col_offset).join([*lines, f"from . import {names}"])))
         files[f"{basename}.py"] = _apply_edits(source, edits)
     return files
 
