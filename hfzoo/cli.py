@@ -84,7 +84,10 @@ def _refuse_existing(output, overwrite: bool) -> None:
 def _cmd_demo(args) -> int:
     from .gallery import build_gallery
 
-    build_gallery().queue().launch(server_name=args.host, server_port=args.port, share=args.share)
+    from .gallery.user_input import MAX_UPLOAD_BYTES
+
+    build_gallery().queue().launch(server_name=args.host, server_port=args.port, share=args.share,
+                                   max_file_size=MAX_UPLOAD_BYTES)
     return 0
 
 
