@@ -101,7 +101,7 @@ def sample_digit(index: int = 0) -> np.ndarray:
 def build_tab():
     import gradio as gr
 
-    from .user_input import CheckedImage, as_gradio_errors
+    from .user_input import as_gradio_errors, checked_image
 
     gr.Markdown("**KAT** — a Vision Transformer whose MLPs are group-rational KAN layers, ~90K parameters, trained "
                 "for a couple of minutes on a CPU on scikit-learn's 1,797 8×8 digits. Draw one digit (or upload "
@@ -109,7 +109,7 @@ def build_tab():
     with gr.Row():
         with gr.Column():
             sketch = gr.Sketchpad(label="Draw a digit", type="numpy")
-            upload = CheckedImage(label="…or upload a picture", type="numpy")
+            upload = checked_image(label="…or upload a picture", type="numpy")
             with gr.Row():
                 button = gr.Button("Classify", variant="primary")
                 sample = gr.Button("Load a digit from the dataset")

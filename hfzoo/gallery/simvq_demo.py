@@ -81,7 +81,7 @@ def sample_image(name: str = "rocket") -> np.ndarray:
 def build_tab():
     import gradio as gr
 
-    from .user_input import CheckedImage, as_gradio_errors
+    from .user_input import as_gradio_errors, checked_image
 
     gr.Markdown("**SimVQ** — a VQ image tokenizer whose codebook is a frozen random matrix seen through one "
                 "learned linear layer, so all 1,024 codes stay in use. Trained for a few minutes on a CPU on "
@@ -89,7 +89,7 @@ def build_tab():
                 "32×32 grid of code indices, and the image on the right is decoded from those indices alone.")
     with gr.Row():
         with gr.Column():
-            upload = CheckedImage(label="Picture", type="numpy")
+            upload = checked_image(label="Picture", type="numpy")
             with gr.Row():
                 choice = gr.Dropdown(list(SAMPLES), value="rocket", label="Sample photo")
                 sample = gr.Button("Load sample")

@@ -19,13 +19,14 @@ MAX_IMAGE_PIXELS = 4096 * 4096      # decoded size of a picture
 MAX_PROMPT_CHARS = 2000             # prompts and texts typed into a tab
 
 
-class CheckedImage(gr.Image):
-    """``gr.Image`` whose upload is checked: a file that is not an image, or one that is too large, gets a clear
-    ``gr.Error`` instead of a failure inside Gradio's decoding."""
+def checked_image(**kwargs) -> gr.Image:
+    """A ``gr.Image`` whose upload is checked: a file that is not an image, or one that is too large, gets a clear
+    ``gr.Error`` instead of a failure inside Gradio's decoding. (The check wraps this one component's
+    ``preprocess``; a subclass would make Gradio write a type-stub file into the package.)"""
+    image = gr.Image(**kwargs)
+    decode = image.preprocess
 
-    is_template = True   # the page draws it with the ordinary Image component
-
-    def preprocess(self, payload):
+    def preprocess(payload):
         if payload is None:
             return None
         name = getattr(payload, "orig_name", None) or os.path.basename(getattr(payload, "path", "") or "") or "upload"
@@ -34,14 +35,17 @@ class CheckedImage(gr.Image):
             raise gr.Error(f"{name} is {os.path.getsize(path) / 2**20:.1f} MB; this demo takes pictures up to "
                            f"{MAX_UPLOAD_BYTES // 2**20} MB")
         try:
-            image = super().preprocess(payload)
+            value = decode(payload)
         except gr.Error:
             raise
         except Exception as e:   # PIL.UnidentifiedImageError, truncated files, decompression bombs
             raise gr.Error(f"{name} is not an image this demo can read (PNG, JPEG, WebP, ...): "
                            f"{type(e).__name__}") from e
-        check_image_size(image, name)
-        return image
+        check_image_size(value, name)
+        return value
+
+    image.preprocess = preprocess
+    return image
 
 
 def check_image_size(image, name: str = "the picture") -> None:
