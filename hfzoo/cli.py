@@ -83,7 +83,6 @@ def _refuse_existing(output, overwrite: bool) -> None:
 
 def _cmd_demo(args) -> int:
     from .gallery import build_gallery
-
     from .gallery.user_input import MAX_UPLOAD_BYTES
 
     build_gallery().queue().launch(server_name=args.host, server_port=args.port, share=args.share,

@@ -409,6 +409,8 @@ PIPELINE_LOADER = textwrap.dedent("""
     pipe = pipeline(task, model=folder, trust_remote_code=True)
     if task == "text-generation":
         result = pipe("A class definition", max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    elif task == "fill-mask":
+        result = [(r["token_str"], round(r["score"], 5)) for r in pipe("the [MASK] statement is used to", top_k=3)]
     else:
         from PIL import Image
         image = Image.fromarray((np.arange(64).reshape(8, 8) * 4).astype("uint8"))
@@ -475,3 +477,15 @@ def test_export_with_processor_gives_a_working_image_pipeline_without_hfzoo(tmp_
     top = probs.topk(3)
     assert [r[0] for r in result] == [model.config.id2label[int(i)] for i in top.indices]
     assert [r[1] for r in result] == pytest.approx(top.values.tolist(), abs=1e-4)
+
+
+def test_exported_mosaicbert_fills_masks_through_pipeline_without_hfzoo(tmp_path):
+    from transformers import pipeline
+
+    from hfzoo.cli import main
+
+    assert main(["export", "tiny-mosaicbert", str(tmp_path / "out")]) == 0
+    expected = pipeline("fill-mask", model=str(tmp_path / "out"))("the [MASK] statement is used to", top_k=3)
+    got = _clean_pipeline(tmp_path / "out", "fill-mask", tmp_path)
+    assert [g[0] for g in got] == [e["token_str"] for e in expected]
+    assert [g[1] for g in got] == pytest.approx([e["score"] for e in expected], abs=1e-4)
