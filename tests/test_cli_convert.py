@@ -111,8 +111,11 @@ def test_progress_bar_with_hfzoo_progress(tmp_path, capsys, monkeypatch):
     assert main(["convert", "fla-gla", str(src), str(tmp_path / "o"), *options]) == 0
     err = capsys.readouterr().err
     assert "reading weights" in err and "100%" in err, err
-    monkeypatch.setenv("HFZOO_PROGRESS", "0")
     assert main(["export", str(tmp_path / "o"), str(tmp_path / "e")]) == 0
+    err = capsys.readouterr().err
+    assert "export: 100%" in err and "5/5" in err, err
+    monkeypatch.setenv("HFZOO_PROGRESS", "0")
+    assert main(["export", str(tmp_path / "o"), str(tmp_path / "e2")]) == 0
     assert "%|" not in capsys.readouterr().err
 
 
