@@ -122,16 +122,13 @@ def test_every_argument_has_help_and_version_works(capsys):
 
 
 def test_every_command_as_a_subprocess(tmp_path):
-    """The installed entry point as a user types it: --version, list, export, card, convert --help."""
+    """The entry point as a user types it (list and card run through main() above: each subprocess pays the
+    whole import): --version, export, convert --help, and an error."""
     out = run_cli("--version")
     assert out.returncode == 0 and out.stdout.startswith("hfzoo "), out.stderr
-    out = run_cli("list")
-    assert out.returncode == 0 and all(name in out.stdout for name in ARCHITECTURES), out.stderr
     out = run_cli("export", "tiny-mosaicbert", str(tmp_path / "e"), "--model-id", "me/bert")
     assert out.returncode == 0, out.stderr
     assert "export: writing the model card" in out.stdout and (tmp_path / "e" / "tokenizer.json").is_file()
-    out = run_cli("-q", "card", "tiny-kat", "-o", str(tmp_path / "card.md"))
-    assert out.returncode == 0 and out.stdout.strip() == f"wrote {tmp_path / 'card.md'}", (out.stdout, out.stderr)
     out = run_cli("convert", "--help")
     assert out.returncode == 0 and all(name in out.stdout for name in ("fla-gla", "timm-kat", "mosaicml-bert", "simvq"))
     out = run_cli("export", str(tmp_path / "missing"), str(tmp_path / "x"))

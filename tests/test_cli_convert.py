@@ -85,6 +85,7 @@ def test_convert_command_end_to_end(name, tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["auto_map"]   # loads without hfzoo too
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]   # no temporary left behind
     # the same command again refuses to overwrite, then --overwrite replaces
+    capsys.readouterr()   # drop the loading bar of from_pretrained above
     assert main(["convert", name, str(src), str(out), *options]) == 2
     _one_error_line(capsys, "already exists")
     assert main(["convert", name, str(src), str(out), "--overwrite", *options]) == 0
@@ -196,6 +197,7 @@ def test_config_and_weights_that_do_not_match(tmp_path, capsys):
     arch.main_model(arch.tiny_config()).save_pretrained(tmp_path / "m")
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())
     (tmp_path / "m" / "config.json").write_text(json.dumps(dict(cfg, hidden_size=48, intermediate_size=96)))
+    capsys.readouterr()   # drop the writing bar of save_pretrained above
     for cmd in (["export", str(tmp_path / "m"), str(tmp_path / "e")], ["card", str(tmp_path / "m")]):
         assert main(cmd) == 2
         _one_error_line(capsys, tmp_path / "m" / "model.safetensors")

@@ -489,3 +489,51 @@ def test_exported_mosaicbert_fills_masks_through_pipeline_without_hfzoo(tmp_path
     got = _clean_pipeline(tmp_path / "out", "fill-mask", tmp_path)
     assert [g[0] for g in got] == [e["token_str"] for e in expected]
     assert [g[1] for g in got] == pytest.approx([e["score"] for e in expected], abs=1e-4)
+
+
+def test_model_and_processor_saved_the_usual_way_give_a_pipeline_without_hfzoo(tmp_path):
+    """A Trainer-style save: the model, then its image processor, into one folder (no hfzoo export)."""
+    from transformers import AutoModelForImageClassification
+
+    from hfzoo.models.kat import KATImageProcessor
+    from hfzoo.registry import checkpoint_path
+
+    src = checkpoint_path("tiny-kat")
+    model = AutoModelForImageClassification.from_pretrained(src).eval()
+    processor = KATImageProcessor.from_pretrained(src)
+    model.save_pretrained(tmp_path / "run")
+    written = processor.save_pretrained(tmp_path / "run")
+    assert written == [str(tmp_path / "run" / "preprocessor_config.json")]
+    pre = json.loads((tmp_path / "run" / "preprocessor_config.json").read_text())
+    assert pre["auto_map"] == {"AutoImageProcessor": "image_processing_kat.KATImageProcessor"}
+    _modes_are_normal(tmp_path / "run")
+    result = _clean_pipeline(tmp_path / "run", "image-classification", tmp_path)
+    image = (np.arange(64).reshape(8, 8) * 4).astype("uint8")
+    with torch.no_grad():
+        top = model(**processor(image, return_tensors="pt")).logits.softmax(-1)[0].topk(3)
+    assert [r[0] for r in result] == [model.config.id2label[int(i)] for i in top.indices]
+
+
+def test_save_pretrained_with_push_to_hub_uploads_the_saved_folder(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = {}
+
+    class Repo:
+        repo_id = "me/tiny-simvq"
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["repo"] = repo_id
+        return Repo()
+
+    def upload_folder(self, repo_id, folder_path, **kwargs):
+        calls["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+        return "ok"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    arch = ARCHITECTURES["simvq"]
+    arch.main_model(arch.tiny_config()).save_pretrained(tmp_path / "tiny-simvq", push_to_hub=True,
+                                                       repo_id="me/tiny-simvq")
+    assert calls["repo"] == "me/tiny-simvq"
+    assert {"config.json", "model.safetensors", "modeling_simvq.py", "nearest_code.py"} <= set(calls["files"])

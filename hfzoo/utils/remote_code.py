@@ -320,3 +320,36 @@ def _upload(folder, token=None, repo_id=None, commit_message=None, create_pr=Fal
     repo_id = api.create_repo(repo_id or Path(os.path.abspath(folder)).name, private=private, exist_ok=True).repo_id
     return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message or
                              "Upload model", create_pr=create_pr)
+
+
+def processor_code_for(processor) -> tuple[dict[str, str], dict[str, str]]:
+    """``(files, auto_map)`` that make a saved image processor load without hfzoo (``AutoImageProcessor``)."""
+    cls = type(processor)
+    if _is_hfzoo(cls):
+        package = sys.modules.get(cls.__module__.rpartition(".")[0])
+        arch = getattr(package, "ARCHITECTURE", None)
+        processors = dict(arch.processors) if arch is not None and cls in arch.processors.values() else {}
+        processors = processors or {getattr(cls, "_auto_class", None) or "AutoImageProcessor": cls}
+        return collect_bundle(processors.values()), {a: qualname(c) for a, c in processors.items()}
+    return collect_bundle([cls]), {getattr(cls, "_auto_class", None) or "AutoImageProcessor": qualname(cls)}
+
+
+class StandaloneProcessorSaveMixin:
+    """The processor counterpart of :class:`StandaloneSaveMixin` (put it first in the bases of an hfzoo image
+    processor): ``save_pretrained(dir)`` also writes the processor's flattened code and ``auto_map`` in
+    ``preprocessor_config.json``, atomically, so ``AutoImageProcessor.from_pretrained(dir, trust_remote_code=True)``
+    works without hfzoo whichever of the model and the processor is saved first."""
+
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        hub = {k: kwargs.pop(k) for k in ("commit_message", "repo_id", "create_pr", "private") if k in kwargs}
+        files, auto_map = processor_code_for(self)
+        with staged_directory(save_directory) as tmp:
+            with _without_custom_object_save(self):
+                written = super().save_pretrained(tmp, **kwargs)
+            for name, text in files.items():
+                (tmp / name).write_text(text)
+            for path in tmp.glob("*processor_config.json"):
+                _patch_json(path, "auto_map", auto_map)
+        if push_to_hub:
+            _upload(save_directory, kwargs.get("token"), **hub)
+        return [str(Path(save_directory) / Path(p).name) for p in written or []]
