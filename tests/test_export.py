@@ -537,3 +537,23 @@ def test_save_pretrained_with_push_to_hub_uploads_the_saved_folder(tmp_path, mon
                                                        repo_id="me/tiny-simvq")
     assert calls["repo"] == "me/tiny-simvq"
     assert {"config.json", "model.safetensors", "modeling_simvq.py", "nearest_code.py"} <= set(calls["files"])
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_the_cards_pipeline_tag_names_a_pipeline_that_runs(name):
+    """The Hub shows a card's pipeline_tag as the model's task: that pipeline must run on the shipped checkpoint."""
+    from PIL import Image
+    from transformers import pipeline
+
+    from hfzoo.registry import checkpoint_path
+
+    arch = ARCHITECTURES[name]
+    pipe = pipeline(arch.pipeline_tag, model=str(checkpoint_path(arch.checkpoint)))
+    inputs = {"text-generation": "A class definition", "fill-mask": "the [MASK] statement is used to"}
+    image = Image.fromarray((np.arange(48 * 48 * 3).reshape(48, 48, 3) % 251).astype("uint8"))
+    kwargs = {"max_new_tokens": 4} if arch.pipeline_tag == "text-generation" else {}
+    out = pipe(inputs.get(arch.pipeline_tag, image), **kwargs)
+    if arch.pipeline_tag == "image-feature-extraction":
+        assert np.asarray(out).ndim >= 2 and np.isfinite(np.asarray(out)).all()   # features, not a scalar loss
+    else:
+        assert out and isinstance(out, list)
