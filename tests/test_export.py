@@ -557,3 +557,40 @@ def test_the_cards_pipeline_tag_names_a_pipeline_that_runs(name):
         assert np.asarray(out).ndim >= 2 and np.isfinite(np.asarray(out)).all()   # features, not a scalar loss
     else:
         assert out and isinstance(out, list)
+
+
+def test_a_users_own_subclass_saves_as_transformers_does(tmp_path):
+    """Only hfzoo classes (and their remote-code copies) get the bundle; a subclass defined elsewhere is the
+    user's code, which transformers' own rules cover."""
+    arch = ARCHITECTURES["kat"]
+
+    class MyKAT(arch.main_model):
+        pass
+
+    MyKAT(arch.tiny_config()).save_pretrained(tmp_path / "mine")
+    assert not list((tmp_path / "mine").glob("*.py"))
+    assert "auto_map" not in json.loads((tmp_path / "mine" / "config.json").read_text())
+
+
+def test_export_of_a_hub_repo_keeps_its_preprocessing_files(tmp_path, monkeypatch):
+    """A repo id source: its tokenizer files come from the Hub beside the weights (the download is stubbed here)."""
+    import huggingface_hub
+
+    import hfzoo.hub.export as ex
+
+    arch = ARCHITECTURES["gla"]
+    model = arch.main_model(arch.tiny_config())
+    hub_files = tmp_path / "hub"
+    hub_files.mkdir()
+    (hub_files / "tokenizer.json").write_text('{"version": "1.0"}')
+    asked = {}
+
+    def snapshot_download(repo_id, allow_patterns=None, **kwargs):
+        asked.update(repo=repo_id, patterns=allow_patterns)
+        return str(hub_files)
+
+    monkeypatch.setattr(ex, "load_model", lambda source: (model, source))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    export("someone/tiny-gla", tmp_path / "out", card=False)
+    assert asked["repo"] == "someone/tiny-gla" and "tokenizer.json" in asked["patterns"]
+    assert (tmp_path / "out" / "tokenizer.json").read_text() == '{"version": "1.0"}'

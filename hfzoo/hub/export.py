@@ -16,6 +16,7 @@ from ..registry import CHECKPOINT_DIR
 from ..utils.remote_code import ExportError, collect_bundle, qualname, write_remote_code
 from .atomic import atomic_directory
 from .cards import render_card
+from .progress import say
 
 __all__ = ["ExportError", "auto_map", "collect_bundle", "export", "load_model", "resolve_folder"]
 # files describing how to preprocess inputs, copied from a source folder when present
@@ -106,6 +107,15 @@ def _source_folder(model, folder) -> Path | None:
     or shipped checkpoint recorded as its ``name_or_path`` (a model merged or fine-tuned in memory)."""
     if isinstance(folder, Path):
         return folder
+    if isinstance(folder, str):   # a Hub repo id: fetch only its preprocessing files
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(folder, allow_patterns=list(PREPROCESSING_FILES)))
+        except Exception as e:   # offline, gated: the export goes on without them, and says so
+            say(f"export: no tokenizer/processor files from {folder} ({type(e).__name__}); add them with --tokenizer/"
+                "--processor")
+            return None
     name = getattr(model, "name_or_path", "") or ""
     for candidate in (Path(name), CHECKPOINT_DIR / name) if name else ():
         if candidate.is_dir() and _preprocessing_files(candidate):

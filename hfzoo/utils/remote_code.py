@@ -171,6 +171,11 @@ def _is_hfzoo(cls) -> bool:
     return cls.__module__.startswith(PACKAGE + ".")
 
 
+def _is_remote(cls) -> bool:
+    """Loaded by transformers from a folder's own code (``trust_remote_code``)."""
+    return cls.__module__.startswith("transformers_modules.")
+
+
 def collect_bundle(classes) -> dict[str, str]:
     """Flattened sources of the modules that define ``classes`` and everything they import from hfzoo.
 
@@ -301,14 +306,16 @@ class StandaloneSaveMixin:
 
     def save_pretrained(self, save_directory, *args, push_to_hub: bool = False, **kwargs):
         is_main = kwargs.get("is_main_process", args[0] if args else True)
-        if not is_main:
-            return super().save_pretrained(save_directory, *args, **kwargs)
+        if not is_main or not (_is_hfzoo(type(self)) or _is_remote(type(self))):
+            # other ranks write nothing; a user's own subclass (defined outside hfzoo) saves as transformers does
+            return super().save_pretrained(save_directory, *args, push_to_hub=push_to_hub, **kwargs)
         hub = {k: kwargs.pop(k) for k in ("commit_message", "repo_id", "create_pr", "private") if k in kwargs}
         code = remote_code_for(self)   # before writing anything: a model that cannot be bundled fails cleanly
         with staged_directory(save_directory) as tmp:
             with _without_custom_object_save(self, self.config):
                 super().save_pretrained(tmp, *args, **kwargs)
-            write_remote_code(tmp, self, code, existing=save_directory)
+            if (tmp / "config.json").is_file():   # not an adapter-only save (a PEFT adapter loaded into the model)
+                write_remote_code(tmp, self, code, existing=save_directory)
         if push_to_hub:
             _upload(save_directory, kwargs.get("token"), **hub)
 
@@ -341,6 +348,8 @@ class StandaloneProcessorSaveMixin:
     works without hfzoo whichever of the model and the processor is saved first."""
 
     def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        if not (_is_hfzoo(type(self)) or _is_remote(type(self))):   # a user's own subclass: transformers' rules
+            return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
         hub = {k: kwargs.pop(k) for k in ("commit_message", "repo_id", "create_pr", "private") if k in kwargs}
         files, auto_map = processor_code_for(self)
         with staged_directory(save_directory) as tmp:
