@@ -227,3 +227,29 @@ def test_missing_source_is_one_line(tmp_path, capsys):
     for name in sorted(SOURCES):
         assert main(["convert", name, str(tmp_path / "nope"), str(tmp_path / "o")]) == 2
         _one_error_line(capsys, tmp_path / "nope")
+
+
+def test_ctrl_c_and_unexpected_errors(tmp_path, capsys, monkeypatch):
+    """Ctrl-C: one line, exit 130, nothing written. An unexpected exception: one line with its type, exit 2;
+    HFZOO_TRACEBACK=1 lets the traceback through for a bug report."""
+    from hfzoo.convert import timm_kat
+
+    src, options = _kat(tmp_path)
+
+    def interrupted(sd, config):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(timm_kat, "convert_state_dict", interrupted)
+    assert main(["convert", "timm-kat", str(src), str(tmp_path / "o"), *options]) == 130
+    assert capsys.readouterr().err.strip().splitlines() == ["hfzoo convert: interrupted (nothing was left half-written)"]
+
+    def bug(sd, config):
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(timm_kat, "convert_state_dict", bug)
+    assert main(["convert", "timm-kat", str(src), str(tmp_path / "o"), *options]) == 2
+    _one_error_line(capsys, src, "ZeroDivisionError: division by zero")
+    monkeypatch.setenv("HFZOO_TRACEBACK", "1")
+    with pytest.raises(ZeroDivisionError):
+        main(["convert", "timm-kat", str(src), str(tmp_path / "o"), *options])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kat.pth"]
