@@ -29,7 +29,7 @@ def _cmd_list(args) -> int:
 
     rows = [("name", "model_type", "task models", "demo", "converters", "checkpoint")]
     for name, arch in ARCHITECTURES.items():
-        tasks = ", ".join(a.replace("AutoModelFor", "") for a in arch.auto_models if a != "AutoModel") or "-"
+        tasks = ", ".join(a.replace("AutoModelFor", "") for a in arch.models if a != "AutoModel") or "-"
         conv = ", ".join(_converter_source(m) for m in arch.converters) or "-"
         rows.append((name, arch.model_type, tasks, "yes" if arch.demo else "-", conv, arch.checkpoint or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
