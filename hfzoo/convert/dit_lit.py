@@ -282,7 +282,7 @@ def report_markdown(report: dict, source) -> str:
 
 
 def convert(source, output, *, overwrite: bool = False, target: str = "lit", num_heads: int | None = None,
-            seed: int = 0, **_) -> Path:
+            seed: int = 0) -> Path:
     """Write an hfzoo LiT folder (weights, config, CONVERSION.md with the loaded/initialized report)."""
     from ..hub.atomic import atomic_directory
 
