@@ -271,6 +271,7 @@ class LiTOutput(ModelOutput):
     """sample: [B, out_channels, H, W] — predicted noise (first `in_channels`), then variance values if learned."""
 
     sample: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None    # token states: after the embedding, after each block
 
 
 class LiTPreTrainedModel(HfzooPreTrainedModel):
@@ -350,13 +351,15 @@ class LiTModel(LiTPreTrainedModel):
 
     def forward(self, sample: torch.Tensor | None = None, timestep: torch.Tensor | float | None = None,
                 class_labels: torch.Tensor | None = None, force_drop_ids: torch.Tensor | None = None,
-                return_dict: bool | None = None, **kwargs) -> LiTOutput | tuple:
+                output_hidden_states: bool | None = None, return_dict: bool | None = None,
+                **kwargs) -> LiTOutput | tuple:
         """
         Args:
             sample: ``[B, in_channels, H, W]`` noisy images or latents; H and W divisible by the patch size.
             timestep: ``[B]`` (or a scalar) diffusion timesteps, integer or fractional.
             class_labels: ``[B]`` ints in ``[0, num_classes]``; ``num_classes`` is the null (unconditional) class.
             force_drop_ids: optional ``[B]`` bools/ints: replace those labels by the null class.
+            output_hidden_states: also return the ``[B, N, D]`` token states after the embedding and each block.
 
         Returns:
             ``LiTOutput(sample=[B, out_channels, H, W])``: noise prediction, then (learned sigma) variance values.
@@ -375,12 +378,17 @@ class LiTModel(LiTPreTrainedModel):
         if timestep.dim() == 0:
             timestep = timestep.expand(B)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = (output_hidden_states if output_hidden_states is not None
+                                else self.config.output_hidden_states)
         x, grid = self.x_embedder(sample)
         c = self.condition(timestep, class_labels, force_drop_ids).to(x.dtype)
+        hidden_states = (x,) if output_hidden_states else None
         for block in self.blocks:
             x = block(x, c, grid)
+            if output_hidden_states:
+                hidden_states += (x,)
         x = self.final_layer(x, c)
-        out = LiTOutput(sample=self.unpatchify(x, grid))
+        out = LiTOutput(sample=self.unpatchify(x, grid), hidden_states=hidden_states)
         return out if return_dict else out.to_tuple()
 
     def forward_with_cfg(self, sample: torch.Tensor, timestep: torch.Tensor, class_labels: torch.Tensor,
