@@ -1,6 +1,6 @@
 """Tiny class-conditional LiT on scikit-learn's digits, inherited from and distilled by a tiny DiT teacher.
 
-    python scripts/train_tiny_lit.py [--out hfzoo/checkpoints/tiny-lit] [--teacher-steps 1500] [--steps 600]
+    python scripts/train_tiny_lit.py [--out hfzoo/checkpoints/tiny-lit] [--teacher-steps 4000] [--steps 1500]
 
 Pixel space: the 8x8 digits (values 0..16) scaled to [-1, 1], one channel, 2x2 patches (16 tokens).
 1. Teacher: DiT (softmax attention, 4 heads), DiT's loss (noise MSE + VLB, learned sigma), --teacher-steps.
@@ -99,8 +99,8 @@ def evaluate(model, clf, x_test, per_class=20, steps=50, guidance=2.0, seed=0):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "hfzoo" / "checkpoints" / "tiny-lit"))
-    ap.add_argument("--teacher-steps", type=int, default=1500)
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--teacher-steps", type=int, default=4000)
+    ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-per-class", type=int, default=20)
     ap.add_argument("--eval-steps", type=int, default=50)
