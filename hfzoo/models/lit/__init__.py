@@ -38,6 +38,7 @@ ARCHITECTURE = Architecture(
     example_inputs=_example_inputs,
     checkpoint="tiny-lit",
     kernel_ops=("linear_attention",),
+    demo="lit_demo",
     converters=("dit_lit",),
     card_template="lit.md",
     pipeline_tag="unconditional-image-generation",
