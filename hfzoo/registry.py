@@ -26,6 +26,9 @@ class Architecture:
     tiny_config: Callable[[], Any] | None = None                # a small config for tests and export checks
     example_inputs: Callable[[Any], dict] | None = None         # config -> forward kwargs (CPU tensors)
     checkpoint: str | None = None              # name of the small trained checkpoint shipped in hfzoo/checkpoints
+    # default LoRA/PiSSA targets (module-name suffixes as in peft's ``target_modules``), registered with peft
+    # by ``hfzoo.peft`` so ``LoraConfig()`` without ``target_modules`` works on this architecture
+    lora_target_modules: tuple[str, ...] = ()
 
     @property
     def model_type(self) -> str:

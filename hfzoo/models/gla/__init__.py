@@ -35,6 +35,7 @@ ARCHITECTURE = Architecture(
     tiny_config=tiny_config,
     example_inputs=example_inputs,
     checkpoint="tiny-gla",
+    lora_target_modules=("q_proj", "k_proj", "v_proj", "g_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
 )
 
 __all__ = ["ARCHITECTURE", "GLACache", "GLAConfig", "GLAModel", "GLAForCausalLM", "GLAForSequenceClassification"]

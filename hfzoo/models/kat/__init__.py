@@ -29,6 +29,7 @@ ARCHITECTURE = Architecture(
     tiny_config=_tiny_config,
     example_inputs=_example_inputs,
     checkpoint="tiny-kat",
+    lora_target_modules=("qkv", "proj", "fc1", "fc2"),
 )
 
 __all__ = ["ARCHITECTURE", "KAT_PRESETS", "KATConfig", "KATForImageClassification", "KATImageProcessor",

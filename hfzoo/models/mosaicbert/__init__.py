@@ -41,6 +41,7 @@ ARCHITECTURE = Architecture(
     tiny_config=_tiny_config,
     example_inputs=_example_inputs,
     checkpoint="tiny-mosaicbert",
+    lora_target_modules=("Wqkv", "attention.output.dense", "gated_layers", "wo"),
 )
 
 __all__ = ["ARCHITECTURE", "MosaicBertConfig", "MosaicBertModel", "MosaicBertForMaskedLM",

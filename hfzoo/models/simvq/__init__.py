@@ -35,6 +35,7 @@ ARCHITECTURE = Architecture(
     tiny_config=_tiny_config,
     example_inputs=_example_inputs,
     checkpoint="tiny-simvq",
+    lora_target_modules=("embedding_proj",),
 )
 
 __all__ = ["ARCHITECTURE", "SimVQConfig", "SimVQModel", "SimVQModelOutput", "SimVQQuantizer",
