@@ -193,9 +193,11 @@ def test_cli_pissa_init_then_to_lora(tmp_path, capsys):
 
 def test_import_hfzoo_registers_targets_when_peft_is_imported_later():
     code = textwrap.dedent("""
-        import sys
+        import importlib.util, sys
         import hfzoo
         assert "peft" not in sys.modules, "import hfzoo imported peft"
+        assert importlib.util.find_spec("peft") is not None  # a probe (as transformers makes) does not import
+        assert "peft" not in sys.modules
         from peft import LoraConfig, get_peft_model
         from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as m
         arch = hfzoo.get_architecture("kat")

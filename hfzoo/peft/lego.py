@@ -210,31 +210,34 @@ def _kmeans(x: torch.Tensor, k: int, seed: int, max_iter: int) -> torch.Tensor:
             unused = [i for i in range(n) if i not in centers]
             nxt = unused[0]
         else:
-            nxt = int(torch.multinomial(d2 / total, 1, generator=gen))
+            nxt = int(torch.multinomial((d2 / total).cpu(), 1, generator=gen))
         centers.append(nxt)
         d2 = torch.minimum(d2, ((x - x[nxt]) ** 2).sum(1))
     c = x[centers].clone()
+    x_sq = (x * x).sum(1, keepdim=True)
     labels = None
     for _ in range(max_iter):
-        new = torch.cdist(x, c).argmin(1)
+        new = (x_sq - 2 * x @ c.T + (c * c).sum(1)).argmin(1)
         if labels is not None and torch.equal(new, labels):
             break
         labels = new
-        for j in range(k):
-            members = labels == j
-            if members.any():
-                c[j] = x[members].mean(0)
-            else:  # an empty cluster takes the point farthest from its center
-                far = int(((x - c[labels]) ** 2).sum(1).argmax())
-                c[j] = x[far]
-                labels[far] = j
+        counts = torch.bincount(labels, minlength=k)
+        sums = torch.zeros_like(c).index_add_(0, labels, x)
+        c = sums / counts.clamp_min(1).unsqueeze(1).to(x.dtype)
+        for j in (counts == 0).nonzero().flatten().tolist():  # an empty cluster takes the farthest point
+            far = int(((x - c[labels]) ** 2).sum(1).argmax())
+            c[j] = x[far]
+            labels[far] = j
     return labels
 
 
 def _canonical_order(feats: torch.Tensor) -> torch.Tensor:
-    """A permutation sorting the rows of ``feats`` lexicographically (order-independent clustering)."""
-    arr = feats.cpu().numpy()
-    return torch.from_numpy(np.lexsort(arr.T[::-1]).copy())
+    """A permutation of the rows of ``feats`` that does not depend on their order: sorted by projections on
+    fixed pseudo-random directions (rows that tie on all of them are equal in practice, so their order is moot)."""
+    g = torch.Generator().manual_seed(1234)
+    proj = feats.cpu() @ torch.randn(feats.shape[1], 3, generator=g, dtype=feats.dtype)
+    keys = proj.numpy()
+    return torch.from_numpy(np.lexsort(keys.T[::-1]).copy()).to(feats.device)
 
 
 def lego_merge_module(pieces, k: int, options: LegoOptions = LegoOptions()):
@@ -253,7 +256,7 @@ def lego_merge_module(pieces, k: int, options: LegoOptions = LegoOptions()):
         feats = torch.cat([ua, ub], 1)
     order = _canonical_order(torch.cat([feats, ua, ub], 1))
     ua, ub, feats = ua[order], ub[order], feats[order]
-    labels = _kmeans(feats, k, options.seed, options.max_iter)
+    labels = _kmeans(feats.float(), k, options.seed, options.max_iter)
     joint = torch.cat([ua, ub], 1)
     cents = []
     for j in range(k):

@@ -50,7 +50,7 @@ def register_target_modules() -> dict[str, list[str]]:
 
 class _AfterPeftImport(importlib.abc.MetaPathFinder):
     """Finds nothing itself; wraps the loader of the top-level ``peft`` package so that, once peft's
-    ``__init__`` has run, hfzoo's targets are registered. Removes itself after the first hit."""
+    ``__init__`` has run, hfzoo's targets are registered. Removes itself after peft's first import."""
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname != "peft":
@@ -63,7 +63,8 @@ class _AfterPeftImport(importlib.abc.MetaPathFinder):
                 break
         else:
             return None
-        _remove_hook()
+        # find_spec is also called by probes that never import (importlib.util.find_spec("peft") in
+        # transformers' is_peft_available): keep the hook until peft's __init__ actually runs
         loader = spec.loader
         if loader is None or not hasattr(loader, "exec_module"):
             return spec
@@ -71,6 +72,7 @@ class _AfterPeftImport(importlib.abc.MetaPathFinder):
 
         def exec_then_register(module):
             exec_module(module)
+            _remove_hook()
             try:
                 register_target_modules()
             except Exception as e:  # never break `import peft` because of hfzoo
