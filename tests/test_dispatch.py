@@ -8,10 +8,28 @@ from hfzoo.ops.dispatch import resolve_backend, use_backend
 from hfzoo.ops.rmsnorm import rms_norm_gated
 
 
-def test_cpu_tensors_run_kernels_under_the_interpreter(monkeypatch):
+def test_auto_runs_reference_on_cpu_even_under_the_interpreter(monkeypatch):
+    # auto = Triton on CUDA tensors, reference elsewhere; the interpreter runs kernels only when forced
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     x = torch.randn(3, 4)
-    assert resolve_backend(x) == ("triton" if dispatch.HAS_TRITON else "reference")
+    assert resolve_backend(x) == "reference"
+    assert resolve_backend(x, backend="triton") == ("triton" if dispatch.HAS_TRITON else "never")
+    with use_backend("triton"):
+        assert resolve_backend(x) == "triton"
+
+
+@pytest.mark.skipif(not dispatch.HAS_TRITON, reason="needs Triton")
+def test_auto_on_cpu_launches_no_kernel_and_forced_triton_does(monkeypatch):
+    from hfzoo.ops.launch import count_launches, is_interpreted
+
+    x = torch.randn(4, 8)
+    with count_launches() as n:
+        rms_norm_gated(x, torch.ones(8))
+    assert n.total() == 0
+    if is_interpreted():
+        with count_launches() as n:
+            rms_norm_gated(x, torch.ones(8), backend="triton")
+        assert n["rmsnorm.fwd"] == 1
 
 
 def test_cpu_tensors_without_interpreter_use_reference(monkeypatch):
@@ -32,6 +50,8 @@ def test_missing_triton_falls_back_or_raises(monkeypatch):
     monkeypatch.setattr(dispatch, "HAS_TRITON", False)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert resolve_backend(torch.randn(3)) == "reference"
+    with use_backend("triton"), pytest.raises(RuntimeError, match="not installed"):
+        resolve_backend(torch.randn(3))
     with pytest.raises(RuntimeError, match="not installed"):
         resolve_backend(torch.randn(3), backend="triton")
 
@@ -41,10 +61,13 @@ def test_overrides_in_order_of_precedence(monkeypatch):
     monkeypatch.setenv("HFZOO_BACKEND", "reference")
     x = torch.randn(2)
     assert resolve_backend(x) == "reference"
-    with use_backend("auto"):
-        assert resolve_backend(x) == ("triton" if dispatch.HAS_TRITON else "reference")
+    with use_backend("triton"):
+        assert resolve_backend(x) == ("triton" if dispatch.HAS_TRITON else "never")
         assert resolve_backend(x, backend="reference") == "reference"
     assert resolve_backend(x) == "reference"
+    monkeypatch.setenv("HFZOO_BACKEND", "triton")
+    with use_backend("auto"):
+        assert resolve_backend(x) == "reference"
 
 
 def test_bad_backend_names_are_rejected(monkeypatch):

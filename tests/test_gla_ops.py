@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from helpers import rel_err
 
 from hfzoo.ops.gla import chunk_gla, chunk_gla_torch, fused_recurrent_gla, naive_recurrent_gla
+from hfzoo.ops.launch import count_launches
 
 
 def _inputs(B, T, H, Hkv, K, V, N=None, decay=1.0, device="cpu", dtype=torch.float32, seed=0):
@@ -168,6 +169,139 @@ def test_bad_inputs_are_named():
         chunk_gla(q.numpy(), k, v, g)
     with pytest.raises(TypeError, match="v"):
         fused_recurrent_gla(q, k, v.long(), g)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Program paths the small cases above do not reach: several value blocks, GQA groups of 3 and 4.
+
+
+def test_chunk_several_value_blocks_and_gqa_group_of_3():
+    # V = 144: three 64-wide value blocks in the state scans and dq/dk, two 128-wide ones in the output and dv
+    # kernels (the last partly masked); 6 query heads over 2 key/value heads; varlen with a chunk crossing
+    cu = torch.tensor([0, 5, 70])
+    q, k, v, g, h0 = _inputs(1, 70, 6, 2, 16, 144, N=2, seed=12)
+    _check(q, k, v, g, h0, cu)
+
+
+def test_chunk_gqa_group_of_4():
+    q, k, v, g, h0 = _inputs(2, 40, 4, 1, 16, 16, seed=13)
+    _check(q, k, v, g, h0)
+
+
+def test_recurrent_several_value_blocks_and_gqa_group_of_3():
+    # V = 144 with K = 32: 64-wide value blocks (three, the last partly masked); 6 query heads over 2
+    cu = torch.tensor([0, 4, 4, 11])  # an empty sequence in the middle
+    q, k, v, g, h0 = _inputs(1, 11, 6, 2, 32, 144, N=3, decay=3.0, seed=14)
+    with torch.no_grad(), count_launches() as n:
+        o, ht = fused_recurrent_gla(q, k, v, g, initial_state=h0, output_final_state=True, cu_seqlens=cu,
+                                    backend="triton")
+    assert n == {"gla.fused_recurrent": 1}
+    o2, ht2 = naive_recurrent_gla(q, k, v, g, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+    assert rel_err(o, o2) < 1e-5 and rel_err(ht, ht2) < 1e-5
+    assert torch.equal(ht[1], h0[1])  # the empty sequence keeps its initial state
+
+
+# ----------------------------------------------------------------------------------------------------
+# Validation: bad offsets, layouts, dtypes, gate sign, empty inputs, NaN isolation.
+
+OPS = [chunk_gla, fused_recurrent_gla]
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("bad", [[0, 150, 100], [0, 50, 20, 100], [0, 40], [5, 100], [0, 100, 100, 101]])
+def test_offsets_that_do_not_rise_from_0_to_T_are_refused(op, backend, bad):
+    q, k, v, g, _ = _inputs(1, 100, 2, 2, 16, 16)
+    with pytest.raises(ValueError, match="cu_seqlens must rise"):
+        op(q, k, v, g, cu_seqlens=torch.tensor(bad), backend=backend)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_strided_int32_offsets_are_made_contiguous(op):
+    cu = torch.tensor([0, 3, 9, 20], dtype=torch.int32)
+    strided = torch.stack([cu, torch.full_like(cu, 12345)], 1)[:, 0]
+    assert not strided.is_contiguous()
+    q, k, v, g, h0 = _inputs(1, 20, 2, 2, 16, 16, N=3, seed=15)
+    with torch.no_grad():
+        o, ht = op(q, k, v, g, initial_state=h0, output_final_state=True, cu_seqlens=strided, backend="triton")
+    o2, ht2 = naive_recurrent_gla(q, k, v, g, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+    assert rel_err(o, o2) < 2e-5 and rel_err(ht, ht2) < 2e-5
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_dtypes(op):
+    q, k, v, g, _ = _inputs(1, 9, 2, 2, 16, 16, seed=16)
+    # float64: the reference under auto (computed in float64), a TypeError when the kernels are forced
+    d = [t.double() for t in (q, k, v, g)]
+    with count_launches() as n:
+        o, _ = op(*d)
+    assert n.total() == 0 and o.dtype == torch.float64
+    assert rel_err(o, naive_recurrent_gla(*d)[0]) < 1e-6
+    with pytest.raises(TypeError, match="float64"):
+        op(*d, backend="triton")
+    with pytest.raises(TypeError, match="float64"):
+        op(q, k, v, g.double(), backend="triton")
+    for bad in (torch.int64, torch.bool, torch.complex64):
+        with pytest.raises(TypeError, match="k must be one of"):
+            op(q, k.to(bad), v, g)
+    with pytest.raises(TypeError, match="initial_state"):
+        op(q, k, v, g, initial_state=torch.zeros(1, 2, 16, 16, dtype=torch.long))
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_positive_gates_are_refused_on_cpu(op):
+    q, k, v, g, _ = _inputs(1, 9, 2, 2, 16, 16)
+    g = g.clone()
+    g[0, 3, 1, 2] = 0.5
+    for backend in ("triton", "reference"):
+        with pytest.raises(ValueError, match="g must be log decays <= 0"):
+            op(q, k, v, g, backend=backend)
+    g[0, 3, 1, 2] = 0.0  # zero (no decay) is fine
+    op(q, k, v, g)
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_empty_sequences(op, backend):
+    # T = 0: empty output, final state = initial state; with cu_seqlens, empty sequences among others
+    q, k, v, g, h0 = _inputs(2, 0, 2, 2, 16, 16)
+    o, ht = op(q, k, v, g, initial_state=h0, output_final_state=True, backend=backend)
+    assert o.shape == (2, 0, 2, 16) and torch.equal(ht, h0)
+    cu = torch.tensor([0, 0, 7, 7])
+    q, k, v, g, h0 = _inputs(1, 7, 2, 2, 16, 16, N=3, seed=17)
+    with torch.no_grad():
+        o, ht = op(q, k, v, g, initial_state=h0, output_final_state=True, cu_seqlens=cu, backend=backend)
+    o2, ht2 = naive_recurrent_gla(q, k, v, g, initial_state=h0, output_final_state=True, cu_seqlens=cu)
+    assert rel_err(o, o2) < 2e-5 and rel_err(ht, ht2) < 2e-5
+    assert torch.equal(ht[0], h0[0]) and torch.equal(ht[2], h0[2])
+
+
+@pytest.mark.parametrize("op", OPS)
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_nan_in_one_sequence_stays_there(op, backend):
+    # sequences of 70 (two chunks) and 30 tokens; a NaN value at token 80 (the second sequence)
+    cu = torch.tensor([0, 70, 100])
+    q, k, v, g, h0 = _inputs(1, 100, 2, 2, 16, 16, N=2, seed=18)
+    with torch.no_grad():
+        clean, ht_clean = op(q, k, v, g, initial_state=h0, output_final_state=True, cu_seqlens=cu, backend=backend)
+        v = v.clone()
+        v[0, 80, 1, 3] = float("nan")
+        o, ht = op(q, k, v, g, initial_state=h0, output_final_state=True, cu_seqlens=cu, backend=backend)
+    assert torch.equal(o[:, :70], clean[:, :70]) and torch.equal(ht[0], ht_clean[0])  # the other sequence
+    assert torch.isnan(o[0, 80:, 1]).any(dim=-1).all() and torch.isnan(ht[1, 1]).any()  # from its position on
+    assert torch.equal(o[0, 70:, 0], clean[0, 70:, 0]) and torch.equal(ht[1, 0], ht_clean[1, 0])  # other head
+
+
+def test_bad_shapes_and_devices_are_named():
+    q, k, v, g, h0 = _inputs(2, 8, 4, 2, 16, 16)
+    with pytest.raises(ValueError, match="q must have 4 dimensions"):
+        chunk_gla(q[0], k, v, g)
+    with pytest.raises(ValueError, match="q heads"):
+        chunk_gla(q, k[:, :, :0], v[:, :, :0], g[:, :, :0])
+    with pytest.raises(ValueError, match="B=1"):
+        chunk_gla(q, k, v, g, cu_seqlens=torch.tensor([0, 8]))
+    with pytest.raises(ValueError, match="meta"):
+        chunk_gla(q, k.to("meta"), v, g)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -6,8 +6,14 @@ import torch
 import torch.nn.functional as F
 from helpers import rel_err
 
-import hfzoo.ops.group_rational as gr_mod
 from hfzoo.ops.group_rational import RATIONAL_INITS, group_rational, group_rational_reference
+from hfzoo.ops.launch import count_launches, tuning
+
+BWD_KERNELS = ("group_rational.bwd_fp32", "group_rational.bwd_16bit")
+
+
+def _bwd_tuning(**settings):
+    return tuning({name: settings for name in BWD_KERNELS})
 
 
 def _direct(x, a, b, G, form):
@@ -36,17 +42,15 @@ CASES = [  # shape, groups, numerator rows (1 = shared, as in the released check
     ((3, 5, 24), 4, 4),
     ((2, 9, 300), 6, 1),
     ((1, 40), 1, 1),
+    ((4, 520), 4, 4),   # three 256-wide column blocks, the last one partly masked
 ]
 
 
 @pytest.mark.parametrize("chunk,prefetch", [(1, False), (4, True)])
 @pytest.mark.parametrize("form", ["released", "paper"])
 @pytest.mark.parametrize("shape,G,arows", CASES)
-def test_kernel_matches_reference_fp32(shape, G, arows, form, chunk, prefetch, monkeypatch):
+def test_kernel_matches_reference_fp32(shape, G, arows, form, chunk, prefetch):
     # backward variants: coefficient sums folded over 1 or up to 4 columns; next row block loaded ahead
-    for settings in gr_mod.BWD.values():
-        monkeypatch.setitem(settings, "max_chunk", chunk)
-        monkeypatch.setitem(settings, "prefetch", prefetch)
     torch.manual_seed(sum(shape) + G + len(form))
     x = torch.randn(*shape) * 1.5
     a = torch.randn(arows, 6) * 0.3
@@ -54,12 +58,45 @@ def test_kernel_matches_reference_fp32(shape, G, arows, form, chunk, prefetch, m
     b[0, 1] = 0.0           # a zero coefficient: |.| derivative convention
     x.view(-1)[:3] = 0.0    # zero inputs: sign(0) convention
     dy = torch.randn(shape)
-    out = _run(x, a, b, G, form, "triton", dy)
+    with _bwd_tuning(max_chunk=chunk, prefetch=prefetch), count_launches() as n:
+        out = _run(x, a, b, G, form, "triton", dy)
+    assert n == {"group_rational.fwd": 1, "group_rational.bwd_fp32": 1}
     ref = _run(x, a, b, G, form, "reference", dy)
     for name, o, r in zip(("y", "dx", "dnumerator", "ddenominator"), out, ref):
         assert o.shape == r.shape, name
         assert rel_err(o, r) < 2e-5, (name, rel_err(o, r))
     assert rel_err(ref[0], _direct(x, a, b, G, form)) < 1e-6
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_backward_programs_walking_several_row_blocks(prefetch):
+    # 300 rows of 96 channels: 4 programs (2 per SM of the interpreter's 2-SM machine), each walking 80 rows in
+    # 8-row blocks; the last program's range is cut by M. Coefficient sums over 3 groups of 32 channels.
+    import hfzoo.ops.group_rational as gr_mod
+
+    torch.manual_seed(7)
+    M, D, G = 300, 96, 3
+    x, dy = torch.randn(M, D) * 1.5, torch.randn(M, D)
+    a, b = torch.randn(G, 6) * 0.3, torch.randn(G, 4) * 0.3
+    calls = []
+    real = gr_mod.launch.launch
+
+    def spy(name, kernel, grid, *args, **kwargs):
+        calls.append((name, grid, kwargs.get("BLOCK_M"), args[11] if name.startswith("group_rational.bwd") else None))
+        return real(name, kernel, grid, *args, **kwargs)
+
+    gr_mod.launch.launch = spy
+    try:
+        with _bwd_tuning(prefetch=prefetch):
+            out = _run(x, a, b, G, "released", "triton", dy)
+    finally:
+        gr_mod.launch.launch = real
+    (_, grid, block_m, rows_per_program), = [c for c in calls if c[0] == "group_rational.bwd_fp32"]
+    assert grid[0] > 1 and rows_per_program >= 3 * block_m and rows_per_program % block_m == 0
+    assert M % rows_per_program != 0  # the last program's range is cut by M
+    ref = _run(x, a, b, G, "released", "reference", dy)
+    for name, o, r in zip(("y", "dx", "dnumerator", "ddenominator"), out, ref):
+        assert rel_err(o, r) < 2e-5, (name, rel_err(o, r))
 
 
 def test_zero_denominator_coefficients_get_gradients():
@@ -125,8 +162,28 @@ def test_bad_arguments():
         group_rational(x, a, torch.zeros(3, 4), num_groups=4)
     with pytest.raises(ValueError, match="denominator must be one of"):
         group_rational(x, a, b, num_groups=4, denominator_form="poly")
-    with pytest.raises(TypeError, match="x must be a floating-point"):
+    with pytest.raises(TypeError, match="x must be one of float32"):
         group_rational(torch.ones(4, 12, dtype=torch.long), a, b, num_groups=4)
+    with pytest.raises(TypeError, match="numerator must be one of"):
+        group_rational(x, a.long(), b, num_groups=4)
+    with pytest.raises(TypeError, match="float64"):
+        group_rational(x.double(), a, b, num_groups=4, backend="triton")
+    with pytest.raises(ValueError, match="num_groups"):
+        group_rational(x, a, b, num_groups=True)
+
+
+def test_float64_runs_the_reference_and_noncontiguous_inputs_the_kernels():
+    torch.manual_seed(8)
+    a, b = torch.randn(1, 6) * 0.3, torch.randn(4, 4) * 0.3
+    x = torch.randn(5, 12, dtype=torch.float64)
+    with count_launches() as n:
+        y = group_rational(x, a, b, num_groups=4)
+    assert n.total() == 0 and y.dtype == torch.float64
+    assert rel_err(y, _direct(x, a, b, 4, "released")) < 1e-6
+    xt = torch.randn(12, 5).t()                      # non-contiguous [5, 12]
+    bt = torch.randn(4, 4).t() * 0.3                 # non-contiguous coefficients
+    y = group_rational(xt, a, bt, num_groups=4, backend="triton")
+    assert rel_err(y, _direct(xt, a, bt, 4, "released")) < 1e-5
 
 
 @pytest.mark.gpu
@@ -134,16 +191,14 @@ def test_bad_arguments():
 @pytest.mark.parametrize("shape,D,G", [((4096,), 768, 8), ((8, 197), 3072, 8), ((33,), 1000, 8), ((3, 7), 192, 4)])
 @pytest.mark.parametrize("form", ["released", "paper"])
 @pytest.mark.parametrize("chunk,prefetch", [(1, False), (None, False), (None, True)])
-def test_kernel_gpu(dtype, shape, D, G, form, chunk, prefetch, monkeypatch):
-    for settings in gr_mod.BWD.values():
-        monkeypatch.setitem(settings, "max_chunk", chunk)
-        monkeypatch.setitem(settings, "prefetch", prefetch)
+def test_kernel_gpu(dtype, shape, D, G, form, chunk, prefetch):
     torch.manual_seed(0)
     x = (torch.randn(*shape, D, device="cuda") * 1.5).to(dtype)
     a = torch.randn(1, 6, device="cuda") * 0.3
     b = torch.randn(G, 4, device="cuda") * 0.3
     dy = torch.randn(*shape, D, device="cuda").to(dtype)
-    out = _run(x, a, b, G, form, "triton", dy)
+    with _bwd_tuning(max_chunk=chunk, prefetch=prefetch):
+        out = _run(x, a, b, G, form, "triton", dy)
     ref = _run(x, a, b, G, form, "reference", dy)
     tol = 2e-5 if dtype == torch.float32 else 1e-2
     for name, o, r in zip(("y", "dx", "dnumerator", "ddenominator"), out, ref):

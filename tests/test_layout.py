@@ -49,16 +49,37 @@ def _imported_hfzoo_packages(path: Path):
                     yield a.name
 
 
+def _violation(rel: tuple[str, ...], target: str) -> str | None:
+    """Why module ``hfzoo/<rel>`` may not import ``target``, or None when it may."""
+    parts = target.split(".")
+    top = parts[1] if len(parts) > 1 else ""
+    allowed = {"ops": ("ops", "utils"), "utils": ("utils",), "layers": ("ops", "layers", "utils"),
+               "models": ("ops", "layers", "utils", "models", "registry")}.get(rel[0])
+    if allowed is not None and top not in allowed:
+        return f"{rel[0]} may import only {', '.join(allowed)}"
+    if rel[0] == "models" and top == "models" and len(rel) > 2 and len(parts) > 2 and parts[2] != rel[1]:
+        return f"the {rel[1]} model imports another model"
+    return None
+
+
 def test_data_flows_one_way():
-    """ops never import models; models never import hub, peft or the gallery."""
+    """ops -> layers -> models -> (hub, convert, peft, gallery) -> cli: ops import only ops (and utils); layers
+    only ops, layers and utils; models only ops, layers, utils and their own package -- never another model."""
     for path in _modules():
-        sub = path.relative_to(ROOT).parts[0]
+        rel = path.relative_to(ROOT).parts
         for target in _imported_hfzoo_packages(path):
-            top = target.split(".")[1] if target.count(".") else ""
-            if sub == "ops":
-                assert top in ("ops", ""), f"{path}: ops imports {target}"
-            if sub == "models":
-                assert top not in ("hub", "peft", "gallery", "cli", "convert"), f"{path}: models import {target}"
+            why = _violation(rel, target)
+            assert why is None, f"{path}: imports {target}: {why}"
+
+
+def test_layout_rule_reports_the_imports_it_forbids():
+    gla = ("models", "gla", "modeling_gla.py")
+    assert _violation(gla, "hfzoo.models.mosaicbert.modeling_mosaicbert") == "the gla model imports another model"
+    assert _violation(gla, "hfzoo.hub.export") is not None
+    assert _violation(("layers", "packing.py"), "hfzoo.models.gla.cache_gla") is not None
+    assert _violation(("ops", "gla.py"), "hfzoo.layers.norms") is not None
+    assert _violation(gla, "hfzoo.layers.packing") is None
+    assert _violation(gla, "hfzoo.models.gla.cache_gla") is None
 
 
 def test_every_architecture_has_a_card_template_and_a_prefixed_model_type():

@@ -37,16 +37,25 @@ def test_kernel_matches_reference_fp32(n, k, d):
 
 
 def test_ties_go_to_the_lowest_index_across_and_within_tiles():
+    # Small-integer vectors: every product and partial sum is an exactly representable integer in fp32, so
+    # copies of a code get bit-identical scores in any summation order -- real ties on any CPU.
     g = torch.Generator().manual_seed(1)
-    base = torch.randn(20, 24, generator=g)
-    # code j and its copies at j + 20 (same 32-code tile on CPU) and j + 70 (a later tile)
-    c = torch.cat([base, base, torch.randn(30, 24, generator=g) + 50.0, base])
-    z = base[torch.randint(0, 20, (50,), generator=g)] + 0.01 * torch.randn(50, 24, generator=g)
-    want = _oracle(z, base).argmin(1)
+    base = torch.randint(-4, 5, (20, 24), generator=g).float()
+    base[:, 0] = torch.arange(20) * 10.0  # distinct codes, far apart
+    # code j and its copies at j + 20 (same 32-code tile of the interpreter) and j + 70 (a later tile)
+    far = torch.randint(-4, 5, (30, 24), generator=g).float() + 50.0
+    c = torch.cat([base, base, far, base])
+    pick = torch.randint(0, 20, (50,), generator=g)
+    z = base[pick] + torch.randint(-1, 2, (50, 24), generator=g).float()  # near their code, integer offsets
+    d = (z.double()[:, None] - c.double()[None]).pow(2).sum(-1)  # exact integers
+    want = d.argmin(1)
+    assert torch.equal(want, pick)  # the nearest code is the first copy of the one z was drawn from
+    assert torch.equal(d[:, :20], d[:, 20:40]) and torch.equal(d[:, :20], d[:, 70:90])  # exact ties
     for backend in ("triton", "reference"):
-        got = nearest_code(z, c, backend=backend)
+        got, dist = nearest_code(z, c, backend=backend, return_distance=True)
         assert torch.equal(got, want), backend
-    # identical vectors equidistant to two codes: exact ties in float, still the lowest index
+        assert torch.equal(dist.double(), d.min(1).values), backend  # integer distances: exact
+    # identical vectors equidistant to two different codes: exact ties in float, still the lowest index
     c2 = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [0.0, 3.0]]).repeat(1, 8)
     z2 = torch.zeros(3, 16)
     for backend in ("triton", "reference"):
@@ -69,7 +78,29 @@ def test_leading_dims_and_chunked_reference():
     assert idx.shape == (2, 3, 5)
     i_small, _ = nearest_code_reference(z.reshape(-1, 16), c, chunk_elements=40)  # one row per chunk
     assert torch.equal(idx.reshape(-1), i_small)
-    assert torch.equal(code_norms(c), (c * c).sum(-1))
+
+
+def test_code_norms_are_squared_lengths_in_fp32():
+    c = torch.tensor([[3.0, 4.0], [0.0, 0.0], [-1.0, 2.0]], dtype=torch.bfloat16)
+    n = code_norms(c)
+    assert n.dtype == torch.float32 and n.tolist() == [25.0, 0.0, 5.0]
+    g = torch.Generator().manual_seed(5)
+    c = torch.randn(37, 19, generator=g)
+    assert rel_err(code_norms(c), c.double().norm(dim=1).pow(2)) < 1e-6
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_nan_codes_are_never_chosen_and_nan_vectors_get_index_0(backend):
+    g = torch.Generator().manual_seed(6)
+    c = torch.randn(40, 16, generator=g)
+    z = c[[5, 33, 2]] + 0.01 * torch.randn(3, 16, generator=g)
+    c[5, 3] = float("nan")     # the nearest code of z[0] is poisoned: the next nearest wins
+    z[2, 0] = float("nan")
+    idx, dist = nearest_code(z, c, backend=backend, return_distance=True)
+    clean = torch.cat([c[:5], c[6:]])
+    second = _oracle(z[:1], clean).argmin(1).item()
+    assert idx.tolist() == [second + (second >= 5), 33, 0]
+    assert torch.isfinite(dist[:2]).all() and torch.isnan(dist[2])
 
 
 def test_reference_handles_half_precision_inputs_in_fp32():
@@ -87,8 +118,10 @@ def test_bad_inputs_name_the_argument():
         nearest_code(z, torch.randn(6))
     with pytest.raises(TypeError, match="same dtype"):
         nearest_code(z, c.double().float().half())
-    with pytest.raises(TypeError, match="fp32, fp16 or bf16"):
+    with pytest.raises(TypeError, match="float32, float16, bfloat16"):
         nearest_code(z.long(), c.long())
+    with pytest.raises(TypeError, match="float32, float16, bfloat16"):
+        nearest_code(z.double(), c.double())
     with pytest.raises(ValueError, match="precision"):
         nearest_code(z, c, precision="fp64")
     with pytest.raises(ValueError, match="at least one code"):

@@ -75,7 +75,7 @@ def test_decode_of_encode_equals_forward_and_uses_projected_codebook():
     model = _model().eval()
     x = torch.rand(3, 3, 16, 16) * 2 - 1
     with torch.no_grad():
-        out = model(pixel_values=x)
+        out = model(pixel_values=x, return_loss=True)
         idx = model.encode(x)
         rec = model.decode(idx)
         # the reference's get_codebook_entry reads the unprojected C: a different (wrong) reconstruction

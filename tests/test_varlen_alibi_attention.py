@@ -7,6 +7,8 @@ import pytest
 import torch
 from helpers import rel_err
 
+from hfzoo.ops.launch import count_launches
+
 from hfzoo.ops import varlen_alibi_attention as vaa
 from hfzoo.ops.varlen_alibi_attention import (
     alibi_slopes,
@@ -49,10 +51,10 @@ def test_slopes_follow_the_published_rule():
         alibi_slopes(0)
 
 
-@pytest.mark.parametrize("packed_bias", [True, False])
-def test_reference_matches_naive_loop(monkeypatch, packed_bias):
-    if not packed_bias:  # force the per-sequence branch
-        monkeypatch.setattr(vaa, "_GROUP_TOKENS", 1)
+@pytest.mark.parametrize("grouped", [True, False])
+def test_reference_matches_naive_loop(monkeypatch, grouped):
+    if not grouped:  # one SDPA call per sequence
+        monkeypatch.setattr(vaa, "_GROUP_AREA", 1)
     torch.manual_seed(0)
     lengths, H, D = [3, 0, 6, 1], 3, 8
     T = sum(lengths)
@@ -90,13 +92,64 @@ def _compare(lengths, H, D, dtype, device, tol, packed):
 @pytest.mark.parametrize("packed", [True, False])
 def test_triton_kernels_interpreter_fp32(packed):
     # odd lengths crossing the 16-wide interpreter tiles, an empty sequence, a non-power-of-two head dim
-    _compare([5, 17, 0, 33, 1], H=3, D=24, dtype=torch.float32, device="cpu", tol=1e-5, packed=packed)
+    with count_launches() as n:
+        _compare([5, 17, 0, 33, 1], H=3, D=24, dtype=torch.float32, device="cpu", tol=1e-5, packed=packed)
+    assert n == {"varlen_alibi.fwd": 1, "varlen_alibi.bwd_dkdv": 1, "varlen_alibi.bwd_dq": 1}
 
 
-def test_empty_batch_returns_empty():
-    qkv = torch.zeros(0, 3, 2, 16)
-    out = varlen_alibi_attention_qkvpacked(qkv, torch.zeros(3, dtype=torch.int32), 0, torch.ones(2))
-    assert out.shape == (0, 2, 16)
+def test_triton_kernels_interpreter_many_blocks_and_heads():
+    # 40 + 50 tokens: three query and key blocks of 16 per sequence (the tails partly masked), 5 heads with
+    # different slopes, head dim 40 (a 64-wide block, partly masked)
+    _compare([40, 3, 50], H=5, D=40, dtype=torch.float32, device="cpu", tol=1e-5, packed=False)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_empty_batch_returns_empty_and_differentiable(backend):
+    qkv = torch.zeros(0, 3, 2, 16, requires_grad=True)
+    out = varlen_alibi_attention_qkvpacked(qkv, torch.zeros(3, dtype=torch.int32), 0, torch.ones(2),
+                                           backend=backend)
+    assert out.shape == (0, 2, 16) and out.dtype == qkv.dtype
+    (grad,) = torch.autograd.grad(out.sum(), qkv)
+    assert grad.shape == qkv.shape
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_nan_in_one_sequence_stays_there(backend):
+    # a NaN key in the second sequence: that sequence's outputs are NaN, every other sequence is untouched
+    torch.manual_seed(3)
+    lengths = [6, 5, 9]
+    q, k, v = (torch.randn(sum(lengths), 2, 16) for _ in range(3))
+    cu, slopes = _cu(lengths), torch.tensor(alibi_slopes(2))
+    clean = varlen_alibi_attention(q, k, v, cu, 9, slopes, backend=backend)
+    k[7, 1, 3] = float("nan")
+    v[8, 0, 0] = float("inf")
+    out = varlen_alibi_attention(q, k, v, cu, 9, slopes, backend=backend)
+    assert torch.isnan(out[6:11, 1]).all()
+    others = torch.cat([out[:6], out[11:]])
+    assert torch.isfinite(others).all()
+    assert torch.equal(others, torch.cat([clean[:6], clean[11:]]))
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_strided_int32_cu_seqlens_are_made_contiguous(backend):
+    torch.manual_seed(4)
+    q, k, v = (torch.randn(7, 2, 16) for _ in range(3))
+    slopes = torch.tensor(alibi_slopes(2))
+    cu = _cu([3, 4])
+    strided = torch.stack([cu, torch.full_like(cu, 999)], 1)[:, 0]  # an int32 view with stride 2
+    assert not strided.is_contiguous() and strided.dtype == torch.int32
+    out = varlen_alibi_attention(q, k, v, strided, 4, slopes, backend=backend)
+    ref = varlen_alibi_attention_reference(q, k, v, cu, 4, slopes)
+    assert rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("bad", [[0, 5, 3, 7], [0, 8, 7], [1, 3, 7], [0, 3, 6]])
+def test_offsets_that_do_not_rise_from_0_to_total_are_refused(bad):
+    q = torch.randn(7, 2, 16)
+    slopes = torch.tensor(alibi_slopes(2))
+    for backend in ("reference", "triton"):
+        with pytest.raises(ValueError, match="cu_seqlens must rise"):
+            varlen_alibi_attention(q, q, q, torch.tensor(bad, dtype=torch.int32), 8, slopes, backend=backend)
 
 
 def test_bad_inputs():
@@ -113,21 +166,39 @@ def test_bad_inputs():
         varlen_alibi_attention(q, q, q, cu, 3, slopes)
     with pytest.raises(ValueError, match="slopes"):
         varlen_alibi_attention(q, q, q, cu, 4, torch.ones(3))
-    with pytest.raises(TypeError, match="dtype"):
+    with pytest.raises(TypeError, match="q must be one of float32"):
         varlen_alibi_attention(q.long(), q.long(), q.long(), cu, 4, slopes)
     with pytest.raises(ValueError, match="qkv"):
         varlen_alibi_attention_qkvpacked(q, cu, 4, slopes)
     with pytest.raises(ValueError, match="no attention dropout"):
         varlen_alibi_attention(q, q, q, cu, 4, slopes, dropout_p=0.1, backend="triton")
+    with pytest.raises(TypeError, match="cu_seqlens"):
+        varlen_alibi_attention(q, q, q, cu.bool(), 4, slopes)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        varlen_alibi_attention(q, q, q, cu[None], 4, slopes)
+    with pytest.raises(TypeError, match="float64"):
+        varlen_alibi_attention(q.double(), q.double(), q.double(), cu, 4, slopes, backend="triton")
+    # float64 under auto runs the reference (computed in float64)
+    out = varlen_alibi_attention(q.double(), q.double(), q.double(), cu, 4, slopes)
+    assert out.dtype == torch.float64
 
 
 def test_dropout_runs_on_the_reference():
+    # v = 1 everywhere: without dropout every output is exactly 1; with dropout p each output is
+    # sum_j P_ij m_ij / (1 - p), m_ij in {0, 1}: finite, in [0, 1 / (1 - p)], different from 1 somewhere,
+    # and 1 on average (the kept probability mass is unbiased)
     torch.manual_seed(0)
-    q = torch.randn(7, 2, 16)
-    cu, slopes = _cu([3, 4]), torch.tensor(alibi_slopes(2))
-    plain = varlen_alibi_attention(q, q, q, cu, 4, slopes)
-    dropped = varlen_alibi_attention(q, q, q, cu, 4, slopes, dropout_p=0.5)
-    assert dropped.shape == plain.shape and not torch.allclose(dropped, plain)
+    T, H, D, p = 600, 4, 16, 0.5
+    q, k = torch.randn(T, H, D), torch.randn(T, H, D)
+    v = torch.ones(T, H, D)
+    cu, slopes = _cu([100] * 6), torch.tensor([0.0] * H)
+    plain = varlen_alibi_attention(q, k, v, cu, 100, slopes)
+    assert torch.allclose(plain, torch.ones_like(plain), atol=1e-5)
+    dropped = varlen_alibi_attention(q, k, v, cu, 100, slopes, dropout_p=p)
+    assert torch.isfinite(dropped).all()
+    assert dropped.min() >= 0 and dropped.max() <= 1 / (1 - p) + 1e-5
+    assert (dropped - 1).abs().max() > 0.1
+    assert abs(dropped[:, :, 0].mean().item() - 1.0) < 0.05
 
 
 def test_long_sequence_beyond_training_length():

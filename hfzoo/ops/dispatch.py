@@ -1,15 +1,17 @@
 """How every op chooses where to run.
 
-Each op has two implementations: Triton kernels and a plain PyTorch reference. Per call, the choice is:
+Each op has two implementations: Triton kernels and a plain PyTorch reference. Per call, ``auto`` picks:
 
-* ``triton``    -- all tensors on CUDA and Triton importable (the fast path), or all tensors on CPU
-                   with ``TRITON_INTERPRET=1`` set before Triton was imported (Triton's interpreter runs
-                   the very same kernels on CPU; this is how CPU CI tests kernel code);
-* ``reference`` -- everything else: correct results on any device, never a silent wrong answer.
+* ``triton``    -- when every tensor is on CUDA and Triton is importable: the fast path;
+* ``reference`` -- everywhere else (CPU tensors included, also under ``TRITON_INTERPRET=1``): correct results
+                   on any device, never a silent wrong answer.
+
+Forcing ``triton`` runs the kernels on CUDA tensors, or on CPU tensors through Triton's interpreter when
+``TRITON_INTERPRET=1`` was set before Triton was imported (how CPU CI tests kernel code: the tests force the
+backend explicitly). Forcing it where it cannot run raises ``RuntimeError`` instead of falling back.
 
 Override, from most to least specific: the op's ``backend=`` argument; the context manager
-``use_backend("reference")``; the environment variable ``HFZOO_BACKEND`` (``auto``, ``triton`` or
-``reference``). Forcing ``triton`` where it cannot run raises ``RuntimeError`` instead of falling back.
+``use_backend("triton")``; the environment variable ``HFZOO_BACKEND`` (``auto``, ``triton`` or ``reference``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 
 import torch
 
+from . import launch
 from .triton_shim import HAS_TRITON
 
 BACKEND_ENV = "HFZOO_BACKEND"
@@ -29,13 +32,13 @@ _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("hfzoo_ba
 
 
 def interpreter_enabled() -> bool:
-    """True when Triton kernels run through Triton's CPU interpreter (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """True when Triton kernels run through Triton's CPU interpreter (same as ``launch.is_interpreted()``)."""
+    return launch.is_interpreted()
 
 
 @contextlib.contextmanager
 def use_backend(backend: str):
-    """Force a backend for every op called inside the block: ``with use_backend("reference"): ...``."""
+    """Force a backend for every op called inside the block: ``with use_backend("triton"): ...``."""
     _check_choice(backend, "backend")
     token = _override.set(backend)
     try:
@@ -50,32 +53,40 @@ def _check_choice(choice: str, source: str) -> None:
 
 
 def triton_unavailable_reason(*tensors: torch.Tensor) -> str | None:
-    """Why the Triton backend cannot run on these tensors, or None when it can."""
+    """Why the Triton backend cannot run on these tensors when forced, or None when it can."""
     if not HAS_TRITON:
         return "Triton is not installed"
     devices = {t.device.type for t in tensors if isinstance(t, torch.Tensor)}
     if devices == {"cuda"}:
         return None
-    if devices <= {"cpu"} and interpreter_enabled():
+    if devices <= {"cpu"} and launch.is_interpreted():
         return None
     if devices <= {"cpu"}:
         return "tensors are on the CPU and TRITON_INTERPRET=1 is not set"
     return f"tensors are on {sorted(devices)}; Triton kernels need them all on CUDA"
 
 
-def resolve_backend(*tensors: torch.Tensor, backend: str | None = None, op: str = "op") -> str:
-    """Return ``"triton"`` or ``"reference"`` for a call of ``op`` on ``tensors``."""
+def requested_backend(backend: str | None = None, op: str = "op") -> str:
+    """The backend asked for (``auto``, ``triton`` or ``reference``): argument, then ``use_backend``, then env."""
     if backend is not None:
         _check_choice(backend, f"{op}(backend=...)")
-        choice = backend
-    elif _override.get() is not None:
-        choice = _override.get()
-    else:
-        choice = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
-        _check_choice(choice, f"environment variable {BACKEND_ENV}")
+        return backend
+    if _override.get() is not None:
+        return _override.get()
+    choice = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
+    _check_choice(choice, f"environment variable {BACKEND_ENV}")
+    return choice
+
+
+def resolve_backend(*tensors: torch.Tensor, backend: str | None = None, op: str = "op") -> str:
+    """Return ``"triton"`` or ``"reference"`` for a call of ``op`` on ``tensors``."""
+    choice = requested_backend(backend, op)
     if choice == "reference":
         return "reference"
     reason = triton_unavailable_reason(*tensors)
-    if choice == "triton" and reason is not None:
-        raise RuntimeError(f"{op}: the triton backend was forced but cannot run: {reason}")
-    return "triton" if reason is None else "reference"
+    if choice == "triton":
+        if reason is not None:
+            raise RuntimeError(f"{op}: the triton backend was forced but cannot run: {reason}")
+        return "triton"
+    devices = {t.device.type for t in tensors if isinstance(t, torch.Tensor)}
+    return "triton" if reason is None and devices == {"cuda"} else "reference"

@@ -11,6 +11,12 @@ decoding form (one step at a time, state in registers). Both take the same argum
 chunked computation in plain PyTorch: the reference backend that CPU users get, far faster than the loop.
 Triton kernels: ``gla_chunk.py`` (forward and backward) and ``gla_recurrent.py`` (decoding).
 
+Inputs are checked by ``validate.py`` (dtypes: fp32/fp16/bf16 on every path, fp64 on the reference only;
+``cu_seqlens`` offsets rising from 0 to T; ``g <= 0`` where checking is free). NaN: a NaN in one sequence (batch
+row or ``cu_seqlens`` segment) never reaches another, on both paths; inside a sequence it reaches every later
+output through the state, and the chunked forms (kernel and reference) also give NaN to the earlier tokens of
+the chunk that holds it (a causally masked score is still multiplied: 0 * NaN).
+
 Grouped-query heads: ``q`` has H heads, ``k``, ``v``, ``g`` may have ``Hkv`` heads with ``H % Hkv == 0``;
 query head ``h`` reads the state of key/value head ``h // (H // Hkv)``. States have ``Hkv`` heads.
 """
@@ -19,20 +25,17 @@ from __future__ import annotations
 
 import torch
 
-from .dispatch import resolve_backend
+from . import validate
 
 
-def _check_inputs(name, q, k, v, g, initial_state, cu_seqlens):
+def _check_inputs(name, q, k, v, g, initial_state, cu_seqlens, backend):
+    """Validate the arguments (``validate.py``); return ``(backend, cu_seqlens, offsets)``.
+
+    ``cu_seqlens`` comes back as a contiguous int32 tensor on the inputs' device, ``offsets`` as its values
+    when they were read (for CPU tensors always, for CUDA ones once per tensor; see ``validate.py``).
+    """
     for arg, t in (("q", q), ("k", k), ("v", v), ("g", g)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
-        if not t.is_floating_point():
-            raise TypeError(f"{name}: {arg} must be a floating-point tensor, got {t.dtype}")
-    if cu_seqlens is not None and (not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.is_floating_point()):
-        raise TypeError(f"{name}: cu_seqlens must be an integer tensor")
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or g.dim() != 4:
-        raise ValueError(f"{name}: q, k, g must be [B, T, H, K] and v [B, T, H, V]; got dims "
-                         f"{q.dim()}, {k.dim()}, {v.dim()}, {g.dim()}")
+        validate.tensor(name, arg, t, dims=4, device=q.device if arg != "q" and isinstance(q, torch.Tensor) else None)
     B, T, H, K = q.shape
     Hkv = k.shape[2]
     if k.shape != (B, T, Hkv, K) or g.shape != k.shape:
@@ -40,18 +43,21 @@ def _check_inputs(name, q, k, v, g, initial_state, cu_seqlens):
                          f"got k {tuple(k.shape)}, g {tuple(g.shape)}")
     if v.shape[:3] != (B, T, Hkv):
         raise ValueError(f"{name}: v must be [B, T, Hkv, V] = {(B, T, Hkv)} + (V,); got {tuple(v.shape)}")
-    if H % Hkv != 0:
+    if Hkv == 0 or H % Hkv != 0:
         raise ValueError(f"{name}: q heads ({H}) must be a multiple of key/value heads ({Hkv})")
-    N = B
+    N, offsets = B, None
     if cu_seqlens is not None:
         if B != 1:
             raise ValueError(f"{name}: with cu_seqlens the batch must be packed into B=1; got B={B}")
-        if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2 or int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != T:
-            raise ValueError(f"{name}: cu_seqlens must be a 1-D tensor [0, ..., T={T}] of sequence offsets")
+        cu_seqlens, offsets = validate.cu_seqlens(name, cu_seqlens, T, q.device)
         N = cu_seqlens.numel() - 1
-    if initial_state is not None and initial_state.shape != (N, Hkv, K, v.shape[-1]):
-        raise ValueError(f"{name}: initial_state must have shape {(N, Hkv, K, v.shape[-1])}; "
-                         f"got {tuple(initial_state.shape)}")
+    if initial_state is not None:
+        validate.tensor(name, "initial_state", initial_state, device=q.device)
+        validate.shape(name, "initial_state", initial_state, (N, Hkv, K, v.shape[-1]), "[N, Hkv, K, V]")
+    validate.nonpositive(name, "g", g)
+    tensors = [t for t in (q, k, v, g, initial_state) if t is not None]
+    choice = validate.pick_backend(name, tensors, backend, validate.kernel_dtype_problem(*tensors))
+    return choice, cu_seqlens, offsets
 
 
 def naive_recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None):
@@ -153,7 +159,8 @@ def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=Fal
         q: ``[B, T, H, K]`` queries.
         k: ``[B, T, Hkv, K]`` keys; ``H % Hkv == 0``.
         v: ``[B, T, Hkv, V]`` values.
-        g: ``[B, T, Hkv, K]`` log decays (``<= 0``), preferably fp32.
+        g: ``[B, T, Hkv, K]`` log decays (``<= 0``; positive entries are refused where checking is free, see
+            ``hfzoo.ops.validate``), preferably fp32.
         scale: multiplies ``q``; default ``K ** -0.5``.
         initial_state: optional ``[N, Hkv, K, V]`` states (N = B, or the number of sequences with cu_seqlens).
         output_final_state: also return the ``[N, Hkv, K, V]`` fp32 states after the last token.
@@ -173,19 +180,23 @@ def chunk_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=Fal
         >>> o.shape, s.shape
         (torch.Size([2, 100, 4, 64]), torch.Size([2, 4, 32, 64]))
     """
-    _check_inputs("chunk_gla", q, k, v, g, initial_state, cu_seqlens)
-    if resolve_backend(q, k, v, g, backend=backend, op="chunk_gla") == "reference":
+    choice, cu_seqlens, offsets = _check_inputs("chunk_gla", q, k, v, g, initial_state, cu_seqlens, backend)
+    if choice == "reference":
         return chunk_gla_torch(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens)
     from .gla_chunk import chunk_gla_triton
 
+    if offsets is not None and cu_seqlens.is_cuda:
+        # the chunked kernels read the offsets on the host to lay out their chunks; they were read once
+        # already (validation), so hand them over as a CPU tensor: no second device sync
+        cu_seqlens = torch.tensor(offsets, dtype=torch.int32)
     return chunk_gla_triton(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens)
 
 
 def fused_recurrent_gla(q, k, v, g, scale=None, initial_state=None, output_final_state=False, cu_seqlens=None,
                         backend=None):
     """Gated linear attention one step at a time (decoding); arguments and returns as ``chunk_gla``."""
-    _check_inputs("fused_recurrent_gla", q, k, v, g, initial_state, cu_seqlens)
-    if resolve_backend(q, k, v, g, backend=backend, op="fused_recurrent_gla") == "reference":
+    choice, cu_seqlens, _ = _check_inputs("fused_recurrent_gla", q, k, v, g, initial_state, cu_seqlens, backend)
+    if choice == "reference":
         # a few decoding steps: the token loop; a long prompt: the chunked form (same results, much faster)
         ref = naive_recurrent_gla if q.shape[1] <= 64 else chunk_gla_torch
         return ref(q, k, v, g, scale, initial_state, output_final_state, cu_seqlens)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from . import launch
 from .triton_shim import tl, triton
 
 
@@ -59,18 +60,22 @@ def _fused_recurrent_fwd(q, k, v, g, scale, h0, output_final_state, cu_seqlens):
     B, T, H, K = q.shape
     Hkv, V = k.shape[2], v.shape[-1]
     N = B if cu_seqlens is None else cu_seqlens.numel() - 1
-    BK = max(16, triton.next_power_of_2(K))
-    # keep the register-resident state slice at <= 8K fp32 values
-    BV = max(16, min(triton.next_power_of_2(V), 8192 // BK, 64))
+    conf = launch.settings("gla.fused_recurrent")
+    BK = launch.bucket(K)
+    # keep the register-resident state slice [BK, BV] at <= max_state fp32 values
+    BV = max(16, min(launch.bucket(V), conf["max_state"] // BK, conf["max_bv"]))
+    conf = launch.settings("gla.fused_recurrent", BV=BV, num_warps=4 if BK * BV <= 4096 else 8)
+    BV = conf["BV"]
     o = torch.empty(B, T, H, V, dtype=v.dtype, device=v.device)
     ht = torch.empty(N, Hkv, K, V, dtype=torch.float32, device=v.device) if output_final_state else None
-    cu = cu_seqlens.to(device=v.device, dtype=torch.int32) if cu_seqlens is not None else None
+    cu = cu_seqlens.to(device=v.device, dtype=torch.int32).contiguous() if cu_seqlens is not None else None
     q, k, v, g = (t.contiguous() for t in (q, k, v, g))
     h0 = h0.contiguous() if h0 is not None else None
     grid = (triton.cdiv(V, BV), N * Hkv)
-    _fused_recurrent_fwd_kernel[grid](q, k, v, g, o, h0, ht, cu, scale, T, H=H, H_KV=Hkv, DK=K, DV=V,
-                                      BK=BK, BV=BV, USE_H0=h0 is not None, STORE_HT=output_final_state,
-                                      IS_VARLEN=cu is not None, num_warps=4 if BK * BV <= 4096 else 8)
+    launch.launch("gla.fused_recurrent", _fused_recurrent_fwd_kernel, grid,
+                  q, k, v, g, o, h0, ht, cu, scale, T, H=H, H_KV=Hkv, DK=K, DV=V, BK=BK, BV=BV,
+                  USE_H0=h0 is not None, STORE_HT=output_final_state, IS_VARLEN=cu is not None,
+                  **launch.compile_options(conf))
     return o, ht
 
 

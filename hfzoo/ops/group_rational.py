@@ -20,7 +20,8 @@ Everything is computed in fp32 whatever the dtypes of ``x`` and the coefficients
 dtype and the coefficient gradients have the coefficients' dtypes.
 
 Ladder: ``group_rational_reference`` (readable math, autograd) -> Triton forward / backward kernels ->
-``GroupRationalFunction`` -> ``group_rational`` (public op, dispatches per call; see ``dispatch.py``).
+``GroupRationalFunction`` -> ``group_rational`` (public op: checks its arguments with ``validate.py``, dispatches
+per call, see ``dispatch.py``; launch settings ``group_rational.*`` in ``launch.py``).
 The backward kernel keeps the ten coefficient-gradient sums of its tile in registers over all the rows it
 visits and writes one partial per program and column; the host sums those partials (no atomics).
 """
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from .dispatch import resolve_backend
+from . import launch, validate
 from .triton_shim import tl, triton
 
 NUM_NUMERATOR = 6     # a_0 .. a_5
@@ -270,53 +271,35 @@ def _column_block(D: int) -> int:
     return min(256, triton.next_power_of_2(D))
 
 
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 2
-
-
 def _strides(a, b):
     """Row strides of the coefficient tensors: 0 when one row is shared by every group."""
     return (NUM_NUMERATOR if a.shape[0] > 1 else 0), (NUM_DENOMINATOR if b.shape[0] > 1 else 0)
 
 
-# Launch settings (CUDA; the interpreter uses small tiles). Module-level so benchmarks/kat.py can sweep them;
-# the values are the best of that sweep on an H200 at (64000, 768) (benchmarks/NOTES.md).
-# FWD: bytes of x per thread per tile, warps per program. BWD, per element size of x: values per thread per
-# row block, warps, programs per SM (each walks rows_per_program rows), max_chunk (columns folded in the
-# coefficient sums; None = one 16-byte load: 4 fp32 or 8 bf16 values; 1 disables folding), and prefetch
-# (load the next row block before computing the current one).
-FWD = {"bytes_per_thread": 64, "warps": 8}
-BWD = {
-    2: {"values_per_thread": 16, "warps": 4, "programs_per_sm": 8, "max_chunk": None, "prefetch": True},
-    4: {"values_per_thread": 8, "warps": 8, "programs_per_sm": 8, "max_chunk": None, "prefetch": True},
-}
+# Launch settings: launch.DEFAULTS["group_rational.fwd" / "group_rational.bwd_fp32" / "group_rational.bwd_16bit"]
+# (the best of `benchmarks/kat.py sweep` on an H200; small tiles under the interpreter).
+
+
+def _bwd_settings(element_size: int) -> dict:
+    return launch.settings("group_rational.bwd_16bit" if element_size == 2 else "group_rational.bwd_fp32")
 
 
 def _forward(x2, a, b, num_groups, paper):
     M, D = x2.shape
     y = torch.empty_like(x2)
     BLOCK_C = _column_block(D)
-    if x2.is_cuda:
-        warps = FWD["warps"]
-        tile = warps * 32 * max(1, FWD["bytes_per_thread"] // x2.element_size())
-    else:
-        warps, tile = 4, 1024
+    conf = launch.settings("group_rational.fwd")
+    tile = conf["num_warps"] * 32 * max(1, conf["bytes_per_thread"] // x2.element_size())
     BLOCK_M = max(1, tile // BLOCK_C)
     grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(D, BLOCK_C))
-    _group_rational_fwd_kernel[grid](
-        x2, a, b, y, M, D, D // num_groups, *_strides(a, b), PAPER=paper, BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C,
-        num_warps=warps)
+    launch.launch("group_rational.fwd", _group_rational_fwd_kernel, grid,
+                  x2, a, b, y, M, D, D // num_groups, *_strides(a, b), PAPER=paper, BLOCK_M=BLOCK_M,
+                  BLOCK_C=BLOCK_C, **launch.compile_options(conf))
     return y
 
 
-def _bwd_settings(element_size: int) -> dict:
-    return BWD.get(element_size, BWD[4])
-
-
-def _chunk(group_size: int, element_size: int) -> int:
-    limit = _bwd_settings(element_size)["max_chunk"] or max(1, 16 // element_size)
+def _chunk(group_size: int, element_size: int, max_chunk: int | None) -> int:
+    limit = max_chunk or max(1, 16 // element_size)
     c = 1
     while c * 2 <= limit and group_size % (c * 2) == 0:
         c *= 2
@@ -327,22 +310,22 @@ def _backward(x2, dy2, a, b, num_groups, paper):
     M, D = x2.shape
     DG = D // num_groups
     dx = torch.empty_like(x2)
-    CHUNK = _chunk(DG, x2.element_size())
-    BLOCK_C = max(_column_block(D), CHUNK)
     cfg = _bwd_settings(x2.element_size())
-    warps = cfg["warps"] if x2.is_cuda else 4
-    per_thread = cfg["values_per_thread"] if x2.is_cuda else 8
-    BLOCK_M = max(1, warps * 32 * per_thread // BLOCK_C)
+    CHUNK = _chunk(DG, x2.element_size(), cfg["max_chunk"])
+    BLOCK_C = max(_column_block(D), CHUNK)
+    BLOCK_M = max(1, cfg["num_warps"] * 32 * cfg["values_per_thread"] // BLOCK_C)
     col_blocks = triton.cdiv(D, BLOCK_C)
-    per_sm = cfg["programs_per_sm"] if x2.is_cuda else 2
-    programs = max(1, min(triton.cdiv(per_sm * _sm_count(x2.device), col_blocks), triton.cdiv(M, BLOCK_M)))
+    # persistent over rows: about programs_per_sm programs per SM in all, shared among the column blocks
+    programs = max(1, min(triton.cdiv(cfg["programs_per_sm"] * launch.sm_count(x2.device), col_blocks),
+                          triton.cdiv(M, BLOCK_M)))
     rows_per_program = triton.cdiv(triton.cdiv(M, programs), BLOCK_M) * BLOCK_M
     programs = triton.cdiv(M, rows_per_program)
     part = torch.empty(programs, 10, D // CHUNK, dtype=torch.float32, device=x2.device)
-    _group_rational_bwd_kernel[(programs, col_blocks)](
-        x2, dy2, a, b, dx, part, M, D, DG, *_strides(a, b), rows_per_program,
-        PAPER=paper, BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, CHUNK=CHUNK, PREFETCH=bool(cfg["prefetch"]),
-        num_warps=warps)
+    launch.launch(f"group_rational.bwd_{'16bit' if x2.element_size() == 2 else 'fp32'}",
+                  _group_rational_bwd_kernel, (programs, col_blocks),
+                  x2, dy2, a, b, dx, part, M, D, DG, *_strides(a, b), rows_per_program,
+                  PAPER=paper, BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, CHUNK=CHUNK, PREFETCH=bool(cfg["prefetch"]),
+                  **launch.compile_options(cfg))
     per_group = part.sum(0).view(10, num_groups, DG // CHUNK).sum(-1)       # [10, G]
     da = per_group[:NUM_NUMERATOR].t()                                       # [G, 6]
     db = per_group[NUM_NUMERATOR:].t()                                       # [G, 4]
@@ -377,19 +360,16 @@ class GroupRationalFunction(torch.autograd.Function):
 
 
 def _check(x, numerator, denominator, num_groups, denominator_form):
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"group_rational: x must be a floating-point tensor, got {getattr(x, 'dtype', type(x))}")
-    if x.dim() < 1:
-        raise ValueError("group_rational: x must have at least one dimension (channels last)")
-    if not isinstance(num_groups, int) or num_groups < 1:
+    op = "group_rational"
+    validate.tensor(op, "x", x, dims=(1, None))
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
         raise ValueError(f"group_rational: num_groups must be a positive int, got {num_groups!r}")
     D = x.shape[-1]
     if D % num_groups:
         raise ValueError(f"group_rational: the last dimension of x ({D}) must be divisible by num_groups "
                          f"({num_groups})")
     for name, t, n in (("numerator", numerator, NUM_NUMERATOR), ("denominator", denominator, NUM_DENOMINATOR)):
-        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
-            raise TypeError(f"group_rational: {name} must be a floating-point tensor")
+        validate.tensor(op, name, t, device=x.device)
         if t.dim() != 2 or t.shape[1] != n or t.shape[0] not in (1, num_groups):
             raise ValueError(f"group_rational: {name} must have shape (1, {n}) or ({num_groups}, {n}), "
                              f"got {tuple(t.shape)}")
@@ -402,7 +382,8 @@ def group_rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.
     """Apply ``P(x) / Q(x)`` with coefficients per group of contiguous channels of the last dimension.
 
     Args:
-        x: ``[..., D]`` activations (fp32, fp16 or bf16; 2D ``[N, D]`` and 3D ``[B, L, D]`` alike).
+        x: ``[..., D]`` activations (fp32, fp16 or bf16; 2D ``[N, D]`` and 3D ``[B, L, D]`` alike; fp64 runs the
+            reference, other dtypes are a ``TypeError``).
         numerator: ``(G, 6)`` or ``(1, 6)`` (shared by all groups) coefficients ``a_0..a_5``.
         denominator: ``(G, 4)`` or ``(1, 4)`` coefficients ``b_0..b_3`` of ``x^1..x^4``.
         num_groups: ``G``; ``D`` must be divisible by it.
@@ -422,6 +403,7 @@ def group_rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.
     """
     _check(x, numerator, denominator, num_groups, denominator_form)
     tensors = (x, numerator, denominator)
-    if resolve_backend(*tensors, backend=backend, op="group_rational") == "reference" or x.numel() == 0:
+    problem = validate.kernel_dtype_problem(*tensors)
+    if validate.pick_backend("group_rational", tensors, backend, problem) == "reference" or x.numel() == 0:
         return group_rational_reference(x, numerator, denominator, num_groups, denominator_form)
     return GroupRationalFunction.apply(x, numerator, denominator, num_groups, denominator_form)

@@ -30,7 +30,11 @@ well defined in floating point and the paths may pick different (equally near, w
 tests therefore check index equality on well-separated inputs and exact ties, and distance optimality
 (the chosen code's distance is within a tolerance of the true minimum) everywhere else.
 
-Ladder: reference (chunked PyTorch) -> Triton kernel -> ``nearest_code`` (public, dispatches per call).
+NaN: a score that is NaN counts as +inf on both paths, so a code containing NaN is never chosen; a vector
+containing NaN gets index 0 and distance NaN.
+
+Ladder: reference (chunked PyTorch) -> Triton kernel -> ``nearest_code`` (public: checks its arguments with
+``validate.py``, dispatches per call, see ``dispatch.py``; launch settings ``nearest_code.*`` in ``launch.py``).
 Indices have no gradient, so there is no autograd Function; quantizers use straight-through estimators
 on the gathered codes instead.
 """
@@ -39,11 +43,10 @@ from __future__ import annotations
 
 import torch
 
-from .dispatch import resolve_backend
+from . import launch, validate
 from .triton_shim import tl, triton
 
 PRECISIONS = ("ieee", "tf32x3", "tf32")
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def code_norms(codebook: torch.Tensor) -> torch.Tensor:
@@ -67,6 +70,7 @@ def nearest_code_reference(z: torch.Tensor, codebook: torch.Tensor, chunk_elemen
     for start in range(0, n, rows):
         zc = z[start:start + rows].float()
         score = cn[None, :] - 2.0 * (zc @ ct)
+        score = score.nan_to_num(nan=float("inf"), posinf=float("inf"), neginf=float("-inf"))  # NaN: never chosen
         val, arg = score.min(dim=1)  # first minimum on ties, like argmin
         idx[start:start + rows] = arg
         best[start:start + rows] = val
@@ -80,22 +84,9 @@ def nearest_code_reference(z: torch.Tensor, codebook: torch.Tensor, chunk_elemen
 # earlier (lower) index, and within a tile tl.min's left tie-break keeps the lowest index too.
 
 
-# Shared memory decides the configs (H200: 227 KB per block). Per pipeline stage the kernel holds one codebook
-# tile (BLOCK_K x BLOCK_D), plus the z tile once; fp32 tiles are twice the size of 16-bit ones, and fp32 dots in
-# "tf32x3" keep split (high/low) copies of the operands besides. On an H200 the 16-bit configs below were measured
-# to fit, while 128x128 fp32 tiles with 3 stages asked for 384 KB and failed to launch; the fp32 list is therefore
-# smaller, and ends with a config that fits in any case. Configs that do not fit are skipped by the autotuner.
-def _configs(fp32: bool):
-    if fp32:
-        return [
-            triton.Config({"BLOCK_M": 128, "BLOCK_K": 64}, num_warps=8, num_stages=2),
-            triton.Config({"BLOCK_M": 64, "BLOCK_K": 64}, num_warps=4, num_stages=3),
-            triton.Config({"BLOCK_M": 64, "BLOCK_K": 32}, num_warps=4, num_stages=2),
-        ]
-    return [
-        triton.Config({"BLOCK_M": 128, "BLOCK_K": 128}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_M": 128, "BLOCK_K": 64}, num_warps=4, num_stages=4),
-    ]
+# Launch settings: launch.DEFAULTS["nearest_code.fwd_fp32" / "nearest_code.fwd_16bit"], short autotune lists keyed
+# on power-of-two buckets of N and K and on D (a new batch size does not tune again); one small fixed config
+# under the interpreter.
 
 
 @triton.jit
@@ -131,29 +122,14 @@ def _nearest_code_kernel(Z, C, CN, IDX, BEST, N, K, D, stride_z, stride_c,
                 dot += tl.dot(zt, tl.trans(ct), input_precision=PRECISION)
         cn = tl.load(CN + codes, mask=kmask, other=float("inf"))
         score = cn[None, :] - 2.0 * dot
-        score = tl.where(kmask[None, :], score, float("inf"))
+        # codes past K and NaN scores (a NaN in z or in the code) count as +inf: a NaN code is never chosen
+        score = tl.where(kmask[None, :] & (score == score), score, float("inf"))
         tile_best, tile_arg = tl.min(score, axis=1, return_indices=True, return_indices_tie_break_left=True)
         better = tile_best < best
         best = tl.where(better, tile_best, best)
         best_idx = tl.where(better, k0 + tile_arg, best_idx)
     tl.store(IDX + rows, best_idx.to(tl.int64), mask=rmask)
     tl.store(BEST + rows, best, mask=rmask)
-
-
-_autotuned_kernels: dict = {}
-
-
-def _kernel(fp32: bool):
-    # Autotuned on coarse buckets (powers of two of N and K, D and dtype), so a new batch size does not
-    # re-tune. Built lazily so that importing hfzoo never touches Triton's autotuner.
-    if fp32 not in _autotuned_kernels:
-        _autotuned_kernels[fp32] = triton.autotune(configs=_configs(fp32), key=["N_BUCKET", "K_BUCKET", "D"])(
-            _nearest_code_kernel)
-    return _autotuned_kernels[fp32]
-
-
-def _bucket(n: int) -> int:
-    return 1 << max(int(n) - 1, 0).bit_length()
 
 
 def _nearest_code_triton(z: torch.Tensor, codebook: torch.Tensor, precision: str):
@@ -165,15 +141,12 @@ def _nearest_code_triton(z: torch.Tensor, codebook: torch.Tensor, precision: str
     idx = torch.empty(n, dtype=torch.int64, device=z.device)
     best = torch.empty(n, dtype=torch.float32, device=z.device)
     block_d = max(16, min(128, triton.next_power_of_2(d)))  # wider rows loop over D in chunks
-    grid = lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),)
-    if z.device.type == "cpu":
-        # Triton's interpreter: one small fixed config (autotuning there would only cost test time)
-        _nearest_code_kernel[(triton.cdiv(n, 32),)](
-            z, codebook, cn, idx, best, n, k, d, z.stride(0), codebook.stride(0), _bucket(n), _bucket(k),
-            BLOCK_M=32, BLOCK_K=32, BLOCK_D=block_d, SINGLE_D=d <= block_d, PRECISION=precision)
-    else:
-        _kernel(z.dtype == torch.float32)[grid](z, codebook, cn, idx, best, n, k, d, z.stride(0), codebook.stride(0), _bucket(n), _bucket(k),
-                                                BLOCK_D=block_d, SINGLE_D=d <= block_d, PRECISION=precision)
+    conf = launch.settings("nearest_code.fwd_fp32" if z.dtype == torch.float32 else "nearest_code.fwd_16bit")
+    launch.launch("nearest_code.fwd", _nearest_code_kernel, lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),),
+                  z, codebook, cn, idx, best, n, k, d, z.stride(0), codebook.stride(0),
+                  launch.bucket(n, lo=1), launch.bucket(k, lo=1),
+                  BLOCK_D=block_d, SINGLE_D=d <= block_d, PRECISION=precision,
+                  configs=conf["configs"], key=["N_BUCKET", "K_BUCKET", "D"])
     return idx, best
 
 
@@ -201,10 +174,9 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, *, return_distance: bo
         >>> nearest_code(z, codebook).shape
         torch.Size([10, 3])
     """
-    if not isinstance(z, torch.Tensor) or not isinstance(codebook, torch.Tensor):
-        raise TypeError("nearest_code: z and codebook must be torch.Tensors")
-    if z.dim() < 1:
-        raise ValueError("nearest_code: z must have at least one dimension ([..., D])")
+    op = "nearest_code"
+    validate.tensor(op, "z", z, dims=(1, None), dtypes=validate.KERNEL_DTYPES)
+    validate.tensor(op, "codebook", codebook, dtypes=validate.KERNEL_DTYPES, device=z.device)
     if codebook.dim() != 2:
         raise ValueError(f"nearest_code: codebook must be [K, D], got shape {tuple(codebook.shape)}")
     if codebook.shape[1] != z.shape[-1]:
@@ -212,8 +184,6 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, *, return_distance: bo
                          f"({codebook.shape[1]})")
     if codebook.shape[0] == 0:
         raise ValueError("nearest_code: codebook must hold at least one code")
-    if z.dtype not in _FLOAT_DTYPES or codebook.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"nearest_code: z and codebook must be fp32, fp16 or bf16; got {z.dtype} and {codebook.dtype}")
     if z.dtype != codebook.dtype:
         raise TypeError(f"nearest_code: z ({z.dtype}) and codebook ({codebook.dtype}) must have the same dtype")
     if precision is None:
@@ -224,7 +194,7 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, *, return_distance: bo
         precision = "tf32"  # 16-bit operands: products are exact whatever the flag (it only affects fp32 operands)
     lead = z.shape[:-1]
     z2 = z.reshape(-1, z.shape[-1])
-    if resolve_backend(z2, codebook, backend=backend, op="nearest_code") == "reference" or z2.shape[0] == 0:
+    if validate.pick_backend(op, (z2, codebook), backend) == "reference" or z2.shape[0] == 0:
         idx, best = nearest_code_reference(z2.detach(), codebook.detach())
     else:
         idx, best = _nearest_code_triton(z2.detach(), codebook.detach(), precision)

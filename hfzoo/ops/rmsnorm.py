@@ -4,7 +4,8 @@ GLA and MoM normalize each head's output and multiply it by a swish gate; fusing
 reads and writes of the activations. Without ``gate`` this is a plain RMSNorm.
 
 Ladder: reference (readable math) -> Triton forward/backward kernels -> autograd Function ->
-``rms_norm_gated`` (the public op, which dispatches per call; see ``dispatch.py``).
+``rms_norm_gated`` (the public op: checks its arguments with ``validate.py``, then dispatches per call, see
+``dispatch.py``; launch settings ``rmsnorm.fwd`` / ``rmsnorm.bwd`` in ``launch.py``).
 """
 
 from __future__ import annotations
@@ -12,18 +13,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .dispatch import resolve_backend
+from . import launch, validate
 from .triton_shim import tl, triton
 
 
 def rms_norm_gated_reference(x, weight=None, gate=None, eps: float = 1e-6):
-    """Plain PyTorch definition; computes in fp32 and returns ``x.dtype``."""
-    xf = x.float()
+    """Plain PyTorch definition; computes in fp32 (fp64 for fp64 inputs) and returns ``x.dtype``."""
+    dt = torch.promote_types(x.dtype, torch.float32)
+    xf = x.to(dt)
     y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     if weight is not None:
-        y = y * weight.float()
+        y = y * weight.to(dt)
     if gate is not None:
-        y = y * F.silu(gate.float())
+        y = y * F.silu(gate.to(dt))
     return y.to(x.dtype)
 
 
@@ -95,18 +97,13 @@ def _rms_bwd_kernel(X, W, G, RSTD, DY, DX, DG, DW_PARTIAL, M, D, rows_per_progra
         tl.store(DW_PARTIAL + pid * D + cols, dw, mask=cmask)
 
 
-def _block_sizes(D: int):
-    BLOCK_D = triton.next_power_of_2(D)
-    if BLOCK_D > 65536:
-        raise ValueError(f"rms_norm_gated: the last dimension ({D}) is too wide for the fused kernel")
-    BLOCK_M = max(1, min(16, 4096 // BLOCK_D))
+MAX_WIDTH = 65536  # widest row (BLOCK_D) one program holds
+
+
+def _block_sizes(D: int, conf: dict):
+    BLOCK_D = launch.bucket(D, lo=1)
+    BLOCK_M = max(1, min(conf["max_rows"], conf["tile"] // BLOCK_D))
     return BLOCK_M, BLOCK_D
-
-
-def _num_programs_hint(device) -> int:
-    if device.type == "cuda":
-        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
 
 
 class RMSNormGatedFunction(torch.autograd.Function):
@@ -118,10 +115,11 @@ class RMSNormGatedFunction(torch.autograd.Function):
         M, D = x2.shape
         y = torch.empty_like(x2)
         rstd = torch.empty(M, dtype=torch.float32, device=x.device)
-        BLOCK_M, BLOCK_D = _block_sizes(D)
-        _rms_fwd_kernel[(triton.cdiv(M, BLOCK_M),)](
-            x2, weight, g2, y, rstd, M, D, eps,
-            HAS_W=weight is not None, HAS_G=g2 is not None, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D)
+        conf = launch.settings("rmsnorm.fwd")
+        BLOCK_M, BLOCK_D = _block_sizes(D, conf)
+        launch.launch("rmsnorm.fwd", _rms_fwd_kernel, (triton.cdiv(M, BLOCK_M),),
+                      x2, weight, g2, y, rstd, M, D, eps, HAS_W=weight is not None, HAS_G=g2 is not None,
+                      BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, **launch.compile_options(conf))
         ctx.save_for_backward(x2, weight, g2, rstd)
         ctx.shape = shape
         return y.reshape(shape)
@@ -133,14 +131,16 @@ class RMSNormGatedFunction(torch.autograd.Function):
         dy2 = dy.reshape(M, D).contiguous()
         dx = torch.empty_like(x2)
         dg = torch.empty_like(g2) if g2 is not None else None
-        BLOCK_M, BLOCK_D = _block_sizes(D)
-        programs = max(1, min(_num_programs_hint(x2.device), triton.cdiv(M, BLOCK_M)))
+        conf = launch.settings("rmsnorm.bwd")
+        BLOCK_M, BLOCK_D = _block_sizes(D, conf)
+        programs = launch.persistent_grid(triton.cdiv(M, BLOCK_M), x2.device, conf["programs_per_sm"])
         rows_per_program = triton.cdiv(triton.cdiv(M, programs), BLOCK_M) * BLOCK_M
         programs = triton.cdiv(M, rows_per_program)
         dw_partial = torch.empty(programs, D, dtype=torch.float32, device=x2.device) if weight is not None else None
-        _rms_bwd_kernel[(programs,)](
-            x2, weight, g2, rstd, dy2, dx, dg, dw_partial, M, D, rows_per_program,
-            HAS_W=weight is not None, HAS_G=g2 is not None, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D)
+        launch.launch("rmsnorm.bwd", _rms_bwd_kernel, (programs,),
+                      x2, weight, g2, rstd, dy2, dx, dg, dw_partial, M, D, rows_per_program,
+                      HAS_W=weight is not None, HAS_G=g2 is not None, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D,
+                      **launch.compile_options(conf))
         dw = dw_partial.sum(0).to(weight.dtype) if weight is not None else None
         dg = dg.reshape(ctx.shape) if dg is not None else None
         return dx.reshape(ctx.shape), dw, dg, None
@@ -151,7 +151,8 @@ def rms_norm_gated(x: torch.Tensor, weight: torch.Tensor | None = None, gate: to
     """RMS-normalize the last dimension of ``x``, scale by ``weight``, multiply by ``swish(gate)``.
 
     Args:
-        x: ``[..., D]`` activations (fp32, fp16 or bf16). Statistics are computed in fp32.
+        x: ``[..., D]`` activations (fp32, fp16 or bf16 on every path; fp64 on the reference). Statistics are
+            computed in fp32. Other dtypes are a ``TypeError`` (see ``hfzoo.ops.validate``).
         weight: optional ``[D]`` scale.
         gate: optional tensor of ``x``'s shape; the output is multiplied by ``gate * sigmoid(gate)``.
         eps: added to the mean square before the square root.
@@ -166,12 +167,20 @@ def rms_norm_gated(x: torch.Tensor, weight: torch.Tensor | None = None, gate: to
         >>> rms_norm_gated(x, torch.ones(64), g).shape
         torch.Size([2, 7, 64])
     """
+    op = "rms_norm_gated"
+    validate.tensor(op, "x", x, dims=(1, None))
     D = x.shape[-1]
-    if weight is not None and weight.shape != (D,):
-        raise ValueError(f"rms_norm_gated: weight must have shape ({D},), got {tuple(weight.shape)}")
-    if gate is not None and gate.shape != x.shape:
-        raise ValueError(f"rms_norm_gated: gate must have x's shape {tuple(x.shape)}, got {tuple(gate.shape)}")
+    if weight is not None:
+        validate.tensor(op, "weight", weight, device=x.device)
+        validate.shape(op, "weight", weight, (D,))
+    if gate is not None:
+        validate.tensor(op, "gate", gate, device=x.device)
+        validate.shape(op, "gate", gate, x.shape, "(x's shape)")
     tensors = [t for t in (x, weight, gate) if t is not None]
-    if resolve_backend(*tensors, backend=backend, op="rms_norm_gated") == "reference" or x.numel() == 0:
+    problem, error = validate.kernel_dtype_problem(*tensors), TypeError
+    if problem is None and launch.bucket(D, lo=1) > MAX_WIDTH:
+        problem, error = f"the last dimension ({D}) is wider than the kernel's {MAX_WIDTH}", ValueError
+    if validate.pick_backend(op, tensors, backend, problem, error) == "reference" or x.numel() == 0:
         return rms_norm_gated_reference(x, weight, gate, eps)
-    return RMSNormGatedFunction.apply(x, weight, gate, eps)
+    x, weight, gate = validate.contiguous(x, weight, gate)
+    return RMSNormGatedFunction.apply(x, weight, gate, float(eps))

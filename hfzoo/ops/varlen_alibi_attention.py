@@ -10,10 +10,14 @@ every token ``j`` of the *same* sequence with the logit
 other sequences, so a batch of lengths 64..512 costs only the real tokens' work.
 
 Ladder: ``alibi_slopes`` (the published head slopes) -> ``varlen_alibi_attention_reference`` (the
-definition, plain PyTorch SDPA with a bias) -> Triton kernels (flash-style: online softmax in the
-forward; the backward recomputes the probabilities from the saved log-sum-exp, one kernel for dK/dV and
-one for dQ, no atomics) -> autograd Functions -> ``varlen_alibi_attention`` and
-``varlen_alibi_attention_qkvpacked`` (public, dispatching per call; see ``dispatch.py``).
+definition, plain PyTorch SDPA with a bias over padded groups of sequences) -> Triton kernels (flash-style:
+online softmax in the forward; the backward recomputes the probabilities from the saved log-sum-exp, one
+kernel for dK/dV and one for dQ, no atomics) -> autograd Functions -> ``varlen_alibi_attention`` and
+``varlen_alibi_attention_qkvpacked`` (public: arguments checked by ``validate.py``, dispatching per call, see
+``dispatch.py``; launch settings ``varlen_alibi.*`` in ``launch.py``).
+
+NaN: both paths keep sequences apart (a NaN in one sequence never reaches another); inside a sequence a NaN
+query, key or value makes that sequence's affected outputs NaN, as the softmax says.
 
 The Triton kernels have no attention dropout: with ``dropout_p > 0`` the reference runs.
 """
@@ -25,7 +29,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .dispatch import interpreter_enabled, resolve_backend
+from . import launch, validate
 from .triton_shim import tl, triton
 
 # ----------------------------------------------------------------------------------------------------
@@ -55,50 +59,64 @@ def alibi_slopes(num_heads: int) -> list[float]:
 # ----------------------------------------------------------------------------------------------------
 # Reference
 
-# Consecutive sequences are grouped into one SDPA call with a block-diagonal bias while the group holds at
-# most this many tokens (the masked-out blocks are still computed, so groups stay small); a longer
-# sequence forms a group of its own.
-_GROUP_TOKENS = 256
+# Consecutive sequences are padded to the longest of their group and batched into one SDPA call while the
+# group's padded score area (sequences x longest^2) stays within this budget; a longer sequence forms a
+# group of its own. Padding (not a block-diagonal bias over concatenated sequences) keeps sequences apart
+# also for NaN/inf: a masked score is still computed, and NaN * 0 would leak into other sequences.
+_GROUP_AREA = 256 * 256
 
 
-def _group_bias(lengths: list[int], slopes: torch.Tensor, device) -> torch.Tensor:
-    """``[H, n, n]`` ALiBi bias for consecutive sequences packed together, ``-inf`` across sequences."""
-    n = sum(lengths)
-    seg = torch.repeat_interleave(torch.arange(len(lengths), device=device), torch.tensor(lengths, device=device),
-                                  output_size=n)
-    starts = torch.tensor([0] + lengths[:-1], device=device).cumsum(0)
-    pos = torch.arange(n, device=device) - starts[seg]
-    bias = -slopes.float()[:, None, None] * (pos[:, None] - pos[None, :]).abs().float()
-    return bias.masked_fill(seg[:, None] != seg[None, :], float("-inf"))
+def _groups(lengths: list[int]) -> list[list[int]]:
+    groups, current = [], []
+    for L in lengths:
+        if current and (len(current) + 1) * max(max(current), L) ** 2 > _GROUP_AREA:
+            groups.append(current)
+            current = []
+        current.append(L)
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _alibi_bias(L: int, slopes: torch.Tensor) -> torch.Tensor:
+    """``[H, L, L]`` symmetric ALiBi bias ``-slope_h |i - j|``."""
+    pos = torch.arange(L, device=slopes.device)
+    return -slopes.float()[:, None, None] * (pos[:, None] - pos[None, :]).abs().float()
 
 
 def varlen_alibi_attention_reference(q, k, v, cu_seqlens, max_seqlen, slopes, softmax_scale=None,
                                      dropout_p: float = 0.0):
     """The definition in plain PyTorch: SDPA with an explicit ALiBi bias, computed in fp32.
 
-    Sequences are grouped (consecutively) into one SDPA call per group with a block-diagonal bias
-    (``-inf`` between sequences); a short batch is a single call. Returns ``q``'s dtype. Differentiable.
+    Consecutive sequences are padded to a common length and batched into one SDPA call per group (padded
+    keys masked with ``-inf``, padded keys and values zero), so values of one sequence -- NaN included --
+    never reach another. Returns ``q``'s dtype. Differentiable.
     """
     total, H, D = q.shape
     scale = D ** -0.5 if softmax_scale is None else softmax_scale
-    if total == 0:
-        return q.new_zeros(q.shape)
+    if total == 0:  # empty, but still part of the autograd graph (a backward through an empty batch works)
+        return q * 0 + k * 0 + v * 0
     lengths = [L for L in (cu_seqlens[1:] - cu_seqlens[:-1]).tolist() if L > 0]
-    groups, current = [], []
-    for L in lengths:
-        if current and sum(current) + L > _GROUP_TOKENS:
-            groups.append(current)
-            current = []
-        current.append(L)
-    groups.append(current)
-    qf, kf, vf = (t.float().transpose(0, 1) for t in (q, k, v))  # [H, total, D]
-    sizes = [sum(g) for g in groups]
-    outs = []
-    for g, qg, kg, vg in zip(groups, qf.split(sizes, 1), kf.split(sizes, 1), vf.split(sizes, 1)):
-        bias = _group_bias(g, slopes, q.device)
-        outs.append(F.scaled_dot_product_attention(qg[None], kg[None], vg[None], attn_mask=bias[None],
-                                                   dropout_p=dropout_p, scale=scale)[0])
-    return torch.cat(outs, dim=1).transpose(0, 1).to(q.dtype)
+    dt = torch.promote_types(q.dtype, torch.float32)
+    qf, kf, vf = (t.to(dt) for t in (q, k, v))
+    outs, start = [], 0
+    for group in _groups(lengths):
+        n, Lmax, size = len(group), max(group), sum(group)
+        # [n, H, Lmax, D] padded batch, and the key mask of each sequence
+        pos = torch.arange(Lmax, device=q.device)
+        valid = pos[None, :] < torch.tensor(group, device=q.device)[:, None]          # [n, Lmax]
+        rows = (torch.tensor([0] + group[:-1], device=q.device).cumsum(0)[:, None] + pos[None, :])[valid] + start
+        def pad(t):
+            out = t.new_zeros(n, Lmax, H, D)
+            out[valid] = t[rows]
+            return out.transpose(1, 2)
+        bias = _alibi_bias(Lmax, slopes).to(dt)[None].expand(n, H, Lmax, Lmax)
+        bias = bias.masked_fill(~valid[:, None, None, :], float("-inf"))
+        o = F.scaled_dot_product_attention(pad(qf), pad(kf), pad(vf), attn_mask=bias, dropout_p=dropout_p,
+                                           scale=scale)                                 # [n, H, Lmax, D]
+        outs.append(o.transpose(1, 2)[valid])                                           # [size, H, D]
+        start += size
+    return torch.cat(outs, dim=0).to(q.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -251,31 +269,16 @@ def _alibi_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, SLOPES, qk_scale, sm_s
              mask=qmask)
 
 
-def _configs(pairs):
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in pairs]
-
-
-# Short lists (cold start counts): keyed on the head-dim block and a power-of-two bucket of the longest
-# sequence, so a new batch composition does not re-tune.
+# Launch settings: launch.DEFAULTS["varlen_alibi.fwd" / ".bwd_dkdv" / ".bwd_dq"]: short autotune lists keyed on
+# the head-dim block and a power-of-two bucket of the longest sequence (a new batch composition does not tune
+# again); one small fixed tile under the interpreter (block edges are crossed by short test sequences).
 _KEY = ["BLOCK_D", "SEQ_BUCKET"]
-_fwd_tuned = triton.autotune(_configs([(128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2)]), key=_KEY)(
-    _alibi_fwd_kernel)
-_dkdv_tuned = triton.autotune(_configs([(64, 64, 4, 2), (32, 128, 4, 3), (64, 128, 8, 2)]), key=_KEY)(
-    _alibi_bwd_dkdv_kernel)
-_dq_tuned = triton.autotune(_configs([(64, 64, 4, 2), (128, 32, 4, 3), (128, 64, 8, 2)]), key=_KEY)(
-    _alibi_bwd_dq_kernel)
-# Under Triton's CPU interpreter: one small fixed tile (block edges are crossed by short test sequences).
-_INTERPRETER_META = {"BLOCK_M": 16, "BLOCK_N": 16}
 
 
-def _launch(tuned, plain, grid_len_key, n_seq, H, max_seqlen, *args, **kwargs):
-    if interpreter_enabled():
-        meta = _INTERPRETER_META
-        grid = (triton.cdiv(max_seqlen, meta[grid_len_key]), n_seq, H)
-        plain[grid](*args, **kwargs, **meta)
-    else:
-        grid = lambda META: (triton.cdiv(max_seqlen, META[grid_len_key]), n_seq, H)
-        tuned[grid](*args, **kwargs)
+def _launch(name, kernel, grid_len_key, n_seq, H, max_seqlen, *args, **kwargs):
+    conf = launch.settings(name)
+    grid = lambda meta: (triton.cdiv(max_seqlen, meta[grid_len_key]), n_seq, H)
+    launch.launch(name, kernel, grid, *args, configs=conf["configs"], key=_KEY, **kwargs)
 
 
 def _block_d(D: int) -> int:
@@ -287,10 +290,10 @@ def _forward(q, k, v, cu_seqlens, max_seqlen, slopes, scale):
     o = torch.empty(total, H, D, dtype=q.dtype, device=q.device)
     lse = torch.empty(total, H, dtype=torch.float32, device=q.device)
     n_seq = cu_seqlens.numel() - 1
-    _launch(_fwd_tuned, _alibi_fwd_kernel, "BLOCK_M", n_seq, H, max_seqlen,
+    _launch("varlen_alibi.fwd", _alibi_fwd_kernel, "BLOCK_M", n_seq, H, max_seqlen,
             q, k, v, o, lse, cu_seqlens, slopes, scale * _LOG2E,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
-            H, D, triton.next_power_of_2(max_seqlen), BLOCK_D=_block_d(D))
+            H, D, launch.bucket(max_seqlen), BLOCK_D=_block_d(D))
     return o, lse
 
 
@@ -298,13 +301,13 @@ def _backward(q, k, v, o, lse, do, dq, dk, dv, cu_seqlens, max_seqlen, slopes, s
     total, H, D = q.shape
     n_seq = cu_seqlens.numel() - 1
     delta = (o.float() * do.float()).sum(-1)  # [total, H]: rowsum(dO * O) = sum_j P_ij dP_ij
-    bucket = triton.next_power_of_2(max_seqlen)
-    _launch(_dkdv_tuned, _alibi_bwd_dkdv_kernel, "BLOCK_N", n_seq, H, max_seqlen,
+    bucket = launch.bucket(max_seqlen)
+    _launch("varlen_alibi.bwd_dkdv", _alibi_bwd_dkdv_kernel, "BLOCK_N", n_seq, H, max_seqlen,
             q, k, v, do, lse, delta, dk, dv, cu_seqlens, slopes, scale * _LOG2E, scale,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
             H, D, bucket, BLOCK_D=_block_d(D))
-    _launch(_dq_tuned, _alibi_bwd_dq_kernel, "BLOCK_M", n_seq, H, max_seqlen,
+    _launch("varlen_alibi.bwd_dq", _alibi_bwd_dq_kernel, "BLOCK_M", n_seq, H, max_seqlen,
             q, k, v, do, lse, delta, dq, cu_seqlens, slopes, scale * _LOG2E, scale,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
@@ -358,44 +361,39 @@ class VarlenAlibiAttentionQKVPackedFunction(torch.autograd.Function):
 # Public ops
 
 
-def _check(name, q, k, v, cu_seqlens, max_seqlen, slopes, dropout_p):
-    if q.dim() != 3:
-        raise ValueError(f"{name}: q must be [total, heads, head_dim]; got shape {tuple(q.shape)}")
+def _check(name, q, k, v, cu_seqlens, max_seqlen, slopes, dropout_p, backend, tensors):
+    """Validate the arguments; return ``(backend, cu_seqlens as contiguous int32, slopes as contiguous fp32)``."""
+    validate.tensor(name, "q", q, dims=3)
+    validate.tensor(name, "k", k, device=q.device)
+    validate.tensor(name, "v", v, device=q.device)
     if k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"{name}: q, k and v must have the same shape; got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
-    if not (q.dtype == k.dtype == v.dtype) or not q.is_floating_point():
+    if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"{name}: q, k, v must share one floating dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
-    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
-        raise ValueError(f"{name}: cu_seqlens must be a 1-D tensor [0, ..., total] with at least 2 entries")
-    if cu_seqlens.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"{name}: cu_seqlens must be int32 or int64; got {cu_seqlens.dtype}")
-    if cu_seqlens.device != q.device:
-        raise ValueError(f"{name}: cu_seqlens is on {cu_seqlens.device} but q is on {q.device}")
-    if cu_seqlens.device.type == "cpu":  # value checks are free on the CPU (no device sync)
-        if int(cu_seqlens[0]) != 0 or int(cu_seqlens[-1]) != q.shape[0] or bool((cu_seqlens.diff() < 0).any()):
-            raise ValueError(f"{name}: cu_seqlens must rise from 0 to total={q.shape[0]}; got {cu_seqlens.tolist()}")
-        longest = int(cu_seqlens.diff().max())
+    if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0:
+        raise ValueError(f"{name}: max_seqlen must be a non-negative int; got {max_seqlen!r}")
+    cu, offsets = validate.cu_seqlens(name, cu_seqlens, q.shape[0], q.device)
+    if offsets is not None and len(offsets) > 1:
+        longest = max(b - a for a, b in zip(offsets, offsets[1:]))
         if longest > max_seqlen:
             raise ValueError(f"{name}: max_seqlen={max_seqlen} is smaller than the longest sequence ({longest})")
-    if not isinstance(max_seqlen, int) or max_seqlen < 0:
-        raise ValueError(f"{name}: max_seqlen must be a non-negative int; got {max_seqlen!r}")
     if not isinstance(slopes, torch.Tensor) or slopes.shape != (q.shape[1],):
         raise ValueError(f"{name}: slopes must be a tensor of shape ({q.shape[1]},) (one per head); "
                          f"got {getattr(slopes, 'shape', slopes)}")
+    validate.tensor(name, "slopes", slopes)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"{name}: dropout_p must be in [0, 1); got {dropout_p}")
-    if _block_d(q.shape[2]) > 256:
-        raise ValueError(f"{name}: head_dim {q.shape[2]} is larger than the supported 256")
-
-
-def _use_reference(name, tensors, backend, dropout_p, total):
-    choice = resolve_backend(*tensors, backend=backend, op=name)
-    if choice == "triton" and dropout_p > 0:
-        if backend == "triton":
-            raise ValueError(f"{name}: the triton backend has no attention dropout; use dropout_p=0")
-        return True
-    return choice == "reference" or total == 0
+    slopes = slopes.to(device=q.device, dtype=torch.float32).contiguous()
+    problem, error = validate.kernel_dtype_problem(q), TypeError
+    if problem is None and _block_d(q.shape[2]) > 256:
+        problem, error = f"head_dim {q.shape[2]} is larger than the kernels' 256", ValueError
+    if problem is None and dropout_p > 0:
+        problem, error = "the triton backend has no attention dropout; use dropout_p=0", ValueError
+    choice = validate.pick_backend(name, tensors, backend, problem, error)
+    if q.shape[0] == 0:
+        choice = "reference"
+    return choice, cu, slopes
 
 
 def varlen_alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
@@ -425,12 +423,11 @@ def varlen_alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
         torch.Size([7, 2, 16])
     """
     name = "varlen_alibi_attention"
-    _check(name, q, k, v, cu_seqlens, max_seqlen, slopes, dropout_p)
+    choice, cu, slopes = _check(name, q, k, v, cu_seqlens, max_seqlen, slopes, dropout_p, backend, (q, k, v))
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else float(softmax_scale)
-    slopes = slopes.to(device=q.device, dtype=torch.float32).contiguous()
-    if _use_reference(name, (q, k, v, cu_seqlens), backend, dropout_p, q.shape[0]):
-        return varlen_alibi_attention_reference(q, k, v, cu_seqlens, max_seqlen, slopes, scale, dropout_p)
-    return VarlenAlibiAttentionFunction.apply(q, k, v, cu_seqlens.to(torch.int32), max_seqlen, slopes, scale)
+    if choice == "reference":
+        return varlen_alibi_attention_reference(q, k, v, cu, max_seqlen, slopes, scale, dropout_p)
+    return VarlenAlibiAttentionFunction.apply(q, k, v, cu, max_seqlen, slopes, scale)
 
 
 def varlen_alibi_attention_qkvpacked(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
@@ -443,12 +440,12 @@ def varlen_alibi_attention_qkvpacked(qkv: torch.Tensor, cu_seqlens: torch.Tensor
     ``[total, H, D]``.
     """
     name = "varlen_alibi_attention_qkvpacked"
+    validate.tensor(name, "qkv", qkv)
     if qkv.dim() != 4 or qkv.shape[1] != 3:
         raise ValueError(f"{name}: qkv must be [total, 3, heads, head_dim]; got shape {tuple(qkv.shape)}")
     q, k, v = qkv.unbind(1)
-    _check(name, q, k, v, cu_seqlens, max_seqlen, slopes, dropout_p)
+    choice, cu, slopes = _check(name, q, k, v, cu_seqlens, max_seqlen, slopes, dropout_p, backend, (qkv,))
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else float(softmax_scale)
-    slopes = slopes.to(device=q.device, dtype=torch.float32).contiguous()
-    if _use_reference(name, (qkv, cu_seqlens), backend, dropout_p, q.shape[0]):
-        return varlen_alibi_attention_reference(q, k, v, cu_seqlens, max_seqlen, slopes, scale, dropout_p)
-    return VarlenAlibiAttentionQKVPackedFunction.apply(qkv, cu_seqlens.to(torch.int32), max_seqlen, slopes, scale)
+    if choice == "reference":
+        return varlen_alibi_attention_reference(q, k, v, cu, max_seqlen, slopes, scale, dropout_p)
+    return VarlenAlibiAttentionQKVPackedFunction.apply(qkv, cu, max_seqlen, slopes, scale)

@@ -29,10 +29,16 @@ from transformers.modeling_outputs import (
     CausalLMOutputWithPast,
     SequenceClassifierOutputWithPast,
 )
-from transformers.modeling_utils import PreTrainedModel
 
+from ...layers.losses import classification_loss
+from ...layers.mlp import SwiGLUMLP
+from ...layers.norms import GatedRMSNorm
+from ...layers.packing import Packing
+from ...layers.pretrained_model import HfzooPreTrainedModel
+from ...layers.recurrent_cache import cache_of, output_with_cache, pick_cache
+from ...layers.rotary import apply_rotary, rope_inv_freq
+from ...layers.short_conv import ShortConvolution
 from ...ops.gla import chunk_gla, fused_recurrent_gla
-from ...ops.rmsnorm import rms_norm_gated
 from .cache_gla import GLACache
 from .configuration_gla import GLAConfig
 
@@ -40,61 +46,16 @@ from .configuration_gla import GLAConfig
 # the chunked kernel.
 RECURRENT_MAX_LEN = 64
 
+# Keyword arguments of packed batches (DataCollatorWithFlattening, flash-attention style) the heads hand on
+# to the model instead of letting them disappear into ``**kwargs``.
+PACKING_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
 
-# ------------------------------------------------------------------------------------------------------------
-# Normalization
-
-
-class GLARMSNorm(nn.Module):
-    """RMSNorm over the last dimension; with ``gate``, the output is multiplied by ``swish(gate)`` (fused)."""
-
-    def __init__(self, hidden_size: int, eps: float = 1e-6, elementwise_affine: bool = True):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(hidden_size)) if elementwise_affine else None
-
-    def forward(self, x: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
-        return rms_norm_gated(x, self.weight, gate, self.eps)
-
-
-# ------------------------------------------------------------------------------------------------------------
-# Short convolution
-
-
-class ShortConvolution(nn.Conv1d):
-    """Causal depthwise convolution over time followed by SiLU. ``weight`` is ``[D, 1, W]`` as in fla.
-
-    The state is the last ``W`` inputs ``[B, D, W]``; positions where ``mask`` is 0 are read as zeros, so a
-    left-padded sequence convolves exactly as if it started at its first real token.
-    """
-
-    def __init__(self, hidden_size: int, kernel_size: int, bias: bool = False):
-        super().__init__(hidden_size, hidden_size, kernel_size, groups=hidden_size, bias=bias)
-
-    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None, mask: torch.Tensor | None = None):
-        # x: [B, T, D] -> (y [B, T, D], new state [B, D, W])
-        B, T, D = x.shape
-        W = self.kernel_size[0]
-        if mask is not None:
-            x = x * mask[..., None].to(x.dtype)
-        xt = x.transpose(1, 2)
-        if state is None:
-            state = xt.new_zeros(B, D, W)
-        window = torch.cat([state.to(xt.dtype), xt], dim=-1)           # [B, D, W + T]
-        y = F.conv1d(window[..., 1:], self.weight, self.bias, groups=D)  # [B, D, T]
-        return F.silu(y).transpose(1, 2), window[..., -W:]
+# The norm of GLA checkpoints (a name kept for code that refers to it).
+GLARMSNorm = GatedRMSNorm
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Gated linear attention
-
-
-def _pack_rows(mask: torch.Tensor):
-    """Token indices and ``cu_seqlens`` of the real tokens of each row of a ``[B, T]`` 0/1 mask."""
-    lengths = mask.sum(-1, dtype=torch.int32)
-    indices = mask.flatten().nonzero().squeeze(-1)
-    cu_seqlens = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
-    return indices, cu_seqlens, lengths
 
 
 class GatedLinearAttention(nn.Module):
@@ -134,11 +95,13 @@ class GatedLinearAttention(nn.Module):
         else:
             self.g_norm = norm
 
-    def forward(self, hidden_states, attention_mask=None, cache: GLACache | None = None):
+    def forward(self, hidden_states, attention_mask=None, cache: GLACache | None = None,
+                packing: Packing | None = None):
         B, T, _ = hidden_states.shape
         state = cache.layers[self.layer_idx] if cache is not None else None
         mask = None
-        if attention_mask is not None:
+        documents = packing.document_ids() if packing is not None else None
+        if attention_mask is not None and packing is None:
             mask = attention_mask[:, -T:].bool()
             if bool(mask.all()):
                 mask = None
@@ -146,9 +109,9 @@ class GatedLinearAttention(nn.Module):
         q, k, v = self.q_proj(hidden_states), self.k_proj(hidden_states), self.v_proj(hidden_states)
         if self.use_short_conv:
             conv = state.conv_state if state is not None else {}
-            q, cq = self.q_conv1d(q, conv.get("q"), mask)
-            k, ck = self.k_conv1d(k, conv.get("k"), mask)
-            v, cv = self.v_conv1d(v, conv.get("v"), mask)
+            q, cq = self.q_conv1d(q, conv.get("q"), mask, documents)
+            k, ck = self.k_conv1d(k, conv.get("k"), mask, documents)
+            v, cv = self.v_conv1d(v, conv.get("v"), mask, documents)
             if state is not None:
                 state.conv_state = {"q": cq, "k": ck, "v": cv}
 
@@ -163,7 +126,7 @@ class GatedLinearAttention(nn.Module):
         gk = gk.view(B, T, self.num_kv_heads, self.head_k_dim)
 
         initial = state.recurrent_state if state is not None else None
-        o, final = self._recurrence(q, k, v, gk, initial, mask, output_final_state=state is not None)
+        o, final = self._recurrence(q, k, v, gk, initial, mask, packing, output_final_state=state is not None)
         if state is not None:
             state.recurrent_state = final
 
@@ -176,35 +139,27 @@ class GatedLinearAttention(nn.Module):
         return self.o_proj(o.reshape(B, T, -1))
 
     @staticmethod
-    def _recurrence(q, k, v, g, initial_state, mask, output_final_state):
+    def _recurrence(q, k, v, g, initial_state, mask, packing, output_final_state):
         B, T = q.shape[:2]
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, g))
         op = fused_recurrent_gla if (T <= RECURRENT_MAX_LEN and not needs_grad) else chunk_gla
-        if mask is None:
+        if packing is None and mask is None:
             return op(q, k, v, g, initial_state=initial_state, output_final_state=output_final_state)
-        indices, cu_seqlens, lengths = _pack_rows(mask)
-        if bool((lengths == 0).any()):
-            # A row with no real token in this call: a zero key and a zero log decay leave its state unchanged.
-            m = mask[..., None, None]
-            return op(q, k * m.to(k.dtype), v, g * m, initial_state=initial_state,
-                      output_final_state=output_final_state)
-        # Pack the real tokens of every row into one varlen sequence: pads never enter the recurrence.
-        def pack(t):
-            return t.flatten(0, 1).index_select(0, indices).unsqueeze(0)
-
-        o_packed, final = op(pack(q), pack(k), pack(v), pack(g), initial_state=initial_state,
-                             output_final_state=output_final_state, cu_seqlens=cu_seqlens)
-        o = o_packed.new_zeros(B * T, *o_packed.shape[2:]).index_copy(0, indices, o_packed[0])
-        return o.view(B, T, *o.shape[1:]), final
+        if packing is None:
+            packing = Packing.from_mask(mask)
+            if bool((packing.lengths == 0).any()):
+                # A row with no real token in this call: a zero key and a zero log decay leave its state unchanged.
+                m = mask[..., None, None]
+                return op(q, k * m.to(k.dtype), v, g * m, initial_state=initial_state,
+                          output_final_state=output_final_state)
+        # One varlen sequence: pads never enter the recurrence, packed documents never see each other.
+        o, final = op(*(packing.pack(t).unsqueeze(0) for t in (q, k, v, g)), initial_state=initial_state,
+                      output_final_state=output_final_state, cu_seqlens=packing.cu_seqlens)
+        return packing.unpack(o[0]), final
 
 
 # ------------------------------------------------------------------------------------------------------------
 # Softmax attention (hybrid layers)
-
-
-def _rotate_half(x):
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
 
 
 class Attention(nn.Module):
@@ -221,17 +176,10 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=spec["qkv_bias"])
         self.v_proj = nn.Linear(d, self.num_kv_heads * self.head_dim, bias=spec["qkv_bias"])
         self.o_proj = nn.Linear(d, d, bias=False)
-        inv_freq = 1.0 / spec["rope_theta"] ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", rope_inv_freq(self.head_dim, spec["rope_theta"]), persistent=False)
 
-    def _rope(self, x, positions):
-        # x: [B, T, H, D]; positions: [B, T]
-        angles = positions[..., None].float() * self.inv_freq.to(x.device)       # [B, T, D/2]
-        cos = torch.cat([angles.cos(), angles.cos()], -1)[:, :, None].to(x.dtype)
-        sin = torch.cat([angles.sin(), angles.sin()], -1)[:, :, None].to(x.dtype)
-        return x * cos + _rotate_half(x) * sin
-
-    def forward(self, hidden_states, attention_mask=None, cache: GLACache | None = None, position_ids=None):
+    def forward(self, hidden_states, attention_mask=None, cache: GLACache | None = None, position_ids=None,
+                packing: Packing | None = None):
         B, T, _ = hidden_states.shape
         past = cache.layers[self.layer_idx].get_seq_length() if cache is not None else 0
         S = past + T
@@ -239,7 +187,9 @@ class Attention(nn.Module):
         if attention_mask is not None and attention_mask.shape[-1] < S:
             attention_mask = F.pad(attention_mask, (S - attention_mask.shape[-1], 0), value=1)
         key_mask = attention_mask[:, -S:].bool() if attention_mask is not None else None
-        if position_ids is None:
+        if packing is not None:
+            position_ids = packing.positions()
+        elif position_ids is None:
             if key_mask is not None:   # count real tokens only, so left padding does not shift positions
                 position_ids = (key_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -T:]
             else:
@@ -248,7 +198,7 @@ class Attention(nn.Module):
         q = self.q_proj(hidden_states).view(B, T, self.num_heads, self.head_dim)
         k = self.k_proj(hidden_states).view(B, T, self.num_kv_heads, self.head_dim)
         v = self.v_proj(hidden_states).view(B, T, self.num_kv_heads, self.head_dim)
-        q, k = self._rope(q, position_ids), self._rope(k, position_ids)
+        q, k = apply_rotary(q, position_ids, self.inv_freq), apply_rotary(k, position_ids, self.inv_freq)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))       # [B, heads, T, D]
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
@@ -259,6 +209,9 @@ class Attention(nn.Module):
         if self.window_size is not None:
             allowed = allowed & (k_pos > q_pos - self.window_size)
         allowed = allowed[None, None]
+        if packing is not None:   # packed documents: attend within one's own document only
+            documents = packing.document_ids()
+            allowed = allowed & (documents[:, None, :, None] == documents[:, None, None, :])
         if key_mask is not None:
             # padded keys are never read; a padded query reads itself only (its output is discarded anyway)
             allowed = (allowed & key_mask[:, None, None, :]) | (k_pos == q_pos)[None, None]
@@ -273,18 +226,11 @@ class Attention(nn.Module):
 # MLP and block
 
 
-class GLAMLP(nn.Module):
+class GLAMLP(SwiGLUMLP):
     """SwiGLU: ``down(swish(gate(x)) * up(x))``."""
 
     def __init__(self, config: GLAConfig):
-        super().__init__()
-        width = config.mlp_width
-        self.gate_proj = nn.Linear(config.hidden_size, width, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, width, bias=False)
-        self.down_proj = nn.Linear(width, config.hidden_size, bias=False)
-
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        super().__init__(config.hidden_size, config.mlp_width)
 
 
 class GLABlock(GradientCheckpointingLayer):
@@ -302,13 +248,13 @@ class GLABlock(GradientCheckpointingLayer):
         self.mlp_norm = GLARMSNorm(config.hidden_size, config.norm_eps)
         self.mlp = GLAMLP(config)
 
-    def forward(self, hidden_states, attention_mask=None, cache=None, position_ids=None):
+    def forward(self, hidden_states, attention_mask=None, cache=None, position_ids=None, packing=None):
         residual = hidden_states
         h = self.attn_norm(hidden_states)
         if self.is_softmax_attention:
-            h = self.attn(h, attention_mask, cache, position_ids)
+            h = self.attn(h, attention_mask, cache, position_ids, packing)
         else:
-            h = self.attn(h, attention_mask, cache)
+            h = self.attn(h, attention_mask, cache, packing)
         hidden_states = residual + h
         return hidden_states + self.mlp(self.mlp_norm(hidden_states))
 
@@ -317,7 +263,7 @@ class GLABlock(GradientCheckpointingLayer):
 # Pretrained model, base model, heads
 
 
-class GLAPreTrainedModel(PreTrainedModel):
+class GLAPreTrainedModel(HfzooPreTrainedModel):
     config_class = GLAConfig
     base_model_prefix = "model"
     _no_split_modules = ["GLABlock"]
@@ -336,32 +282,8 @@ class GLAPreTrainedModel(PreTrainedModel):
         elif isinstance(module, GLARMSNorm) and module.weight is not None:
             init.ones_(module.weight)
         elif isinstance(module, Attention):
-            head_dim = module.head_dim
             theta = self.config.attention_spec(module.layer_idx)["rope_theta"]
-            init.copy_(module.inv_freq, 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-
-
-def _pick_cache(past_key_values, cache):
-    """transformers 5.24 passes ``cache=``, earlier 5.x ``past_key_values=``; accept either."""
-    if past_key_values is not None and cache is not None and past_key_values is not cache:
-        raise ValueError("pass either `cache` or `past_key_values`, not both")
-    cache = cache if cache is not None else past_key_values
-    if cache is not None and not isinstance(cache, GLACache):
-        raise TypeError(f"GLA models keep their state in a GLACache; got {type(cache).__name__} "
-                        "(let the model create it: pass use_cache=True and no cache)")
-    return cache
-
-
-def _with_cache(output_cls, cache, **fields):
-    """Build a model output; its cache field is ``cache`` from transformers 5.24 on, ``past_key_values`` before."""
-    name = "cache" if "cache" in getattr(output_cls, "__dataclass_fields__", {}) else "past_key_values"
-    return output_cls(**{name: cache}, **fields)
-
-
-def _cache_of(outputs):
-    """The cache of a model output (named ``cache`` from transformers 5.24 on, ``past_key_values`` before)."""
-    name = "cache" if "cache" in getattr(type(outputs), "__dataclass_fields__", {}) else "past_key_values"
-    return getattr(outputs, name)
+            init.copy_(module.inv_freq, rope_inv_freq(module.head_dim, theta))
 
 
 class GLAModel(GLAPreTrainedModel):
@@ -381,30 +303,39 @@ class GLAModel(GLAPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, use_cache=None, output_hidden_states=None, return_dict=None, cache=None,
-                **kwargs):
+                cu_seqlens=None, **kwargs):
+        """Packed documents (several sequences flattened into one row, as ``DataCollatorWithFlattening`` makes
+        them): pass ``cu_seqlens`` (``[N + 1]`` offsets over the ``batch * length`` tokens; also accepted as
+        ``cu_seq_lens_q``), or ``position_ids`` that restart at 0 at each document. Each document then runs as
+        if alone; no cache is kept."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         output_hidden_states = (output_hidden_states if output_hidden_states is not None
                                 else self.config.output_hidden_states)
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
-        cache = _pick_cache(past_key_values, cache)
+        cache = pick_cache(past_key_values, cache, GLACache)
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError(f"attention_mask must be a [batch, length] 0/1 padding mask; got shape "
+                             f"{tuple(attention_mask.shape)}")
+        B, T = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+        packing = self._packing(cu_seqlens, position_ids, attention_mask, cache, B, T, kwargs)
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if self.gradient_checkpointing and self.training:
             use_cache, cache = False, None     # a replayed forward would update the state twice
+        if packing is not None:
+            use_cache = False                  # packed documents end inside the batch: no state to continue
         if use_cache and cache is None:
             cache = GLACache(self.config)
         if not use_cache:
             cache = None
-        if attention_mask is not None and attention_mask.dim() != 2:
-            raise ValueError(f"attention_mask must be a [batch, length] 0/1 padding mask; got shape "
-                             f"{tuple(attention_mask.shape)}")
 
         hidden_states = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         all_hidden = () if output_hidden_states else None
         for layer in self.layers:
             if output_hidden_states:
                 all_hidden += (hidden_states,)
-            hidden_states = layer(hidden_states, attention_mask=attention_mask, cache=cache, position_ids=position_ids)
+            hidden_states = layer(hidden_states, attention_mask=attention_mask, cache=cache, position_ids=position_ids,
+                                  packing=packing)
         hidden_states = self.norm(hidden_states)
         if output_hidden_states:
             all_hidden += (hidden_states,)
@@ -413,7 +344,31 @@ class GLAModel(GLAPreTrainedModel):
 
         if not return_dict:
             return tuple(x for x in (hidden_states, cache, all_hidden) if x is not None)
-        return _with_cache(BaseModelOutputWithPast, cache, last_hidden_state=hidden_states, hidden_states=all_hidden)
+        return output_with_cache(BaseModelOutputWithPast, cache, last_hidden_state=hidden_states, hidden_states=all_hidden)
+
+
+    @staticmethod
+    def _packing(cu_seqlens, position_ids, attention_mask, cache, B, T, kwargs) -> Packing | None:
+        """The documents of a packed batch, from ``cu_seqlens`` or from ``position_ids`` restarts; None if not packed."""
+        alias = kwargs.pop("cu_seq_lens_q", None)
+        other = kwargs.pop("cu_seq_lens_k", None)
+        for name in ("max_length_q", "max_length_k", "seq_idx"):
+            kwargs.pop(name, None)   # derived from cu_seqlens / position_ids here
+        if alias is not None:
+            if cu_seqlens is not None and not torch.equal(alias, cu_seqlens):
+                raise ValueError("cu_seqlens and cu_seq_lens_q differ; pass one")
+            cu_seqlens = alias
+        if other is not None and (cu_seqlens is None or not torch.equal(other, cu_seqlens)):
+            raise ValueError("cu_seq_lens_k must equal cu_seq_lens_q (GLA is causal self-attention)")
+        has_padding = attention_mask is not None and not bool(attention_mask.bool().all())
+        if cu_seqlens is not None:
+            if cache is not None or has_padding:
+                raise ValueError("packed documents (cu_seqlens) take no cache and no padding mask")
+            return Packing.from_cu_seqlens(cu_seqlens, B, T)
+        # generate() derives position_ids from a padding mask; restarts only mean packing without padding/cache
+        if cache is None and not has_padding and Packing.position_ids_are_packed(position_ids):
+            return Packing.from_position_ids(position_ids)
+        return None
 
 
 class GLAForCausalLM(GLAPreTrainedModel, GenerationMixin):
@@ -445,22 +400,24 @@ class GLAForCausalLM(GLAPreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_hidden_states=None, return_dict=None,
-                logits_to_keep: int | torch.Tensor = 0, cache=None, **kwargs):
+                logits_to_keep: int | torch.Tensor = 0, cache=None, cu_seqlens=None, **kwargs):
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        packing_kwargs = {k: kwargs.pop(k) for k in PACKING_KWARGS if k in kwargs}
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                              past_key_values=past_key_values, cache=cache, inputs_embeds=inputs_embeds,
-                             use_cache=use_cache, output_hidden_states=output_hidden_states, return_dict=True)
+                             use_cache=use_cache, output_hidden_states=output_hidden_states, return_dict=True,
+                             cu_seqlens=cu_seqlens, **packing_kwargs)
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep, :])
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        cache = _cache_of(outputs)
+        cache = cache_of(outputs)
         if not return_dict:
             out = tuple(x for x in (logits, cache, outputs.hidden_states) if x is not None)
             return (loss, *out) if loss is not None else out
-        return _with_cache(CausalLMOutputWithPast, cache, loss=loss, logits=logits,
+        return output_with_cache(CausalLMOutputWithPast, cache, loss=loss, logits=logits,
                            hidden_states=outputs.hidden_states)
 
 
@@ -481,8 +438,12 @@ class GLAForSequenceClassification(GLAPreTrainedModel):
         self.model.embeddings = value
 
     def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None, labels=None,
-                output_hidden_states=None, return_dict=None, **kwargs):
+                output_hidden_states=None, return_dict=None, num_items_in_batch=None, **kwargs):
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        unknown = sorted(set(kwargs) & ({"position_ids", "cu_seqlens"} | set(PACKING_KWARGS)))
+        if unknown:
+            raise TypeError(f"GLAForSequenceClassification classifies whole rows; packed inputs ({unknown}) "
+                            "are not supported")
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds,
                              use_cache=False, output_hidden_states=output_hidden_states, return_dict=True)
         hidden = outputs.last_hidden_state
@@ -498,21 +459,7 @@ class GLAForSequenceClassification(GLAPreTrainedModel):
 
         loss = None
         if labels is not None:
-            labels = labels.to(logits.device)
-            if self.config.problem_type is None:
-                if self.num_labels == 1:
-                    self.config.problem_type = "regression"
-                elif labels.dtype in (torch.long, torch.int):
-                    self.config.problem_type = "single_label_classification"
-                else:
-                    self.config.problem_type = "multi_label_classification"
-            if self.config.problem_type == "regression":
-                loss = F.mse_loss(logits.squeeze(-1), labels.float()) if self.num_labels == 1 \
-                    else F.mse_loss(logits, labels.float())
-            elif self.config.problem_type == "single_label_classification":
-                loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
-            else:
-                loss = F.binary_cross_entropy_with_logits(logits, labels.float())
+            loss = classification_loss(self.config, logits, labels, num_items_in_batch)
         if not return_dict:
             return (loss, logits) if loss is not None else (logits,)
         return SequenceClassifierOutputWithPast(loss=loss, logits=logits, hidden_states=outputs.hidden_states)

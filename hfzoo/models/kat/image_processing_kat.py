@@ -10,28 +10,10 @@ import numpy as np
 from PIL import Image
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
+from ...layers.image_inputs import to_pil_image
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _to_pil(image) -> Image.Image:
-    """PIL image, or a numpy/torch array in HW, HWC or CHW layout (uint8 0-255 or float 0-1)."""
-    if isinstance(image, Image.Image):
-        return image
-    if hasattr(image, "detach"):
-        image = image.detach().cpu().numpy()
-    arr = np.asarray(image)
-    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
-        arr = arr.transpose(1, 2, 0)                      # CHW -> HWC
-    if arr.ndim == 3 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if arr.ndim not in (2, 3):
-        raise ValueError(f"images: expected a 2D or 3D image array, got shape {arr.shape}")
-    if arr.dtype != np.uint8:
-        arr = np.asarray(arr, dtype=np.float64)
-        scale = 255.0 if arr.size and arr.max() <= 1.0 else 1.0
-        arr = np.clip(arr * scale, 0, 255).round().astype(np.uint8)
-    return Image.fromarray(arr)
 
 
 class KATImageProcessor(BaseImageProcessor):
@@ -62,7 +44,7 @@ class KATImageProcessor(BaseImageProcessor):
                                  f"{image_mode!r}, got {len(v)}")
 
     def _one(self, image) -> np.ndarray:
-        img = _to_pil(image).convert(self.image_mode)
+        img = to_pil_image(image).convert(self.image_mode)
         if self.do_resize:
             w, h = img.size
             s = self.size / min(w, h)

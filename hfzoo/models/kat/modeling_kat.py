@@ -17,12 +17,14 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 
+from ...layers.losses import classification_loss
+from ...layers.pretrained_model import HfzooPreTrainedModel
+from ...layers.vision import PatchEmbedding, resize_position_grid
 from ...ops.group_rational import RATIONAL_INITS, group_rational
 from .configuration_kat import KATConfig
 
@@ -44,11 +46,17 @@ class KATRational(nn.Module):
         self.weight_denominator = nn.Parameter(torch.empty(num_groups, 4))
         self.reset_parameters()
 
-    def reset_parameters(self) -> None:
+    def initial_coefficients(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Numerator and denominator that make the rational start as ``init_name`` (every group alike)."""
         a, b = RATIONAL_INITS[self.init_name]
+        return (torch.tensor(a, dtype=torch.float32).expand_as(self.weight_numerator),
+                torch.tensor(b, dtype=torch.float32).expand_as(self.weight_denominator))
+
+    def reset_parameters(self) -> None:
+        numerator, denominator = self.initial_coefficients()
         with torch.no_grad():
-            self.weight_numerator.copy_(torch.tensor(a).expand_as(self.weight_numerator))
-            self.weight_denominator.copy_(torch.tensor(b).expand_as(self.weight_denominator))
+            self.weight_numerator.copy_(numerator)
+            self.weight_denominator.copy_(denominator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return group_rational(x, self.weight_numerator, self.weight_denominator, self.num_groups,
@@ -64,8 +72,7 @@ class KATEmbeddings(nn.Module):
     def __init__(self, config: KATConfig):
         super().__init__()
         self.patch_size = config.patch_size
-        self.patch_embeddings = nn.Conv2d(config.num_channels, config.hidden_size, config.patch_size,
-                                          stride=config.patch_size)
+        self.patch_embeddings = PatchEmbedding(config.num_channels, config.hidden_size, config.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         self.position_embeddings = nn.Parameter(torch.zeros(1, config.num_patches + 1, config.hidden_size))
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
@@ -73,21 +80,16 @@ class KATEmbeddings(nn.Module):
     def interpolate_positions(self, height: int, width: int) -> torch.Tensor:
         """Bicubically resize the patch-position grid for a (height, width) input."""
         pos = self.position_embeddings
-        cls_pos, grid = pos[:, :1], pos[:, 1:]
-        side = int(math.sqrt(grid.shape[1]))
         h, w = height // self.patch_size, width // self.patch_size
-        if (h, w) == (side, side):
+        if h * w == pos.shape[1] - 1 and h == w:
             return pos
-        grid = grid.reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid.float(), size=(h, w), mode="bicubic", align_corners=False).to(pos.dtype)
-        return torch.cat([cls_pos, grid.permute(0, 2, 3, 1).reshape(1, h * w, -1)], dim=1)
+        return torch.cat([pos[:, :1], resize_position_grid(pos[:, 1:], h, w)], dim=1)
 
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         B, C, H, W = pixel_values.shape
         if C != self.patch_embeddings.in_channels:
             raise ValueError(f"pixel_values has {C} channels; the model expects {self.patch_embeddings.in_channels}")
-        x = self.patch_embeddings(pixel_values.to(self.patch_embeddings.weight.dtype))
-        x = x.flatten(2).transpose(1, 2)                                      # [B, N, D]
+        x = self.patch_embeddings(pixel_values)                               # [B, N, D]
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)
         if interpolate_pos_encoding:
             pos = self.interpolate_positions(H, W)
@@ -165,7 +167,7 @@ class KATLayer(GradientCheckpointingLayer):
         return x + self.dropout(self.mlp(self.norm2(x)))
 
 
-class KATPreTrainedModel(PreTrainedModel):
+class KATPreTrainedModel(HfzooPreTrainedModel):
     config_class = KATConfig
     base_model_prefix = "kat"
     main_input_name = "pixel_values"
@@ -196,9 +198,9 @@ class KATPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.position_embeddings, mean=0.0, std=std)
             init.normal_(module.cls_token, mean=0.0, std=1e-6)
         elif isinstance(module, KATRational):
-            a, b = RATIONAL_INITS[module.init_name]
-            init.copy_(module.weight_numerator, torch.tensor(a).expand_as(module.weight_numerator))
-            init.copy_(module.weight_denominator, torch.tensor(b).expand_as(module.weight_denominator))
+            numerator, denominator = module.initial_coefficients()
+            init.copy_(module.weight_numerator, numerator)
+            init.copy_(module.weight_denominator, denominator)
 
 
 class KATModel(KATPreTrainedModel):
@@ -244,12 +246,12 @@ class KATForImageClassification(KATPreTrainedModel):
 
     def forward(self, pixel_values: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 output_hidden_states: bool | None = None, interpolate_pos_encoding: bool = False,
-                return_dict: bool | None = None, **kwargs):
+                return_dict: bool | None = None, num_items_in_batch=None, **kwargs):
         """logits [B, num_labels] from the class token; cross-entropy (or per config.problem_type) with labels."""
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         out = self.kat(pixel_values, output_hidden_states=output_hidden_states,
                        interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True)
         logits = self.classifier(out.pooler_output)
-        loss = self.loss_function(labels, logits, self.config) if labels is not None else None
+        loss = classification_loss(self.config, logits, labels, num_items_in_batch) if labels is not None else None
         result = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
         return result if return_dict else result.to_tuple()

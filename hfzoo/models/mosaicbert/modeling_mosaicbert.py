@@ -22,9 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
@@ -34,38 +32,11 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 
+from ...layers.losses import classification_loss, cross_entropy
+from ...layers.packing import Packing
+from ...layers.pretrained_model import HfzooPreTrainedModel
 from ...ops.varlen_alibi_attention import alibi_slopes, varlen_alibi_attention_qkvpacked
 from .configuration_mosaicbert import MosaicBertConfig
-
-# ----------------------------------------------------------------------------------------------------
-# Unpadding: [B, S] rows with a mask <-> packed [total, ...] tokens
-
-
-@dataclass
-class Unpadded:
-    indices: torch.Tensor      # [total] flat positions (b * S + s) of the real tokens, row-major
-    cu_seqlens: torch.Tensor   # [B + 1] int32 offsets of each row's tokens in the packed tensor
-    max_seqlen: int            # longest row (a Python int: no device sync later)
-    batch: int
-    seqlen: int
-
-
-def unpad_mask(attention_mask: torch.Tensor) -> Unpadded:
-    """Index arithmetic of unpadding: where the real tokens are and where each row starts."""
-    mask = attention_mask.bool()
-    lengths = mask.sum(1, dtype=torch.int32)
-    indices = torch.nonzero(mask.flatten(), as_tuple=False).flatten()
-    cu_seqlens = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
-    max_seqlen = int(lengths.max()) if lengths.numel() else 0
-    return Unpadded(indices, cu_seqlens, max_seqlen, mask.shape[0], mask.shape[1])
-
-
-def pad_tokens(packed: torch.Tensor, unpadded: Unpadded) -> torch.Tensor:
-    """[total, ...] -> [B, S, ...] with zeros at padding."""
-    out = packed.new_zeros(unpadded.batch * unpadded.seqlen, *packed.shape[1:])
-    out = out.index_copy(0, unpadded.indices, packed)
-    return out.view(unpadded.batch, unpadded.seqlen, *packed.shape[1:])
-
 
 # ----------------------------------------------------------------------------------------------------
 # Layers
@@ -193,7 +164,7 @@ class MosaicBertPooler(nn.Module):
 # Models
 
 
-class MosaicBertPreTrainedModel(PreTrainedModel):
+class MosaicBertPreTrainedModel(HfzooPreTrainedModel):
     config_class = MosaicBertConfig
     base_model_prefix = "bert"
     _no_split_modules = ["MosaicBertLayer"]
@@ -214,7 +185,7 @@ class MosaicBertEncoderOutput(ModelOutput):
     hidden: torch.Tensor | None = None
     pooled: torch.Tensor | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
-    unpadded: Unpadded | None = None
+    unpadded: Packing | None = None
 
 
 class MosaicBertModel(MosaicBertPreTrainedModel):
@@ -270,7 +241,7 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
         device = input_ids.device if input_ids is not None else inputs_embeds.device
         if attention_mask is None:
             attention_mask = torch.ones(B, S, dtype=torch.bool, device=device)
-        unpadded = unpad_mask(attention_mask)
+        unpadded = Packing.from_mask(attention_mask)
         limit = self.config.max_sequence_length
         if limit is not None and unpadded.max_seqlen > limit:
             raise ValueError(f"MosaicBertModel: a sequence has {unpadded.max_seqlen} tokens, more than "
@@ -299,7 +270,7 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
                 firsts = hidden.new_zeros(B, hidden.shape[-1])
             firsts = firsts * (lengths > 0).to(firsts.dtype)[:, None]
             pooled = self.pooler(firsts)
-        padded_states = tuple(pad_tokens(s, unpadded) for s in states) if states is not None else None
+        padded_states = tuple(unpadded.unpack(s) for s in states) if states is not None else None
         return MosaicBertEncoderOutput(hidden=hidden, pooled=pooled, hidden_states=padded_states, unpadded=unpadded)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
@@ -309,7 +280,7 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
         materialized, so ``attentions`` is always None. Padding positions of ``last_hidden_state`` are 0."""
         out = self.encode(input_ids, attention_mask, token_type_ids, inputs_embeds,
                           output_hidden_states=bool(output_hidden_states))
-        result = BaseModelOutputWithPooling(last_hidden_state=pad_tokens(out.hidden, out.unpadded),
+        result = BaseModelOutputWithPooling(last_hidden_state=out.unpadded.unpack(out.hidden),
                                             pooler_output=out.pooled, hidden_states=out.hidden_states)
         return result if return_dict is not False else result.to_tuple()
 
@@ -348,7 +319,8 @@ class MosaicBertOnlyMLMHead(nn.Module):
 class MosaicBertMaskedLMOutput(ModelOutput):
     """MLM output.
 
-    loss: mean cross-entropy over the labelled tokens (``labels != -100``); 0 when none is labelled.
+    loss: mean cross-entropy over the labelled tokens (``labels != -100``); 0 when none is labelled; with
+        ``num_items_in_batch`` (Trainer gradient accumulation) the sum divided by it.
     logits: without ``labels``, ``[B, S, vocab]`` (zeros at padding). With ``labels``, only the labelled
         tokens' ``[n_labelled, vocab]`` in row-major order (``masked_positions`` says where), unless
         ``return_full_logits=True`` scatters them into a zero ``[B, S, vocab]`` tensor.
@@ -388,7 +360,8 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_hidden_states=None, output_attentions=None,
-                return_dict=None, return_full_logits: bool = False, **kwargs) -> MosaicBertMaskedLMOutput:
+                return_dict=None, return_full_logits: bool = False, num_items_in_batch=None,
+                **kwargs) -> MosaicBertMaskedLMOutput:
         masked = None
         if labels is not None:
             shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
@@ -405,35 +378,16 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
         if labels is not None:
             positions = torch.nonzero(masked.flatten(), as_tuple=False).flatten()
             targets = labels.flatten().index_select(0, positions)
-            if targets.numel() == 0:
-                loss = logits.sum() * 0.0
-            else:
-                loss = F.cross_entropy(logits.float(), targets)
+            loss = cross_entropy(logits, targets, num_items_in_batch)
             if return_full_logits:
                 B, S = masked.shape
                 full = logits.new_zeros(B * S, logits.shape[-1]).index_copy(0, positions, logits)
                 logits = full.view(B, S, -1)
         else:
-            logits = pad_tokens(logits, out.unpadded)
+            logits = out.unpadded.unpack(logits)
         result = MosaicBertMaskedLMOutput(loss=loss, logits=logits, masked_positions=positions,
                                           hidden_states=out.hidden_states)
         return result if return_dict is not False else result.to_tuple()
-
-
-def _classification_loss(config, logits, labels, num_labels):
-    if config.problem_type is None:
-        if num_labels == 1:
-            config.problem_type = "regression"
-        elif labels.dtype in (torch.long, torch.int):
-            config.problem_type = "single_label_classification"
-        else:
-            config.problem_type = "multi_label_classification"
-    if config.problem_type == "regression":
-        return F.mse_loss(logits.squeeze(-1).float(), labels.float()) if num_labels == 1 else \
-            F.mse_loss(logits.float(), labels.float())
-    if config.problem_type == "single_label_classification":
-        return F.cross_entropy(logits.view(-1, num_labels).float(), labels.view(-1))
-    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
 
 
 def _classifier_head(config: MosaicBertConfig):
@@ -454,11 +408,12 @@ class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_hidden_states=None, output_attentions=None,
-                return_dict=None, **kwargs) -> SequenceClassifierOutput:
+                return_dict=None, num_items_in_batch=None, **kwargs) -> SequenceClassifierOutput:
         out = self.bert.encode(input_ids, attention_mask, token_type_ids, inputs_embeds,
                                output_hidden_states=bool(output_hidden_states))
         logits = self.classifier(self.dropout(out.pooled))
-        loss = _classification_loss(self.config, logits, labels, self.num_labels) if labels is not None else None
+        loss = (classification_loss(self.config, logits, labels, num_items_in_batch) if labels is not None
+                else None)
         result = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
         return result if return_dict is not False else result.to_tuple()
 
@@ -475,17 +430,15 @@ class MosaicBertForTokenClassification(MosaicBertPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_hidden_states=None, output_attentions=None,
-                return_dict=None, **kwargs) -> TokenClassifierOutput:
+                return_dict=None, num_items_in_batch=None, **kwargs) -> TokenClassifierOutput:
         out = self.bert.encode(input_ids, attention_mask, token_type_ids, inputs_embeds,
                                output_hidden_states=bool(output_hidden_states))
         packed_logits = self.classifier(self.dropout(out.hidden))
         loss = None
         if labels is not None:
             targets = labels.flatten().index_select(0, out.unpadded.indices)  # padding never counts
-            keep = targets != -100
-            loss = (F.cross_entropy(packed_logits[keep].float(), targets[keep]) if bool(keep.any())
-                    else packed_logits.sum() * 0.0)
-        result = TokenClassifierOutput(loss=loss, logits=pad_tokens(packed_logits, out.unpadded),
+            loss = cross_entropy(packed_logits, targets, num_items_in_batch)
+        result = TokenClassifierOutput(loss=loss, logits=out.unpadded.unpack(packed_logits),
                                        hidden_states=out.hidden_states)
         return result if return_dict is not False else result.to_tuple()
 

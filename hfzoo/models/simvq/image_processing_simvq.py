@@ -13,26 +13,7 @@ from PIL import Image
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
-
-def _to_pil(image) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if isinstance(image, torch.Tensor):
-        image = image.detach().cpu().numpy()
-    if isinstance(image, np.ndarray):
-        arr = image
-        if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
-            arr = arr.transpose(1, 2, 0)  # channels-first -> channels-last
-        if arr.ndim == 3 and arr.shape[-1] == 1:
-            arr = arr[..., 0]
-        if arr.ndim not in (2, 3):
-            raise ValueError(f"images: expected an HxW, HxWxC or CxHxW array, got shape {arr.shape}")
-        if arr.dtype != np.uint8:
-            if np.issubdtype(arr.dtype, np.floating) and arr.size and arr.max() <= 1.0 and arr.min() >= 0.0:
-                arr = arr * 255.0  # floats in [0, 1]
-            arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr).convert("RGB")
-    raise TypeError(f"images: expected PIL images, numpy arrays or tensors, got {type(image).__name__}")
+from ...layers.image_inputs import to_pil_image
 
 
 class SimVQImageProcessor(BaseImageProcessor):
@@ -70,7 +51,7 @@ class SimVQImageProcessor(BaseImageProcessor):
             images = [images]
         if not images:
             raise ValueError("images: got an empty list")
-        arrays = [np.asarray(self._resize(_to_pil(im), size), dtype=np.float32) for im in images]
+        arrays = [np.asarray(self._resize(to_pil_image(im).convert("RGB"), size), dtype=np.float32) for im in images]
         batch = np.stack(arrays).transpose(0, 3, 1, 2) / 127.5 - 1.0
         data = {"pixel_values": torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))}
         if return_tensors in (None, "np"):

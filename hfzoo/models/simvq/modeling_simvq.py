@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
+from ...layers.pretrained_model import HfzooPreTrainedModel
 from ...ops.nearest_code import nearest_code
 from .configuration_simvq import SimVQConfig
 
@@ -208,25 +208,27 @@ def codebook_utilization(indices: torch.Tensor, codebook_size: int) -> float:
 class SimVQModelOutput(ModelOutput):
     """
     loss: ``reconstruction_loss + quantizer_loss`` (the training objective of hfzoo's tiny checkpoints; the paper
-        adds LPIPS and a GAN loss on top of an L1 reconstruction term).
+        adds LPIPS and a GAN loss on top of an L1 reconstruction term). Computed in training mode or with
+        ``return_loss=True``.
+    quantized: the decoder's input ``z_q``, ``[B, D, h, w]`` / ``[B, D, t]`` -- the image's features (first
+        after the loss, so ``pipeline("image-feature-extraction")`` returns them).
     reconstruction: decoded output, same shape as the input.
     indices: code indices, ``[B, h, w]`` (images) or ``[B, t]`` (sequences).
-    quantized: the decoder's input ``z_q``, ``[B, D, h, w]`` / ``[B, D, t]``.
-    reconstruction_loss: mean squared error between reconstruction and input.
-    quantizer_loss: ``beta * commitment + codebook`` term.
+    reconstruction_loss: mean squared error between reconstruction and input (with the loss).
+    quantizer_loss: ``beta * commitment + codebook`` term (with the loss).
     codebook_utilization: fraction of the codebook used by this batch (a float tensor).
     """
 
     loss: torch.FloatTensor | None = None
+    quantized: torch.FloatTensor | None = None
     reconstruction: torch.FloatTensor | None = None
     indices: torch.LongTensor | None = None
-    quantized: torch.FloatTensor | None = None
     reconstruction_loss: torch.FloatTensor | None = None
     quantizer_loss: torch.FloatTensor | None = None
     codebook_utilization: torch.FloatTensor | None = None
 
 
-class SimVQPreTrainedModel(PreTrainedModel):
+class SimVQPreTrainedModel(HfzooPreTrainedModel):
     config_class = SimVQConfig
     base_model_prefix = "simvq"
     main_input_name = "pixel_values"
@@ -274,8 +276,10 @@ class SimVQModel(SimVQPreTrainedModel):
                              f"factor {f}")
 
     def quantize_latents(self, pixel_values: torch.Tensor):
-        """Encoder + quantizer: ``(z_q, indices, quantizer_loss)``."""
+        """Encoder + quantizer: ``(z_q, indices, quantizer_loss)``. Float inputs are cast to the model's dtype."""
         self._check_input(pixel_values)
+        if pixel_values.is_floating_point():
+            pixel_values = pixel_values.to(self.dtype)
         return self.quantize(self.encoder(pixel_values))
 
     @torch.no_grad()
@@ -291,16 +295,23 @@ class SimVQModel(SimVQPreTrainedModel):
         return self.decoder(self.quantize.lookup(indices.to(self.device)).to(self.dtype))
 
     def forward(self, pixel_values: torch.Tensor | None = None, input_values: torch.Tensor | None = None,
-                return_dict: bool | None = None, **kwargs):
-        """``pixel_values`` (images) or ``input_values`` (1D sequences) -> ``SimVQModelOutput``."""
+                return_dict: bool | None = None, return_loss: bool | None = None, **kwargs):
+        """``pixel_values`` (images) or ``input_values`` (1D sequences) -> ``SimVQModelOutput``.
+
+        Inputs are cast to the model's dtype (image processors give fp32; a bf16 model gets bf16). The losses
+        are computed (in fp32) in training mode, or whenever ``return_loss=True``; ``return_loss=False`` skips
+        them."""
         if (pixel_values is None) == (input_values is None):
             raise ValueError("pass exactly one of pixel_values (images) or input_values (sequences)")
         x = pixel_values if pixel_values is not None else input_values
         z_q, indices, q_loss = self.quantize_latents(x)
         rec = self.decoder(z_q)
-        rec_loss = F.mse_loss(rec.float(), x.float())
+        with_loss = self.training if return_loss is None else bool(return_loss)
+        rec_loss = F.mse_loss(rec.float(), x.float()) if with_loss else None
+        q_loss = q_loss.float() if with_loss else None
         util = torch.tensor(codebook_utilization(indices, self.config.codebook_size))
-        out = SimVQModelOutput(loss=rec_loss + q_loss, reconstruction=rec, indices=indices, quantized=z_q,
-                               reconstruction_loss=rec_loss, quantizer_loss=q_loss, codebook_utilization=util)
+        out = SimVQModelOutput(loss=rec_loss + q_loss if with_loss else None, quantized=z_q, reconstruction=rec,
+                               indices=indices, reconstruction_loss=rec_loss, quantizer_loss=q_loss,
+                               codebook_utilization=util)
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         return out if return_dict else out.to_tuple()

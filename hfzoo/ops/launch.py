@@ -1,0 +1,297 @@
+"""How kernels are launched: device facts, one table of launch settings, overrides, and a launch counter.
+
+Every op module asks this module, and only this one:
+
+* ``is_interpreted()`` -- are ``@triton.jit`` kernels run by Triton's CPU interpreter (``TRITON_INTERPRET=1``)?
+* ``sm_count(device)`` -- streaming multiprocessors of a CUDA device (cached); ``INTERPRETER_SM_COUNT`` (a small
+  constant) for CPU tensors, so persistent grids stay small under the interpreter;
+* ``persistent_grid(n_tiles, device, per_sm)`` -- how many programs a persistent kernel launches;
+* ``bucket(n, lo)`` -- the power of two an autotune key or a constexpr is rounded up to (coarse keys: a new
+  sequence length or batch size does not compile or tune again);
+* ``settings("<op>.<kernel>", **shape_defaults)`` -- the launch settings of one kernel (below);
+* ``launch(name, kernel, grid, *args, configs=None, key=None, **kwargs)`` -- launch and count one kernel,
+  autotuning over ``configs`` when there are several.
+
+Launch settings
+---------------
+``DEFAULTS`` maps ``"<op>.<kernel>"`` to that kernel's settings: tile sizes, ``num_warps``/``num_stages``, op
+specific switches, or a short list of autotune ``configs``. ``settings(name, **shape_defaults)`` returns, from
+least to most specific:
+
+1. ``DEFAULTS[name]`` (measured on an H200; see ``benchmarks/NOTES.md``);
+2. ``DEFAULTS[name]["interpreted"]`` when the interpreter runs the kernels (small tiles: CPU test time);
+3. ``shape_defaults`` -- values the op computes from the shapes (e.g. ``BV=64`` for a given head dim);
+4. the environment variable ``HFZOO_TUNE``: JSON ``{"<op>.<kernel>": {"num_warps": 8}, ...}``, read per call;
+5. the innermost ``tuning({...})`` blocks, outermost first (for sweeps; nothing mutates module globals).
+
+Only kernel names in ``DEFAULTS`` are accepted (a typo is an error, not a silent no-op).
+
+Launch counter
+--------------
+Ops launch through ``launch()`` (or call ``note_launch(name)`` where they launch themselves), so tests can
+check that a "kernel path" really ran kernels: ``with count_launches() as n: ...; assert n["rmsnorm.fwd"] == 1``
+or ``n.total()``; ``launch_counts()`` is the process-wide tally since import.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import contextvars
+import functools
+import json
+import os
+
+import torch
+
+from .triton_shim import HAS_TRITON, triton
+
+TUNE_ENV = "HFZOO_TUNE"
+# CPU tensors (the interpreter, or a compile check on the CPU) see a small machine: persistent kernels then
+# launch few programs, each walking several tiles -- the path a large GPU input takes.
+INTERPRETER_SM_COUNT = 2
+_COMPILE_OPTIONS = ("num_warps", "num_stages", "maxnreg")
+
+
+def is_interpreted() -> bool:
+    """True when ``@triton.jit`` kernels run through Triton's CPU interpreter (``TRITON_INTERPRET=1``).
+
+    The flag must be set before Triton and the kernel modules are imported (Triton reads it when a kernel is
+    decorated), so this reports the environment the process was started with.
+    """
+    return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device | str | int | None = None) -> int:
+    """Streaming multiprocessors of ``device`` (cached per device); ``INTERPRETER_SM_COUNT`` for non-CUDA devices."""
+    if device is None:
+        if not torch.cuda.is_available():
+            return INTERPRETER_SM_COUNT
+        device = torch.device("cuda", torch.cuda.current_device())
+    device = torch.device(device) if not isinstance(device, torch.device) else device
+    if device.type != "cuda":
+        return INTERPRETER_SM_COUNT
+    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def persistent_grid(n_tiles: int, device=None, per_sm: int = 1) -> int:
+    """Programs for a persistent kernel over ``n_tiles`` tiles: ``per_sm`` per SM, never more than the tiles."""
+    return max(1, min(int(n_tiles), int(per_sm) * sm_count(device)))
+
+
+def bucket(n: int, lo: int = 16) -> int:
+    """The next power of two ``>= n``, at least ``lo``: a coarse autotune key or block size."""
+    n = max(int(n), int(lo), 1)
+    return 1 << (n - 1).bit_length()
+
+
+# ----------------------------------------------------------------------------------------------------
+# The table. Keys are "<op>.<kernel>"; "interpreted" overlays apply under TRITON_INTERPRET=1. Values that
+# depend on shapes are computed by the op and passed to settings() as shape_defaults.
+
+DEFAULTS: dict[str, dict] = {
+    # rmsnorm.py. fwd: rows per program = min(max_rows, tile // BLOCK_D). bwd: persistent, programs_per_sm
+    # programs per SM, each walks its rows and writes one partial weight gradient.
+    "rmsnorm.fwd": {"tile": 4096, "max_rows": 16, "num_warps": 4},
+    "rmsnorm.bwd": {"tile": 4096, "max_rows": 16, "num_warps": 4, "programs_per_sm": 4},
+    # group_rational.py, measured by `benchmarks/kat.py sweep` on an H200 at (64000, 768) (benchmarks/NOTES.md).
+    # fwd: bytes of x per thread per tile. bwd (per element size of x): values per thread per row block,
+    # programs per SM, max_chunk (columns folded in the coefficient sums; None = one 16-byte load, 1 = no
+    # folding), prefetch (load the next row block before computing the current one).
+    "group_rational.fwd": {"bytes_per_thread": 64, "num_warps": 8,
+                           "interpreted": {"bytes_per_thread": 32, "num_warps": 4}},
+    "group_rational.bwd_fp32": {"values_per_thread": 8, "num_warps": 8, "programs_per_sm": 8, "max_chunk": None,
+                                "prefetch": True,
+                                "interpreted": {"values_per_thread": 8, "num_warps": 4, "programs_per_sm": 2}},
+    "group_rational.bwd_16bit": {"values_per_thread": 16, "num_warps": 4, "programs_per_sm": 8, "max_chunk": None,
+                                 "prefetch": True,
+                                 "interpreted": {"values_per_thread": 8, "num_warps": 4, "programs_per_sm": 2}},
+    # nearest_code.py: autotuned over these (key: power-of-two buckets of N and K, and D). Shared memory decides
+    # the lists (H200: 227 KB per block); fp32 tiles are twice as large and "tf32x3" keeps split copies, so the
+    # fp32 list is smaller and ends with a config that fits in any case.
+    "nearest_code.fwd_fp32": {"configs": [
+        {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
+        {"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
+        {"BLOCK_M": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}],
+        "interpreted": {"configs": [{"BLOCK_M": 32, "BLOCK_K": 32}]}},
+    "nearest_code.fwd_16bit": {"configs": [
+        {"BLOCK_M": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3},
+        {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4}],
+        "interpreted": {"configs": [{"BLOCK_M": 32, "BLOCK_K": 32}]}},
+    # varlen_alibi_attention.py: autotuned (key: head-dim block and a power-of-two bucket of the longest
+    # sequence). Under the interpreter one 16 x 16 tile, so short test sequences cross block edges.
+    "varlen_alibi.fwd": {"configs": [
+        {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
+        {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
+        {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2}],
+        "interpreted": {"configs": [{"BLOCK_M": 16, "BLOCK_N": 16}]}},
+    "varlen_alibi.bwd_dkdv": {"configs": [
+        {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3},
+        {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2}],
+        "interpreted": {"configs": [{"BLOCK_M": 16, "BLOCK_N": 16}]}},
+    "varlen_alibi.bwd_dq": {"configs": [
+        {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 128, "BLOCK_N": 32, "num_warps": 4, "num_stages": 3},
+        {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}],
+        "interpreted": {"configs": [{"BLOCK_M": 16, "BLOCK_N": 16}]}},
+    # gla_recurrent.py: the register-resident state slice [BK, BV] holds at most max_state fp32 values.
+    "gla.fused_recurrent": {"max_state": 8192, "max_bv": 64},
+    # gla_chunk.py (its tile sizes and warps are computed from K and V and passed as shape_defaults; these are
+    # the switches). fwd_o: SPLIT_A computes the intra-chunk scores in their own kernel (gla.fwd_A). bwd_dqk:
+    # SPLIT_DA computes dA = do v^T in its own kernel (gla.bwd_dA); INTRA_F32 runs the intra-chunk dq/dk
+    # matmuls on fp32 operands.
+    "gla.prep": {},
+    "gla.fwd_h": {},
+    "gla.fwd_A": {},
+    "gla.fwd_o": {"SPLIT_A": True},
+    "gla.bwd_dh": {},
+    "gla.bwd_dv": {},
+    "gla.bwd_dA": {},
+    "gla.bwd_dqk": {"SPLIT_DA": False, "INTRA_F32": False},
+}
+
+_tuning: contextvars.ContextVar[tuple] = contextvars.ContextVar("hfzoo_tuning", default=())
+
+
+def _check_overrides(overrides, source: str) -> dict[str, dict]:
+    if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+        raise ValueError(f"{source} must map kernel names to dicts, e.g. {{\"gla.fwd_o\": {{\"num_warps\": 8}}}}; "
+                         f"got {overrides!r}")
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"{source}: unknown kernel name(s) {unknown}; known: {sorted(DEFAULTS)}")
+    return overrides
+
+
+@functools.lru_cache(maxsize=8)
+def _env_overrides(raw: str) -> dict[str, dict]:
+    try:
+        parsed = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{TUNE_ENV} must be JSON, e.g. '{{\"gla.fwd_o\": {{\"num_warps\": 8}}}}'; got {raw!r}") from e
+    return _check_overrides(parsed, f"environment variable {TUNE_ENV}")
+
+
+def settings(kernel: str, **shape_defaults) -> dict:
+    """Launch settings of ``kernel`` (``"<op>.<kernel>"``): defaults, then overrides (see the module docstring).
+
+    Returns a fresh dict the caller may modify.
+    """
+    try:
+        base = DEFAULTS[kernel]
+    except KeyError:
+        raise KeyError(f"no launch settings for kernel {kernel!r}; known: {sorted(DEFAULTS)}") from None
+    out = {k: v for k, v in base.items() if k != "interpreted"}
+    if is_interpreted():
+        out.update(base.get("interpreted", {}))
+    out.update(shape_defaults)
+    raw = os.environ.get(TUNE_ENV, "").strip()
+    if raw:
+        out.update(_env_overrides(raw).get(kernel, {}))
+    for block in _tuning.get():
+        out.update(block.get(kernel, {}))
+    return out
+
+
+@contextlib.contextmanager
+def tuning(overrides: dict[str, dict]):
+    """Override launch settings inside a block: ``with tuning({"gla.fwd_o": {"num_warps": 8}}): ...``.
+
+    Blocks nest (the innermost wins per key) and are per thread/task (a context variable), so a sweep
+    never leaves modified globals behind, even when a candidate raises.
+    """
+    _check_overrides(overrides, "tuning()")
+    token = _tuning.set(_tuning.get() + ({k: dict(v) for k, v in overrides.items()},))
+    try:
+        yield
+    finally:
+        _tuning.reset(token)
+
+
+def compile_options(conf: dict) -> dict:
+    """The Triton compile options (``num_warps``, ``num_stages``, ``maxnreg``) of a settings dict, if given."""
+    return {k: conf[k] for k in _COMPILE_OPTIONS if conf.get(k) is not None}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Launching and counting
+
+_counts: collections.Counter = collections.Counter()
+_scopes: list[collections.Counter] = []
+
+
+def note_launch(kernel: str, n: int = 1) -> None:
+    """Record that ``kernel`` (``"<op>.<kernel>"``) was launched ``n`` times (``launch()`` does this itself)."""
+    _counts[kernel] += n
+    for scope in _scopes:
+        scope[kernel] += n
+
+
+def launch_counts() -> dict[str, int]:
+    """Launches per kernel name since the process started (a copy)."""
+    return dict(_counts)
+
+
+@contextlib.contextmanager
+def count_launches():
+    """Count the kernel launches made inside the block: yields a ``collections.Counter`` keyed by kernel name.
+
+    ``with count_launches() as n: model(x)`` then ``n.total() > 0``, ``n["rmsnorm.fwd"]``. Reference-path ops
+    launch nothing, so an empty counter means no Triton kernel ran.
+    """
+    scope: collections.Counter = collections.Counter()
+    _scopes.append(scope)
+    try:
+        yield scope
+    finally:
+        _scopes.remove(scope)
+
+
+def _split_config(conf: dict):
+    meta = {k: v for k, v in conf.items() if k not in _COMPILE_OPTIONS}
+    return meta, compile_options(conf)
+
+
+@functools.lru_cache(maxsize=None)
+def _autotuner(kernel, configs: tuple, key: tuple):
+    cfgs = []
+    for conf in configs:
+        meta, opts = _split_config(dict(conf))
+        cfgs.append(triton.Config(meta, **opts))
+    return triton.autotune(configs=cfgs, key=list(key))(kernel)
+
+
+def _freeze(configs) -> tuple:
+    return tuple(tuple(sorted(c.items())) for c in configs)
+
+
+def launch(name: str, kernel, grid, *args, configs=None, key=None, **kwargs):
+    """Launch ``kernel[grid](*args, **kwargs)`` and count it under ``name``.
+
+    ``grid`` is a tuple or a function of the launch's meta-parameters (as in Triton). With ``configs`` (dicts of
+    constexprs plus ``num_warps``/``num_stages``): one config is launched directly; several are autotuned
+    over the argument names in ``key`` (one autotuner per kernel, config list and key, built on first use).
+    """
+    if not HAS_TRITON:
+        raise RuntimeError(f"Triton is not installed: cannot launch kernel {name!r}")
+    note_launch(name)
+    if configs is not None and len(configs) > 1:
+        tuned = _autotuner(kernel, _freeze(configs), tuple(key or ()))
+        return tuned[grid](*args, **kwargs)
+    if configs:
+        meta, opts = _split_config(configs[0])
+        kwargs = {**kwargs, **meta, **opts}
+    if callable(grid):
+        grid = grid(kwargs)
+    return kernel[grid](*args, **kwargs)
+
+
+__all__ = ["DEFAULTS", "INTERPRETER_SM_COUNT", "TUNE_ENV", "bucket", "compile_options", "count_launches",
+           "is_interpreted", "launch", "launch_counts", "note_launch", "persistent_grid", "settings",
+           "sm_count", "tuning"]
