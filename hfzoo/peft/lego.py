@@ -48,7 +48,6 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .targets import register_target_modules
@@ -235,9 +234,11 @@ def _canonical_order(feats: torch.Tensor) -> torch.Tensor:
     """A permutation of the rows of ``feats`` that does not depend on their order: sorted by projections on
     fixed pseudo-random directions (rows that tie on all of them are equal in practice, so their order is moot)."""
     g = torch.Generator().manual_seed(1234)
-    proj = feats.cpu() @ torch.randn(feats.shape[1], 3, generator=g, dtype=feats.dtype)
-    keys = proj.numpy()
-    return torch.from_numpy(np.lexsort(keys.T[::-1]).copy()).to(feats.device)
+    keys = feats.cpu() @ torch.randn(feats.shape[1], 3, generator=g, dtype=feats.dtype)
+    order = torch.arange(len(keys))
+    for col in reversed(range(keys.shape[1])):  # lexicographic: stable sorts from the last key to the first
+        order = order[torch.sort(keys[order, col], stable=True).indices]
+    return order.to(feats.device)
 
 
 def lego_merge_module(pieces, k: int, options: LegoOptions = LegoOptions()):
