@@ -13,7 +13,7 @@ every merge written as an adapter folder and loaded back with stock peft. Each m
 every task: accuracy of the ``y`` tokens (greedy, teacher-forced). Rows for the base model and each task's own
 adapter give the floor and the ceiling. Writes ``results/lora_merge.json`` and a PNG.
 
-    python benchmarks/lora_merge.py --steps 60
+    python benchmarks/lora_merge.py --steps 40
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def train_lora(base, data, task, args, out: Path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=40)
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch", type=int, default=16)

@@ -11,27 +11,25 @@
 
 Seconds of one run each (wall clock, synchronized; these are seconds-long operations, not kernels).
 
-    python benchmarks/peft.py --device cpu --layers 1      # CPU: fewer layers (say so in the case name)
-    python benchmarks/peft.py --device cuda                # all 24 layers
+    python benchmarks/peft_bench.py --device cpu --layers 1      # CPU: fewer layers (the case name says so)
+    python benchmarks/peft_bench.py --device cuda                # all 24 layers
+
+(Named ``peft_bench.py``, not ``peft.py``: run as a script, a ``peft.py`` in this folder would shadow the peft
+package for every benchmark here. It writes ``results/peft.json``.)
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import os
-import sys
 import time
 
-# Run as a script, this file's folder comes first on sys.path, and this file would shadow the peft package.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-if os.path.dirname(_HERE) not in sys.path:
-    sys.path.append(os.path.dirname(_HERE))
+import torch
 
-import torch  # noqa: E402
-
-from benchmarks.common import Results  # noqa: E402
+try:
+    from benchmarks.common import Results
+except ImportError:  # run as a script from the benchmarks folder
+    from common import Results
 
 
 def gla_13b_shaped(layers: int, device, dtype):
