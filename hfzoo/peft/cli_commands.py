@@ -89,8 +89,10 @@ def add_peft_commands(sub) -> None:
                        description="Merge peft LoRA adapter folders into one. METHOD is lego (rank-wise "
                        "clustering, no base model needed) or one of peft's add_weighted_adapter types: "
                        + ", ".join(PEFT_METHODS) + ".")
-    p.add_argument("items", nargs="+", metavar="[METHOD] ADAPTER", help="optional method, then adapter folders")
-    p.add_argument("--method", choices=METHODS, help="merge method (instead of the first positional argument)")
+    p.add_argument("items", nargs="+", metavar="ADAPTER", help="adapter folders; the first argument may instead "
+                   "name the method (hfzoo merge lego A B C)")
+    p.add_argument("--method", choices=METHODS, metavar="METHOD", help="merge method, instead of naming it first "
+                   "(default lego)")
     p.add_argument("--out", "-o", required=True, help="adapter folder to create")
     p.add_argument("--rank", "-r", type=int, help="merged rank: clusters for lego (default: the largest input "
                    "rank), svd_rank for peft's *svd methods")
