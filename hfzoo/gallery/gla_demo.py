@@ -48,8 +48,6 @@ def stream_continuation(prompt: str, temperature: float = 0.8, top_p: float = 0.
     """Yield the prompt followed by a growing continuation (one yield per decoded piece)."""
     from transformers import TextIteratorStreamer
 
-    from ..ops.dispatch import use_backend
-
     tokenizer, model = load()
     ids = tokenizer(prompt or "", return_tensors="pt")["input_ids"][:, -MAX_PROMPT_TOKENS:]
     ids = torch.cat([torch.tensor([[tokenizer.bos_token_id]]), ids], dim=1)
@@ -63,13 +61,8 @@ def stream_continuation(prompt: str, temperature: float = 0.8, top_p: float = 0.
         try:
             if seed is not None:
                 torch.manual_seed(seed)
-            # on a CPU the PyTorch ops are the fast path (the Triton interpreter is for testing kernels)
-            if model.device.type == "cpu":
-                with use_backend("reference"), torch.no_grad():
-                    model.generate(**kwargs)
-            else:
-                with torch.no_grad():
-                    model.generate(**kwargs)
+            with torch.no_grad():  # the ops pick the PyTorch path on a CPU, the kernels on a GPU
+                model.generate(**kwargs)
         except Exception as e:  # surfaced in the caller's thread below
             errors.append(e)
             streamer.end()
@@ -98,13 +91,15 @@ def continue_text(prompt: str, temperature: float = 0.0, top_p: float = 0.9, max
 def build_tab():
     import gradio as gr
 
+    from .user_input import MAX_PROMPT_CHARS, as_gradio_errors, check_text
+
     gr.Markdown("**Gated Linear Attention** — a ~0.8M-parameter GLA trained for a few minutes on a laptop CPU on "
                 "the Python language reference (`pydoc_data.topics`). It writes reference-flavoured English, not "
                 "facts. Each token costs the same however long the text is: the model keeps a fixed-size state "
                 "instead of a growing key/value cache.")
     with gr.Row():
         with gr.Column():
-            prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0], lines=3,
+            prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0], lines=3, max_length=MAX_PROMPT_CHARS,
                                 info=f"Only the last {MAX_PROMPT_TOKENS} tokens are used.")
             temperature = gr.Slider(0.0, 1.5, value=0.8, step=0.05, label="Temperature (0 = greedy)")
             top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p")
@@ -113,7 +108,8 @@ def build_tab():
         output = gr.Textbox(label="Text", lines=10)
     gr.Examples(EXAMPLES, inputs=prompt)
 
+    @as_gradio_errors
     def on_click(p, t, tp, n):
-        yield from stream_continuation(p, t, tp, int(n))
+        yield from stream_continuation(check_text(p, "prompt"), t, tp, int(n))
 
     button.click(on_click, inputs=[prompt, temperature, top_p, max_new], outputs=output, api_name="gla_generate")

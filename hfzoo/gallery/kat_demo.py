@@ -71,11 +71,9 @@ def to_digit(image) -> np.ndarray:
 
 def classify(image, top: int = 5) -> dict[str, float]:
     """Probabilities of the ``top`` most likely digits for a picture (sketch dict, PIL image or array)."""
-    from ..ops.dispatch import use_backend
-
     processor, model = load()
     pixel_values = processor(to_digit(image), return_tensors="pt").pixel_values
-    with use_backend("reference"), torch.no_grad():   # on a CPU the PyTorch path is the fast one
+    with torch.no_grad():
         probs = model(pixel_values=pixel_values).logits.softmax(-1)[0]
     values, indices = probs.topk(top)
     return {model.config.id2label[int(i)]: float(v) for v, i in zip(values, indices)}
@@ -101,13 +99,15 @@ def sample_digit(index: int = 0) -> np.ndarray:
 def build_tab():
     import gradio as gr
 
+    from .user_input import as_gradio_errors, checked_image
+
     gr.Markdown("**KAT** — a Vision Transformer whose MLPs are group-rational KAN layers, ~90K parameters, trained "
                 "for a couple of minutes on a CPU on scikit-learn's 1,797 8×8 digits. Draw one digit (or upload "
                 "a picture); it is cropped, centered and reduced to 8×8 like the training data.")
     with gr.Row():
         with gr.Column():
             sketch = gr.Sketchpad(label="Draw a digit", type="numpy")
-            upload = gr.Image(label="…or upload a picture", type="numpy")
+            upload = checked_image(label="…or upload a picture", type="numpy")
             with gr.Row():
                 button = gr.Button("Classify", variant="primary")
                 sample = gr.Button("Load a digit from the dataset")
@@ -120,4 +120,4 @@ def build_tab():
         return sample_digit(1500 + i), i + 1
 
     sample.click(on_sample, inputs=counter, outputs=[upload, counter], api_name="kat_sample")
-    button.click(classify_inputs, inputs=[upload, sketch], outputs=[label, seen], api_name="kat_classify")
+    button.click(as_gradio_errors(classify_inputs), inputs=[upload, sketch], outputs=[label, seen], api_name="kat_classify")

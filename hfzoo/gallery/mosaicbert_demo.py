@@ -45,8 +45,6 @@ def fill_mask(text: str, top_k: int = 5) -> tuple[str, list[list]]:
     ``[mask number (1-based), rank, token, probability]`` per candidate, ``top_k`` per mask.
     Raises ``ValueError`` when the text has no ``[MASK]`` or is longer than ``MAX_TOKENS`` tokens.
     """
-    from ..ops.dispatch import use_backend
-
     tokenizer, model = load()
     top_k = int(min(max(1, top_k), MAX_TOP_K))
     enc = tokenizer(text or "", return_tensors="pt")
@@ -56,7 +54,7 @@ def fill_mask(text: str, top_k: int = 5) -> tuple[str, list[list]]:
     positions = (ids[0] == tokenizer.mask_token_id).nonzero().flatten().tolist()
     if not positions:
         raise ValueError(f"put at least one {tokenizer.mask_token} in the text")
-    with torch.no_grad(), use_backend("reference"):  # on a CPU the PyTorch ops are the fast path
+    with torch.no_grad():
         logits = model(**enc).logits[0]
     probs = logits[positions].float().softmax(-1)
     best_p, best_id = probs.topk(top_k, dim=-1)
@@ -72,12 +70,14 @@ def fill_mask(text: str, top_k: int = 5) -> tuple[str, list[list]]:
 def build_tab():
     import gradio as gr
 
+    from .user_input import MAX_PROMPT_CHARS, as_gradio_errors, check_text
+
     gr.Markdown("**MosaicBERT** — a ~0.9M-parameter BERT with ALiBi attention and a GeGLU feed-forward, trained "
                 "for a few minutes on a laptop CPU (30% masking) on the Python language reference "
                 "(`pydoc_data.topics`). Write `[MASK]` where a word should be guessed; lowercase text works best.")
     with gr.Row():
         with gr.Column():
-            text = gr.Textbox(label="Text with [MASK]", value=EXAMPLES[0], lines=3)
+            text = gr.Textbox(label="Text with [MASK]", value=EXAMPLES[0], lines=3, max_length=MAX_PROMPT_CHARS)
             top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, label="Candidates per mask")
             button = gr.Button("Fill", variant="primary")
         with gr.Column():
@@ -85,10 +85,11 @@ def build_tab():
             table = gr.Dataframe(headers=HEADERS, label="Candidates", interactive=False)
     gr.Examples(EXAMPLES, inputs=text)
 
+    @as_gradio_errors
     def on_click(t, k):
-        try:
-            return fill_mask(t, int(k))
-        except ValueError as e:
-            raise gr.Error(str(e)) from e
+        t = check_text(t, "text")
+        if "[MASK]" not in t:   # checked here, before the model runs
+            raise gr.Error("put at least one [MASK] in the text: it marks the word to guess")
+        return fill_mask(t, int(k))
 
     button.click(on_click, inputs=[text, top_k], outputs=[filled, table], api_name="mosaicbert_fill_mask")

@@ -45,13 +45,11 @@ def token_colors(tokens: np.ndarray, codebook_size: int, cell: int) -> np.ndarra
 
 def reconstruct(image):
     """Picture (numpy array or PIL image) -> (model input, token grid picture, reconstruction, summary dict)."""
-    from ..ops.dispatch import use_backend
-
     if image is None:
         raise ValueError("no image: upload a picture or load a sample")
     processor, model = load()
     pixel_values = processor(image)["pixel_values"]
-    with use_backend("reference"), torch.no_grad():   # on a CPU the PyTorch path is the fast one
+    with torch.no_grad():
         tokens = model.encode(pixel_values)
         rec = model.decode(tokens)
     seen, out = processor.postprocess(pixel_values)[0], processor.postprocess(rec)[0]
@@ -81,13 +79,15 @@ def sample_image(name: str = "rocket") -> np.ndarray:
 def build_tab():
     import gradio as gr
 
+    from .user_input import as_gradio_errors, checked_image
+
     gr.Markdown("**SimVQ** — a VQ image tokenizer whose codebook is a frozen random matrix seen through one "
                 "learned linear layer, so all 1,024 codes stay in use. Trained for a few minutes on a CPU on "
                 "crops of four scikit-image photos (the rocket was held out). Upload a picture: it becomes a "
                 "32×32 grid of code indices, and the image on the right is decoded from those indices alone.")
     with gr.Row():
         with gr.Column():
-            upload = gr.Image(label="Picture", type="numpy")
+            upload = checked_image(label="Picture", type="numpy")
             with gr.Row():
                 choice = gr.Dropdown(list(SAMPLES), value="rocket", label="Sample photo")
                 sample = gr.Button("Load sample")
@@ -98,4 +98,4 @@ def build_tab():
             rec = gr.Image(label="Decoded from the tokens", type="numpy", interactive=False)
     summary = gr.JSON(label="Tokens")
     sample.click(sample_image, inputs=choice, outputs=upload, api_name="simvq_sample")
-    button.click(reconstruct, inputs=upload, outputs=[seen, grid, rec, summary], api_name="simvq_reconstruct")
+    button.click(as_gradio_errors(reconstruct), inputs=upload, outputs=[seen, grid, rec, summary], api_name="simvq_reconstruct")

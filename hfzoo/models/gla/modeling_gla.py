@@ -14,6 +14,10 @@ so its checkpoints load after a config conversion.
 Padding: left-padded tokens must not touch the recurrent state. Padded batches are packed into one varlen
 sequence (``cu_seqlens``) for the recurrence; the short convolution sees zeros at padded positions, exactly
 as at the start of a sequence.
+
+Packed documents (``DataCollatorWithFlattening``): ``cu_seqlens`` (or ``cu_seq_lens_q``) or ``position_ids``
+that restart at each document make every document start from a zero state, a fresh convolution window and,
+in softmax-attention layers, attend only within itself -- as if it ran alone.
 """
 
 from __future__ import annotations
@@ -33,22 +37,19 @@ from transformers.modeling_outputs import (
 from ...layers.losses import classification_loss
 from ...layers.mlp import SwiGLUMLP
 from ...layers.norms import GatedRMSNorm
-from ...layers.packing import Packing
+from ...layers.packing import PACKING_KWARGS, Packing, packed_documents
 from ...layers.pretrained_model import HfzooPreTrainedModel
 from ...layers.recurrent_cache import cache_of, output_with_cache, pick_cache
 from ...layers.rotary import apply_rotary, rope_inv_freq
 from ...layers.short_conv import ShortConvolution
 from ...ops.gla import chunk_gla, fused_recurrent_gla
+from ...ops.linear_cross_entropy import linear_cross_entropy
 from .cache_gla import GLACache
 from .configuration_gla import GLAConfig
 
 # Up to this many new tokens, the step-by-step kernel is used (decoding, short prompts); longer inputs use
 # the chunked kernel.
 RECURRENT_MAX_LEN = 64
-
-# Keyword arguments of packed batches (DataCollatorWithFlattening, flash-attention style) the heads hand on
-# to the model instead of letting them disappear into ``**kwargs``.
-PACKING_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
 
 # The norm of GLA checkpoints (a name kept for code that refers to it).
 GLARMSNorm = GatedRMSNorm
@@ -318,7 +319,12 @@ class GLAModel(GLAPreTrainedModel):
             raise ValueError(f"attention_mask must be a [batch, length] 0/1 padding mask; got shape "
                              f"{tuple(attention_mask.shape)}")
         B, T = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
-        packing = self._packing(cu_seqlens, position_ids, attention_mask, cache, B, T, kwargs)
+        packing = None
+        if cache is None:   # a cache continues sequences; generate()'s position_ids are not packing
+            packing = packed_documents(B, T, cu_seqlens=cu_seqlens, position_ids=position_ids,
+                                       attention_mask=attention_mask, kwargs=kwargs)
+        elif cu_seqlens is not None or kwargs.get("cu_seq_lens_q") is not None:
+            raise ValueError("packed documents (cu_seqlens) take no cache")
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if self.gradient_checkpointing and self.training:
             use_cache, cache = False, None     # a replayed forward would update the state twice
@@ -345,30 +351,6 @@ class GLAModel(GLAPreTrainedModel):
         if not return_dict:
             return tuple(x for x in (hidden_states, cache, all_hidden) if x is not None)
         return output_with_cache(BaseModelOutputWithPast, cache, last_hidden_state=hidden_states, hidden_states=all_hidden)
-
-
-    @staticmethod
-    def _packing(cu_seqlens, position_ids, attention_mask, cache, B, T, kwargs) -> Packing | None:
-        """The documents of a packed batch, from ``cu_seqlens`` or from ``position_ids`` restarts; None if not packed."""
-        alias = kwargs.pop("cu_seq_lens_q", None)
-        other = kwargs.pop("cu_seq_lens_k", None)
-        for name in ("max_length_q", "max_length_k", "seq_idx"):
-            kwargs.pop(name, None)   # derived from cu_seqlens / position_ids here
-        if alias is not None:
-            if cu_seqlens is not None and not torch.equal(alias, cu_seqlens):
-                raise ValueError("cu_seqlens and cu_seq_lens_q differ; pass one")
-            cu_seqlens = alias
-        if other is not None and (cu_seqlens is None or not torch.equal(other, cu_seqlens)):
-            raise ValueError("cu_seq_lens_k must equal cu_seq_lens_q (GLA is causal self-attention)")
-        has_padding = attention_mask is not None and not bool(attention_mask.bool().all())
-        if cu_seqlens is not None:
-            if cache is not None or has_padding:
-                raise ValueError("packed documents (cu_seqlens) take no cache and no padding mask")
-            return Packing.from_cu_seqlens(cu_seqlens, B, T)
-        # generate() derives position_ids from a padding mask; restarts only mean packing without padding/cache
-        if cache is None and not has_padding and Packing.position_ids_are_packed(position_ids):
-            return Packing.from_position_ids(position_ids)
-        return None
 
 
 class GLAForCausalLM(GLAPreTrainedModel, GenerationMixin):
@@ -409,9 +391,15 @@ class GLAForCausalLM(GLAPreTrainedModel, GenerationMixin):
                              cu_seqlens=cu_seqlens, **packing_kwargs)
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
-        loss = None
-        if labels is not None:
+        loss = logits = None
+        if labels is not None and self.training and self.config.fuse_linear_cross_entropy:
+            # the loss straight from the hidden states, chunked: the full fp32 logits are never made
+            target = F.pad(labels[..., 1:], (0, 1), value=-100).to(hidden_states.device)  # next-token targets
+            loss = linear_cross_entropy(hidden_states[:, keep, :], self.lm_head.weight, target,
+                                        num_items_in_batch=kwargs.get("num_items_in_batch"))
+        else:
+            logits = self.lm_head(hidden_states[:, keep, :])
+        if labels is not None and loss is None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         cache = cache_of(outputs)
         if not return_dict:
