@@ -82,7 +82,7 @@ def add_peft_commands(sub) -> None:
     c.add_argument("--pissa", required=True, help="the folder written by `hfzoo pissa init`")
     c.add_argument("--out", "-o", required=True, help="adapter folder to create")
     c.add_argument("--original", help="base_model_name_or_path to record (default: what pissa init recorded)")
-    c.add_argument("--overwrite", action="store_true")
+    c.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     c.set_defaults(func=_cmd_pissa_to_lora)
 
     p = sub.add_parser("merge", help="merge LoRA adapters: LoRA-LEGO (lego) or peft's combinations",
@@ -106,7 +106,7 @@ def add_peft_commands(sub) -> None:
     p.add_argument("--output-reweight", choices=LEGO_CHOICES["output_reweight"], help="lego: scaling of the "
                    "merged update (default rank_ratio)")
     p.add_argument("--seed", type=int, help="lego: k-means seed (default 0)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_cmd_merge)
 
 
