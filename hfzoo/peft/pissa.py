@@ -97,28 +97,13 @@ def _check_rank(model, config) -> None:
                                  f"{module.in_features}); PiSSA needs rank <= min(in, out)")
 
 
-def _preprocessors(folder):
-    """Tokenizer / image processor saved beside a model folder (None when absent)."""
-    tokenizer = processor = None
-    if folder is None or not isinstance(folder, Path):
-        return tokenizer, processor
-    if (folder / "tokenizer.json").is_file() or (folder / "tokenizer_config.json").is_file():
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    if (folder / "preprocessor_config.json").is_file():
-        from transformers import AutoImageProcessor
-
-        processor = AutoImageProcessor.from_pretrained(folder)
-    return tokenizer, processor
-
-
 def save_pissa(peft_model, out, *, original: str | None = None, source_folder=None, overwrite: bool = False,
                card: bool = True) -> Path:
     """Write ``out/residual`` (exported), ``out/adapter`` and ``out/pissa.json`` in one atomic step.
 
-    ``original`` names the model PiSSA started from (recorded for :func:`pissa_to_lora`); ``source_folder``
-    is where its tokenizer / processor files are read from. ``peft_model`` is left unchanged.
+    ``original`` names the model PiSSA started from (recorded for :func:`pissa_to_lora`); the tokenizer /
+    processor files come from ``source_folder`` (default: the folder the model was loaded from, which the
+    exporter finds through ``name_or_path``). ``peft_model`` is left unchanged.
     """
     import copy
 
@@ -131,7 +116,13 @@ def save_pissa(peft_model, out, *, original: str | None = None, source_folder=No
         raise ValueError(f"adapter {name!r} was not initialized with PiSSA (init_lora_weights="
                          f"{cfg.init_lora_weights!r})")
     out = Path(out)
-    tokenizer, processor = _preprocessors(Path(source_folder) if source_folder is not None else None)
+    tokenizer = processor = None
+    if source_folder is not None and isinstance(source_folder, (str, Path)) and Path(source_folder).is_dir():
+        src = Path(source_folder)
+        if (src / "tokenizer.json").is_file() or (src / "tokenizer_config.json").is_file():
+            tokenizer = src
+        if (src / "preprocessor_config.json").is_file():
+            processor = src
     final_residual = str(out.resolve() / "residual")
     with atomic_directory(out, overwrite=overwrite) as tmp:
         # the initial adapter, its config saying "do not decompose again when loading"
