@@ -158,6 +158,7 @@ def main(argv=None):
     path = res.save(out, plot_metric="accuracy")
     doc = json.loads(path.read_text())
     doc["setup"] = setup
+    doc["versions"]["peft"] = __import__("peft").__version__
     path.write_text(json.dumps(doc, indent=1) + "\n")
     print(json.dumps(setup))
 

@@ -146,6 +146,7 @@ def main(argv=None):
     path = res.save(out, plot_metric=None)
     doc = json.loads(path.read_text())
     doc["setup"] = setup
+    doc["versions"]["peft"] = __import__("peft").__version__
     path.write_text(json.dumps(doc, indent=1) + "\n")
     plot(curves, out / "pissa_vs_lora.png", f"PiSSA vs LoRA on tiny-gla, rank {args.rank}, lr {args.lr}, "
          f"{len(args.seeds)} seeds")
