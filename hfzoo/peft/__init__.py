@@ -15,7 +15,8 @@ import importlib
 
 _LAZY = {
     "register_target_modules": "targets", "default_target_modules": "targets",
-    "pissa_init": "pissa", "save_pissa": "pissa", "pissa_to_lora": "pissa",
+    "pissa_init": "pissa", "pissa_init_folder": "pissa", "save_pissa": "pissa", "pissa_to_lora": "pissa",
+    "pissa_config": "pissa", "load_adapter": "lego", "peft_merge": "lego",
     "lego_merge": "lego", "lego_merge_weights": "lego", "merge_adapters": "lego", "LegoOptions": "lego",
     "PEFT_METHODS": "lego",
 }
