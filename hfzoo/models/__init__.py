@@ -7,7 +7,7 @@ import importlib
 from ..registry import Architecture
 
 # Packages under hfzoo/models, each defining ARCHITECTURE in its __init__.
-_PACKAGES: tuple[str, ...] = ("gla", "simvq", "mosaicbert", "kat")
+_PACKAGES: tuple[str, ...] = ("gla", "simvq", "mosaicbert", "kat", "mom")
 
 ARCHITECTURES: dict[str, Architecture] = {}
 for _pkg in _PACKAGES:

@@ -1,0 +1,39 @@
+"""Mixture-of-Memories (MoM) language model."""
+
+from __future__ import annotations
+
+import torch
+
+from ...registry import Architecture
+from .configuration_mom import MoMConfig
+from .modeling_mom import MoMCache, MoMForCausalLM, MoMModel
+
+
+def tiny_config() -> MoMConfig:
+    """A small MoM for tests: two layers, 3 memories, top-2, a shared memory, grouped-query heads."""
+    return MoMConfig(vocab_size=97, hidden_size=32, expand_k=0.5, expand_v=1.0, num_heads=2, num_kv_heads=1,
+                     num_hidden_layers=2, intermediate_size=64, num_memories=3, topk=2, shared_mem=True,
+                     pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+
+def example_inputs(config: MoMConfig) -> dict:
+    g = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(3, config.vocab_size, (2, 7), generator=g)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, :2] = 0     # a left-padded row
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+ARCHITECTURE = Architecture(
+    name="mom",
+    title="Mixture-of-Memories",
+    config_class=MoMConfig,
+    auto_models={"AutoModel": MoMModel, "AutoModelForCausalLM": MoMForCausalLM},
+    summary="Linear-time language model with several routed gated-linear-attention memories per layer plus a "
+            "shared one: more recall at the same per-memory state size.",
+    paper="https://arxiv.org/abs/2502.13685",
+    tiny_config=tiny_config,
+    example_inputs=example_inputs,
+)
+
+__all__ = ["ARCHITECTURE", "MoMCache", "MoMConfig", "MoMForCausalLM", "MoMModel"]
