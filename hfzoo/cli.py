@@ -49,8 +49,8 @@ def _cmd_card(args) -> int:
 
 def _cmd_convert(args) -> int:
     mod = args.converter
-    options = {k: v for k, v in vars(args).items() if k not in {"command", "func", "converter", "source", "output",
-                                                                "overwrite"}}
+    skip = {"command", "func", "converter", "converter_name", "source", "output", "overwrite"}
+    options = {k: v for k, v in vars(args).items() if k not in skip}
     path = mod.convert(args.source, args.output, overwrite=args.overwrite, **options)
     print(f"converted {args.source} -> {path}")
     return 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 
 # module name under hfzoo.convert, in the order `hfzoo convert --help` lists them
-_MODULES: tuple[str, ...] = ("fla_gla", "timm_kat", "mosaicml_bert", "simvq_ckpt")
+_MODULES: tuple[str, ...] = ("fla_gla", "timm_kat", "mosaicml_bert", "simvq_ckpt", "mom_gla")
 
 
 def converters() -> dict:
