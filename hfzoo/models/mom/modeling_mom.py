@@ -40,6 +40,7 @@ from ...layers.norms import GatedRMSNorm
 from ...layers.packing import Packing
 from ...layers.pretrained_model import HfzooPreTrainedModel
 from ...layers.recurrent_cache import RecurrentCache, cache_of, output_with_cache, pick_cache
+from ...ops.dispatch import resolve_backend
 from ...ops.gla import chunk_gla, fused_recurrent_gla
 from .configuration_mom import MoMConfig
 
@@ -83,14 +84,29 @@ class MemoryBatch:
     """The tokens of every (state, sequence) pair as one packed varlen batch; states are the routed memories
     ``0..M-1`` then the shared memory ``M``. Entries are ordered by state, then sequence, then time."""
     tokens: torch.Tensor      # [E] flat index b * T + t of each entry's token
-    counts: list[int]         # entries per state (host ints)
-    cu_seqlens: torch.Tensor  # [S * N + 1] int32 offsets of the (state, sequence) segments, state-major
+    lengths: list[int]        # [S * N] entries per (state, sequence) segment, state-major (host ints)
+    cu_seqlens: torch.Tensor  # [S * N + 1] int32 offsets of the segments
     slots: torch.Tensor       # [S, B * T] entry index of token in state, -1 where it is not routed there
     num_sequences: int        # N
 
     @property
     def num_entries(self) -> int:
         return self.tokens.numel()
+
+    @property
+    def counts(self) -> list[int]:
+        """Entries per state."""
+        N = self.num_sequences
+        return [sum(self.lengths[s * N:(s + 1) * N]) for s in range(len(self.lengths) // N)]
+
+    def dense_index(self) -> tuple[torch.Tensor, int]:
+        """Where each entry goes in a zero-padded ``[S * N, L]`` layout (flattened), and ``L`` (longest segment)."""
+        L = max(self.lengths) if self.lengths else 0
+        device = self.cu_seqlens.device
+        lengths = torch.tensor(self.lengths, device=device)
+        segment = torch.repeat_interleave(torch.arange(len(self.lengths), device=device), lengths)
+        offset = torch.arange(self.num_entries, device=device) - self.cu_seqlens.long()[segment]
+        return segment * L + offset, L
 
 
 def pack_memories(routing: Routing, sequence_ids: torch.Tensor, num_sequences: int, num_memories: int,
@@ -107,10 +123,9 @@ def pack_memories(routing: Routing, sequence_ids: torch.Tensor, num_sequences: i
     segment = state * N + sequence_ids.reshape(B * T)[tokens]
     lengths = torch.bincount(segment, minlength=S * N)
     cu_seqlens = F.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
-    counts = lengths.view(S, N).sum(1).tolist()
     slots = torch.full((S, B * T), -1, dtype=torch.long, device=keep.device)
     slots[state, tokens] = torch.arange(tokens.numel(), device=keep.device)
-    return MemoryBatch(tokens, counts, cu_seqlens, slots, N)
+    return MemoryBatch(tokens, lengths.tolist(), cu_seqlens, slots, N)
 
 
 def mix_outputs(o: torch.Tensor, batch: MemoryBatch, routing: Routing, shared: bool) -> torch.Tensor:
@@ -185,14 +200,32 @@ class GLAMemoryBackend:
                 g.view(n, layer.num_kv_heads, layer.head_k_dim))
 
     @staticmethod
-    def recurrence(q, inputs, initial_state, cu_seqlens, output_final_state, step):
-        """One launch over the packed batch: ``q`` ``[E, H, K]``, ``inputs`` from ``project`` concatenated over
-        states, ``initial_state`` ``[S * N, Hkv, K, V]`` or None. ``step``: few tokens, no gradients (decoding)."""
+    def recurrence(q, inputs, initial_state, batch: MemoryBatch, output_final_state, step):
+        """One call over the packed batch: ``q`` ``[E, H, K]``, ``inputs`` from ``project`` concatenated over
+        states, ``initial_state`` ``[S * N, Hkv, K, V]`` or None. ``step``: few tokens, no gradients (decoding).
+
+        Kernels (GPU, or forced): one varlen launch with ``cu_seqlens``. Reference ops (CPU): the segments are
+        zero-padded at their ends into one dense batch instead -- a padded step has a zero key and a zero log
+        decay, so it changes no state and the results are the same -- because the reference loops over varlen
+        segments in Python, which is slow with many (memory, sequence) pairs."""
         k, v, g = inputs
-        op = fused_recurrent_gla if step else chunk_gla
-        o, final = op(q[None], k[None], v[None], g[None], initial_state=initial_state,
-                      output_final_state=output_final_state, cu_seqlens=cu_seqlens)
-        return o[0], final
+        if batch.num_entries == 0:       # nothing routed anywhere (an all-padding call): states stay as they are
+            rows, (_, Hkv, K), V = len(batch.lengths), k.shape, v.shape[-1]
+            final = None
+            if output_final_state:
+                final = initial_state if initial_state is not None else q.new_zeros(rows, Hkv, K, V, dtype=torch.float32)
+            return v.new_zeros(0, q.shape[1], V), final
+        if resolve_backend(q, k, v, g, op="chunk_gla") == "triton":
+            op = fused_recurrent_gla if step else chunk_gla
+            o, final = op(q[None], k[None], v[None], g[None], initial_state=initial_state,
+                          output_final_state=output_final_state, cu_seqlens=batch.cu_seqlens)
+            return o[0], final
+        index, L = batch.dense_index()
+        rows = len(batch.lengths)
+        dense = [t.new_zeros(rows * L, *t.shape[1:]).index_copy(0, index, t).view(rows, L, *t.shape[1:])
+                 for t in (q, k, v, g)]
+        o, final = chunk_gla(*dense, initial_state=initial_state, output_final_state=output_final_state)
+        return o.flatten(0, 1)[index], final
 
     @staticmethod
     def state_shape(layer: nn.Module) -> tuple[int, ...]:
@@ -260,7 +293,7 @@ class MixtureOfMemories(nn.Module):
             initial = torch.stack(state.recurrent_state).flatten(0, 1)     # [S * B, ...], state-major
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, *inputs))
         step = T <= RECURRENT_MAX_LEN and not needs_grad
-        o, final = self.backend.recurrence(q, inputs, initial, batch.cu_seqlens, state is not None, step)
+        o, final = self.backend.recurrence(q, inputs, initial, batch, state is not None, step)
         if state is not None:
             state.recurrent_state = tuple(final.view(S, N, *final.shape[1:]).unbind(0))
 
