@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib
 
 # architecture name -> demo module under hfzoo.gallery
-DEMOS: dict[str, str] = {"gla": "gla_demo", "mosaicbert": "mosaicbert_demo", "simvq": "simvq_demo", "kat": "kat_demo"}
+DEMOS: dict[str, str] = {"gla": "gla_demo", "mosaicbert": "mosaicbert_demo", "simvq": "simvq_demo", "kat": "kat_demo",
+                         "mom": "mom_demo"}
 
 
 def build_gallery():
