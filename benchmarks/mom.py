@@ -105,6 +105,16 @@ def layer_step(layer, x, w):
     return run
 
 
+def train_step(model, ids):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def run():
+        model(ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return run
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="first case only")
@@ -153,20 +163,13 @@ def main():
             for name, make in (("hfzoo", lambda: MoMForCausalLM(mom_config())),
                                ("hfzoo_gla", lambda: GLAForCausalLM(gla_config()))):
                 torch.manual_seed(0)
-                model = make().to(DEV, DT).train()
-                opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-                def step():
-                    model(ids, labels=ids).loss.backward()
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-
+                step = train_step(make().to(DEV, DT).train(), ids)
                 step()
                 ms = bench_ms(step)
                 res.add(case, name, "ms", ms)
                 res.add(case, name, "tokens/s", B * T / (ms / 1e3))
                 res.add(case, name, "GB", peak_gb(step))
-                del model, opt
+                step = None
                 if not DRY:
                     torch.cuda.empty_cache()
     out = res.save(tempfile.mkdtemp() if DRY else None, plot_metric=None if DRY else "ms")

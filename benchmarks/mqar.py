@@ -10,7 +10,7 @@ ranges of the vocabulary and are drawn fresh for every sequence, so nothing can 
 store the pairs in its state and read them back. The MoM paper's claim is that routing tokens to several
 memories recalls better than one memory of the same size.
 
-Both models: 2 layers, width 64, 2 heads (per-head state 16 x 32), no short convolution. GLA has one such
+Both models: 2 layers, width 64, 2 heads (per-head state 16 x 32), no short convolution; 32 keys and 32 values. GLA has one such
 state per head and layer; MoM has 4 routed memories (top-2) plus a shared one, each exactly GLA's size. Each
 setting (number of pairs D; the sequence is 4D - 1 tokens) trains both models from the same seed for the same
 number of steps on the same batches, then measures accuracy on 512 fresh sequences.
@@ -39,7 +39,7 @@ from hfzoo.models.gla import GLAConfig, GLAForCausalLM  # noqa: E402
 from hfzoo.models.mom import MoMConfig, MoMForCausalLM  # noqa: E402
 from hfzoo.ops.dispatch import use_backend  # noqa: E402
 
-NUM_KEYS = NUM_VALUES = 64
+NUM_KEYS = NUM_VALUES = 32
 VOCAB = 1 + NUM_KEYS + NUM_VALUES      # 0 is unused (padding)
 
 
@@ -105,9 +105,9 @@ def train_and_eval(kind: str, pairs: int, steps: int, batch: int, lr: float, see
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", type=int, nargs="+", default=[4, 8, 16])
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(RESULTS))
