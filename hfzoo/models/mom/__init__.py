@@ -34,6 +34,7 @@ ARCHITECTURE = Architecture(
     paper="https://arxiv.org/abs/2502.13685",
     tiny_config=tiny_config,
     example_inputs=example_inputs,
+    checkpoint="tiny-mom",
 )
 
 __all__ = ["ARCHITECTURE", "MoMCache", "MoMConfig", "MoMForCausalLM", "MoMModel"]
