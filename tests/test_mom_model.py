@@ -401,7 +401,7 @@ def test_kernel_path_runs_one_recurrence_launch_per_layer(monkeypatch):
     from hfzoo.models.mom import modeling_mom
     from hfzoo.ops import launch
 
-    model = make_model("shared_gqa").train().to(KERNEL_DEVICE)
+    model = make_model(make_config(**CONFIGS["shared_gqa"], num_hidden_layers=1)).train().to(KERNEL_DEVICE)
     calls = []
     real = modeling_mom.chunk_gla
 
@@ -410,7 +410,7 @@ def test_kernel_path_runs_one_recurrence_launch_per_layer(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(modeling_mom, "chunk_gla", spy)
-    x = ids(2, 7).to(KERNEL_DEVICE)
+    x = ids(2, 5).to(KERNEL_DEVICE)
     with use_backend("triton"):
         model(x, labels=x).loss.backward()
         assert calls == [model.config.num_states * 2] * model.config.num_hidden_layers

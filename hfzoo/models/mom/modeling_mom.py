@@ -25,6 +25,7 @@ documents (``cu_seqlens`` or ``position_ids`` restarts) become separate sequence
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -92,6 +93,10 @@ class MemoryBatch:
     @property
     def num_entries(self) -> int:
         return self.tokens.numel()
+
+    def host_cu_seqlens(self) -> torch.Tensor:
+        """The offsets as a CPU tensor built from the host lengths: the ops read it without a device sync."""
+        return torch.tensor([0, *itertools.accumulate(self.lengths)], dtype=torch.int32)
 
     @property
     def counts(self) -> list[int]:
@@ -218,7 +223,7 @@ class GLAMemoryBackend:
         if resolve_backend(q, k, v, g, op="chunk_gla") == "triton":
             op = fused_recurrent_gla if step else chunk_gla
             o, final = op(q[None], k[None], v[None], g[None], initial_state=initial_state,
-                          output_final_state=output_final_state, cu_seqlens=batch.cu_seqlens)
+                          output_final_state=output_final_state, cu_seqlens=batch.host_cu_seqlens())
             return o[0], final
         index, L = batch.dense_index()
         rows = len(batch.lengths)
