@@ -418,3 +418,17 @@ def test_kernel_path_runs_one_recurrence_launch_per_layer(monkeypatch):
         with torch.no_grad(), launch.count_launches() as n:
             model(x)
     assert n["gla.fused_recurrent"] == model.config.num_hidden_layers
+
+
+def test_one_memory_top1_is_exactly_gla():
+    """With a single memory (top-1, no shared memory) every token goes to it with weight 1: the model is GLA."""
+    from hfzoo.models.gla import GLAConfig, GLAForCausalLM
+
+    mom = make_model(make_config(num_heads=2, num_kv_heads=1, num_memories=1, topk=1, shared_mem=False))
+    gla = GLAForCausalLM(GLAConfig(vocab_size=VOCAB, hidden_size=16, expand_k=1.0, expand_v=1.0, num_heads=2,
+                                   num_kv_heads=1, num_hidden_layers=2, intermediate_size=32)).eval()
+    state = {k.replace("_proj.0.", "_proj."): v for k, v in mom.state_dict().items() if ".attn.gate." not in k}
+    gla.load_state_dict(state)
+    x = ids(2, 11)
+    with torch.no_grad():
+        assert rel_err(mom(x).logits, gla(x).logits) < 1e-5
