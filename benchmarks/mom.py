@@ -105,6 +105,13 @@ def layer_step(layer, x, w):
     return run
 
 
+_DRY_OUT = tempfile.mkdtemp() if DRY else None
+
+
+def save(res):
+    return res.save(_DRY_OUT, plot_metric=None if DRY else "ms")
+
+
 def train_step(model, ids):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
@@ -155,6 +162,7 @@ def main():
                 fwd = {n: bench_ms(lambda: l(x)) for n, l in (("hfzoo", mom), ("hfzoo_gla", gla))}
             for n, t in fwd.items():
                 res.add(case.replace("fwdbwd", "fwd"), n, "ms", t)
+            save(res)                   # after every case: a run cut short keeps what it measured
         del mom, gla, loop
 
         for B, T in (TRAIN_CASES[:1] if args.quick else TRAIN_CASES):
@@ -172,8 +180,8 @@ def main():
                 step = None
                 if not DRY:
                     torch.cuda.empty_cache()
-    out = res.save(tempfile.mkdtemp() if DRY else None, plot_metric=None if DRY else "ms")
-    print(out)
+            save(res)
+    print(save(res))
 
 
 if __name__ == "__main__":
