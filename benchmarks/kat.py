@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import Results, bench_ms, first_call_s
-from hfzoo.ops import group_rational as gr
 from hfzoo.ops.group_rational import RATIONAL_INITS, group_rational, group_rational_reference
+from hfzoo.ops.launch import settings, tuning
 
 
 def rel_err(out, ref):
@@ -101,10 +101,11 @@ def bench_rational_dtype(res: Results, dt, kat_cu, compiled, coldstart=True):
             traceback.print_exc()
 
 
-# Launch-setting candidates (hfzoo.ops.group_rational.FWD / BWD), measured by `python benchmarks/kat.py sweep`.
-FWD_SWEEP = [dict(bytes_per_thread=64, warps=8), dict(bytes_per_thread=128, warps=8),
-             dict(bytes_per_thread=128, warps=4), dict(bytes_per_thread=256, warps=8)]
-BWD_SWEEP = [dict(values_per_thread=v, warps=w, programs_per_sm=p, max_chunk=c, prefetch=f)
+# Launch-setting candidates (hfzoo.ops.launch.DEFAULTS["group_rational.*"]), measured by
+# `python benchmarks/kat.py sweep` inside hfzoo.ops.launch.tuning() blocks (nothing global is modified).
+FWD_SWEEP = [dict(bytes_per_thread=64, num_warps=8), dict(bytes_per_thread=128, num_warps=8),
+             dict(bytes_per_thread=128, num_warps=4), dict(bytes_per_thread=256, num_warps=8)]
+BWD_SWEEP = [dict(values_per_thread=v, num_warps=w, programs_per_sm=p, max_chunk=c, prefetch=f)
              for v, w, p, c, f in [(16, 4, 4, None, False), (16, 4, 4, None, True), (8, 4, 8, None, True),
                                    (16, 4, 8, None, True), (16, 8, 4, None, True), (32, 4, 4, None, True),
                                    (8, 8, 8, None, True), (16, 4, 4, 1, True)]]
@@ -135,17 +136,17 @@ def sweep_dtype(res: Results, dt, best: dict):
     refs = {"fwd": (y_ref,), "bwd": bwd(y_ref)}
     del y_ref
     tol = 2e-2 if dt == torch.bfloat16 else 1e-4
-    for kind, table, candidates in (("fwd", gr.FWD, FWD_SWEEP if dt == torch.bfloat16 else FWD_SWEEP[:1]),
-                                    ("bwd", gr.BWD[x.element_size()], BWD_SWEEP)):
-        default = dict(table)
+    bwd_kernel = "group_rational.bwd_16bit" if x.element_size() == 2 else "group_rational.bwd_fp32"
+    fwd_candidates = FWD_SWEEP if dt == torch.bfloat16 else FWD_SWEEP[:1]
+    for kind, kernel, candidates in (("fwd", "group_rational.fwd", fwd_candidates), ("bwd", bwd_kernel, BWD_SWEEP)):
         ref, scores = refs[kind], []
         for cand in candidates:
-            table.update(cand)
             try:
-                y = fwd()
-                out = (y,) if kind == "fwd" else bwd(y)
-                err = max(rel_err(o, r) for o, r in zip(out, ref))
-                ms = bench_ms(fwd if kind == "fwd" else (lambda y=y: bwd(y)), warmup=5, rep=20)
+                with tuning({kernel: cand}):
+                    y = fwd()
+                    out = (y,) if kind == "fwd" else bwd(y)
+                    err = max(rel_err(o, r) for o, r in zip(out, ref))
+                    ms = bench_ms(fwd if kind == "fwd" else (lambda y=y: bwd(y)), warmup=5, rep=20)
                 gbs = (2 if kind == "fwd" else 3) * nbytes / ms / 1e6
                 label = ",".join(f"{k}={v}" for k, v in cand.items())
                 res.add(f"sweep {kind} ({M},{D}) {name}", label, "GB/s", gbs, max_rel_err_vs_reference=err)
@@ -153,9 +154,6 @@ def sweep_dtype(res: Results, dt, best: dict):
                     scores.append((gbs, cand))
             except Exception:
                 traceback.print_exc()
-            finally:
-                table.clear()
-                table.update(default)
         if scores:
             best[(kind, name)] = max(scores, key=lambda t: t[0])[1]
             print(f"best {kind} {name}: {best[(kind, name)]}", flush=True)
@@ -206,13 +204,21 @@ def main():
     res = Results("kat")
     out = os.environ.get("HFZOO_BENCH_OUT")
     parts = sys.argv[1:] or ["rational", "model"]
+    overrides = {}
     if "sweep" in parts:   # measure launch settings first, then run the rest with the best ones
         best = sweep(res)
-        gr.FWD.update(best.get(("fwd", "bf16"), {}))
-        gr.BWD[2].update(best.get(("bwd", "bf16"), {}))
-        gr.BWD[4].update(best.get(("bwd", "fp32"), {}))
-        print("using", gr.FWD, gr.BWD, flush=True)
+        for key, kernel in ((("fwd", "bf16"), "group_rational.fwd"), (("bwd", "bf16"), "group_rational.bwd_16bit"),
+                            (("bwd", "fp32"), "group_rational.bwd_fp32")):
+            if key in best:
+                overrides[kernel] = best[key]
+        print("using", {k: settings(k) for k in overrides} if overrides else "the defaults", flush=True)
         res.save(out, plot_metric=None)
+    with tuning(overrides):
+        run_parts(res, parts, out)
+    print(res.save(out, plot_metric="GB/s"))
+
+
+def run_parts(res: Results, parts, out):
     if "rational" in parts or "rational-hfzoo" in parts:
         bench_rational(res, only_hfzoo="rational" not in parts, coldstart="sweep" not in parts)
         res.save(out, plot_metric="GB/s")
@@ -221,7 +227,6 @@ def main():
             bench_model(res, only_kat="model" not in parts, coldstart="sweep" not in parts)
         except Exception:
             traceback.print_exc()
-    print(res.save(out, plot_metric="GB/s"))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from transformers import GenerationConfig, PreTrainedTokenizerFast
 
 from hfzoo.hub.atomic import save_pretrained_atomic
 from hfzoo.models.gla import GLAConfig, GLAForCausalLM
-from hfzoo.ops.dispatch import use_backend
 
 SPECIALS = ["<pad>", "<s>", "</s>"]   # ids 0, 1, 2
 
@@ -104,29 +103,27 @@ def main(argv=None):
     budget = args.minutes * 60
     start = time.time()
     step, losses, warmup = 0, [], 10
-    # the reference ops are the fastest CPU path (the Triton interpreter is for testing kernels)
-    with use_backend("reference"):
-        initial = evaluate(model, held_blocks, 32)
-        max_steps = args.steps or float("inf")
-        while time.time() - start < budget and step < max_steps:
-            frac = min(1.0, max((time.time() - start) / budget, step / max_steps))
-            lr = args.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-            for group in opt.param_groups:
-                group["lr"] = lr
-            idx = torch.randint(0, len(train_blocks), (args.batch,))
-            x = train_blocks[idx]
-            loss = model(x, labels=x).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            step += 1
-            if step % 10 == 0:
-                print(f"step {step} loss {sum(losses[-10:]) / 10:.3f} lr {lr:.2e} "
-                      f"{time.time() - start:.0f}s", flush=True)
-        minutes = (time.time() - start) / 60
-        held_loss = evaluate(model, held_blocks, 32)
+    initial = evaluate(model, held_blocks, 32)
+    max_steps = args.steps or float("inf")
+    while time.time() - start < budget and step < max_steps:
+        frac = min(1.0, max((time.time() - start) / budget, step / max_steps))
+        lr = args.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(0, len(train_blocks), (args.batch,))
+        x = train_blocks[idx]
+        loss = model(x, labels=x).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        step += 1
+        if step % 10 == 0:
+            print(f"step {step} loss {sum(losses[-10:]) / 10:.3f} lr {lr:.2e} "
+                  f"{time.time() - start:.0f}s", flush=True)
+    minutes = (time.time() - start) / 60
+    held_loss = evaluate(model, held_blocks, 32)
 
     results = {
         "parameters": n_params, "steps": step, "batch": args.batch, "block": args.block,

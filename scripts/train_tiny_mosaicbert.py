@@ -25,7 +25,6 @@ from transformers import BertTokenizerFast
 
 from hfzoo.hub.atomic import save_pretrained_atomic
 from hfzoo.models.mosaicbert import MosaicBertConfig, MosaicBertForMaskedLM
-from hfzoo.ops.dispatch import use_backend
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4
 
@@ -135,25 +134,24 @@ def main():
     gen = torch.Generator().manual_seed(args.seed)
     init_loss, init_acc = evaluate(model, eval_batches)
     t0, order, pos, recent = time.time(), list(range(len(train_seqs))), len(train_seqs), []
-    with use_backend("reference"):
-        for step in range(args.steps):
-            if pos + args.batch > len(order):
-                rng.shuffle(order)
-                pos = 0
-            batch = collate([train_seqs[i] for i in order[pos:pos + args.batch]], tokenizer, gen)
-            pos += args.batch
-            loss = model(**batch).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            recent.append(loss.item())
-            if (step + 1) % 100 == 0:
-                print(f"step {step + 1}: train loss {sum(recent) / len(recent):.3f} ({time.time() - t0:.0f} s)",
-                      flush=True)
-                recent = []
-        eval_loss, eval_acc = evaluate(model, eval_batches)
+    for step in range(args.steps):
+        if pos + args.batch > len(order):
+            rng.shuffle(order)
+            pos = 0
+        batch = collate([train_seqs[i] for i in order[pos:pos + args.batch]], tokenizer, gen)
+        pos += args.batch
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        recent.append(loss.item())
+        if (step + 1) % 100 == 0:
+            print(f"step {step + 1}: train loss {sum(recent) / len(recent):.3f} ({time.time() - t0:.0f} s)",
+                  flush=True)
+            recent = []
+    eval_loss, eval_acc = evaluate(model, eval_batches)
     minutes = (time.time() - t0) / 60
     results = {
         "data": "pydoc_data.topics (CPython); every 8th topic held out: " + ", ".join(held_names),

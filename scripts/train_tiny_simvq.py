@@ -31,7 +31,6 @@ from simvq_data import EVAL_PHOTOS, TRAIN_PHOTOS, grid_crops, random_crops  # no
 from hfzoo.hub.atomic import save_pretrained_atomic  # noqa: E402
 from hfzoo.models.simvq import SimVQConfig, SimVQImageProcessor, SimVQModel  # noqa: E402
 from hfzoo.models.simvq.modeling_simvq import codebook_utilization  # noqa: E402
-from hfzoo.ops.dispatch import use_backend  # noqa: E402
 
 
 def tiny_config() -> SimVQConfig:
@@ -73,18 +72,17 @@ def main():
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(args.seed)
     t0 = time.time()
-    with use_backend("reference"):
-        for step in range(args.steps):
-            out = model(pixel_values=random_crops(train, args.batch, gen))
-            opt.zero_grad(set_to_none=True)
-            out.loss.backward()
-            opt.step()
-            sched.step()
-            if step % 100 == 0 or step == args.steps - 1:
-                print(f"step {step} loss {out.loss.item():.4f} rec {out.reconstruction_loss.item():.4f} "
-                      f"batch utilization {out.codebook_utilization.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
-        minutes = (time.time() - t0) / 60
-        metrics = evaluate(model, pool, held_out)
+    for step in range(args.steps):
+        out = model(pixel_values=random_crops(train, args.batch, gen))
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == args.steps - 1:
+            print(f"step {step} loss {out.loss.item():.4f} rec {out.reconstruction_loss.item():.4f} "
+                  f"batch utilization {out.codebook_utilization.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
+    minutes = (time.time() - t0) / 60
+    metrics = evaluate(model, pool, held_out)
     metrics.update(steps=args.steps, batch=args.batch, crop=args.crop, train_minutes=round(minutes, 2),
                    final_train_loss=round(out.loss.item(), 5), seed=args.seed,
                    train_photos=list(TRAIN_PHOTOS), eval_photos=list(EVAL_PHOTOS),

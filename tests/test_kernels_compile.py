@@ -1,30 +1,52 @@
-"""The GPU compiler accepts every kernel launch the ops make (sm_90 target, compiled on the CPU).
+"""The GPU compiler accepts every kernel launch the ops make (sm_90 target, compiled on the CPU down to PTX).
 
 The interpreter tests check the math; this checks what only the compiler sees (loop-carried types, layouts,
-shared memory), so a kernel that would fail to build on the GPU fails here first.
+shared memory), so a kernel that would fail to build on the GPU fails here first. One subprocess compiles every
+op's launches (one import of torch/Triton/hfzoo instead of one per op).
 """
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+triton = pytest.importorskip("triton")
+
 HARNESS = Path(__file__).with_name("compile_harness.py")
 # distinct kernel launches each op's cases make (kernels x settings); fewer means a launch went missing
-MIN_LAUNCHES = {"gla": 30, "rmsnorm": 4, "nearest_code": 2, "varlen_alibi": 18, "group_rational": 4}
+MIN_LAUNCHES = {"gla": 30, "rmsnorm": 4, "nearest_code": 5, "varlen_alibi": 18, "group_rational": 4}
+# Triton 3.9's LLVM lowering segfaults on the group-rational backward that folds coefficient sums over columns
+# (compile_harness.KNOWN_CRASHES); these launches are compiled by their own test below.
+KNOWN_CRASH_VERSION = triton.__version__.startswith("3.9.")
 
 
-# group_rational's backward kernel crashes Triton 3.9's LLVM lowering (make_llir segfaults) on the CPU machine;
-# Triton 3.6 on the GPU machine compiles and runs it (its GPU tests pass). Kept visible as an expected failure.
-@pytest.mark.parametrize("op", ["gla", "rmsnorm", "nearest_code", "varlen_alibi", pytest.param(
-    "group_rational", marks=pytest.mark.xfail(reason="Triton 3.9 segfaults lowering the backward kernel"))])
-def test_kernels_compile_for_hopper(op, tmp_path):
+def _harness(*args, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
-    r = subprocess.run([sys.executable, str(HARNESS), op], env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([sys.executable, str(HARNESS), *args], env=env, capture_output=True, text=True,
+                          timeout=900)
+
+
+def test_kernels_compile_for_hopper(tmp_path):
+    r = _harness("--skip-known-crashes", *MIN_LAUNCHES, tmp_path=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    compiled = [line for line in r.stdout.splitlines() if line.startswith("ok ")]
-    assert len(compiled) >= MIN_LAUNCHES[op], r.stdout
+    compiled = [line.split()[1] for line in r.stdout.splitlines() if line.startswith("ok ")]
+    counts = {op: compiled.count(op) for op in MIN_LAUNCHES}
+    assert all(counts[op] >= n for op, n in MIN_LAUNCHES.items()), (counts, r.stdout)
+    skipped = [line for line in r.stdout.splitlines() if line.startswith("known-crash ")]
+    # exactly the known launches were left out, and only on the Triton versions they crash
+    assert len(skipped) == (2 if KNOWN_CRASH_VERSION else 0), skipped
+    assert all(re.match(r"known-crash group_rational _group_rational_bwd_kernel .*'CHUNK': [248]\b", s)
+               for s in skipped), skipped
+
+
+@pytest.mark.xfail(KNOWN_CRASH_VERSION, strict=True,
+                   reason="Triton 3.9 segfaults lowering the group-rational backward with column folding (CHUNK > 1)")
+def test_group_rational_backward_with_column_folding_compiles(tmp_path):
+    r = _harness("--only-known-crashes", "group_rational", tmp_path=tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert sum(line.startswith("ok group_rational _group_rational_bwd_kernel") for line in r.stdout.splitlines()) == 2

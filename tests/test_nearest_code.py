@@ -168,3 +168,17 @@ def test_gpu_wide_rows_and_ties():
     want = nearest_code(z, base, backend="reference")
     assert torch.equal(nearest_code(z, c, precision="ieee", backend="triton"), want)
     assert torch.equal(nearest_code(z, c, backend="triton"), want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
+def test_gpu_ties_within_a_tile_go_to_the_lowest_index(precision):
+    # Triton's interpreter always breaks ties to the left, so only the GPU checks the kernel's within-tile rule:
+    # each code twice in a row (same tile), small integers (exact scores): the even copy must win
+    g = torch.Generator(device="cuda").manual_seed(3)
+    base = torch.randint(-4, 5, (200, 64), device="cuda", generator=g).float()
+    base[:, 0] = torch.arange(200, device="cuda") * 10.0
+    c = base.repeat_interleave(2, dim=0)
+    pick = torch.randint(0, 200, (500,), device="cuda", generator=g)
+    z = base[pick] + torch.randint(-1, 2, (500, 64), device="cuda", generator=g).float()
+    assert torch.equal(nearest_code(z, c, precision=precision, backend="triton"), 2 * pick)

@@ -7,9 +7,8 @@ import pytest
 import torch
 from helpers import rel_err
 
-from hfzoo.ops.launch import count_launches
-
 from hfzoo.ops import varlen_alibi_attention as vaa
+from hfzoo.ops.launch import count_launches
 from hfzoo.ops.varlen_alibi_attention import (
     alibi_slopes,
     varlen_alibi_attention,

@@ -48,8 +48,6 @@ def stream_continuation(prompt: str, temperature: float = 0.8, top_p: float = 0.
     """Yield the prompt followed by a growing continuation (one yield per decoded piece)."""
     from transformers import TextIteratorStreamer
 
-    from ..ops.dispatch import use_backend
-
     tokenizer, model = load()
     ids = tokenizer(prompt or "", return_tensors="pt")["input_ids"][:, -MAX_PROMPT_TOKENS:]
     ids = torch.cat([torch.tensor([[tokenizer.bos_token_id]]), ids], dim=1)
@@ -63,13 +61,8 @@ def stream_continuation(prompt: str, temperature: float = 0.8, top_p: float = 0.
         try:
             if seed is not None:
                 torch.manual_seed(seed)
-            # on a CPU the PyTorch ops are the fast path (the Triton interpreter is for testing kernels)
-            if model.device.type == "cpu":
-                with use_backend("reference"), torch.no_grad():
-                    model.generate(**kwargs)
-            else:
-                with torch.no_grad():
-                    model.generate(**kwargs)
+            with torch.no_grad():  # the ops pick the PyTorch path on a CPU, the kernels on a GPU
+                model.generate(**kwargs)
         except Exception as e:  # surfaced in the caller's thread below
             errors.append(e)
             streamer.end()

@@ -22,7 +22,7 @@ import os
 
 import torch
 
-from . import launch
+from .launch import is_interpreted
 from .triton_shim import HAS_TRITON
 
 BACKEND_ENV = "HFZOO_BACKEND"
@@ -32,8 +32,8 @@ _override: contextvars.ContextVar[str | None] = contextvars.ContextVar("hfzoo_ba
 
 
 def interpreter_enabled() -> bool:
-    """True when Triton kernels run through Triton's CPU interpreter (same as ``launch.is_interpreted()``)."""
-    return launch.is_interpreted()
+    """True when Triton kernels run through Triton's CPU interpreter (same as ``is_interpreted()``)."""
+    return is_interpreted()
 
 
 @contextlib.contextmanager
@@ -59,7 +59,7 @@ def triton_unavailable_reason(*tensors: torch.Tensor) -> str | None:
     devices = {t.device.type for t in tensors if isinstance(t, torch.Tensor)}
     if devices == {"cuda"}:
         return None
-    if devices <= {"cpu"} and launch.is_interpreted():
+    if devices <= {"cpu"} and is_interpreted():
         return None
     if devices <= {"cpu"}:
         return "tensors are on the CPU and TRITON_INTERPRET=1 is not set"

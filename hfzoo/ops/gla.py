@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from . import validate
+from .validate import check_cu_seqlens, check_nonpositive, check_shape, check_tensor, kernel_dtype_problem, pick_backend
 
 
 def _check_inputs(name, q, k, v, g, initial_state, cu_seqlens, backend):
@@ -35,7 +35,7 @@ def _check_inputs(name, q, k, v, g, initial_state, cu_seqlens, backend):
     when they were read (for CPU tensors always, for CUDA ones once per tensor; see ``validate.py``).
     """
     for arg, t in (("q", q), ("k", k), ("v", v), ("g", g)):
-        validate.tensor(name, arg, t, dims=4, device=q.device if arg != "q" and isinstance(q, torch.Tensor) else None)
+        check_tensor(name, arg, t, dims=4, device=q.device if arg != "q" and isinstance(q, torch.Tensor) else None)
     B, T, H, K = q.shape
     Hkv = k.shape[2]
     if k.shape != (B, T, Hkv, K) or g.shape != k.shape:
@@ -49,14 +49,14 @@ def _check_inputs(name, q, k, v, g, initial_state, cu_seqlens, backend):
     if cu_seqlens is not None:
         if B != 1:
             raise ValueError(f"{name}: with cu_seqlens the batch must be packed into B=1; got B={B}")
-        cu_seqlens, offsets = validate.cu_seqlens(name, cu_seqlens, T, q.device)
+        cu_seqlens, offsets = check_cu_seqlens(name, cu_seqlens, T, q.device)
         N = cu_seqlens.numel() - 1
     if initial_state is not None:
-        validate.tensor(name, "initial_state", initial_state, device=q.device)
-        validate.shape(name, "initial_state", initial_state, (N, Hkv, K, v.shape[-1]), "[N, Hkv, K, V]")
-    validate.nonpositive(name, "g", g)
+        check_tensor(name, "initial_state", initial_state, device=q.device)
+        check_shape(name, "initial_state", initial_state, (N, Hkv, K, v.shape[-1]), "[N, Hkv, K, V]")
+    check_nonpositive(name, "g", g)
     tensors = [t for t in (q, k, v, g, initial_state) if t is not None]
-    choice = validate.pick_backend(name, tensors, backend, validate.kernel_dtype_problem(*tensors))
+    choice = pick_backend(name, tensors, backend, kernel_dtype_problem(*tensors))
     return choice, cu_seqlens, offsets
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from . import launch
+from .launch import bucket, compile_options, launch, settings
 from .triton_shim import tl, triton
 
 
@@ -60,11 +60,11 @@ def _fused_recurrent_fwd(q, k, v, g, scale, h0, output_final_state, cu_seqlens):
     B, T, H, K = q.shape
     Hkv, V = k.shape[2], v.shape[-1]
     N = B if cu_seqlens is None else cu_seqlens.numel() - 1
-    conf = launch.settings("gla.fused_recurrent")
-    BK = launch.bucket(K)
+    conf = settings("gla.fused_recurrent")
+    BK = bucket(K)
     # keep the register-resident state slice [BK, BV] at <= max_state fp32 values
-    BV = max(16, min(launch.bucket(V), conf["max_state"] // BK, conf["max_bv"]))
-    conf = launch.settings("gla.fused_recurrent", BV=BV, num_warps=4 if BK * BV <= 4096 else 8)
+    BV = max(16, min(bucket(V), conf["max_state"] // BK, conf["max_bv"]))
+    conf = settings("gla.fused_recurrent", BV=BV, num_warps=4 if BK * BV <= 4096 else 8)
     BV = conf["BV"]
     o = torch.empty(B, T, H, V, dtype=v.dtype, device=v.device)
     ht = torch.empty(N, Hkv, K, V, dtype=torch.float32, device=v.device) if output_final_state else None
@@ -72,10 +72,10 @@ def _fused_recurrent_fwd(q, k, v, g, scale, h0, output_final_state, cu_seqlens):
     q, k, v, g = (t.contiguous() for t in (q, k, v, g))
     h0 = h0.contiguous() if h0 is not None else None
     grid = (triton.cdiv(V, BV), N * Hkv)
-    launch.launch("gla.fused_recurrent", _fused_recurrent_fwd_kernel, grid,
+    launch("gla.fused_recurrent", _fused_recurrent_fwd_kernel, grid,
                   q, k, v, g, o, h0, ht, cu, scale, T, H=H, H_KV=Hkv, DK=K, DV=V, BK=BK, BV=BV,
                   USE_H0=h0 is not None, STORE_HT=output_final_state, IS_VARLEN=cu is not None,
-                  **launch.compile_options(conf))
+                  **compile_options(conf))
     return o, ht
 
 

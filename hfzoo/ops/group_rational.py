@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import torch
 
-from . import launch, validate
+from .launch import compile_options, launch, settings, sm_count
 from .triton_shim import tl, triton
+from .validate import check_tensor, kernel_dtype_problem, pick_backend
 
 NUM_NUMERATOR = 6     # a_0 .. a_5
 NUM_DENOMINATOR = 4   # b_0 .. b_3 (multiplying x^1 .. x^4)
@@ -281,20 +282,20 @@ def _strides(a, b):
 
 
 def _bwd_settings(element_size: int) -> dict:
-    return launch.settings("group_rational.bwd_16bit" if element_size == 2 else "group_rational.bwd_fp32")
+    return settings("group_rational.bwd_16bit" if element_size == 2 else "group_rational.bwd_fp32")
 
 
 def _forward(x2, a, b, num_groups, paper):
     M, D = x2.shape
     y = torch.empty_like(x2)
     BLOCK_C = _column_block(D)
-    conf = launch.settings("group_rational.fwd")
+    conf = settings("group_rational.fwd")
     tile = conf["num_warps"] * 32 * max(1, conf["bytes_per_thread"] // x2.element_size())
     BLOCK_M = max(1, tile // BLOCK_C)
     grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(D, BLOCK_C))
-    launch.launch("group_rational.fwd", _group_rational_fwd_kernel, grid,
+    launch("group_rational.fwd", _group_rational_fwd_kernel, grid,
                   x2, a, b, y, M, D, D // num_groups, *_strides(a, b), PAPER=paper, BLOCK_M=BLOCK_M,
-                  BLOCK_C=BLOCK_C, **launch.compile_options(conf))
+                  BLOCK_C=BLOCK_C, **compile_options(conf))
     return y
 
 
@@ -316,16 +317,16 @@ def _backward(x2, dy2, a, b, num_groups, paper):
     BLOCK_M = max(1, cfg["num_warps"] * 32 * cfg["values_per_thread"] // BLOCK_C)
     col_blocks = triton.cdiv(D, BLOCK_C)
     # persistent over rows: about programs_per_sm programs per SM in all, shared among the column blocks
-    programs = max(1, min(triton.cdiv(cfg["programs_per_sm"] * launch.sm_count(x2.device), col_blocks),
+    programs = max(1, min(triton.cdiv(cfg["programs_per_sm"] * sm_count(x2.device), col_blocks),
                           triton.cdiv(M, BLOCK_M)))
     rows_per_program = triton.cdiv(triton.cdiv(M, programs), BLOCK_M) * BLOCK_M
     programs = triton.cdiv(M, rows_per_program)
     part = torch.empty(programs, 10, D // CHUNK, dtype=torch.float32, device=x2.device)
-    launch.launch(f"group_rational.bwd_{'16bit' if x2.element_size() == 2 else 'fp32'}",
+    launch(f"group_rational.bwd_{'16bit' if x2.element_size() == 2 else 'fp32'}",
                   _group_rational_bwd_kernel, (programs, col_blocks),
                   x2, dy2, a, b, dx, part, M, D, DG, *_strides(a, b), rows_per_program,
                   PAPER=paper, BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, CHUNK=CHUNK, PREFETCH=bool(cfg["prefetch"]),
-                  **launch.compile_options(cfg))
+                  **compile_options(cfg))
     per_group = part.sum(0).view(10, num_groups, DG // CHUNK).sum(-1)       # [10, G]
     da = per_group[:NUM_NUMERATOR].t()                                       # [G, 6]
     db = per_group[NUM_NUMERATOR:].t()                                       # [G, 4]
@@ -361,7 +362,7 @@ class GroupRationalFunction(torch.autograd.Function):
 
 def _check(x, numerator, denominator, num_groups, denominator_form):
     op = "group_rational"
-    validate.tensor(op, "x", x, dims=(1, None))
+    check_tensor(op, "x", x, dims=(1, None))
     if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
         raise ValueError(f"group_rational: num_groups must be a positive int, got {num_groups!r}")
     D = x.shape[-1]
@@ -369,7 +370,7 @@ def _check(x, numerator, denominator, num_groups, denominator_form):
         raise ValueError(f"group_rational: the last dimension of x ({D}) must be divisible by num_groups "
                          f"({num_groups})")
     for name, t, n in (("numerator", numerator, NUM_NUMERATOR), ("denominator", denominator, NUM_DENOMINATOR)):
-        validate.tensor(op, name, t, device=x.device)
+        check_tensor(op, name, t, device=x.device)
         if t.dim() != 2 or t.shape[1] != n or t.shape[0] not in (1, num_groups):
             raise ValueError(f"group_rational: {name} must have shape (1, {n}) or ({num_groups}, {n}), "
                              f"got {tuple(t.shape)}")
@@ -403,7 +404,7 @@ def group_rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.
     """
     _check(x, numerator, denominator, num_groups, denominator_form)
     tensors = (x, numerator, denominator)
-    problem = validate.kernel_dtype_problem(*tensors)
-    if validate.pick_backend("group_rational", tensors, backend, problem) == "reference" or x.numel() == 0:
+    problem = kernel_dtype_problem(*tensors)
+    if pick_backend("group_rational", tensors, backend, problem) == "reference" or x.numel() == 0:
         return group_rational_reference(x, numerator, denominator, num_groups, denominator_form)
     return GroupRationalFunction.apply(x, numerator, denominator, num_groups, denominator_form)

@@ -62,7 +62,7 @@ def is_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip() not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cuda_sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
@@ -258,7 +258,7 @@ def _split_config(conf: dict):
     return meta, compile_options(conf)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _autotuner(kernel, configs: tuple, key: tuple):
     cfgs = []
     for conf in configs:

@@ -43,8 +43,9 @@ from __future__ import annotations
 
 import torch
 
-from . import launch, validate
+from .launch import bucket, launch, settings
 from .triton_shim import tl, triton
+from .validate import KERNEL_DTYPES, check_tensor, pick_backend
 
 PRECISIONS = ("ieee", "tf32x3", "tf32")
 
@@ -141,10 +142,10 @@ def _nearest_code_triton(z: torch.Tensor, codebook: torch.Tensor, precision: str
     idx = torch.empty(n, dtype=torch.int64, device=z.device)
     best = torch.empty(n, dtype=torch.float32, device=z.device)
     block_d = max(16, min(128, triton.next_power_of_2(d)))  # wider rows loop over D in chunks
-    conf = launch.settings("nearest_code.fwd_fp32" if z.dtype == torch.float32 else "nearest_code.fwd_16bit")
-    launch.launch("nearest_code.fwd", _nearest_code_kernel, lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),),
+    conf = settings("nearest_code.fwd_fp32" if z.dtype == torch.float32 else "nearest_code.fwd_16bit")
+    launch("nearest_code.fwd", _nearest_code_kernel, lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),),
                   z, codebook, cn, idx, best, n, k, d, z.stride(0), codebook.stride(0),
-                  launch.bucket(n, lo=1), launch.bucket(k, lo=1),
+                  bucket(n, lo=1), bucket(k, lo=1),
                   BLOCK_D=block_d, SINGLE_D=d <= block_d, PRECISION=precision,
                   configs=conf["configs"], key=["N_BUCKET", "K_BUCKET", "D"])
     return idx, best
@@ -175,8 +176,8 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, *, return_distance: bo
         torch.Size([10, 3])
     """
     op = "nearest_code"
-    validate.tensor(op, "z", z, dims=(1, None), dtypes=validate.KERNEL_DTYPES)
-    validate.tensor(op, "codebook", codebook, dtypes=validate.KERNEL_DTYPES, device=z.device)
+    check_tensor(op, "z", z, dims=(1, None), dtypes=KERNEL_DTYPES)
+    check_tensor(op, "codebook", codebook, dtypes=KERNEL_DTYPES, device=z.device)
     if codebook.dim() != 2:
         raise ValueError(f"nearest_code: codebook must be [K, D], got shape {tuple(codebook.shape)}")
     if codebook.shape[1] != z.shape[-1]:
@@ -194,7 +195,7 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, *, return_distance: bo
         precision = "tf32"  # 16-bit operands: products are exact whatever the flag (it only affects fp32 operands)
     lead = z.shape[:-1]
     z2 = z.reshape(-1, z.shape[-1])
-    if validate.pick_backend(op, (z2, codebook), backend) == "reference" or z2.shape[0] == 0:
+    if pick_backend(op, (z2, codebook), backend) == "reference" or z2.shape[0] == 0:
         idx, best = nearest_code_reference(z2.detach(), codebook.detach())
     else:
         idx, best = _nearest_code_triton(z2.detach(), codebook.detach(), precision)

@@ -13,8 +13,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import launch, validate
+from .launch import bucket, compile_options, launch, persistent_grid, settings
 from .triton_shim import tl, triton
+from .validate import check_shape, check_tensor, kernel_dtype_problem, make_contiguous, pick_backend
 
 
 def rms_norm_gated_reference(x, weight=None, gate=None, eps: float = 1e-6):
@@ -101,7 +102,7 @@ MAX_WIDTH = 65536  # widest row (BLOCK_D) one program holds
 
 
 def _block_sizes(D: int, conf: dict):
-    BLOCK_D = launch.bucket(D, lo=1)
+    BLOCK_D = bucket(D, lo=1)
     BLOCK_M = max(1, min(conf["max_rows"], conf["tile"] // BLOCK_D))
     return BLOCK_M, BLOCK_D
 
@@ -115,11 +116,11 @@ class RMSNormGatedFunction(torch.autograd.Function):
         M, D = x2.shape
         y = torch.empty_like(x2)
         rstd = torch.empty(M, dtype=torch.float32, device=x.device)
-        conf = launch.settings("rmsnorm.fwd")
+        conf = settings("rmsnorm.fwd")
         BLOCK_M, BLOCK_D = _block_sizes(D, conf)
-        launch.launch("rmsnorm.fwd", _rms_fwd_kernel, (triton.cdiv(M, BLOCK_M),),
+        launch("rmsnorm.fwd", _rms_fwd_kernel, (triton.cdiv(M, BLOCK_M),),
                       x2, weight, g2, y, rstd, M, D, eps, HAS_W=weight is not None, HAS_G=g2 is not None,
-                      BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, **launch.compile_options(conf))
+                      BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, **compile_options(conf))
         ctx.save_for_backward(x2, weight, g2, rstd)
         ctx.shape = shape
         return y.reshape(shape)
@@ -131,16 +132,16 @@ class RMSNormGatedFunction(torch.autograd.Function):
         dy2 = dy.reshape(M, D).contiguous()
         dx = torch.empty_like(x2)
         dg = torch.empty_like(g2) if g2 is not None else None
-        conf = launch.settings("rmsnorm.bwd")
+        conf = settings("rmsnorm.bwd")
         BLOCK_M, BLOCK_D = _block_sizes(D, conf)
-        programs = launch.persistent_grid(triton.cdiv(M, BLOCK_M), x2.device, conf["programs_per_sm"])
+        programs = persistent_grid(triton.cdiv(M, BLOCK_M), x2.device, conf["programs_per_sm"])
         rows_per_program = triton.cdiv(triton.cdiv(M, programs), BLOCK_M) * BLOCK_M
         programs = triton.cdiv(M, rows_per_program)
         dw_partial = torch.empty(programs, D, dtype=torch.float32, device=x2.device) if weight is not None else None
-        launch.launch("rmsnorm.bwd", _rms_bwd_kernel, (programs,),
+        launch("rmsnorm.bwd", _rms_bwd_kernel, (programs,),
                       x2, weight, g2, rstd, dy2, dx, dg, dw_partial, M, D, rows_per_program,
                       HAS_W=weight is not None, HAS_G=g2 is not None, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D,
-                      **launch.compile_options(conf))
+                      **compile_options(conf))
         dw = dw_partial.sum(0).to(weight.dtype) if weight is not None else None
         dg = dg.reshape(ctx.shape) if dg is not None else None
         return dx.reshape(ctx.shape), dw, dg, None
@@ -168,19 +169,19 @@ def rms_norm_gated(x: torch.Tensor, weight: torch.Tensor | None = None, gate: to
         torch.Size([2, 7, 64])
     """
     op = "rms_norm_gated"
-    validate.tensor(op, "x", x, dims=(1, None))
+    check_tensor(op, "x", x, dims=(1, None))
     D = x.shape[-1]
     if weight is not None:
-        validate.tensor(op, "weight", weight, device=x.device)
-        validate.shape(op, "weight", weight, (D,))
+        check_tensor(op, "weight", weight, device=x.device)
+        check_shape(op, "weight", weight, (D,))
     if gate is not None:
-        validate.tensor(op, "gate", gate, device=x.device)
-        validate.shape(op, "gate", gate, x.shape, "(x's shape)")
+        check_tensor(op, "gate", gate, device=x.device)
+        check_shape(op, "gate", gate, x.shape, "(x's shape)")
     tensors = [t for t in (x, weight, gate) if t is not None]
-    problem, error = validate.kernel_dtype_problem(*tensors), TypeError
-    if problem is None and launch.bucket(D, lo=1) > MAX_WIDTH:
+    problem, error = kernel_dtype_problem(*tensors), TypeError
+    if problem is None and bucket(D, lo=1) > MAX_WIDTH:
         problem, error = f"the last dimension ({D}) is wider than the kernel's {MAX_WIDTH}", ValueError
-    if validate.pick_backend(op, tensors, backend, problem, error) == "reference" or x.numel() == 0:
+    if pick_backend(op, tensors, backend, problem, error) == "reference" or x.numel() == 0:
         return rms_norm_gated_reference(x, weight, gate, eps)
-    x, weight, gate = validate.contiguous(x, weight, gate)
+    x, weight, gate = make_contiguous(x, weight, gate)
     return RMSNormGatedFunction.apply(x, weight, gate, float(eps))

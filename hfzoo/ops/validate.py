@@ -42,6 +42,8 @@ import os
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
+from .dispatch import requested_backend, resolve_backend
+
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 REFERENCE_DTYPES = KERNEL_DTYPES + (torch.float64,)
 CHECK_VALUES_ENV = "HFZOO_CHECK_VALUES"
@@ -55,7 +57,7 @@ def _dtype_list(dtypes) -> str:
     return ", ".join(_NAMES.get(d, str(d)) for d in dtypes)
 
 
-def tensor(op: str, name: str, t, *, dims=None, dtypes=REFERENCE_DTYPES, device=None) -> torch.Tensor:
+def check_tensor(op: str, name: str, t, *, dims=None, dtypes=REFERENCE_DTYPES, device=None) -> torch.Tensor:
     """Check one tensor argument: a ``torch.Tensor`` of a supported floating dtype, rank in ``dims``, on ``device``.
 
     ``dims`` is an int, a tuple of allowed ranks, or ``(n, None)`` for "at least n".
@@ -75,7 +77,7 @@ def tensor(op: str, name: str, t, *, dims=None, dtypes=REFERENCE_DTYPES, device=
     return t
 
 
-def shape(op: str, name: str, t: torch.Tensor, expected: tuple, what: str = "") -> None:
+def check_shape(op: str, name: str, t: torch.Tensor, expected: tuple, what: str = "") -> None:
     """``t.shape`` must equal ``expected``."""
     if tuple(t.shape) != tuple(expected):
         raise ValueError(f"{op}: {name} must have shape {tuple(expected)}{' ' + what if what else ''}; "
@@ -97,8 +99,6 @@ def pick_backend(op: str, tensors, backend: str | None, problem: str | None = No
 
     With a problem, ``auto`` runs the reference and a forced ``"triton"`` raises ``error`` naming the problem.
     """
-    from .dispatch import requested_backend, resolve_backend
-
     choice = resolve_backend(*tensors, backend=backend, op=op)
     if choice == "triton" and problem is not None:
         if requested_backend(backend, op) == "triton":
@@ -107,7 +107,7 @@ def pick_backend(op: str, tensors, backend: str | None, problem: str | None = No
     return choice
 
 
-def contiguous(*tensors):
+def make_contiguous(*tensors):
     """The tensors, made contiguous where they are not (None passes through)."""
     out = tuple(t if t is None or t.is_contiguous() else t.contiguous() for t in tensors)
     return out if len(out) != 1 else out[0]
@@ -137,7 +137,7 @@ def _values_readable(t: torch.Tensor) -> bool:
     return True
 
 
-def cu_seqlens(op: str, cu, total: int, device: torch.device, name: str = "cu_seqlens"):
+def check_cu_seqlens(op: str, cu, total: int, device: torch.device, name: str = "cu_seqlens"):
     """Check packed-sequence offsets ``[0, ..., total]``; return ``(contiguous int32 tensor on device, offsets)``.
 
     ``offsets`` is the Python list of values when they were read (always for CPU tensors; once per tensor for
@@ -171,7 +171,7 @@ def cu_seqlens(op: str, cu, total: int, device: torch.device, name: str = "cu_se
     return (out if out.is_contiguous() else out.contiguous()), offsets
 
 
-def nonpositive(op: str, name: str, t: torch.Tensor, what: str = "log decays") -> None:
+def check_nonpositive(op: str, name: str, t: torch.Tensor, what: str = "log decays") -> None:
     """``t <= 0`` everywhere (NaN passes), checked where free (CPU) or when ``HFZOO_CHECK_VALUES=1``."""
     if t.numel() == 0 or not _values_readable(t):
         return
@@ -182,5 +182,5 @@ def nonpositive(op: str, name: str, t: torch.Tensor, what: str = "log decays") -
                          f"{t.max().item():.4g}")
 
 
-__all__ = ["CHECK_VALUES_ENV", "KERNEL_DTYPES", "REFERENCE_DTYPES", "contiguous", "cu_seqlens",
-           "kernel_dtype_problem", "nonpositive", "pick_backend", "shape", "tensor", "trusted"]
+__all__ = ["CHECK_VALUES_ENV", "KERNEL_DTYPES", "REFERENCE_DTYPES", "check_cu_seqlens", "check_nonpositive",
+           "check_shape", "check_tensor", "kernel_dtype_problem", "make_contiguous", "pick_backend", "trusted"]

@@ -29,8 +29,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import launch, validate
+from .launch import bucket, launch, settings
 from .triton_shim import tl, triton
+from .validate import check_cu_seqlens, check_tensor, kernel_dtype_problem, pick_backend
 
 # ----------------------------------------------------------------------------------------------------
 # The slopes
@@ -102,18 +103,17 @@ def varlen_alibi_attention_reference(q, k, v, cu_seqlens, max_seqlen, slopes, so
     outs, start = [], 0
     for group in _groups(lengths):
         n, Lmax, size = len(group), max(group), sum(group)
-        # [n, H, Lmax, D] padded batch, and the key mask of each sequence
+        # [n, H, Lmax, D] padded batch; `valid` marks each sequence's real positions
         pos = torch.arange(Lmax, device=q.device)
         valid = pos[None, :] < torch.tensor(group, device=q.device)[:, None]          # [n, Lmax]
-        rows = (torch.tensor([0] + group[:-1], device=q.device).cumsum(0)[:, None] + pos[None, :])[valid] + start
-        def pad(t):
-            out = t.new_zeros(n, Lmax, H, D)
-            out[valid] = t[rows]
-            return out.transpose(1, 2)
+        padded = []
+        for t in (qf, kf, vf):
+            p = t.new_zeros(n, Lmax, H, D)
+            p[valid] = t[start:start + size]  # row-major order of `valid` is the packed order
+            padded.append(p.transpose(1, 2))
         bias = _alibi_bias(Lmax, slopes).to(dt)[None].expand(n, H, Lmax, Lmax)
         bias = bias.masked_fill(~valid[:, None, None, :], float("-inf"))
-        o = F.scaled_dot_product_attention(pad(qf), pad(kf), pad(vf), attn_mask=bias, dropout_p=dropout_p,
-                                           scale=scale)                                 # [n, H, Lmax, D]
+        o = F.scaled_dot_product_attention(*padded, attn_mask=bias, dropout_p=dropout_p, scale=scale)
         outs.append(o.transpose(1, 2)[valid])                                           # [size, H, D]
         start += size
     return torch.cat(outs, dim=0).to(q.dtype)
@@ -276,9 +276,9 @@ _KEY = ["BLOCK_D", "SEQ_BUCKET"]
 
 
 def _launch(name, kernel, grid_len_key, n_seq, H, max_seqlen, *args, **kwargs):
-    conf = launch.settings(name)
+    conf = settings(name)
     grid = lambda meta: (triton.cdiv(max_seqlen, meta[grid_len_key]), n_seq, H)
-    launch.launch(name, kernel, grid, *args, configs=conf["configs"], key=_KEY, **kwargs)
+    launch(name, kernel, grid, *args, configs=conf["configs"], key=_KEY, **kwargs)
 
 
 def _block_d(D: int) -> int:
@@ -293,7 +293,7 @@ def _forward(q, k, v, cu_seqlens, max_seqlen, slopes, scale):
     _launch("varlen_alibi.fwd", _alibi_fwd_kernel, "BLOCK_M", n_seq, H, max_seqlen,
             q, k, v, o, lse, cu_seqlens, slopes, scale * _LOG2E,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
-            H, D, launch.bucket(max_seqlen), BLOCK_D=_block_d(D))
+            H, D, bucket(max_seqlen), BLOCK_D=_block_d(D))
     return o, lse
 
 
@@ -301,17 +301,17 @@ def _backward(q, k, v, o, lse, do, dq, dk, dv, cu_seqlens, max_seqlen, slopes, s
     total, H, D = q.shape
     n_seq = cu_seqlens.numel() - 1
     delta = (o.float() * do.float()).sum(-1)  # [total, H]: rowsum(dO * O) = sum_j P_ij dP_ij
-    bucket = launch.bucket(max_seqlen)
+    seq_bucket = bucket(max_seqlen)
     _launch("varlen_alibi.bwd_dkdv", _alibi_bwd_dkdv_kernel, "BLOCK_N", n_seq, H, max_seqlen,
             q, k, v, do, lse, delta, dk, dv, cu_seqlens, slopes, scale * _LOG2E, scale,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-            H, D, bucket, BLOCK_D=_block_d(D))
+            H, D, seq_bucket, BLOCK_D=_block_d(D))
     _launch("varlen_alibi.bwd_dq", _alibi_bwd_dq_kernel, "BLOCK_M", n_seq, H, max_seqlen,
             q, k, v, do, lse, delta, dq, cu_seqlens, slopes, scale * _LOG2E, scale,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
-            H, D, bucket, BLOCK_D=_block_d(D))
+            H, D, seq_bucket, BLOCK_D=_block_d(D))
 
 
 def _unit_stride(*tensors):
@@ -363,9 +363,9 @@ class VarlenAlibiAttentionQKVPackedFunction(torch.autograd.Function):
 
 def _check(name, q, k, v, cu_seqlens, max_seqlen, slopes, dropout_p, backend, tensors):
     """Validate the arguments; return ``(backend, cu_seqlens as contiguous int32, slopes as contiguous fp32)``."""
-    validate.tensor(name, "q", q, dims=3)
-    validate.tensor(name, "k", k, device=q.device)
-    validate.tensor(name, "v", v, device=q.device)
+    check_tensor(name, "q", q, dims=3)
+    check_tensor(name, "k", k, device=q.device)
+    check_tensor(name, "v", v, device=q.device)
     if k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"{name}: q, k and v must have the same shape; got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
@@ -373,7 +373,7 @@ def _check(name, q, k, v, cu_seqlens, max_seqlen, slopes, dropout_p, backend, te
         raise TypeError(f"{name}: q, k, v must share one floating dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     if isinstance(max_seqlen, bool) or not isinstance(max_seqlen, int) or max_seqlen < 0:
         raise ValueError(f"{name}: max_seqlen must be a non-negative int; got {max_seqlen!r}")
-    cu, offsets = validate.cu_seqlens(name, cu_seqlens, q.shape[0], q.device)
+    cu, offsets = check_cu_seqlens(name, cu_seqlens, q.shape[0], q.device)
     if offsets is not None and len(offsets) > 1:
         longest = max(b - a for a, b in zip(offsets, offsets[1:]))
         if longest > max_seqlen:
@@ -381,16 +381,16 @@ def _check(name, q, k, v, cu_seqlens, max_seqlen, slopes, dropout_p, backend, te
     if not isinstance(slopes, torch.Tensor) or slopes.shape != (q.shape[1],):
         raise ValueError(f"{name}: slopes must be a tensor of shape ({q.shape[1]},) (one per head); "
                          f"got {getattr(slopes, 'shape', slopes)}")
-    validate.tensor(name, "slopes", slopes)
+    check_tensor(name, "slopes", slopes)
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"{name}: dropout_p must be in [0, 1); got {dropout_p}")
     slopes = slopes.to(device=q.device, dtype=torch.float32).contiguous()
-    problem, error = validate.kernel_dtype_problem(q), TypeError
+    problem, error = kernel_dtype_problem(q), TypeError
     if problem is None and _block_d(q.shape[2]) > 256:
         problem, error = f"head_dim {q.shape[2]} is larger than the kernels' 256", ValueError
     if problem is None and dropout_p > 0:
         problem, error = "the triton backend has no attention dropout; use dropout_p=0", ValueError
-    choice = validate.pick_backend(name, tensors, backend, problem, error)
+    choice = pick_backend(name, tensors, backend, problem, error)
     if q.shape[0] == 0:
         choice = "reference"
     return choice, cu, slopes
@@ -440,7 +440,7 @@ def varlen_alibi_attention_qkvpacked(qkv: torch.Tensor, cu_seqlens: torch.Tensor
     ``[total, H, D]``.
     """
     name = "varlen_alibi_attention_qkvpacked"
-    validate.tensor(name, "qkv", qkv)
+    check_tensor(name, "qkv", qkv)
     if qkv.dim() != 4 or qkv.shape[1] != 3:
         raise ValueError(f"{name}: qkv must be [total, 3, heads, head_dim]; got shape {tuple(qkv.shape)}")
     q, k, v = qkv.unbind(1)
