@@ -47,13 +47,11 @@ def _prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
 def continue_text(prompt: str, temperature: float = 0.0, top_p: float = 0.9, max_new_tokens: int = 32,
                   seed: int | None = 0) -> str:
     """The prompt (its last ``MAX_PROMPT_TOKENS`` tokens) followed by the model's continuation."""
-    from ..ops.dispatch import use_backend
-
     tokenizer, model = load()
     ids = _prompt_ids(tokenizer, prompt)
     if seed is not None:
         torch.manual_seed(seed)
-    with use_backend("reference" if model.device.type == "cpu" else "auto"), torch.no_grad():
+    with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=tokenizer.eos_token_id, **_generation_kwargs(temperature, top_p,
                                                                                        max_new_tokens))
@@ -62,13 +60,11 @@ def continue_text(prompt: str, temperature: float = 0.0, top_p: float = 0.9, max
 
 def routes(text: str, layer: int = 0) -> list[tuple[str, str]]:
     """Each token of ``text`` with the memories layer ``layer`` routed it to, best first (e.g. ``"m2 m0"``)."""
-    from ..ops.dispatch import use_backend
-
     tokenizer, model = load()
     if not 0 <= layer < model.config.num_hidden_layers:
         raise ValueError(f"layer must be in [0, {model.config.num_hidden_layers}); got {layer}")
     ids = _prompt_ids(tokenizer, text)
-    with use_backend("reference" if model.device.type == "cpu" else "auto"), torch.no_grad():
+    with torch.no_grad():
         hidden = model.model(ids, output_hidden_states=True, use_cache=False).hidden_states[layer]
         block = model.model.layers[layer]
         probs = block.attn.gate(block.attn_norm(hidden)).float().softmax(-1)
