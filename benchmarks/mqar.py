@@ -15,8 +15,12 @@ state per head and layer; MoM has 4 routed memories (top-2) plus a shared one, e
 setting (number of pairs D; the sequence is 4D - 1 tokens) trains both models from the same seed for the same
 number of steps on the same batches, then measures accuracy on 512 fresh sequences.
 
-    python benchmarks/mqar.py              # a few minutes on 2 CPU cores
-    python benchmarks/mqar.py --steps 600 --pairs 8 16 32
+    python benchmarks/mqar.py --threads 1           # the committed run
+    python benchmarks/mqar.py --steps 300 --pairs 4  # a quick look
+
+The committed run took 24 minutes on one thread of a busy shared 2-core machine (GLA 88-112 s per setting, MoM
+221-689 s: MoM trains 5 memory states per layer on the reference ops). At this budget both models are far from
+solving the task (chance is 1/32): read the table as "which model starts learning first", not as recall capacity.
 
 Writes benchmarks/results/mqar.json (+ mqar.png): cases ``mqar D<pairs> T<length>``, contenders ``hfzoo_gla``
 and ``hfzoo`` (MoM), metrics ``accuracy`` and ``loss`` (final held-out answer loss), plus ``s`` (training time).
