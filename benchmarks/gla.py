@@ -34,7 +34,7 @@ from benchmarks.common import Results  # noqa: E402
 from hfzoo.ops import gla_chunk  # noqa: E402
 from hfzoo.ops.gla import chunk_gla, fused_recurrent_gla  # noqa: E402
 
-COPY_TBPS = 4.27  # measured H200 device-to-device copy rate (DESIGN.md)
+COPY_TBPS = 4.27  # measured H200 device-to-device copy rate (ARCHITECTURE.md)
 if DRY:
     DEV, DT, TOKENS = "cpu", torch.float32, 128
     SHAPES, LENGTHS, DECODE = [(2, 16, 16), (1, 32, 64)], [64, 128], (2, 16, 32)

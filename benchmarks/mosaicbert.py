@@ -2,7 +2,7 @@
 
     PYTHONPATH=. HFZOO_BENCH_OUT=out python benchmarks/mosaicbert.py
 
-Workload (as in DESIGN.md): bf16 weights, batch 32 x 512 with lengths uniform in 64..512 (about 45%
+Workload (as in ARCHITECTURE.md): bf16 weights, batch 32 x 512 with lengths uniform in 64..512 (about 45%
 padding), 30% of the real tokens masked; one step = forward + loss + backward (no optimizer).
 Throughput counts real (non-padding) tokens. Then the attention alone: hfzoo's varlen ALiBi kernel vs
 SDPA over the padded batch with a materialized ALiBi + padding bias, and (last, because it compiles)

@@ -143,3 +143,28 @@ def test_kat_small_kernel_path_gpu_bf16_autocast():
     assert rel_err(results[0][0], results[1][0]) < 2e-2
     for name, g in results[0][1].items():
         assert rel_err(g, results[1][1][name]) < 5e-2, name
+
+
+def test_shipped_checkpoint_reproduces_its_recorded_test_accuracy():
+    """The tiny KAT (trained before the layers tier existed) with its saved processor still scores exactly what
+    its training run recorded on the same held-out digits."""
+    import json
+
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from hfzoo import checkpoint_path
+
+    folder = checkpoint_path("tiny-kat")
+    recorded = json.loads((folder / "training.json").read_text())
+    d = load_digits()
+    images = np.clip(np.round(d.images * 255.0 / 16.0), 0, 255).astype(np.uint8)   # as scripts/train_tiny_kat.py
+    _, x_te, _, y_te = train_test_split(images, d.target, test_size=0.2, random_state=recorded["seed"],
+                                        stratify=d.target)
+    processor = AutoImageProcessor.from_pretrained(folder)
+    model = AutoModelForImageClassification.from_pretrained(folder).eval()
+    with torch.no_grad():
+        logits = model(**processor(list(x_te), return_tensors="pt")).logits
+    accuracy = (logits.argmax(-1) == torch.as_tensor(y_te)).float().mean().item()
+    assert len(y_te) == recorded["test_size"]
+    assert accuracy == pytest.approx(recorded["test_accuracy"], abs=1.5 / len(y_te))   # within one image

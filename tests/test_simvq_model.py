@@ -145,19 +145,6 @@ def test_training_reduces_loss_and_gradients_reach_all_trainable_parameters():
     assert out.loss.item() < 0.7 * first
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
-    model = _model().train()
-    x = torch.rand(2, 3, 16, 16) * 2 - 1
-    model(pixel_values=x).loss.backward()
-    plain = [p.grad.clone() for p in model.parameters() if p.requires_grad]
-    model.zero_grad()
-    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
-    model(pixel_values=x).loss.backward()
-    ckpt = [p.grad for p in model.parameters() if p.requires_grad]
-    for a, b in zip(plain, ckpt):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-
-
 def test_auto_classes_and_save_load_roundtrip(tmp_path):
     model = _model().eval()
     model.save_pretrained(tmp_path)
@@ -212,3 +199,64 @@ def test_gpu_model_triton_path_matches_reference_path():
         with use_backend("reference"):
             ref = model(pixel_values=x)
     assert (out.indices == ref.indices).float().mean() > 0.99
+
+
+def test_bf16_model_takes_the_processors_fp32_pixels(tmp_path):
+    """A bf16 SimVQ gets fp32 pixel_values from its processor and casts them (no dtype mismatch error)."""
+    model = _model().eval()
+    model.save_pretrained(tmp_path)
+    low = SimVQModel.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    image = (np.random.default_rng(0).random((20, 24, 3)) * 255).astype(np.uint8)
+    pixels = SimVQImageProcessor(size=16)(image)["pixel_values"]
+    assert pixels.dtype == torch.float32
+    with torch.no_grad():
+        out = low(pixel_values=pixels, return_loss=True)
+        ref = model(pixel_values=pixels, return_loss=True)
+        tokens = low.encode(pixels)
+    assert out.reconstruction.dtype == torch.bfloat16 and out.quantized.dtype == torch.bfloat16
+    assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
+    assert tokens.shape == ref.indices.shape
+    assert (tokens == ref.indices).float().mean() > 0.8   # bf16 may pick a neighbouring code here and there
+
+
+def test_image_feature_extraction_pipeline_returns_the_quantized_features():
+    from PIL import Image
+    from transformers import pipeline
+
+    model = _model().eval()
+    processor = SimVQImageProcessor(size=16)
+    extractor = pipeline("image-feature-extraction", model=model, image_processor=processor, device="cpu")
+    image = Image.fromarray((np.random.default_rng(1).random((16, 16, 3)) * 255).astype(np.uint8))
+    features = extractor(image, return_tensors=True)
+    with torch.no_grad():
+        expected = model(**processor(image)).quantized
+    assert features.shape == expected.shape == (1, model.config.z_channels, 8, 8)
+    torch.testing.assert_close(features, expected)
+    with torch.no_grad():
+        assert model(**processor(image)).loss is None               # no loss in eval unless asked for
+        assert model(**processor(image), return_loss=True).loss.dim() == 0
+
+
+def test_shipped_checkpoint_reproduces_its_recorded_heldout_mse():
+    """The tiny SimVQ (trained before the layers tier existed) reconstructs its held-out photo with the mean
+    squared error its training run recorded (same crops as scripts/train_tiny_simvq.py)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    import hfzoo
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    try:
+        from simvq_data import EVAL_PHOTOS, grid_crops
+    finally:
+        sys.path.pop(0)
+    folder = hfzoo.checkpoint_path("tiny-simvq")
+    recorded = json.loads((folder / "training.json").read_text())
+    assert list(EVAL_PHOTOS) == recorded["eval_photos"]
+    held_out = grid_crops(EVAL_PHOTOS, 32, 16)
+    model = AutoModel.from_pretrained(folder).eval()
+    with torch.no_grad():
+        rec = torch.cat([model(pixel_values=held_out[i:i + 256]).reconstruction for i in range(0, len(held_out), 256)])
+    mse = F.mse_loss(rec.clamp(-1, 1), held_out).item()
+    assert mse == pytest.approx(recorded["held_out_mse"], abs=2e-5)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from ..layers.rotary import rope_inv_freq
+
 SOURCE = "fla-gla"
 DESCRIPTION = "flash-linear-attention GLA checkpoint folder (model_type 'gla') -> hfzoo GLA"
 
@@ -165,6 +167,4 @@ def convert(source, output, *, overwrite: bool = False, dtype: str = "keep", **o
 
 
 def _rotary_inv_freq(config, attention):
-    spec = config.attention_spec(attention.layer_idx)
-    d = attention.head_dim
-    return 1.0 / spec["rope_theta"] ** (torch.arange(0, d, 2, dtype=torch.float32) / d)
+    return rope_inv_freq(attention.head_dim, config.attention_spec(attention.layer_idx)["rope_theta"])

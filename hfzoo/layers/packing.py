@@ -117,4 +117,39 @@ class Packing:
         return out.view(self.batch, self.seqlen, *packed.shape[1:])
 
 
-__all__ = ["Packing"]
+# Keyword arguments that describe packed batches (``DataCollatorWithFlattening(return_flash_attn_kwargs=True)``,
+# ``return_seq_idx=True``); ``packed_documents`` consumes them so that they never vanish into ``**kwargs``.
+PACKING_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
+
+
+def packed_documents(batch: int, seqlen: int, *, cu_seqlens=None, position_ids=None, attention_mask=None,
+                     kwargs: dict | None = None) -> Packing | None:
+    """The documents of a packed batch, or None when the batch is not packed.
+
+    Sources, in order: ``cu_seqlens`` (also read from ``kwargs["cu_seq_lens_q"]``; ``cu_seq_lens_k`` must equal
+    it), then ``position_ids`` that restart inside a row. Packed batches carry no padding: a padding mask with
+    zeros and explicit ``cu_seqlens`` is an error, and restarting ``position_ids`` beside padding are read as
+    the padding-derived positions ``generate()`` makes, not as packing. The packing keywords are removed from
+    ``kwargs``.
+    """
+    kwargs = {} if kwargs is None else kwargs
+    alias, other = kwargs.pop("cu_seq_lens_q", None), kwargs.pop("cu_seq_lens_k", None)
+    for name in PACKING_KWARGS:
+        kwargs.pop(name, None)       # max lengths and document ids follow from cu_seqlens / position_ids
+    if alias is not None:
+        if cu_seqlens is not None and not torch.equal(alias.to(cu_seqlens.device), cu_seqlens):
+            raise ValueError("cu_seqlens and cu_seq_lens_q differ; pass one")
+        cu_seqlens = alias
+    if other is not None and (cu_seqlens is None or not torch.equal(other.to(cu_seqlens.device), cu_seqlens)):
+        raise ValueError("cu_seq_lens_k must equal cu_seq_lens_q (self-attention over the same documents)")
+    has_padding = attention_mask is not None and not bool(attention_mask.bool().all())
+    if cu_seqlens is not None:
+        if has_padding:
+            raise ValueError("packed documents (cu_seqlens) take no padding mask: every token is real")
+        return Packing.from_cu_seqlens(cu_seqlens, batch, seqlen)
+    if not has_padding and Packing.position_ids_are_packed(position_ids):
+        return Packing.from_position_ids(position_ids)
+    return None
+
+
+__all__ = ["PACKING_KWARGS", "Packing", "packed_documents"]

@@ -14,6 +14,10 @@ so its checkpoints load after a config conversion.
 Padding: left-padded tokens must not touch the recurrent state. Padded batches are packed into one varlen
 sequence (``cu_seqlens``) for the recurrence; the short convolution sees zeros at padded positions, exactly
 as at the start of a sequence.
+
+Packed documents (``DataCollatorWithFlattening``): ``cu_seqlens`` (or ``cu_seq_lens_q``) or ``position_ids``
+that restart at each document make every document start from a zero state, a fresh convolution window and,
+in softmax-attention layers, attend only within itself -- as if it ran alone.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from transformers.modeling_outputs import (
 from ...layers.losses import classification_loss
 from ...layers.mlp import SwiGLUMLP
 from ...layers.norms import GatedRMSNorm
-from ...layers.packing import Packing
+from ...layers.packing import PACKING_KWARGS, Packing, packed_documents
 from ...layers.pretrained_model import HfzooPreTrainedModel
 from ...layers.recurrent_cache import cache_of, output_with_cache, pick_cache
 from ...layers.rotary import apply_rotary, rope_inv_freq
@@ -45,10 +49,6 @@ from .configuration_gla import GLAConfig
 # Up to this many new tokens, the step-by-step kernel is used (decoding, short prompts); longer inputs use
 # the chunked kernel.
 RECURRENT_MAX_LEN = 64
-
-# Keyword arguments of packed batches (DataCollatorWithFlattening, flash-attention style) the heads hand on
-# to the model instead of letting them disappear into ``**kwargs``.
-PACKING_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
 
 # The norm of GLA checkpoints (a name kept for code that refers to it).
 GLARMSNorm = GatedRMSNorm
@@ -318,7 +318,12 @@ class GLAModel(GLAPreTrainedModel):
             raise ValueError(f"attention_mask must be a [batch, length] 0/1 padding mask; got shape "
                              f"{tuple(attention_mask.shape)}")
         B, T = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
-        packing = self._packing(cu_seqlens, position_ids, attention_mask, cache, B, T, kwargs)
+        packing = None
+        if cache is None:   # a cache continues sequences; generate()'s position_ids are not packing
+            packing = packed_documents(B, T, cu_seqlens=cu_seqlens, position_ids=position_ids,
+                                       attention_mask=attention_mask, kwargs=kwargs)
+        elif cu_seqlens is not None or kwargs.get("cu_seq_lens_q") is not None:
+            raise ValueError("packed documents (cu_seqlens) take no cache")
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if self.gradient_checkpointing and self.training:
             use_cache, cache = False, None     # a replayed forward would update the state twice
@@ -345,30 +350,6 @@ class GLAModel(GLAPreTrainedModel):
         if not return_dict:
             return tuple(x for x in (hidden_states, cache, all_hidden) if x is not None)
         return output_with_cache(BaseModelOutputWithPast, cache, last_hidden_state=hidden_states, hidden_states=all_hidden)
-
-
-    @staticmethod
-    def _packing(cu_seqlens, position_ids, attention_mask, cache, B, T, kwargs) -> Packing | None:
-        """The documents of a packed batch, from ``cu_seqlens`` or from ``position_ids`` restarts; None if not packed."""
-        alias = kwargs.pop("cu_seq_lens_q", None)
-        other = kwargs.pop("cu_seq_lens_k", None)
-        for name in ("max_length_q", "max_length_k", "seq_idx"):
-            kwargs.pop(name, None)   # derived from cu_seqlens / position_ids here
-        if alias is not None:
-            if cu_seqlens is not None and not torch.equal(alias, cu_seqlens):
-                raise ValueError("cu_seqlens and cu_seq_lens_q differ; pass one")
-            cu_seqlens = alias
-        if other is not None and (cu_seqlens is None or not torch.equal(other, cu_seqlens)):
-            raise ValueError("cu_seq_lens_k must equal cu_seq_lens_q (GLA is causal self-attention)")
-        has_padding = attention_mask is not None and not bool(attention_mask.bool().all())
-        if cu_seqlens is not None:
-            if cache is not None or has_padding:
-                raise ValueError("packed documents (cu_seqlens) take no cache and no padding mask")
-            return Packing.from_cu_seqlens(cu_seqlens, B, T)
-        # generate() derives position_ids from a padding mask; restarts only mean packing without padding/cache
-        if cache is None and not has_padding and Packing.position_ids_are_packed(position_ids):
-            return Packing.from_position_ids(position_ids)
-        return None
 
 
 class GLAForCausalLM(GLAPreTrainedModel, GenerationMixin):

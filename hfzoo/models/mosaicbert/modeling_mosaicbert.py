@@ -33,7 +33,7 @@ from transformers.modeling_outputs import (
 )
 
 from ...layers.losses import classification_loss, cross_entropy
-from ...layers.packing import Packing
+from ...layers.packing import Packing, packed_documents
 from ...layers.pretrained_model import HfzooPreTrainedModel
 from ...ops.varlen_alibi_attention import alibi_slopes, varlen_alibi_attention_qkvpacked
 from .configuration_mosaicbert import MosaicBertConfig
@@ -229,37 +229,51 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
                              f"{tuple(token_type_ids.shape)}")
         return shape
 
+    def find_packing(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
+                cu_seqlens=None, kwargs: dict | None = None) -> Packing | None:
+        """The documents of a packed batch (``cu_seqlens``/``cu_seq_lens_q``, or ``position_ids`` restarting
+        at each document, as ``DataCollatorWithFlattening`` makes them); None for an ordinary batch."""
+        ids = input_ids if input_ids is not None else inputs_embeds
+        if (input_ids is None) == (inputs_embeds is None) or ids.dim() < 2:
+            return None   # encode() reports the bad input
+        B, S = ids.shape[:2]
+        return packed_documents(B, S, cu_seqlens=cu_seqlens, position_ids=position_ids,
+                                attention_mask=attention_mask, kwargs=kwargs)
+
     def encode(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None,
-               subset_mask=None, output_hidden_states: bool = False) -> MosaicBertEncoderOutput:
+               subset_mask=None, output_hidden_states: bool = False,
+               packing: Packing | None = None) -> MosaicBertEncoderOutput:
         """Run the encoder on packed tokens and return packed states (the heads build on this).
 
         ``subset_mask`` (``[B, S]`` bool): the last layer computes its attention output and feed-forward
         only for these tokens (MLM training: the masked ones), and ``hidden`` holds only them.
-        A row with no real token (all padding) gets a zero pooled output.
+        A row with no real token (all padding) gets a zero pooled output. With ``packing`` (several documents
+        per row), attention stays inside each document and ``pooled`` has one row per document.
         """
         B, S = self._check_inputs(input_ids, inputs_embeds, attention_mask, token_type_ids)
         device = input_ids.device if input_ids is not None else inputs_embeds.device
-        if attention_mask is None:
-            attention_mask = torch.ones(B, S, dtype=torch.bool, device=device)
-        unpadded = Packing.from_mask(attention_mask)
+        if packing is not None:
+            unpadded = packing
+        else:
+            if attention_mask is None:
+                attention_mask = torch.ones(B, S, dtype=torch.bool, device=device)
+            unpadded = Packing.from_mask(attention_mask)
         limit = self.config.max_sequence_length
         if limit is not None and unpadded.max_seqlen > limit:
             raise ValueError(f"MosaicBertModel: a sequence has {unpadded.max_seqlen} tokens, more than "
                              f"config.max_sequence_length={limit}")
-        idx = unpadded.indices
         # Unpad once, before the embeddings: only real tokens are embedded and encoded.
         hidden = self.embeddings(
-            input_ids=input_ids.flatten().index_select(0, idx) if input_ids is not None else None,
-            token_type_ids=token_type_ids.flatten().index_select(0, idx) if token_type_ids is not None else None,
-            inputs_embeds=inputs_embeds.flatten(0, 1).index_select(0, idx) if inputs_embeds is not None else None)
+            input_ids=unpadded.pack(input_ids) if input_ids is not None else None,
+            token_type_ids=unpadded.pack(token_type_ids) if token_type_ids is not None else None,
+            inputs_embeds=unpadded.pack(inputs_embeds) if inputs_embeds is not None else None)
         subset_idx = None
         if subset_mask is not None and not output_hidden_states:
-            subset_idx = torch.nonzero(subset_mask.flatten().index_select(0, idx), as_tuple=False).flatten()
+            subset_idx = torch.nonzero(unpadded.pack(subset_mask), as_tuple=False).flatten()
         hidden, states = self.encoder(hidden, unpadded.cu_seqlens, unpadded.max_seqlen,
                                       self.alibi_slopes(hidden.device), subset_idx, output_hidden_states)
         if subset_mask is not None and subset_idx is None:  # hidden states were asked for: select afterwards
-            hidden = hidden.index_select(
-                0, torch.nonzero(subset_mask.flatten().index_select(0, idx), as_tuple=False).flatten())
+            hidden = hidden.index_select(0, torch.nonzero(unpadded.pack(subset_mask), as_tuple=False).flatten())
         pooled = None
         if self.pooler is not None and subset_mask is None:
             lengths = unpadded.cu_seqlens.diff()
@@ -267,7 +281,7 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
             if hidden.shape[0] > 0:
                 firsts = hidden.index_select(0, first)
             else:
-                firsts = hidden.new_zeros(B, hidden.shape[-1])
+                firsts = hidden.new_zeros(lengths.numel(), hidden.shape[-1])
             firsts = firsts * (lengths > 0).to(firsts.dtype)[:, None]
             pooled = self.pooler(firsts)
         padded_states = tuple(unpadded.unpack(s) for s in states) if states is not None else None
@@ -275,11 +289,13 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, output_hidden_states=None, output_attentions=None, return_dict=None,
-                **kwargs) -> BaseModelOutputWithPooling:
-        """Like ``BertModel.forward``. ``position_ids`` are ignored (ALiBi); attention weights are never
-        materialized, so ``attentions`` is always None. Padding positions of ``last_hidden_state`` are 0."""
+                cu_seqlens=None, **kwargs) -> BaseModelOutputWithPooling:
+        """Like ``BertModel.forward``. Positions come from ALiBi: ``position_ids`` matter only when they restart
+        (packed documents, as do ``cu_seqlens``); attention weights are never materialized, so ``attentions``
+        is always None. Padding positions of ``last_hidden_state`` are 0."""
+        packing = self.find_packing(input_ids, inputs_embeds, attention_mask, position_ids, cu_seqlens, kwargs)
         out = self.encode(input_ids, attention_mask, token_type_ids, inputs_embeds,
-                          output_hidden_states=bool(output_hidden_states))
+                          output_hidden_states=bool(output_hidden_states), packing=packing)
         result = BaseModelOutputWithPooling(last_hidden_state=out.unpadded.unpack(out.hidden),
                                             pooler_output=out.pooled, hidden_states=out.hidden_states)
         return result if return_dict is not False else result.to_tuple()
@@ -360,8 +376,9 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_hidden_states=None, output_attentions=None,
-                return_dict=None, return_full_logits: bool = False, num_items_in_batch=None,
+                return_dict=None, return_full_logits: bool = False, num_items_in_batch=None, cu_seqlens=None,
                 **kwargs) -> MosaicBertMaskedLMOutput:
+        packing = self.bert.find_packing(input_ids, inputs_embeds, attention_mask, position_ids, cu_seqlens, kwargs)
         masked = None
         if labels is not None:
             shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
@@ -372,7 +389,7 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
             if attention_mask is not None:
                 masked = masked & attention_mask.bool()
         out = self.bert.encode(input_ids, attention_mask, token_type_ids, inputs_embeds, subset_mask=masked,
-                               output_hidden_states=bool(output_hidden_states))
+                               output_hidden_states=bool(output_hidden_states), packing=packing)
         logits = self.cls(out.hidden)
         loss = positions = None
         if labels is not None:
@@ -408,7 +425,10 @@ class MosaicBertForSequenceClassification(MosaicBertPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_hidden_states=None, output_attentions=None,
-                return_dict=None, num_items_in_batch=None, **kwargs) -> SequenceClassifierOutput:
+                return_dict=None, num_items_in_batch=None, cu_seqlens=None, **kwargs) -> SequenceClassifierOutput:
+        if self.bert.find_packing(input_ids, inputs_embeds, attention_mask, position_ids, cu_seqlens, kwargs) is not None:
+            raise ValueError("MosaicBertForSequenceClassification classifies whole rows; pass one sequence per row "
+                             "(padding, not packed documents)")
         out = self.bert.encode(input_ids, attention_mask, token_type_ids, inputs_embeds,
                                output_hidden_states=bool(output_hidden_states))
         logits = self.classifier(self.dropout(out.pooled))
@@ -430,13 +450,14 @@ class MosaicBertForTokenClassification(MosaicBertPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
                 inputs_embeds=None, labels=None, output_hidden_states=None, output_attentions=None,
-                return_dict=None, num_items_in_batch=None, **kwargs) -> TokenClassifierOutput:
+                return_dict=None, num_items_in_batch=None, cu_seqlens=None, **kwargs) -> TokenClassifierOutput:
+        packing = self.bert.find_packing(input_ids, inputs_embeds, attention_mask, position_ids, cu_seqlens, kwargs)
         out = self.bert.encode(input_ids, attention_mask, token_type_ids, inputs_embeds,
-                               output_hidden_states=bool(output_hidden_states))
+                               output_hidden_states=bool(output_hidden_states), packing=packing)
         packed_logits = self.classifier(self.dropout(out.hidden))
         loss = None
         if labels is not None:
-            targets = labels.flatten().index_select(0, out.unpadded.indices)  # padding never counts
+            targets = out.unpadded.pack(labels)  # padding never counts
             loss = cross_entropy(packed_logits, targets, num_items_in_batch)
         result = TokenClassifierOutput(loss=loss, logits=out.unpadded.unpack(packed_logits),
                                        hidden_states=out.hidden_states)

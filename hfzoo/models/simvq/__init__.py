@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import torch
-
-from ...registry import Architecture
-from .configuration_simvq import SimVQConfig
-from .image_processing_simvq import SimVQImageProcessor
-from .modeling_simvq import SimVQModel, SimVQModelOutput, SimVQQuantizer, codebook_utilization
+from ...registry import Architecture, lazy_exports
 
 
-def _tiny_config() -> SimVQConfig:
+def _tiny_config():
+    from .configuration_simvq import SimVQConfig
+
     return SimVQConfig(ch=16, ch_mult=[1, 2], num_res_blocks=1, z_channels=16, codebook_size=64,
                        norm_num_groups=8, resolution=16)
 
 
-def _example_inputs(config: SimVQConfig) -> dict:
+def _example_inputs(config) -> dict:
+    import torch
+
     g = torch.Generator().manual_seed(0)
     side = 4 * config.downsample_factor
     shape = (2, config.in_channels) + (side,) * config.spatial_dims
@@ -26,16 +25,29 @@ def _example_inputs(config: SimVQConfig) -> dict:
 ARCHITECTURE = Architecture(
     name="simvq",
     title="SimVQ",
-    config_class=SimVQConfig,
-    auto_models={"AutoModel": SimVQModel},
+    package=__name__,
+    model_type="hfzoo_simvq",
+    config="configuration_simvq.SimVQConfig",
+    models={"AutoModel": "modeling_simvq.SimVQModel"},
     summary="VQ tokenizer whose codebook is a frozen random matrix through one learnable linear layer, "
             "so every code keeps being used",
     paper="https://arxiv.org/abs/2411.02038",
-    processors={"AutoImageProcessor": SimVQImageProcessor},
+    processor_classes={"AutoImageProcessor": "image_processing_simvq.SimVQImageProcessor"},
     tiny_config=_tiny_config,
     example_inputs=_example_inputs,
     checkpoint="tiny-simvq",
+    kernel_ops=("nearest_code",),
+    demo="simvq_demo",
+    converters=("simvq_ckpt",),
+    card_template="simvq.md",
+    pipeline_tag="image-feature-extraction",
 )
+
+__getattr__ = lazy_exports(__name__, {
+    "SimVQConfig": "configuration_simvq", "SimVQModel": "modeling_simvq", "SimVQModelOutput": "modeling_simvq",
+    "SimVQQuantizer": "modeling_simvq", "codebook_utilization": "modeling_simvq", "depth_to_space": "modeling_simvq",
+    "SimVQImageProcessor": "image_processing_simvq",
+})
 
 __all__ = ["ARCHITECTURE", "SimVQConfig", "SimVQModel", "SimVQModelOutput", "SimVQQuantizer",
            "SimVQImageProcessor", "codebook_utilization"]
