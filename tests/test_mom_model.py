@@ -178,13 +178,14 @@ def test_balance_loss_matches_its_definition_and_trains_the_router():
     mask[0, :3] = 0
     _, aux = layer(x, attention_mask=mask)
     ref = load_balancing_reference(layer, x, mask)
+    assert aux.shape == (2,)
     torch.testing.assert_close(aux, ref.to(aux.dtype), rtol=1e-5, atol=1e-6)
-    aux.backward()
+    aux.sum().backward()
     assert layer.gate.weight.grad.abs().sum() > 0
     # uniform routing gives M * sum_m (k / M) * (1 / M) = k
     r = route(torch.zeros(1, 8, 4), 2, torch.ones(1, 8, dtype=torch.bool))
     r.memories = torch.tensor([[0, 1], [2, 3]] * 4)[None]
-    torch.testing.assert_close(load_balancing_loss(r), torch.tensor(2.0))
+    torch.testing.assert_close(load_balancing_loss(r), torch.tensor([2.0]))
 
 
 # --- model: losses, outputs, padding, packing -----------------------------------------------------------------------
@@ -203,11 +204,18 @@ def test_forward_without_labels_tuple_outputs_and_training_loss_with_aux():
     torch.testing.assert_close(train_out.loss, eval_out.loss + train_out.aux_loss)
     loss_tuple = model(x, labels=x, return_dict=False)[0]
     torch.testing.assert_close(loss_tuple, train_out.loss)
-    # with num_items_in_batch the balance loss counts by this micro-batch's share of the labels
-    items = torch.tensor(4 * 6)
-    acc = model(x, labels=x, num_items_in_batch=items)
-    lm = model.loss_function(logits=acc.logits, labels=x, vocab_size=VOCAB, num_items_in_batch=items)
-    torch.testing.assert_close(acc.loss, lm + acc.aux_loss * 0.5)
+    # rows count by their labelled tokens; with num_items_in_batch, divided by it like the LM loss
+    labels = x.clone()
+    labels[0, :4] = -100                     # predicted tokens 1..6: row 0 has 3 counted labels, row 1 has 6
+    out = model(x, labels=labels)
+    lm = model.loss_function(logits=out.logits, labels=labels, vocab_size=VOCAB)
+    rows = out.aux_loss_per_row
+    torch.testing.assert_close(out.loss, lm + (3 * rows[0] + 6 * rows[1]) / 9)
+    items = torch.tensor(18)
+    acc = model(x, labels=labels, num_items_in_batch=items)
+    lm = model.loss_function(logits=acc.logits, labels=labels, vocab_size=VOCAB, num_items_in_batch=items)
+    torch.testing.assert_close(acc.loss, lm + (3 * rows[0] + 6 * rows[1]) / 18)
+    torch.testing.assert_close(out.aux_loss, rows.mean())    # no padding: every row has 7 tokens
 
 
 @pytest.mark.parametrize("side", ["left", "right"])

@@ -38,7 +38,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from ...layers.mlp import SwiGLUMLP
 from ...layers.norms import GatedRMSNorm
-from ...layers.packing import Packing
+from ...layers.packing import PACKING_KWARGS, Packing, packed_documents
 from ...layers.pretrained_model import HfzooPreTrainedModel
 from ...layers.recurrent_cache import RecurrentCache, cache_of, output_with_cache, pick_cache
 from ...ops.dispatch import resolve_backend
@@ -47,9 +47,6 @@ from .configuration_mom import MoMConfig
 
 # Up to this many new tokens (and without gradients) the step-by-step kernel runs; longer inputs the chunked one.
 RECURRENT_MAX_LEN = 64
-
-# Keyword arguments of packed batches (DataCollatorWithFlattening) the head hands on to the model.
-PACKING_KWARGS = ("cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx")
 
 
 class MoMCache(RecurrentCache):
@@ -151,15 +148,16 @@ def mix_outputs(o: torch.Tensor, batch: MemoryBatch, routing: Routing, shared: b
 
 
 def load_balancing_loss(routing: Routing) -> torch.Tensor:
-    """Switch-style balance over the real tokens: ``M * sum_m f_m * P_m`` with ``f_m`` the fraction of tokens
-    routed to memory m (``sum_m f_m = k``) and ``P_m`` its mean router probability (the gradient path)."""
+    """Switch-style balance of each batch row ``[B]``: ``M * sum_m f_m * P_m`` over the row's real tokens, with
+    ``f_m`` the fraction of them routed to memory m (``sum_m f_m = k``) and ``P_m`` their mean router probability
+    (the gradient path); 0 for a row without real tokens. Per row, so that the loss of a batch is a token-weighted
+    sum over rows: gradient accumulation over micro-batches then gives the big batch's loss exactly."""
     M = routing.probs.shape[-1]
-    keep = routing.keep.reshape(-1)
-    probs = routing.probs.reshape(-1, M)[keep]
-    if probs.shape[0] == 0:
-        return routing.probs.sum() * 0.0
-    chosen = F.one_hot(routing.memories.reshape(-1, routing.memories.shape[-1])[keep], M).amax(1).float()
-    return M * (chosen.mean(0) * probs.mean(0)).sum()
+    keep = routing.keep.float()                                                     # [B, T]
+    count = keep.sum(1).clamp_min(1.0)
+    chosen = F.one_hot(routing.memories, M).amax(2).float() * keep[..., None]       # [B, T, M]
+    probs = routing.probs * keep[..., None]
+    return M * ((chosen.sum(1) / count[:, None]) * (probs.sum(1) / count[:, None])).sum(-1)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -355,14 +353,17 @@ class MoMBlock(GradientCheckpointingLayer):
 
 @dataclass
 class MoMModelOutputWithPast(BaseModelOutputWithPast):
-    """``aux_loss``: the load-balancing loss (mean over layers, times ``aux_loss_scale``)."""
+    """``aux_loss``: the load-balancing loss (per row: mean over layers times ``aux_loss_scale``; rows weighted by
+    their real tokens); ``aux_loss_per_row`` ``[B]``: the rows' values."""
     aux_loss: torch.FloatTensor | None = None
+    aux_loss_per_row: torch.FloatTensor | None = None
 
 
 @dataclass
 class MoMCausalLMOutputWithPast(CausalLMOutputWithPast):
-    """``loss`` includes ``aux_loss`` in training; ``aux_loss`` is always returned."""
+    """``loss`` includes the balance loss in training; ``aux_loss`` (and ``aux_loss_per_row``) always returned."""
     aux_loss: torch.FloatTensor | None = None
+    aux_loss_per_row: torch.FloatTensor | None = None
 
 
 class MoMPreTrainedModel(HfzooPreTrainedModel):
@@ -415,7 +416,12 @@ class MoMModel(MoMPreTrainedModel):
             raise ValueError(f"attention_mask must be a [batch, length] 0/1 padding mask; got shape "
                              f"{tuple(attention_mask.shape)}")
         B, T = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
-        packing = _packing(cu_seqlens, position_ids, attention_mask, cache, B, T, kwargs)
+        packing = None
+        if cache is None:   # a cache continues sequences; generate()'s position_ids are not packing
+            packing = packed_documents(B, T, cu_seqlens=cu_seqlens, position_ids=position_ids,
+                                       attention_mask=attention_mask, kwargs=kwargs)
+        elif cu_seqlens is not None or kwargs.get("cu_seq_lens_q") is not None:
+            raise ValueError("packed documents (cu_seqlens) take no cache")
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if (self.gradient_checkpointing and self.training) or packing is not None:
             use_cache, cache = False, None     # a replayed forward would update states twice; packed docs end here
@@ -437,35 +443,17 @@ class MoMModel(MoMPreTrainedModel):
             all_hidden += (hidden_states,)
         if cache is not None:
             cache.advance(T)
-        aux_loss = torch.stack(aux).mean() * self.config.aux_loss_scale if aux else None
+        aux_rows = aux_loss = None
+        if aux:
+            aux_rows = torch.stack(aux).mean(0) * self.config.aux_loss_scale                  # [B]
+            tokens = (attention_mask[:, -T:].float() if attention_mask is not None and packing is None
+                      else torch.ones(B, T, device=aux_rows.device)).sum(1)
+            aux_loss = (aux_rows * tokens).sum() / tokens.sum().clamp_min(1.0)
 
         if not return_dict:
-            return tuple(x for x in (hidden_states, cache, all_hidden, aux_loss) if x is not None)
+            return tuple(x for x in (hidden_states, cache, all_hidden, aux_loss, aux_rows) if x is not None)
         return output_with_cache(MoMModelOutputWithPast, cache, last_hidden_state=hidden_states,
-                                 hidden_states=all_hidden, aux_loss=aux_loss)
-
-
-def _packing(cu_seqlens, position_ids, attention_mask, cache, B, T, kwargs) -> Packing | None:
-    """The documents of a packed batch, from ``cu_seqlens`` (or ``cu_seq_lens_q``) or from ``position_ids``
-    restarts; None when the batch is not packed."""
-    alias, other = kwargs.pop("cu_seq_lens_q", None), kwargs.pop("cu_seq_lens_k", None)
-    for name in ("max_length_q", "max_length_k", "seq_idx"):
-        kwargs.pop(name, None)      # derived from the offsets here
-    if alias is not None:
-        if cu_seqlens is not None and not torch.equal(alias, cu_seqlens):
-            raise ValueError("cu_seqlens and cu_seq_lens_q differ; pass one")
-        cu_seqlens = alias
-    if other is not None and (cu_seqlens is None or not torch.equal(other, cu_seqlens)):
-        raise ValueError("cu_seq_lens_k must equal cu_seq_lens_q (MoM is causal self-attention)")
-    has_padding = attention_mask is not None and not bool(attention_mask.bool().all())
-    if cu_seqlens is not None:
-        if cache is not None or has_padding:
-            raise ValueError("packed documents (cu_seqlens) take no cache and no padding mask")
-        return Packing.from_cu_seqlens(cu_seqlens, B, T)
-    # generate() derives position_ids from the padding mask; restarts mean packing only without padding/cache
-    if cache is None and not has_padding and Packing.position_ids_are_packed(position_ids):
-        return Packing.from_position_ids(position_ids)
-    return None
+                                 hidden_states=all_hidden, aux_loss=aux_loss, aux_loss_per_row=aux_rows)
 
 
 class MoMForCausalLM(MoMPreTrainedModel, GenerationMixin):
@@ -498,9 +486,9 @@ class MoMForCausalLM(MoMPreTrainedModel, GenerationMixin):
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_hidden_states=None, return_dict=None,
                 logits_to_keep: int | torch.Tensor = 0, cache=None, cu_seqlens=None, **kwargs):
-        """In training (``model.train()``) with ``labels`` the loss is the LM loss plus ``aux_loss``; with
-        ``num_items_in_batch`` (gradient accumulation) the balance loss is weighted by this micro-batch's share
-        of the counted labels, so the accumulated total carries it once."""
+        """In training (``model.train()``) with ``labels`` the loss is the LM loss plus the balance loss, its rows
+        weighted by their counted labels and divided like the LM loss (by ``num_items_in_batch`` when the Trainer
+        passes it, else by this batch's counted labels): accumulated micro-batches give the big batch's loss."""
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
         packing_kwargs = {k: kwargs.pop(k) for k in PACKING_KWARGS if k in kwargs}
         outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -514,19 +502,20 @@ class MoMForCausalLM(MoMPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-            if self.training and aux_loss is not None:
-                share = 1.0
+            if self.training and outputs.aux_loss_per_row is not None:
+                rows = outputs.aux_loss_per_row
+                counted = (labels[..., 1:] != -100).sum(-1).to(rows.device, rows.dtype)       # [B]
                 items = kwargs.get("num_items_in_batch")
-                if items is not None:
-                    counted = (labels[..., 1:] != -100).sum()
-                    share = counted.to(aux_loss.device) / torch.as_tensor(items, device=aux_loss.device)
-                loss = loss + aux_loss * share
+                total = counted.sum().clamp_min(1.0) if items is None else torch.as_tensor(items, device=rows.device)
+                loss = loss + (rows * counted).sum() / total
         cache = cache_of(outputs)
         if not return_dict:
-            out = tuple(x for x in (logits, cache, outputs.hidden_states, aux_loss) if x is not None)
+            out = tuple(x for x in (logits, cache, outputs.hidden_states, aux_loss, outputs.aux_loss_per_row)
+                        if x is not None)
             return (loss, *out) if loss is not None else out
         return output_with_cache(MoMCausalLMOutputWithPast, cache, loss=loss, logits=logits,
-                                 hidden_states=outputs.hidden_states, aux_loss=aux_loss)
+                                 hidden_states=outputs.hidden_states, aux_loss=aux_loss,
+                                 aux_loss_per_row=outputs.aux_loss_per_row)
 
 
 __all__ = ["MoMCache", "MoMForCausalLM", "MoMModel", "MoMPreTrainedModel", "MixtureOfMemories",

@@ -67,15 +67,19 @@ def mom_layer_reference(layer, hidden_states: torch.Tensor, attention_mask: torc
 
 
 def load_balancing_reference(layer, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None):
-    """``M * sum_m f_m P_m`` over the real tokens, written out with loops (fractions and mean probabilities)."""
+    """Per batch row, ``M * sum_m f_m P_m`` over its real tokens, written out with loops (fractions of tokens
+    routed to each memory and mean router probabilities); ``[B]``."""
     M = layer.num_memories
-    tokens = [hidden_states[b, t] for b in range(hidden_states.shape[0]) for t in range(hidden_states.shape[1])
-              if attention_mask is None or bool(attention_mask[b, t])]
-    counts, prob_sum = [0.0] * M, torch.zeros(M)
-    for x in tokens:
-        probs = torch.softmax(layer.gate.weight.float() @ x.float(), -1)
-        prob_sum = prob_sum + probs
-        for m in probs.topk(layer.topk).indices.tolist():
-            counts[m] += 1
-    n = len(tokens)
-    return M * sum(counts[m] / n * prob_sum[m] / n for m in range(M))
+    out = []
+    for b in range(hidden_states.shape[0]):
+        tokens = [hidden_states[b, t] for t in range(hidden_states.shape[1])
+                  if attention_mask is None or bool(attention_mask[b, t])]
+        counts, prob_sum = [0.0] * M, torch.zeros(M)
+        for x in tokens:
+            probs = torch.softmax(layer.gate.weight.float() @ x.float(), -1)
+            prob_sum = prob_sum + probs
+            for m in probs.topk(layer.topk).indices.tolist():
+                counts[m] += 1
+        n = max(len(tokens), 1)
+        out.append(M * sum(counts[m] / n * prob_sum[m] / n for m in range(M)))
+    return torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in out])
