@@ -5,9 +5,11 @@ Run on the GPU machine (fla's pure-Python wheels carried, see benchmarks/NOTES.m
 ``--dry-run`` runs the whole script on the CPU at toy sizes (fp32, Triton interpreter) to check its logic;
 its rows go to a temporary folder, never to results/.
 
-Cases (bf16, 32k tokens per batch): ``fwd``/``fwdbwd B.. T.. H.. K.. V.. bf16`` for T = 2048/8192/16384 and
-(H, K, V) = (16, 128, 128), (4, 256, 512); ``decode B.. H4 K256 V512`` (one token with a state); a cold
-start row (first call, compilation included). Rows with metric ``x_fla`` are hfzoo time / fla time,
+Cases (bf16, 32k tokens per batch): ``fwd``/``fwdbwd B.. T.. H.. K.. V.. bf16 gate=<regime>`` for T =
+2048/8192/16384, (H, K, V) = (16, 128, 128), (4, 256, 512) and three gate regimes (``GATES``): fla's layer
+default ``logsigmoid/16``, the strong ``logsigmoid`` (no normaliser) and a per-channel ``mixed`` one;
+``decode B.. H4 K256 V512`` (one token with a state); cold start rows (first call, compilation included, and
+the first call at a new length). Rows with metric ``x_fla`` are hfzoo time / fla time,
 ``x_floor`` the forward's time over its memory floor (bytes of q, k, v, g, o at 4.27 TB/s).
 """
 
@@ -31,8 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
 from benchmarks.common import Results  # noqa: E402
-from hfzoo.ops import gla_chunk  # noqa: E402
 from hfzoo.ops.gla import chunk_gla, fused_recurrent_gla  # noqa: E402
+from hfzoo.ops.launch import tuning  # noqa: E402
 
 COPY_TBPS = 4.27  # measured H200 device-to-device copy rate (ARCHITECTURE.md)
 if DRY:
@@ -70,12 +72,28 @@ def _fla():
         return None, None
 
 
-def _inputs(B, T, H, K, V, dt=DT, grad=True):
+def _mixed(x):
+    # per key channel a normaliser between 1 and 16 (log-spaced, channels shuffled): fast- and slow-forgetting
+    # channels side by side, as in trained models
+    K = x.shape[-1]
+    tau = 16.0 ** torch.linspace(0, 1, K)[torch.randperm(K, generator=torch.Generator().manual_seed(0))]
+    return F.logsigmoid(x) / tau.to(x.device)
+
+
+# gate regimes: log decays from fla's layer (logsigmoid / 16), without its normaliser (per-token log decay to
+# about -10; ~-0.8 on average, so a 64-token chunk decays ~e^-50), and a per-channel mixture of the two
+GATES = {"logsigmoid/16": lambda x: F.logsigmoid(x) / 16, "logsigmoid": F.logsigmoid, "mixed": _mixed,
+         # stronger still (beyond the issue's regimes): ~-1.6 and ~-3.2 per token, every chunk past e^-80, so the
+         # sub-chunk matmuls run (x2: diagonal blocks by matmul too; x4: diagonal blocks elementwise)
+         "logsigmoid*2": lambda x: 2 * F.logsigmoid(x), "logsigmoid*4": lambda x: 4 * F.logsigmoid(x)}
+
+
+def _inputs(B, T, H, K, V, dt=DT, grad=True, gate="logsigmoid/16"):
     dev = DEV
     q = torch.randn(B, T, H, K, device=dev, dtype=dt, requires_grad=grad)
     k = torch.randn(B, T, H, K, device=dev, dtype=dt, requires_grad=grad)
     v = torch.randn(B, T, H, V, device=dev, dtype=dt, requires_grad=grad)
-    g = (F.logsigmoid(torch.randn(B, T, H, K, device=dev)) / 16).requires_grad_(grad)
+    g = GATES[gate](torch.randn(B, T, H, K, device=dev)).requires_grad_(grad)
     return q, k, v, g
 
 
@@ -110,20 +128,23 @@ def _tag(H, K, V, T):
 
 
 def cold_start(res, name, fn):
-    # the first call in this process: compilation (and autotuning, for fla) of the forward and backward
-    T, (H, K, V) = 32 * TOKENS // 256, SHAPES[0]
-    q, k, v, g = _inputs(1, T, H, K, V)
-    do = torch.randn_like(v)
-    res.add(f"coldstart fwdbwd T{T} H{H} K{K} V{V}", name, "s",
-            first_call_s(lambda: fn(q, k, v, g)[0].backward(do)))
+    # the first call in this process: compilation (and autotuning, for fla) of the forward and backward; then the
+    # first call at a new length (what a user meets at every new sequence length)
+    (H, K, V) = SHAPES[0]
+    for T in (32 * TOKENS // 256, 32 * TOKENS // 256 + 1000):
+        q, k, v, g = _inputs(1, T, H, K, V, gate="logsigmoid")
+        do = torch.randn_like(v)
+        res.add(f"coldstart fwdbwd T{T} H{H} K{K} V{V}", name, "s",
+                first_call_s(lambda: fn(q, k, v, g)[0].backward(do)))
 
 
-def chunk_cases(res, name, fn, lengths, shapes, sdpa=False):
+def chunk_cases(res, name, fn, lengths, shapes, gates, sdpa=False):
     times = {}
     for H, K, V in shapes:
-        for T in lengths:
+        for T, gate in ((T, gate) for T in lengths for gate in gates):
             B, tag = _tag(H, K, V, T)
-            q, k, v, g = _inputs(B, T, H, K, V)
+            tag = f"{tag} gate={gate}"
+            q, k, v, g = _inputs(B, T, H, K, V, gate=gate)
             do = torch.randn_like(v)
             times[tag] = _time_pair(res, f"fwd {tag}", f"fwdbwd {tag}", name, fn, q, k, v, g, do)
             if name == "hfzoo":
@@ -133,7 +154,7 @@ def chunk_cases(res, name, fn, lengths, shapes, sdpa=False):
                     res.add(f"fwd {tag}", "hfzoo", "x_floor", times[tag][0] / floor)
             res.add(f"fwdbwd {tag}", name, "peak_gb", peak_gb(lambda: fn(q, k, v, g)[0].backward(do)))
             q = k = v = g = do = None
-            if sdpa and (H, K, V) == SHAPES[0]:
+            if sdpa and (H, K, V) == SHAPES[0] and gate == gates[0]:  # no gates: once per length
                 # flash attention at the same tokens and width: 16 heads x 128
                 qs, ks, vs = (torch.randn(B, 16, T, 128, device=DEV, dtype=DT,
                                           requires_grad=True) for _ in range(3))
@@ -170,13 +191,13 @@ def decode_cases(res, name, fn):
     return times
 
 
-def accuracy(res, name, fn):
+def accuracy(res, name, fn, gate):
     # relative RMS error of the output and every gradient against the chunked reference in fp64
     from hfzoo.ops.gla import chunk_gla_torch
 
     B, T, (H, K, V) = 2, 1024 if not DRY else 100, SHAPES[0]
     torch.manual_seed(0)
-    q, k, v, g = _inputs(B, T, H, K, V)
+    q, k, v, g = _inputs(B, T, H, K, V, gate=gate)
     do = torch.randn_like(v)
     outs = []
     for f, ins in ((fn, (q, k, v, g)), (chunk_gla_torch, [t.detach().double().requires_grad_() for t in (q, k, v, g)])):
@@ -185,51 +206,49 @@ def accuracy(res, name, fn):
         outs.append([o, *grads])
     for what, a, b in zip(["o", "dq", "dk", "dv", "dg"], *outs):
         err = ((a.double() - b).norm() / b.norm()).item()
-        res.add(f"accuracy vs fp64 B{B} T{T} H{H} K{K} V{V} {what}", name, "rel_err", err)
+        res.add(f"accuracy vs fp64 B{B} T{T} H{H} K{K} V{V} gate={gate} {what}", name, "rel_err", err)
 
 
 # Launch settings tried by --sweep, by group (one kernel or a pair each); "default" is the library's setting.
-# Device run 4 tried prep 8 warps, scans 8 warps (BV 64/128), o BV=64/4 warps, the A kernel with 8 warps,
-# dv BV=64/4 warps, dqk 8 warps / BV=128 / the dA kernel (results/gla_sweep.json, NOTES.md).
+# Device runs 4 and 6 tried prep 8 warps / BK 32 / 2 warps, scans 8 warps (BV 64/128) and 2 stages, o BV=64 /
+# 4 warps / 1 stage / BK 128, the A kernel with 8 warps, dv BV=64/4 warps, dqk 8 warps / BV=128 / 1 stage
+# (results/gla_sweep.json, NOTES.md). Timed at both ordinary and strong gates (the sub-chunk forms).
 SWEEP = {
-    "prep": {"prep_bk32": {"prep": {"BK": 32}}, "prep_w2": {"prep": {"num_warps": 2}}},
-    "o": {"o_splitA": {"o": {"SPLIT_A": True}}, "o_s1": {"o": {"num_stages": 1}},
-          "o_splitA_s1": {"o": {"SPLIT_A": True, "num_stages": 1}}, "o_bk128": {"o": {"BK": 128}}},
-    "scan": {"scan_s2": {"h": {"num_stages": 2}, "dh": {"num_stages": 2}}},
-    "dqk": {"dqk_s1": {"dqk": {"num_stages": 1}}, "dqk_w8_s1": {"dqk": {"num_warps": 8, "num_stages": 1}}},
+    "A": {"A_w8": {"gla.fwd_A": {"num_warps": 8}}, "A_bk32": {"gla.fwd_A": {"BK": 32}}},
+    "o": {"o_bk128": {"gla.fwd_o": {"BK": 128}}},
+    "dqk": {"dqk_w8": {"gla.bwd_dqk": {"num_warps": 8}}, "dqk_bk32": {"gla.bwd_dqk": {"BK": 32}}},
 }
+SWEEP_GATES = ("logsigmoid/16", "logsigmoid")
 
 
 def sweep(res):
-    """Time each launch variant (fwd+bwd, T=8192, both shapes); keep, per group, the one with the least total
-    time if it beats the default by more than 2%; write the kept settings to gla_tune.json (HFZOO_GLA_TUNE)."""
+    """Time each launch variant (fwd+bwd, T=8192, both shapes, SWEEP_GATES); keep, per group, the one with the least total
+    time if it beats the default by more than 2%; write the kept settings to gla_tune.json (the HFZOO_TUNE format)."""
     import json
 
     T = LENGTHS[1]
     totals = {}
-    for H, K, V in SHAPES:
+    for H, K, V, gate in ((*shape, gate) for shape in SHAPES for gate in SWEEP_GATES):
         B = TOKENS // T
-        q, k, v, g = _inputs(B, T, H, K, V)
+        q, k, v, g = _inputs(B, T, H, K, V, gate=gate)
         do = torch.randn_like(v)
         todo = [("default", "default", {})] + [(grp, name, tune) for grp, variants in SWEEP.items()
                                                for name, tune in variants.items()]
         for grp, name, tune in todo:
-            gla_chunk.TUNE.clear()
-            gla_chunk.TUNE.update({key: dict(val) for key, val in tune.items()})
             try:
-                t = bench_ms(lambda: chunk_gla(q, k, v, g)[0].backward(do))
-                with torch.no_grad():
-                    t_f = bench_ms(lambda: chunk_gla(q, k, v, g)[0])
+                with tuning(tune):
+                    t = bench_ms(lambda: chunk_gla(q, k, v, g)[0].backward(do))
+                    with torch.no_grad():
+                        t_f = bench_ms(lambda: chunk_gla(q, k, v, g)[0])
             except Exception as e:
                 print(f"variant {name} failed: {repr(e)[:300]}")
                 t = float("inf")
             else:
-                res.add(f"sweep fwdbwd B{B} T{T} H{H} K{K} V{V} bf16", f"hfzoo_{name}", "ms", t)
-                res.add(f"sweep fwd B{B} T{T} H{H} K{K} V{V} bf16", f"hfzoo_{name}", "ms", t_f)
+                res.add(f"sweep fwdbwd B{B} T{T} H{H} K{K} V{V} bf16 gate={gate}", f"hfzoo_{name}", "ms", t)
+                res.add(f"sweep fwd B{B} T{T} H{H} K{K} V{V} bf16 gate={gate}", f"hfzoo_{name}", "ms", t_f)
             totals.setdefault((grp, name), []).append((t, tune))
         q = k = v = g = do = None
         _save(res)
-    gla_chunk.TUNE.clear()
     base = sum(t for t, _ in totals[("default", "default")])
     chosen = {}
     for grp in SWEEP:
@@ -241,21 +260,19 @@ def sweep(res):
                 chosen.setdefault(key, {}).update(val)
     if chosen:  # the groups were timed one at a time: check the combination against the default
         combo = default = 0.0
-        for H, K, V in SHAPES:
+        for H, K, V, gate in ((*shape, gate) for shape in SHAPES for gate in SWEEP_GATES):
             B = TOKENS // T
-            q, k, v, g = _inputs(B, T, H, K, V)
+            q, k, v, g = _inputs(B, T, H, K, V, gate=gate)
             do = torch.randn_like(v)
             for name, tune in (("combined", chosen), ("default", {})):
-                gla_chunk.TUNE.clear()
-                gla_chunk.TUNE.update({key: dict(val) for key, val in tune.items()})
-                t = bench_ms(lambda: chunk_gla(q, k, v, g)[0].backward(do))
-                res.add(f"sweep fwdbwd B{B} T{T} H{H} K{K} V{V} bf16", f"hfzoo_{name}", "ms", t)
+                with tuning(tune):
+                    t = bench_ms(lambda: chunk_gla(q, k, v, g)[0].backward(do))
+                res.add(f"sweep fwdbwd B{B} T{T} H{H} K{K} V{V} bf16 gate={gate}", f"hfzoo_{name}", "ms", t)
                 if name == "combined":
                     combo += t
                 else:
                     default += t
             q = k = v = g = do = None
-        gla_chunk.TUNE.clear()
         print(f"sweep: combined {combo:.3f} ms vs default {default:.3f} ms")
         if combo >= default:
             chosen = {}
@@ -274,35 +291,42 @@ def main():
     ap.add_argument("--sweep", action="store_true", help="also time a few launch configurations")
     ap.add_argument("--sweep-only", action="store_true", help="only the sweep (rows in gla_sweep.json)")
     ap.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU (interpreter), rows not kept")
+    ap.add_argument("--gates", default=",".join(GATES), help="comma-separated gate regimes (GATES)")
+    ap.add_argument("--lengths", default=None, help="comma-separated T (default 2048,8192,16384; --quick: 8192)")
     args = ap.parse_args()
     lengths = LENGTHS[1:2] if args.quick else LENGTHS
+    if args.lengths and not DRY:
+        lengths = [int(t) for t in args.lengths.split(",")]
+    gates = args.gates.split(",")
     if args.sweep_only:
         res = Results("gla_dryrun" if DRY else "gla_sweep")
         sweep(res)
         print("saved", _save(res))
         return
     res = Results("gla_dryrun" if DRY else "gla")
-    if gla_chunk.TUNE:
-        print("launch settings from HFZOO_GLA_TUNE:", gla_chunk.TUNE)
+    if os.environ.get("HFZOO_TUNE"):
+        print("launch settings from HFZOO_TUNE:", os.environ["HFZOO_TUNE"])
     # hfzoo first, so its rows survive a timeout during fla's autotuning
     cold_start(res, "hfzoo", chunk_gla)
-    ours = chunk_cases(res, "hfzoo", chunk_gla, lengths, SHAPES, sdpa=True)
+    ours = chunk_cases(res, "hfzoo", chunk_gla, lengths, SHAPES, gates, sdpa=True)
     ours_dec = decode_cases(res, "hfzoo", lambda q, k, v, g, s: fused_recurrent_gla(
         q, k, v, g, initial_state=s, output_final_state=True))
-    accuracy(res, "hfzoo", chunk_gla)
+    for gate in gates:
+        accuracy(res, "hfzoo", chunk_gla, gate)
     _save(res)
     if args.sweep:  # before fla, whose first call autotunes for minutes
         sweep(res)
     fla_chunk, fla_recurrent = (None, None) if (args.no_fla or DRY) else _fla()
     if fla_chunk is not None:
         cold_start(res, "fla", fla_chunk)
-        theirs = chunk_cases(res, "fla", fla_chunk, lengths, SHAPES)
+        theirs = chunk_cases(res, "fla", fla_chunk, lengths, SHAPES, gates)
         ratios(res, ours, theirs)
         theirs_dec = decode_cases(res, "fla", lambda q, k, v, g, s: fla_recurrent(
             q, k, v, gk=g, initial_state=s, output_final_state=True))
         for case, t in ours_dec.items():
             res.add(case, "hfzoo", "x_fla", t / theirs_dec[case])
-        accuracy(res, "fla", fla_chunk)
+        for gate in gates:
+            accuracy(res, "fla", fla_chunk, gate)
         _save(res)
     print("saved", _save(res))
 

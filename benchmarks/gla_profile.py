@@ -1,10 +1,11 @@
 """Where a chunked-GLA forward+backward spends its time: GPU time per kernel (torch.profiler), per call.
 
-    PYTHONPATH=. HFZOO_BENCH_OUT=$OUT python benchmarks/gla_profile.py [hfzoo] [fla]
+    PYTHONPATH=. HFZOO_BENCH_OUT=$OUT python benchmarks/gla_profile.py [hfzoo] [fla] [--gate=logsigmoid] [--T=8192]
 
 For each contender and shape (bf16, 32k tokens, T = 8192 and 16384) it runs a few warm-up calls, then
 profiles ``ITERS`` forward+backward calls and prints each kernel's mean time per call, largest first.
-Rows go to ``gla_profile.json``: case ``kernels T.. H.. K.. V..``, contender ``<name>:<kernel>``, metric ``ms``.
+Gates as ``benchmarks/gla.py``'s ``GATES`` (default ``logsigmoid/16``).
+Rows go to ``gla_profile.json``: case ``kernels T.. H.. K.. V.. gate=..``, contender ``<name>:<kernel>``, metric ``ms``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import sys
 from collections import defaultdict
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -57,19 +57,24 @@ def kernel_times(fn, q, k, v, g, do):
 
 
 def main():
+    from benchmarks.gla import GATES
+
     names = [a for a in sys.argv[1:] if not a.startswith("-")] or ["hfzoo"]
+    opts = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--") and "=" in a)
+    gate = opts.get("gate", "logsigmoid/16")
+    lengths = [int(t) for t in opts["T"].split(",")] if "T" in opts else LENGTHS
     res = Results("gla_profile")
     for name in names:
         fn = _contender(name)
         for H, K, V in SHAPES:
-            for T in LENGTHS:
+            for T in lengths:
                 B = 32768 // T
                 q = torch.randn(B, T, H, K, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                 k = torch.randn(B, T, H, K, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                 v = torch.randn(B, T, H, V, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-                g = (F.logsigmoid(torch.randn(B, T, H, K, device="cuda")) / 16).requires_grad_()
+                g = GATES[gate](torch.randn(B, T, H, K, device="cuda")).requires_grad_()
                 do = torch.randn_like(v)
-                case = f"kernels T{T} H{H} K{K} V{V}"
+                case = f"kernels T{T} H{H} K{K} V{V} gate={gate}"
                 times = kernel_times(fn, q, k, v, g, do)
                 print(f"--- {name} {case}: total {sum(times.values()):.3f} ms")
                 for kern, ms in times.items():

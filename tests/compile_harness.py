@@ -128,23 +128,9 @@ def _gla_cases():
             chunk_gla_triton(q, k, v, g, None, h0, True, cu)
             _fused_recurrent_fwd(q, k, v, g, K ** -0.5, h0, True, cu)
 
-    def split(*a, **kw):  # the optional kernels: A and dA computed once per chunk and head
-        from hfzoo.ops import gla_chunk
-        from hfzoo.ops.launch import tuning
-
-        if hasattr(gla_chunk, "TUNE"):  # the module's own table (until it reads hfzoo.ops.launch)
-            gla_chunk.TUNE.update({"o": {"SPLIT_A": True}, "dqk": {"SPLIT_DA": True}})
-            try:
-                run(*a, **kw)
-            finally:
-                gla_chunk.TUNE.clear()
-        else:
-            with tuning({"gla.fwd_o": {"SPLIT_A": True}, "gla.bwd_dqk": {"SPLIT_DA": True}}):
-                run(*a, **kw)
-
     # the benchmark shapes in bf16, GQA, fp32 with odd dims, fp16 varlen
     return [lambda: run(1, 64, 2, 2, 128, 128, torch.bfloat16),
-            lambda: split(1, 64, 4, 2, 128, 128, torch.bfloat16),
+            lambda: run(1, 64, 4, 2, 128, 128, torch.bfloat16),
             lambda: run(1, 64, 1, 1, 256, 512, torch.bfloat16),
             lambda: run(1, 70, 2, 2, 80, 24, torch.float32),
             lambda: run(1, 100, 2, 1, 64, 128, torch.float16, cu=[0, 30, 100])]

@@ -49,23 +49,13 @@ def test_chunk_matches_definition(T):
     _check(q, k, v, g, h0)
 
 
-@pytest.mark.parametrize("dqk", [{}, {"INTRA_F32": True}, {"SPLIT_DA": True}])
-def test_chunk_without_states(dqk, monkeypatch):
-    from hfzoo.ops import gla_chunk
-
-    monkeypatch.setitem(gla_chunk.TUNE, "dqk", dqk)
+def test_chunk_without_states():
     q, k, v, g, _ = _inputs(1, 70, 2, 2, 16, 32, seed=1)
     _check(q, k, v, g, None, final=False)
 
 
-@pytest.mark.parametrize("split_A", [False, True])
-def test_chunk_varlen_gqa_with_states(split_A, monkeypatch):
-    # sequences of 10, 65 (crosses a chunk boundary) and 25 tokens; 4 query heads over 2 key/value heads;
-    # the intra-chunk scores (and dA) computed inside the output (dq/dk) kernel, or by their own kernels
-    from hfzoo.ops import gla_chunk
-
-    monkeypatch.setitem(gla_chunk.TUNE, "o", {"SPLIT_A": split_A})
-    monkeypatch.setitem(gla_chunk.TUNE, "dqk", {"SPLIT_DA": split_A})
+def test_chunk_varlen_gqa_with_states():
+    # sequences of 10, 65 (crosses a chunk boundary) and 25 tokens; 4 query heads over 2 key/value heads
     cu = torch.tensor([0, 10, 75, 100])
     q, k, v, g, h0 = _inputs(1, 100, 4, 2, 16, 16, N=3, seed=2)
     _check(q, k, v, g, h0, cu)
@@ -79,24 +69,37 @@ def test_chunk_long_varlen_dg():
     _check(q, k, v, g, None, cu, final=False)
 
 
-@pytest.mark.parametrize("split_A", [False, True])
-def test_chunk_strong_decay_takes_exact_path(split_A, monkeypatch):
-    # ~-8 per token: a chunk decays far beyond e^-40, so the elementwise intra-chunk path runs
-    from hfzoo.ops import gla_chunk
+def _spans(g, cu, size):
+    # largest log decay inside any `size`-token piece of a chunk (per key column), over the whole input
+    ends = cu.tolist() if cu is not None else [0, g.shape[1]]
+    worst = 0.0
+    for s, e in zip(ends[:-1], ends[1:]):
+        for c0 in range(s, e, 64):
+            for p0 in range(c0, min(c0 + 64, e), size):
+                worst = max(worst, -float(g[0, p0:min(p0 + size, c0 + 64, e)].sum(0).min()))
+    return worst
 
-    monkeypatch.setitem(gla_chunk.TUNE, "o", {"SPLIT_A": split_A})
-    monkeypatch.setitem(gla_chunk.TUNE, "dqk", {"SPLIT_DA": split_A})
-    q, k, v, g, h0 = _inputs(1, 130, 2, 1, 16, 16, decay=40.0, seed=3)
-    assert g[0, :64].sum(0).min() < -40
-    _check(q, k, v, g, h0)
+
+# The intra-chunk scores take one of four forms per chunk and key block (gla_chunk's docstring): a whole-chunk
+# matmul with the reference at the chunk's start (decay within e^-40) or halfway (within e^-80), 16-token
+# sub-chunk matmuls (each sub-chunk within e^-40), or sub-chunk matmuls off the diagonal with the diagonal
+# blocks elementwise. "mixed" puts ordinary and strong channels in one key block and in the two blocks of K = 80.
+@pytest.mark.parametrize("regime", ["halfway", "sub_chunks", "exact_diagonal", "mixed"])
+def test_chunk_strong_decay(regime):
+    cu = torch.tensor([0, 37, 150, 163])  # odd lengths, sequences ending mid-chunk and mid-sub-chunk
+    K = 80 if regime == "mixed" else 16
+    decay = {"halfway": 4.0, "sub_chunks": 8.0, "exact_diagonal": 40.0, "mixed": 1.0}[regime]
+    q, k, v, g, h0 = _inputs(1, 163, 4, 2, K, 16, N=3, decay=decay, seed=3)
+    if regime == "mixed":  # per-channel gate normalisers from 1/16 to 10 (log decays ~-0.05 to ~-8 per token)
+        g = g * torch.logspace(-1.2, 1.0, K)[torch.randperm(K, generator=torch.Generator().manual_seed(0))]
+    chunk, sub = _spans(g, cu, 64), _spans(g, cu, 16)
+    expect = {"halfway": 40 < chunk <= 80, "sub_chunks": chunk > 80 and sub <= 40}.get(regime, sub > 40)
+    assert expect, (chunk, sub)
+    _check(q, k, v, g, h0, cu)
 
 
-@pytest.mark.parametrize("split_A", [False, True])
-def test_chunk_inference_matches_training_forward(split_A, monkeypatch):
+def test_chunk_inference_matches_training_forward():
     # under no_grad the forward keeps no intra-chunk scores for a backward; outputs must not change
-    from hfzoo.ops import gla_chunk
-
-    monkeypatch.setitem(gla_chunk.TUNE, "o", {"SPLIT_A": split_A})
     q, k, v, g, h0 = _inputs(2, 70, 2, 2, 16, 32, seed=11)
     with torch.no_grad():
         o, ht = chunk_gla(q, k, v, g, initial_state=h0, output_final_state=True, backend="triton")
@@ -342,10 +345,23 @@ def test_gpu_chunk_gqa_varlen_k256_v512(dtype):
 
 @pytest.mark.gpu
 def test_gpu_chunk_strong_decay():
-    # the exact elementwise intra-chunk path with bf16 inputs; everything but dg measured <= 2.4e-3. With ~-8
-    # log decay per token the true gate gradient is tiny next to its terms, so dg gets a looser bound (its
-    # share from later chunks comes from the same bf16 state buffers as dk's, see gla_chunk._bwd_dqk_kernel)
+    # ~-8 log decay per token: sub-chunk matmuls with exact diagonal blocks, bf16 inputs (the former all-exact
+    # path measured <= 2.4e-3 on everything but dg). With such decay the true gate gradient is tiny next to its
+    # terms, so dg gets a looser bound (its share from later chunks comes from the same bf16 state buffers as dk's)
     _gpu_check(2, 300, 4, 4, 128, 64, torch.bfloat16, decay=40.0, tol=1e-2, dg_tol=8e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_gpu_chunk_logsigmoid_gates(dtype):
+    # gates logsigmoid(x) without a normaliser (~-0.8 per token, ~-50 per chunk): the halfway reference point
+    _gpu_check(2, 1000, 16, 16, 128, 128, dtype, decay=4.0)
+
+
+@pytest.mark.gpu
+def test_gpu_chunk_sub_chunk_gates():
+    # 2 * logsigmoid(x) (~-1.6 per token): chunks beyond e^-80, sub-chunks within e^-40 (diagonal blocks by matmul)
+    _gpu_check(2, 1000, 16, 16, 128, 128, torch.bfloat16, decay=8.0)
 
 
 @pytest.mark.gpu

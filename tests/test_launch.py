@@ -38,11 +38,11 @@ def test_settings_layers_in_order(monkeypatch):
     # shape defaults beat the table, the environment beats both, tuning() blocks beat the environment
     assert settings("gla.fwd_o", BV=64)["BV"] == 64
     monkeypatch.setenv("HFZOO_TUNE", json.dumps({"gla.fwd_o": {"BV": 32, "num_warps": 2}}))
-    assert settings("gla.fwd_o", BV=64) == {"SPLIT_A": True, "BV": 32, "num_warps": 2}
+    assert settings("gla.fwd_o", BV=64) == {"BV": 32, "num_warps": 2}
     with tuning({"gla.fwd_o": {"num_warps": 8}}):
-        with tuning({"gla.fwd_o": {"SPLIT_A": False}}):
-            assert settings("gla.fwd_o", BV=64) == {"SPLIT_A": False, "BV": 32, "num_warps": 8}
-        assert settings("gla.fwd_o")["SPLIT_A"] is True
+        with tuning({"gla.fwd_o": {"BK": 32}}):
+            assert settings("gla.fwd_o", BV=64) == {"BK": 32, "BV": 32, "num_warps": 8}
+        assert "BK" not in settings("gla.fwd_o")
     assert settings("gla.fwd_o")["num_warps"] == 2
 
 

@@ -10,13 +10,11 @@ non-parameters (rotary ``inv_freq``), checks every key and shape, and keeps the 
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-import torch
-
-from ..layers.rotary import rope_inv_freq
+from ..hub.progress import say
+from .checkpoint_io import load_files, read_json
 
 SOURCE = "fla-gla"
 DESCRIPTION = "flash-linear-attention GLA checkpoint folder (model_type 'gla') -> hfzoo GLA"
@@ -78,6 +76,8 @@ def rename_key(key: str, config) -> str | None:
 
 def convert_state_dict(state_dict: dict, config) -> dict:
     """Rename fla keys and check them against the hfzoo model; ValueError lists missing/unexpected/misshapen keys."""
+    import torch
+
     from ..models.gla.modeling_gla import GLAForCausalLM
 
     with torch.device("meta"):
@@ -108,27 +108,20 @@ def convert_state_dict(state_dict: dict, config) -> dict:
 
 def load_state_dict(folder: Path) -> dict:
     """All tensors of a checkpoint folder: (sharded) safetensors, else (sharded) pytorch_model.bin."""
-    from safetensors.torch import load_file
-
     safetensors = sorted(folder.glob("*.safetensors"))
     bins = sorted(p for p in folder.glob("*.bin") if p.name.startswith("pytorch_model"))
     if not safetensors and not bins:
         raise ValueError(f"no *.safetensors or pytorch_model*.bin weights in {folder}")
-    state = {}
-    for path in safetensors or bins:
-        part = load_file(str(path)) if path.suffix == ".safetensors" else torch.load(path, map_location="cpu",
-                                                                                    weights_only=True)
-        state.update(part)
-    return state
+    return load_files(safetensors or bins, f"{SOURCE}: reading weights")
 
 
-def convert(source, output, *, overwrite: bool = False, dtype: str = "keep", **options) -> Path:
+def convert(source, output, *, overwrite: bool = False, dtype: str = "keep") -> Path:
     """Convert the fla GLA checkpoint folder ``source`` into an hfzoo folder ``output`` (written atomically)."""
+    import torch
+
     from ..hub.atomic import atomic_directory
     from ..models.gla.modeling_gla import GLAForCausalLM
 
-    if options:
-        raise TypeError(f"unknown options for {SOURCE}: {sorted(options)}")
     folder = Path(source)
     if not folder.is_dir():
         raise ValueError(f"{source} is not a folder (download the fla checkpoint first, e.g. "
@@ -136,8 +129,11 @@ def convert(source, output, *, overwrite: bool = False, dtype: str = "keep", **o
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ValueError(f"no config.json in {folder}")
-    config = convert_config(json.loads(config_path.read_text()))
-    state = convert_state_dict(load_state_dict(folder), config)
+    say(f"{SOURCE}: reading {config_path}")
+    config = convert_config(read_json(config_path))
+    state = load_state_dict(folder)
+    say(f"{SOURCE}: checking {len(state)} tensors against an hfzoo GLA of this config")
+    state = convert_state_dict(state, config)
     if dtype != "keep":
         target = getattr(torch, dtype)
         state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
@@ -158,6 +154,7 @@ def convert(source, output, *, overwrite: bool = False, dtype: str = "keep", **o
         if name in buffers:
             module = model.get_submodule(name.rsplit(".", 1)[0])
             module.inv_freq = _rotary_inv_freq(config, module)
+    say(f"{SOURCE}: writing {output}")
     with atomic_directory(output, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         for name in _TOKENIZER_FILES:
@@ -167,4 +164,6 @@ def convert(source, output, *, overwrite: bool = False, dtype: str = "keep", **o
 
 
 def _rotary_inv_freq(config, attention):
+    from ..layers.rotary import rope_inv_freq
+
     return rope_inv_freq(attention.head_dim, config.attention_spec(attention.layer_idx)["rope_theta"])

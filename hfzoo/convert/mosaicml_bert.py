@@ -21,15 +21,19 @@ not ship: pass ``tokenizer=`` (a folder with tokenizer files) to put one beside 
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+    from ..models.mosaicbert.configuration_mosaicbert import MosaicBertConfig
+
 
 from ..hub.atomic import atomic_directory
-from ..models.mosaicbert.configuration_mosaicbert import MosaicBertConfig
-from ..models.mosaicbert.modeling_mosaicbert import MosaicBertForMaskedLM, MosaicBertForSequenceClassification
+from ..hub.progress import say
+from .checkpoint_io import load_files, load_torch, read_json
 
 SOURCE = "mosaicml-bert"
 DESCRIPTION = "MosaicML MosaicBERT (Hub folder with bert_layers.py weights, or a Composer .pt) -> hfzoo MosaicBERT"
@@ -48,33 +52,27 @@ def add_arguments(parser) -> None:
 
 
 def _load_torch(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickles with arbitrary objects are refused by weights_only
-        raise ValueError(f"{path}: could not be read with torch.load(weights_only=True) ({type(e).__name__}: {e}). "
-                         "Save only the tensors first, e.g. torch.save(ckpt['state']['model'], 'weights.pt').") from e
+    return load_torch(path)
 
 
 def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    for index_name, loader in (("model.safetensors.index.json", load_file), ("pytorch_model.bin.index.json", _load_torch)):
+    for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            state = {}
-            for shard in shards:
-                state.update(loader(folder / shard))
-            return state
-    if (folder / "model.safetensors").is_file():
-        return load_file(folder / "model.safetensors")
-    if (folder / "pytorch_model.bin").is_file():
-        return _load_torch(folder / "pytorch_model.bin")
+            weight_map = read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise ValueError(f"{index}: no 'weight_map' object")
+            return load_files([folder / s for s in sorted(set(weight_map.values()))], f"{SOURCE}: reading shards")
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return load_files([folder / name], f"{SOURCE}: reading weights")
     raise ValueError(f"{folder}: no model.safetensors, pytorch_model.bin or sharded index found")
 
 
 def _composer_state(obj, path: Path) -> tuple[dict, dict | None]:
     """Model tensors (``model.`` prefix removed) and, if stored, the Hugging Face config of a Composer file."""
+    import torch
+
     if not isinstance(obj, dict):
         raise ValueError(f"{path}: expected a dict of tensors or a Composer checkpoint, got {type(obj).__name__}")
     config = None
@@ -102,16 +100,17 @@ def read_source(source, config=None) -> tuple[dict[str, torch.Tensor], dict]:
     source = Path(source)
     cfg_dict = None
     if config is not None:
-        cfg_dict = json.loads(Path(config).read_text())
+        cfg_dict = read_json(config)
     if source.is_dir():
         state = _load_weights(source)
         if cfg_dict is None:
             if not (source / "config.json").is_file():
                 raise ValueError(f"{source}: no config.json (pass config=...)")
-            cfg_dict = json.loads((source / "config.json").read_text())
+            cfg_dict = read_json(source / "config.json")
         if state and all(k.startswith("model.") for k in state):
             state = {k[len("model."):]: v for k, v in state.items()}
     elif source.is_file():
+        say(f"{SOURCE}: reading the Composer checkpoint {source}")
         state, stored = _composer_state(_load_torch(source), source)
         cfg_dict = cfg_dict or stored
         if cfg_dict is None:
@@ -122,14 +121,23 @@ def read_source(source, config=None) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def to_config(cfg_dict: dict, num_labels: int | None = None) -> MosaicBertConfig:
+    from ..models.mosaicbert.configuration_mosaicbert import MosaicBertConfig
+
     fields = {k: v for k, v in cfg_dict.items() if k not in _DROPPED_CONFIG_KEYS}
     if num_labels is not None:
         fields["num_labels"] = num_labels
-    return MosaicBertConfig(**fields)
+    try:
+        return MosaicBertConfig(**fields)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the checkpoint's config does not make a MosaicBERT config: {e}") from e
 
 
 def convert_state_dict(state: dict[str, torch.Tensor], config: MosaicBertConfig):
     """Build the hfzoo model holding ``state``; ``ValueError`` lists unknown/missing keys or bad shapes."""
+    import torch
+
+    from ..models.mosaicbert.modeling_mosaicbert import MosaicBertForMaskedLM, MosaicBertForSequenceClassification
+
     state = {k: v for k, v in state.items() if k not in _IGNORED_BUFFERS}
     if "cls.predictions.bias" in state and "cls.predictions.decoder.bias" not in state:  # HF-BERT-style head
         state["cls.predictions.decoder.bias"] = state.pop("cls.predictions.bias")
@@ -166,13 +174,13 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: MosaicBertConfig)
     return model.eval()
 
 
-def convert(source, output, *, overwrite: bool = False, config=None, tokenizer=None, **options) -> Path:
+def convert(source, output, *, overwrite: bool = False, config=None, tokenizer=None) -> Path:
     """Convert a MosaicML MosaicBERT checkpoint (folder or Composer ``.pt``) into an hfzoo folder."""
-    if options:
-        raise ValueError(f"{SOURCE}: unknown options {sorted(options)}")
     state, cfg_dict = read_source(source, config)
     num_labels = state["classifier.weight"].shape[0] if "classifier.weight" in state else None
+    say(f"{SOURCE}: checking {len(state)} tensors against a MosaicBERT of the checkpoint's config")
     model = convert_state_dict(state, to_config(cfg_dict, num_labels))
+    say(f"{SOURCE}: writing {output} ({type(model).__name__})")
     tok_dir = Path(tokenizer) if tokenizer is not None else (Path(source) if Path(source).is_dir() else None)
     with atomic_directory(output, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)

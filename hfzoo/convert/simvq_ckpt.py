@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    from ..models.simvq.configuration_simvq import SimVQConfig
+
 
 from ..hub.atomic import save_pretrained_atomic
-from ..models.simvq.configuration_simvq import SimVQConfig
-from ..models.simvq.image_processing_simvq import SimVQImageProcessor
-from ..models.simvq.modeling_simvq import SimVQModel
+from ..hub.progress import human_bytes, say
 
 SOURCE = "simvq"
 DESCRIPTION = "SimVQ image tokenizer (Lightning .ckpt + config.yaml from youngsheen/SimVQ) -> hfzoo SimVQ"
@@ -100,6 +101,8 @@ _HARMLESS_GLOBALS = {
 
 def load_lightning_checkpoint(path: str | Path) -> dict:
     """``torch.load(weights_only=True)`` of a Lightning checkpoint, tolerating only ``_HARMLESS_GLOBALS``."""
+    import torch
+
     path = Path(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -108,9 +111,10 @@ def load_lightning_checkpoint(path: str | Path) -> dict:
             unsafe = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
         except Exception as e:
             raise ValueError(f"{path}: not a readable PyTorch checkpoint ({type(first_error).__name__}: "
-                             f"{first_error})") from e
+                             f"{_first_line(first_error)})") from e
         if not unsafe:
-            raise ValueError(f"{path}: torch.load(weights_only=True) failed ({first_error})") from first_error
+            raise ValueError(f"{path}: torch.load(weights_only=True) failed ({_first_line(first_error)})"
+                             ) from first_error
         refused = sorted(g for g in unsafe if g not in _HARMLESS_GLOBALS)
         if refused:
             raise ValueError(f"{path}: the checkpoint pickles objects that weights-only loading refuses and that are "
@@ -121,10 +125,18 @@ def load_lightning_checkpoint(path: str | Path) -> dict:
             return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def _read_yaml(path: Path) -> dict:
     import yaml
 
-    doc = yaml.safe_load(path.read_text())
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"{path}: not a readable YAML file ({type(e).__name__}: {_first_line(e)})") from e
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: expected a YAML mapping (LightningCLI config)")
     return doc
@@ -132,6 +144,8 @@ def _read_yaml(path: Path) -> dict:
 
 def config_from_yaml(doc: dict, where: str = "config.yaml") -> SimVQConfig:
     """``SimVQConfig`` from a LightningCLI config of the reference image tokenizer."""
+    from ..models.simvq.configuration_simvq import SimVQConfig
+
     model = doc.get("model")
     if not isinstance(model, dict):
         raise ValueError(f"{where}: no 'model' section")
@@ -242,12 +256,19 @@ def add_arguments(parser) -> None:
                         help="EMA weights (what the authors evaluated; default when present) or the raw weights")
 
 
-def convert(source, output, *, overwrite: bool = False, config=None, weights: str = "auto", **_) -> Path:
+def convert(source, output, *, overwrite: bool = False, config=None, weights: str = "auto") -> Path:
     """Convert a released SimVQ checkpoint (file, or a folder with one ``.ckpt`` and ``config.yaml``)."""
+    import torch
+
+    from ..models.simvq.image_processing_simvq import SimVQImageProcessor
+    from ..models.simvq.modeling_simvq import SimVQModel
+
     source = Path(source)
     ckpt_path = _find_checkpoint(source)
     config_path = _find_config(ckpt_path, source, config)
+    say(f"{SOURCE}: reading {config_path}")
     cfg = config_from_yaml(_read_yaml(config_path), str(config_path))
+    say(f"{SOURCE}: reading {ckpt_path} ({human_bytes(ckpt_path.stat().st_size)})")
     ckpt = load_lightning_checkpoint(ckpt_path)
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not state:
@@ -259,7 +280,9 @@ def convert(source, output, *, overwrite: bool = False, config=None, weights: st
         want = model.state_dict()[k].shape
         if not isinstance(v, torch.Tensor) or v.shape != want:
             got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-            raise ValueError(f"{k}: checkpoint shape {got} does not match the config's {tuple(want)}")
+            raise ValueError(f"{ckpt_path}: {k}: checkpoint shape {got} does not match the config's {tuple(want)} "
+                             f"({config_path.name})")
+    say(f"{SOURCE}: {len(mapped)} tensors ({used} weights) match; writing {output}")
     model.load_state_dict({k: v.float() for k, v in mapped.items()}, strict=True)
     note = (f"Converted from {ckpt_path.name} with {config_path.name} by hfzoo.convert.simvq_ckpt "
             f"({used} weights; ignored {', '.join(IGNORED_PREFIXES)}*"

@@ -28,8 +28,14 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+
+from ..hub.progress import say
+from .checkpoint_io import load_files
 
 SOURCE = "timm-kat"
 DESCRIPTION = "released KAT checkpoints (timm format) or a plain timm ViT state dict -> KAT"
@@ -52,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_state_dict(source) -> dict[str, torch.Tensor]:
     """Read a timm state dict from a .safetensors/.pth/.pt/.bin file or a folder holding one."""
+    import torch
+
     path = Path(source)
     if path.is_dir():
         found = [path / n for n in _WEIGHT_FILES if (path / n).is_file()]
@@ -61,20 +69,16 @@ def load_state_dict(source) -> dict[str, torch.Tensor]:
         path = found[0]
     if not path.is_file():
         raise ValueError(f"checkpoint {source!r} is neither a weights file nor a folder")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd = load_file(str(path))
-    elif path.suffix in _LEGACY:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    if path.suffix == ".safetensors" or path.suffix in _LEGACY:
+        sd = load_files([path], f"{SOURCE}: reading weights")
     else:
-        raise ValueError(f"checkpoint {path.name}: expected .safetensors or one of {', '.join(_LEGACY)}")
+        raise ValueError(f"{path}: expected .safetensors or one of {', '.join(_LEGACY)}")
     for key in ("model", "state_dict", "model_ema"):   # training checkpoints wrap the weights
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
             break
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"checkpoint {path.name}: expected a dict of tensors (a state dict)")
+        raise ValueError(f"{path}: expected a dict of tensors (a state dict)")
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
@@ -143,6 +147,8 @@ def rename_key(key: str) -> str:
 
 def convert_state_dict(sd: dict, config) -> tuple[dict, list[str]]:
     """timm keys -> hfzoo keys; returns (state dict, hfzoo keys left at their init). Raises on a mismatch."""
+    import torch
+
     from ..models.kat.modeling_kat import KATForImageClassification
 
     with torch.device("meta"):
@@ -171,6 +177,7 @@ def load_model(source, **options):
     from ..models.kat.modeling_kat import KATForImageClassification
 
     sd = source if isinstance(source, dict) else load_state_dict(source)
+    say(f"{SOURCE}: inferring the config from {len(sd)} tensors and checking every key and shape")
     config = config_from_state_dict(sd, **options)
     converted, initialized = convert_state_dict(sd, config)
     model = KATForImageClassification(config)
@@ -180,7 +187,7 @@ def load_model(source, **options):
 
 
 def convert(source, output, *, overwrite: bool = False, num_heads: int | None = None, mlp_type: str = "kan",
-            rational_init: str = "swish", rational_groups: int = 8, num_labels: int | None = None, **_) -> Path:
+            rational_init: str = "swish", rational_groups: int = 8, num_labels: int | None = None) -> Path:
     """Write an hfzoo KAT folder (weights, config, ImageNet eval preprocessing) for a timm checkpoint."""
     from ..hub.atomic import atomic_directory
     from ..models.kat.image_processing_kat import KATImageProcessor
@@ -188,6 +195,8 @@ def convert(source, output, *, overwrite: bool = False, num_heads: int | None = 
     model, initialized = load_model(source, num_heads=num_heads, mlp_type=mlp_type, rational_init=rational_init,
                                     rational_groups=rational_groups, num_labels=num_labels)
     cfg = model.config
+    say(f"{SOURCE}: {cfg.num_hidden_layers} blocks of width {cfg.hidden_size}, {cfg.mlp_type} MLPs, "
+        f"{cfg.num_labels} classes; {len(initialized)} tensors start at their init; writing {output}")
     size = int(round(cfg.image_size / 0.875))   # timm eval: resize to crop / crop_pct, center crop
     with atomic_directory(output, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)

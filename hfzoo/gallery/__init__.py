@@ -1,7 +1,8 @@
 """The gallery Space: one Gradio tab per architecture that has a demo.
 
-A demo is a module ``hfzoo/gallery/<arch>_demo.py`` listed in ``DEMOS`` that defines ``build_tab()``: it is
-called inside ``with gr.Tab(...)`` and lays out components and events. Every event that does work carries
+A demo is a module ``hfzoo/gallery/<arch>_demo.py``, named by the architecture's registry entry
+(``Architecture.demo``), that defines ``build_tab()``: it is called inside ``with gr.Tab(...)`` and lays out
+components and events. Every event that does work carries
 ``api_name="<arch>_<verb>"`` so tests (and users) can call it through ``gradio_client``. Model loading is
 lazy (first request), so the gallery starts fast. Architectures without a demo get an empty-state tab.
 """
@@ -10,9 +11,12 @@ from __future__ import annotations
 
 import importlib
 
-# architecture name -> demo module under hfzoo.gallery
-DEMOS: dict[str, str] = {"gla": "gla_demo", "mosaicbert": "mosaicbert_demo", "simvq": "simvq_demo", "kat": "kat_demo",
-                         "mom": "mom_demo"}
+
+def demos() -> dict[str, str]:
+    """Architecture name -> demo module under hfzoo.gallery, from the registry."""
+    from ..models import ARCHITECTURES
+
+    return {name: arch.demo for name, arch in ARCHITECTURES.items() if arch.demo}
 
 
 def build_gallery():
@@ -25,8 +29,8 @@ def build_gallery():
                     "and scikit-image; every tab runs on a laptop CPU.")
         for name, arch in ARCHITECTURES.items():
             with gr.Tab(arch.title, id=name):
-                if name in DEMOS:
-                    importlib.import_module(f"{__name__}.{DEMOS[name]}").build_tab()
+                if arch.demo:
+                    importlib.import_module(f"{__name__}.{arch.demo}").build_tab()
                 else:
                     gr.Markdown(f"**{arch.title}** ({arch.model_type}): {arch.summary}\n\n"
                                 "No demo for this architecture yet.")

@@ -91,13 +91,15 @@ def continue_text(prompt: str, temperature: float = 0.0, top_p: float = 0.9, max
 def build_tab():
     import gradio as gr
 
+    from .user_input import MAX_PROMPT_CHARS, as_gradio_errors, check_text
+
     gr.Markdown("**Gated Linear Attention** — a ~0.8M-parameter GLA trained for a few minutes on a laptop CPU on "
                 "the Python language reference (`pydoc_data.topics`). It writes reference-flavoured English, not "
                 "facts. Each token costs the same however long the text is: the model keeps a fixed-size state "
                 "instead of a growing key/value cache.")
     with gr.Row():
         with gr.Column():
-            prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0], lines=3,
+            prompt = gr.Textbox(label="Prompt", value=EXAMPLES[0], lines=3, max_length=MAX_PROMPT_CHARS,
                                 info=f"Only the last {MAX_PROMPT_TOKENS} tokens are used.")
             temperature = gr.Slider(0.0, 1.5, value=0.8, step=0.05, label="Temperature (0 = greedy)")
             top_p = gr.Slider(0.05, 1.0, value=0.9, step=0.05, label="Top-p")
@@ -106,7 +108,8 @@ def build_tab():
         output = gr.Textbox(label="Text", lines=10)
     gr.Examples(EXAMPLES, inputs=prompt)
 
+    @as_gradio_errors
     def on_click(p, t, tp, n):
-        yield from stream_continuation(p, t, tp, int(n))
+        yield from stream_continuation(check_text(p, "prompt"), t, tp, int(n))
 
     button.click(on_click, inputs=[prompt, temperature, top_p, max_new], outputs=output, api_name="gla_generate")

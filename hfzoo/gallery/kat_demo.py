@@ -99,13 +99,15 @@ def sample_digit(index: int = 0) -> np.ndarray:
 def build_tab():
     import gradio as gr
 
+    from .user_input import as_gradio_errors, checked_image
+
     gr.Markdown("**KAT** — a Vision Transformer whose MLPs are group-rational KAN layers, ~90K parameters, trained "
                 "for a couple of minutes on a CPU on scikit-learn's 1,797 8×8 digits. Draw one digit (or upload "
                 "a picture); it is cropped, centered and reduced to 8×8 like the training data.")
     with gr.Row():
         with gr.Column():
             sketch = gr.Sketchpad(label="Draw a digit", type="numpy")
-            upload = gr.Image(label="…or upload a picture", type="numpy")
+            upload = checked_image(label="…or upload a picture", type="numpy")
             with gr.Row():
                 button = gr.Button("Classify", variant="primary")
                 sample = gr.Button("Load a digit from the dataset")
@@ -118,4 +120,4 @@ def build_tab():
         return sample_digit(1500 + i), i + 1
 
     sample.click(on_sample, inputs=counter, outputs=[upload, counter], api_name="kat_sample")
-    button.click(classify_inputs, inputs=[upload, sketch], outputs=[label, seen], api_name="kat_classify")
+    button.click(as_gradio_errors(classify_inputs), inputs=[upload, sketch], outputs=[label, seen], api_name="kat_classify")

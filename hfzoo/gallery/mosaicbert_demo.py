@@ -70,12 +70,14 @@ def fill_mask(text: str, top_k: int = 5) -> tuple[str, list[list]]:
 def build_tab():
     import gradio as gr
 
+    from .user_input import MAX_PROMPT_CHARS, as_gradio_errors, check_text
+
     gr.Markdown("**MosaicBERT** — a ~0.9M-parameter BERT with ALiBi attention and a GeGLU feed-forward, trained "
                 "for a few minutes on a laptop CPU (30% masking) on the Python language reference "
                 "(`pydoc_data.topics`). Write `[MASK]` where a word should be guessed; lowercase text works best.")
     with gr.Row():
         with gr.Column():
-            text = gr.Textbox(label="Text with [MASK]", value=EXAMPLES[0], lines=3)
+            text = gr.Textbox(label="Text with [MASK]", value=EXAMPLES[0], lines=3, max_length=MAX_PROMPT_CHARS)
             top_k = gr.Slider(1, MAX_TOP_K, value=5, step=1, label="Candidates per mask")
             button = gr.Button("Fill", variant="primary")
         with gr.Column():
@@ -83,10 +85,11 @@ def build_tab():
             table = gr.Dataframe(headers=HEADERS, label="Candidates", interactive=False)
     gr.Examples(EXAMPLES, inputs=text)
 
+    @as_gradio_errors
     def on_click(t, k):
-        try:
-            return fill_mask(t, int(k))
-        except ValueError as e:
-            raise gr.Error(str(e)) from e
+        t = check_text(t, "text")
+        if "[MASK]" not in t:   # checked here, before the model runs
+            raise gr.Error("put at least one [MASK] in the text: it marks the word to guess")
+        return fill_mask(t, int(k))
 
     button.click(on_click, inputs=[text, top_k], outputs=[filled, table], api_name="mosaicbert_fill_mask")

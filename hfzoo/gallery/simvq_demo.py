@@ -79,13 +79,15 @@ def sample_image(name: str = "rocket") -> np.ndarray:
 def build_tab():
     import gradio as gr
 
+    from .user_input import as_gradio_errors, checked_image
+
     gr.Markdown("**SimVQ** — a VQ image tokenizer whose codebook is a frozen random matrix seen through one "
                 "learned linear layer, so all 1,024 codes stay in use. Trained for a few minutes on a CPU on "
                 "crops of four scikit-image photos (the rocket was held out). Upload a picture: it becomes a "
                 "32×32 grid of code indices, and the image on the right is decoded from those indices alone.")
     with gr.Row():
         with gr.Column():
-            upload = gr.Image(label="Picture", type="numpy")
+            upload = checked_image(label="Picture", type="numpy")
             with gr.Row():
                 choice = gr.Dropdown(list(SAMPLES), value="rocket", label="Sample photo")
                 sample = gr.Button("Load sample")
@@ -96,4 +98,4 @@ def build_tab():
             rec = gr.Image(label="Decoded from the tokens", type="numpy", interactive=False)
     summary = gr.JSON(label="Tokens")
     sample.click(sample_image, inputs=choice, outputs=upload, api_name="simvq_sample")
-    button.click(reconstruct, inputs=upload, outputs=[seen, grid, rec, summary], api_name="simvq_reconstruct")
+    button.click(as_gradio_errors(reconstruct), inputs=upload, outputs=[seen, grid, rec, summary], api_name="simvq_reconstruct")

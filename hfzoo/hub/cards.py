@@ -5,7 +5,8 @@ entry: ``arch.title``, ``arch.summary``, ``arch.paper``, ``arch.model_type``), `
 ``num_parameters`` (int), ``num_parameters_human`` ("1.2M"), ``auto_class`` (e.g.
 "AutoModelForCausalLM"), ``model_class`` (class name), ``extra`` (free text, e.g. training notes),
 ``checkpoint`` (the name of the shipped checkpoint being exported, e.g. "tiny-gla", else None: the card describes
-that checkpoint's training only then) and ``provenance`` (a sentence for models hfzoo did not train).
+that checkpoint's training only then), ``provenance`` (a sentence for models hfzoo did not train), ``install``
+(how to install hfzoo from its source) and ``transformers_floor`` (the oldest transformers the folders load with).
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "model_cards"
 
 
 def template_path(arch_name: str) -> Path:
-    path = TEMPLATE_DIR / f"{arch_name}.md"
+    """The card template of an architecture: its registry entry's ``card_template`` (default ``<name>.md``)."""
+    from ..models import get_architecture
+
+    arch = get_architecture(arch_name)
+    path = TEMPLATE_DIR / (arch.card_template or f"{arch.name}.md")
     if not path.is_file():
         raise ValueError(f"no model card template for architecture {arch_name!r} (looked for {path})")
     return path
@@ -28,6 +33,11 @@ def human_count(n: int) -> str:
             return f"{n / size:.1f}{unit}"
     return str(n)
 
+
+# hfzoo is not on PyPI: cards say how to get it from its source
+INSTALL = "hfzoo is not on PyPI: clone its source repository and run `pip install -e .` in the clone"
+# the oldest transformers the tests load these folders with (5.17 lacks AutoImageProcessor without torchvision)
+TRANSFORMERS_FLOOR = "5.18"
 
 PROVENANCE = ("This model was not trained by hfzoo (it was converted from a research checkpoint or trained by its "
               "owner): its training data and results are those of its source.")
@@ -47,16 +57,19 @@ def render_card(model, model_id: str | None = None, extra: str = "", auto_class:
     if auto_class is None:
         auto_class = next((a for a, c in arch.auto_models.items() if isinstance(model, c)), "AutoModel")
     n = sum(p.numel() for p in model.parameters())
+    tag = arch.pipeline_tag if arch.auto_models.get(auto_class) is arch.main_model else _pipeline_tag(auto_class)
     data = ModelCardData(library_name="transformers", license="apache-2.0",
-                         tags=["hfzoo", arch.name, "custom_code"], pipeline_tag=_pipeline_tag(auto_class))
+                         tags=["hfzoo", arch.name, "custom_code"], pipeline_tag=tag)
     return ModelCard.from_template(
         data, template_path=str(template_path(arch.name)),
         model_id=model_id or f"hfzoo-{arch.name}", arch=arch, config=model.config.to_dict(),
         num_parameters=n, num_parameters_human=human_count(n), auto_class=auto_class,
-        model_class=type(model).__name__, extra=extra, checkpoint=checkpoint, provenance=PROVENANCE)
+        model_class=type(model).__name__, extra=extra, checkpoint=checkpoint, provenance=PROVENANCE,
+        install=INSTALL, transformers_floor=TRANSFORMERS_FLOOR)
 
 
 def _pipeline_tag(auto_class: str) -> str | None:
+    """The Hub task of a task head other than the architecture's main model (transformers' own mapping)."""
     return {
         "AutoModelForCausalLM": "text-generation",
         "AutoModelForMaskedLM": "fill-mask",

@@ -9,126 +9,26 @@ hfzoo and write it flat, rewriting every import of an hfzoo module to a single-d
 
 from __future__ import annotations
 
-import ast
-import importlib
-import json
 import shutil
-import sys
 from pathlib import Path
 
 from ..registry import CHECKPOINT_DIR
+from ..utils.remote_code import ExportError, collect_bundle, qualname, write_remote_code
 from .atomic import atomic_directory
 from .cards import render_card
+from .progress import say
 
-PACKAGE = "hfzoo"
+__all__ = ["ExportError", "auto_map", "collect_bundle", "export", "load_model", "resolve_folder"]
 # files describing how to preprocess inputs, copied from a source folder when present
 PREPROCESSING_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                       "vocab.json", "merges.txt", "added_tokens.json", "preprocessor_config.json",
-                       "processor_config.json", "chat_template.jinja")
-
-
-class ExportError(ValueError):
-    """A model's code cannot be bundled as standalone remote code (the message says which line and why)."""
-
-
-def _resolve(module_name: str, node: ast.ImportFrom, is_package: bool) -> str | None:
-    """The absolute module an ``ImportFrom`` refers to, or None when it is not inside hfzoo."""
-    if node.level == 0:
-        target = node.module or ""
-    else:
-        parts = module_name.split(".") if is_package else module_name.split(".")[:-1]
-        if node.level - 1 > len(parts) - 1:
-            raise ExportError(f"{module_name}: relative import beyond the top-level package")
-        base = parts[: len(parts) - (node.level - 1)]
-        target = ".".join(base + ([node.module] if node.module else []))
-    return target if target == PACKAGE or target.startswith(PACKAGE + ".") else None
-
-
-def _module_imports(module_name: str):
-    """Yield ``(node, target_module)`` for each import of an hfzoo module in ``module_name``'s source."""
-    module = importlib.import_module(module_name)
-    path = Path(module.__file__)
-    source = path.read_text()
-    tree = ast.parse(source, filename=str(path))
-    is_package = path.name == "__init__.py"
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name == PACKAGE or alias.name.startswith(PACKAGE + "."):
-                    raise ExportError(f"{path}:{node.lineno}: `import {alias.name}`: model code must import "
-                                      "hfzoo modules relatively (`from .module import name`)")
-        elif isinstance(node, ast.ImportFrom):
-            target = _resolve(module_name, node, is_package)
-            if target is None:
-                continue
-            target_mod = importlib.import_module(target)
-            if hasattr(target_mod, "__path__"):
-                raise ExportError(f"{path}:{node.lineno}: imports from the package {target!r}; model code must "
-                                  "import names from a module (`from ..ops.rmsnorm import rms_norm_gated`)")
-            yield node, target
-    return source, tree
-
-
-def collect_bundle(classes) -> dict[str, str]:
-    """Flattened sources of the hfzoo modules that define ``classes`` and everything they import from hfzoo.
-
-    Returns ``{file name: source}`` with imports of hfzoo modules rewritten to ``from .<basename> import``.
-    """
-    todo = [cls.__module__ for cls in classes]
-    seen: dict[str, str] = {}  # module name -> basename
-    files: dict[str, str] = {}
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        if not name.startswith(PACKAGE + "."):
-            raise ExportError(f"{name} is not an hfzoo module")
-        basename = name.rsplit(".", 1)[-1]
-        clash = [m for m, b in seen.items() if b == basename]
-        if clash:
-            raise ExportError(f"modules {clash[0]} and {name} share the basename {basename!r}; "
-                              "flattened remote code needs unique module names")
-        seen[name] = basename
-        path = Path(sys.modules[name].__file__) if name in sys.modules else None
-        if path is None:
-            path = Path(importlib.import_module(name).__file__)
-        source = path.read_text()
-        edits = []
-        for node, target in _module_imports(name):
-            todo.append(target)
-            names = ", ".join(a.name + (f" as {a.asname}" if a.asname else "") for a in node.names)
-            edits.append((node, f"from .{target.rsplit('.', 1)[-1]} import {names}"))
-        files[f"{basename}.py"] = _apply_edits(source, edits)
-    return files
-
-
-def _apply_edits(source: str, edits) -> str:
-    lines = source.splitlines(keepends=True)
-    offsets = [0]
-    for line in lines:
-        offsets.append(offsets[-1] + len(line))
-
-    def pos(lineno, col):  # ast columns are utf-8 byte offsets
-        line = lines[lineno - 1]
-        return offsets[lineno - 1] + len(line.encode()[:col].decode())
-
-    out = source
-    for node, text in sorted(edits, key=lambda e: (e[0].lineno, e[0].col_offset), reverse=True):
-        start, end = pos(node.lineno, node.col_offset), pos(node.end_lineno, node.end_col_offset)
-        out = out[:start] + text + out[end:]
-    return out
+                       "vocab.json", "merges.txt", "added_tokens.json", "tokenizer.model", "spiece.model",
+                       "preprocessor_config.json", "processor_config.json", "chat_template.jinja",
+                       "chat_template.json")
 
 
 def auto_map(arch) -> dict[str, str]:
     """``auto_map`` entries of config.json for an architecture (module basenames as flattened)."""
-    entries = {"AutoConfig": _qualname(arch.config_class)}
-    for auto, cls in arch.auto_models.items():
-        entries[auto] = _qualname(cls)
-    return entries
-
-
-def _qualname(cls) -> str:
-    return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+    return {"AutoConfig": qualname(arch.config_class), **{a: qualname(c) for a, c in arch.auto_models.items()}}
 
 
 def load_model(source):
@@ -140,11 +40,38 @@ def load_model(source):
     if isinstance(source, PreTrainedModel):
         return source, None
     folder = resolve_folder(source)
-    config = AutoConfig.from_pretrained(folder)
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{_where(folder, 'config.json')}: not a readable model config ({_first_line(e)})") from e
     arch = get_architecture(config.model_type)
     names = {cls.__name__: cls for cls in arch.auto_models.values()}
     cls = next((names[a] for a in (config.architectures or []) if a in names), arch.main_model)
-    return cls.from_pretrained(folder), folder
+    try:
+        return cls.from_pretrained(folder), folder
+    except Exception as e:   # truncated/garbage weights, shape mismatches with the config, bad pickles
+        weights = _weights_name(folder)
+        raise ValueError(f"{_where(folder, weights)}: could not load the weights into {cls.__name__} "
+                         f"({type(e).__name__}: {_first_line(e)})") from e
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _where(folder, name: str) -> str:
+    return str(Path(folder) / name) if isinstance(folder, Path) else f"{folder} ({name})"
+
+
+def _weights_name(folder) -> str:
+    if isinstance(folder, Path):
+        found = sorted(p.name for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+        if len(found) == 1:
+            return found[0]
+        if found:
+            return "{" + ",".join(found) + "}"
+    return "model.safetensors"
 
 
 def shipped_name(folder) -> str | None:
@@ -171,46 +98,89 @@ def resolve_folder(source) -> Path | str:
     raise ValueError(f"{source!r} is neither a model folder, a shipped checkpoint nor a Hub repo id")
 
 
+def _preprocessing_files(folder: Path) -> list[Path]:
+    return [folder / name for name in PREPROCESSING_FILES if (folder / name).is_file()]
+
+
+def _source_folder(model, folder) -> Path | None:
+    """Where the model came from, for its preprocessing files: the folder it was read from, else the local folder
+    or shipped checkpoint recorded as its ``name_or_path`` (a model merged or fine-tuned in memory)."""
+    if isinstance(folder, Path):
+        return folder
+    if isinstance(folder, str):   # a Hub repo id: fetch only its preprocessing files
+        from huggingface_hub import snapshot_download
+
+        try:
+            return Path(snapshot_download(folder, allow_patterns=list(PREPROCESSING_FILES)))
+        except Exception as e:   # offline, gated: the export goes on without them, and says so
+            say(f"export: no tokenizer/processor files from {folder} ({type(e).__name__}); add them with --tokenizer/"
+                "--processor")
+            return None
+    name = getattr(model, "name_or_path", "") or ""
+    for candidate in (Path(name), CHECKPOINT_DIR / name) if name else ():
+        if candidate.is_dir() and _preprocessing_files(candidate):
+            return candidate
+    return None
+
+
+def _add_preprocessing(tmp: Path, what: str, source) -> str:
+    """Put a tokenizer/processor into ``tmp``: an object (saved), a folder (its files copied) or a Hub repo id."""
+    if hasattr(source, "save_pretrained"):
+        source.save_pretrained(tmp)
+        return type(source).__name__
+    path = Path(source)
+    if path.is_dir():
+        files = _preprocessing_files(path)
+        if not files:
+            raise ValueError(f"{path}: no {what} files in this folder (looked for {', '.join(PREPROCESSING_FILES)})")
+        for f in files:
+            shutil.copy2(f, tmp / f.name)
+        return str(path)
+    if path.exists():
+        raise ValueError(f"{path}: expected a folder with {what} files, got a file")
+    import transformers
+
+    auto = transformers.AutoTokenizer if what == "tokenizer" else transformers.AutoProcessor
+    try:
+        auto.from_pretrained(str(source)).save_pretrained(tmp)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{source}: could not load a {what} from it ({str(e).splitlines()[0] if str(e) else e})") from e
+    return str(source)
+
+
 def export(source, output, *, model_id: str | None = None, overwrite: bool = False, card: bool = True,
            tokenizer=None, processor=None, card_extra: str = "") -> Path:
     """Write a Hub-ready folder for ``source`` (model instance, folder, checkpoint name or repo id).
 
-    ``tokenizer``/``processor`` objects are saved into the folder when given; otherwise preprocessing
-    files from a source folder are copied. Returns the output path. The folder appears only when complete.
+    The source's tokenizer and image-processor files are kept: copied from the folder it was read from (for a
+    model instance, the folder its ``name_or_path`` names). ``tokenizer``/``processor`` add or replace them: an
+    object with ``save_pretrained``, a folder holding the files, or a Hub repo id. Returns the output path. The
+    folder appears only when complete.
     """
-    from ..models import get_architecture
+    from .progress import Steps, folder_bytes
 
-    model, folder = load_model(source)
-    arch = get_architecture(model.config.model_type)
-    bundle = collect_bundle([arch.config_class, *arch.auto_models.values(), *arch.processors.values()])
     output = Path(output)
-    with atomic_directory(output, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
-        for name, text in bundle.items():
-            (tmp / name).write_text(text)
-        cfg_path = tmp / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        cfg["auto_map"] = auto_map(arch)
-        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        if processor is not None:
-            processor.save_pretrained(tmp)
-        if folder is not None and isinstance(folder, Path):
-            for fname in PREPROCESSING_FILES:
-                if (folder / fname).is_file() and not (tmp / fname).exists():
-                    shutil.copy2(folder / fname, tmp / fname)
-        _add_processor_auto_map(tmp, arch)
-        if card:
-            render_card(model, model_id=model_id or output.name, extra=card_extra,
-                        checkpoint=shipped_name(folder)).save(tmp / "README.md")
+    if output.exists() and not overwrite:   # checked again when the folder moves into place
+        raise FileExistsError(f"{output.resolve()} already exists (pass overwrite=True / --overwrite to replace it)")
+    size = folder_bytes(source) if isinstance(source, (str, Path)) and Path(source).is_dir() else 0
+    with Steps("export", ["load", "weights", "preprocessing", "card", "done"], nbytes=size) as step:
+        step("load", f"loading {source if isinstance(source, (str, Path)) else type(source).__name__}")
+        model, folder = load_model(source)
+        with atomic_directory(output, overwrite=overwrite) as tmp:
+            step("weights", "writing weights, config and the standalone remote code")
+            model.save_pretrained(tmp)
+            step("preprocessing", "adding tokenizer / processor files")
+            origin = _source_folder(model, folder)
+            if origin is not None:
+                for f in _preprocessing_files(origin):
+                    shutil.copy2(f, tmp / f.name)
+            for what, extra in (("tokenizer", tokenizer), ("processor", processor)):
+                if extra is not None:
+                    _add_preprocessing(tmp, what, extra)
+            write_remote_code(tmp, model)   # auto_map of preprocessor_config.json too
+            step("card", "writing the model card" if card else "no model card")
+            if card:
+                render_card(model, model_id=model_id or output.name, extra=card_extra,
+                            checkpoint=shipped_name(folder)).save(tmp / "README.md")
+        step("done", f"wrote {output}")
     return output
-
-
-def _add_processor_auto_map(folder: Path, arch) -> None:
-    path = folder / "preprocessor_config.json"
-    if not path.is_file() or not arch.processors:
-        return
-    data = json.loads(path.read_text())
-    data["auto_map"] = {auto: _qualname(cls) for auto, cls in arch.processors.items()}
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -7,36 +7,46 @@ dtype); ``gl`` is the chunk's total log decay (``gc`` at its last token). With `
     o      = scale * [ (q * e^gc) @ h  +  A @ v ],    A_ij = sum_k q_ik k_jk e^(gc_ik - gc_jk)  (j <= i)
     h_next = e^gl * h + kd^T @ v
 
-Intra-chunk scores ``A`` on tensor cores: when the chunk's decay stays within ``e^-CLAMP`` in every key
-dimension of a block (every realistic chunk), ``A = (q e^gc) @ (k e^-gc)^T`` in one matmul; ``e^-gc`` is
-then at most ``e^CLAMP`` and the products keep their relative precision. Chunks with stronger decay take
-an exact elementwise path (``exp`` of differences clamped at 0, column by column), so no input overflows.
-The same split serves the backward's ``dq``/``dk`` intra terms.
+Intra-chunk scores ``A`` (and the backward's intra ``dq``/``dk``) on tensor cores at any decay, chosen per chunk
+and key block at run time:
+  * the chunk decays by at most ``e^-2CLAMP`` in every key column (ordinary gates, and ``logsigmoid`` gates
+    without a normaliser): one matmul ``(q e^(gc - gl/2)) @ (k e^(gl/2 - gc))^T``. The reference point halfway
+    through the chunk's decay keeps both factors within ``e^±CLAMP``; the products keep their relative
+    precision (only causally masked entries can exceed ``e^CLAMP``, and they are discarded);
+  * stronger decay: the chunk is cut into ``BC = 16``-token sub-chunks with reference points ``r_J`` (gc at
+    the last token of sub-chunk J, ``r_-1 = 0``). For a query i in sub-chunk I and a key j in sub-chunk J < I,
+    ``e^(gc_i - gc_j) = e^(gc_i - r_{I-1}) * e^(r_{I-1} - r_J) * e^(r_J - gc_j)``: three factors <= 1, so the
+    scores against the keys of J are one matmul whatever the decay, with two exp tiles per key block shared by
+    all J (the middle factor is a per-column vector). The diagonal sub-blocks (I = J; the middle factor is then
+    ``e^(r_{J-1} - r_J)`` >= 1) join the same matmul while no sub-chunk decays beyond ``e^-CLAMP``, and otherwise
+    take an exact elementwise form (``exp`` of differences <= 0, a loop over the 16 key offsets of a sub-chunk).
 
 Kernels (grid in brackets):
   _prep      [K/BK, chunks, Hkv]   gc and kd (the backward rebuilds kd from the saved gc)
   _fwd_h     [K/BK, V/BV, N*Hkv]   sequential over chunks: states before each chunk, final state
-  _fwd_A     [chunks, H]           A alone (unscaled, matmul dtype), kept for dv
-  _fwd_o     [V/BV, chunks, H]     output (computes A itself instead when TUNE["o"]["SPLIT_A"] is False)
+  _fwd_A     [chunks, H]           A (causal, unscaled, matmul dtype), used by the output and kept for dv
+  _fwd_o     [V/BV, chunks, H]     output
   _bwd_dh    [K/BK, V/BV, N*Hkv]   reverse scan: state gradients after each chunk, d initial state
   _bwd_dv    [V/BV, chunks, Hkv]   dv = kd @ dh + A^T @ do (summed over the query heads of a group)
-  _bwd_dA    [chunks, H]           dA = scale * do v^T, when split from _bwd_dqk (TUNE)
   _bwd_dqk   [K/BK, chunks, Hkv]   dq, dk, dg (the later tokens' share of dg from sum_v h_next * dh_next)
 The two scans load the next chunk's tiles while the current one computes. The backward recomputes the
 chunk states instead of keeping them from the forward.
+
+Variants that lost on the H200 and were removed (numbers in benchmarks/NOTES.md, code in git history): the
+intra-chunk scores computed inside the output kernel, dA = do v^T in its own kernel, fp32 operands for the
+backward's intra-chunk matmuls, and the column-by-column exact form over whole 64-token chunks.
 """
 
 from __future__ import annotations
 
-import json
-import os
-
 import torch
 
+from .gla import _SAFE_LOG_DECAY as CLAMP  # largest log decay a factorised (matmul) form spans
+from .launch import compile_options, launch, settings
 from .triton_shim import tl, triton
 
 BT = 64  # chunk length
-CLAMP = 40.0  # largest in-chunk log decay taken by the single-matmul path
+BC = 16  # sub-chunk length (strong decay)
 
 
 def _p2(n: int, lo: int = 16, hi: int = 64) -> int:
@@ -76,7 +86,7 @@ def _chunk_tokens(i_c, CU, CI, T, NT, BT: tl.constexpr, IS_VARLEN: tl.constexpr)
 
 
 @triton.jit
-def _seq_of(i_n, CU, CO, T, NT, IS_VARLEN: tl.constexpr):
+def _seq_of(i_n, CU, CO, T, NT, BT: tl.constexpr, IS_VARLEN: tl.constexpr):
     # sequence -> (first token, one past the last, its first global chunk, its number of chunks)
     if IS_VARLEN:
         bos = tl.load(CU + i_n).to(tl.int64)
@@ -86,7 +96,7 @@ def _seq_of(i_n, CU, CO, T, NT, IS_VARLEN: tl.constexpr):
         bos = (i_n * T).to(tl.int64)
         eos = bos + T
         boc = i_n * NT
-    return bos, eos, boc, tl.cdiv(eos - bos, 64)
+    return bos, eos, boc, tl.cdiv(eos - bos, BT)
 
 
 @triton.jit
@@ -97,50 +107,70 @@ def _load_rows(P, tok, mrow, col0, cols, ncols, row_stride):
 
 
 @triton.jit
-def _row(X, rows, t):
-    # row t of a [BT, n] tile
-    return tl.sum(tl.where(rows[:, None] == t, X, 0.0), axis=0)
+def _gc_at(GC, tok0, eos, r, col0, ck, ncols, row_stride):
+    # gc at the chunk's row r (clamped to the sequence's last token): one value per key column
+    t = tl.minimum(tok0 + r, eos - 1)
+    return tl.load(GC + t * row_stride + col0 + ck, mask=ck < ncols, other=0.0)
 
 
 @triton.jit
-def _col(M, rows, t):
-    # column t of a [BT, BT] tile
-    return tl.sum(tl.where(rows[None, :] == t, M, 0.0), axis=1)
+def _pick(I: tl.constexpr, a, b, c, d):
+    # the I-th of four values (I known at compile time)
+    if I == 0:
+        x = a
+    elif I == 1:
+        x = b
+    elif I == 2:
+        x = c
+    else:
+        x = d
+    return x
 
 
 @triton.jit
-def _decay_from(gc, rows, t):
-    # e^(gc[i, k] - gc[t, k]) for every row i, clamped at 1 (the causally masked rows i < t would overflow)
-    return tl.exp(tl.minimum(gc - _row(gc, rows, t)[None, :], 0.0))
+def _sub_refs(GC, tok0, eos, col0, ck, ncols, row_stride, BC: tl.constexpr):
+    # the reference points r_J = gc at the last token of sub-chunk J = 0..3 (clamped to the sequence's last token),
+    # and whether every sub-chunk decays by at most e^-CLAMP (r_{J-1} - r_J, with r_{-1} = 0 before the chunk)
+    r0 = _gc_at(GC, tok0, eos, BC - 1, col0, ck, ncols, row_stride)
+    r1 = _gc_at(GC, tok0, eos, 2 * BC - 1, col0, ck, ncols, row_stride)
+    r2 = _gc_at(GC, tok0, eos, 3 * BC - 1, col0, ck, ncols, row_stride)
+    r3 = _gc_at(GC, tok0, eos, 4 * BC - 1, col0, ck, ncols, row_stride)
+    span = tl.max(tl.maximum(tl.maximum(-r0, r0 - r1), tl.maximum(r1 - r2, r2 - r3)))
+    return r0, r1, r2, r3, span
 
 
 @triton.jit
-def _exact_A(A, X, Y, gc, BT: tl.constexpr):
-    # A[i, j] += sum_k X[i, k] Y[j, k] e^(gc[i, k] - gc[j, k]) for j <= i, column by column (any decay)
-    rows = tl.arange(0, BT)
-    for t in range(BT):
-        a_t = tl.sum(X * _row(Y, rows, t)[None, :] * _decay_from(gc, rows, t), axis=1)
-        A += tl.where(rows[None, :] == t, a_t[:, None], 0.0)
-    return A
+def _sub_tiles(gc, blk, r0, r1, r2, r3):
+    # on the rows of sub-chunk I: P = e^(gc - r_{I-1}) and Qk = e^(r_I - gc), both <= 1 (the clamp at 0 only
+    # touches rows past the sequence's end, whose gc reads 0)
+    b0, b1, b2 = (blk == 0)[:, None], (blk == 1)[:, None], (blk == 2)[:, None]
+    prev = tl.where(b0, 0.0, tl.where(b1, r0[None, :], tl.where(b2, r1[None, :], r2[None, :])))
+    own = tl.where(b0, r0[None, :], tl.where(b1, r1[None, :], tl.where(b2, r2[None, :], r3[None, :])))
+    return tl.exp(tl.minimum(gc - prev, 0.0)), tl.exp(tl.minimum(own - gc, 0.0))
 
 
 @triton.jit
-def _exact_dq(acc, M, Y, gc, BT: tl.constexpr):
-    # acc[i, k] += sum_{j <= i} M[i, j] Y[j, k] e^(gc[i, k] - gc[j, k])   (M causal-masked)
-    rows = tl.arange(0, BT)
-    for t in range(BT):
-        acc += _col(M, rows, t)[:, None] * _row(Y, rows, t)[None, :] * _decay_from(gc, rows, t)
-    return acc
+def _sub_row_scale(blk, J: tl.constexpr, diag_ok, r0, r1, r2, r3, like, CLAMP: tl.constexpr):
+    # row factors for the keys of sub-chunk J: e^(r_{I-1} - r_J) on the rows of each later sub-chunk I (<= 1),
+    # e^(r_{J-1} - r_J) on J's own rows when diag_ok (<= e^CLAMP), zero on the rows before. With P and Qk,
+    # e^(gc_i - gc_j) = P_i * e^(r_{I-1} - r_J) * Qk_j for i in I, j in J.
+    M = tl.zeros_like(like)
+    rJ = _pick(J, r0, r1, r2, r3)
+    for I in tl.static_range(J, 4):
+        w = tl.exp(tl.minimum(_pick(I, r0 * 0.0, r0, r1, r2) - rJ, CLAMP))  # (clamp: unused when beyond)
+        sel = blk == I
+        if I == J:  # (diag_ok broadcast to the rows first: the interpreter will not `&` a scalar flag with a mask)
+            sel = sel & (blk * 0 + diag_ok.to(tl.int32) > 0)
+        M = tl.where(sel[:, None], w[None, :], M)
+    return M
 
 
 @triton.jit
-def _exact_dk(acc, M, X, gc, BT: tl.constexpr):
-    # acc[j, k] += sum_{i >= j} M[i, j] X[i, k] e^(gc[i, k] - gc[j, k])   (M causal-masked)
-    rows = tl.arange(0, BT)
-    for t in range(BT):
-        d_t = tl.sum(_col(M, rows, t)[:, None] * X * _decay_from(gc, rows, t), axis=0)
-        acc += tl.where(rows[:, None] == t, d_t[None, :], 0.0)
-    return acc
+def _diag_rows(tok0, eos, rows, c, BC: tl.constexpr):
+    # for each row i, the row at offset c of i's sub-chunk (its token index and whether it is in the sequence)
+    j = (rows // BC) * BC + c
+    tok = tok0 + j
+    return j, tok, tok < eos
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -150,30 +180,29 @@ def _exact_dk(acc, M, X, gc, BT: tl.constexpr):
 @triton.jit
 def _last_row(GC, bos, eos, i_t, col0, ck, ncols, row_stride, BT: tl.constexpr):
     # gc at the chunk's last token: the chunk's total log decay ``gl`` (one value per key column)
-    last = tl.minimum(bos + i_t * BT + BT, eos) - 1
-    return tl.load(GC + last * row_stride + col0 + ck, mask=ck < ncols, other=0.0)
+    return _gc_at(GC, bos + i_t * BT, eos, BT - 1, col0, ck, ncols, row_stride)
 
 
-@triton.jit
-def _prep_kernel(G, K_, GC, KD, CU, CI, T, NT,
-                 H_KV: tl.constexpr, DK: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+@triton.jit(do_not_specialize=["T", "NT"])  # a new length compiles nothing
+def _prep_kernel(G, K, GC, KD, CU, CI, T, NT,
+                 H_KV: tl.constexpr, HEAD_K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                  IS_VARLEN: tl.constexpr, FROM_GC: tl.constexpr):
     # gc = in-chunk cumsum of g (fp32; or read back when FROM_GC), kd = k * e^(gl - gc) in the matmul dtype
     i_k, i_c, i_hk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_t, bos, eos, rows, tok, mt = _chunk_tokens(i_c, CU, CI, T, NT, BT, IS_VARLEN)
     ck = tl.arange(0, BK)
-    col0 = i_hk * DK + i_k * BK
-    m = mt[:, None] & (ck[None, :] < DK - i_k * BK)
-    ptr = tok[:, None] * (H_KV * DK) + col0 + ck[None, :]
+    col0 = i_hk * HEAD_K + i_k * BK
+    m = mt[:, None] & (ck[None, :] < HEAD_K - i_k * BK)
+    ptr = tok[:, None] * (H_KV * HEAD_K) + col0 + ck[None, :]
     if FROM_GC:
         gc = tl.load(GC + ptr, mask=m, other=0.0)
-        gl = _last_row(GC, bos, eos, i_t, col0, ck, DK - i_k * BK, H_KV * DK, BT)
+        gl = _last_row(GC, bos, eos, i_t, col0, ck, HEAD_K - i_k * BK, H_KV * HEAD_K, BT)
     else:
         g = tl.load(G + ptr, mask=m, other=0.0).to(tl.float32)
         gc = tl.cumsum(g, axis=0)
         gl = tl.sum(g, axis=0)
         tl.store(GC + ptr, gc, mask=m)
-    k = tl.load(K_ + ptr, mask=m, other=0.0).to(tl.float32)
+    k = tl.load(K + ptr, mask=m, other=0.0).to(tl.float32)
     tl.store(KD + ptr, (k * tl.exp(gl[None, :] - gc)).to(KD.dtype.element_ty), mask=m)
 
 
@@ -181,171 +210,170 @@ def _prep_kernel(G, K_, GC, KD, CU, CI, T, NT,
 # Forward.
 
 
-@triton.jit
-def _fwd_h_kernel(KD, V_, GC, H_, H0, HT, CU, CO, T, NT,
-                  H_KV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
+@triton.jit(do_not_specialize=["T", "NT"])  # a new length compiles nothing
+def _fwd_h_kernel(KD, V, GC, HS, H0, HT, CU, CO, T, NT,
+                  H_KV: tl.constexpr, HEAD_K: tl.constexpr, HEAD_V: tl.constexpr, BT: tl.constexpr,
                   BK: tl.constexpr, BV: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
                   IS_VARLEN: tl.constexpr):
     # S <- e^gl * S + kd^T v, chunk after chunk; the next chunk's tiles are loaded while this one computes
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H_KV, i_nh % H_KV
-    bos, eos, boc, nt = _seq_of(i_n, CU, CO, T, NT, IS_VARLEN)
+    bos, eos, boc, nt = _seq_of(i_n, CU, CO, T, NT, BT, IS_VARLEN)
     rows = tl.arange(0, BT)
     ck = tl.arange(0, BK)
     cv = tl.arange(0, BV)
     ok, ov = i_k * BK + ck, i_v * BV + cv
-    mkv = (ok[:, None] < DK) & (ov[None, :] < DV)
-    st = ok[:, None] * DV + ov[None, :]
-    kcol, nk = i_h * DK + i_k * BK, DK - i_k * BK
-    vcol, nv = i_h * DV + i_v * BV, DV - i_v * BV
+    mkv = (ok[:, None] < HEAD_K) & (ov[None, :] < HEAD_V)
+    st = ok[:, None] * HEAD_V + ov[None, :]
+    kcol, nk = i_h * HEAD_K + i_k * BK, HEAD_K - i_k * BK
+    vcol, nv = i_h * HEAD_V + i_v * BV, HEAD_V - i_v * BV
     S = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_H0:
-        S += tl.load(H0 + i_nh.to(tl.int64) * DK * DV + st, mask=mkv, other=0.0).to(tl.float32)
+        S += tl.load(H0 + i_nh.to(tl.int64) * HEAD_K * HEAD_V + st, mask=mkv, other=0.0).to(tl.float32)
     tok = bos + rows
-    kd_n = _load_rows(KD, tok, tok < eos, kcol, ck, nk, H_KV * DK)
-    v_n = _load_rows(V_, tok, tok < eos, vcol, cv, nv, H_KV * DV)
-    gl_n = _last_row(GC, bos, eos, 0, kcol, ck, nk, H_KV * DK, BT)
+    kd_n = _load_rows(KD, tok, tok < eos, kcol, ck, nk, H_KV * HEAD_K)
+    v_n = _load_rows(V, tok, tok < eos, vcol, cv, nv, H_KV * HEAD_V)
+    gl_n = _last_row(GC, bos, eos, 0, kcol, ck, nk, H_KV * HEAD_K, BT)
     for i_t in range(nt):
         kd, v, gl = kd_n, v_n, gl_n
         tok = bos + (i_t + 1) * BT + rows
-        kd_n = _load_rows(KD, tok, tok < eos, kcol, ck, nk, H_KV * DK)
-        v_n = _load_rows(V_, tok, tok < eos, vcol, cv, nv, H_KV * DV)
-        gl_n = _last_row(GC, bos, eos, tl.minimum(i_t + 1, nt - 1), kcol, ck, nk, H_KV * DK, BT)
-        tl.store(H_ + ((boc + i_t).to(tl.int64) * H_KV + i_h) * DK * DV + st, S.to(H_.dtype.element_ty), mask=mkv)
+        kd_n = _load_rows(KD, tok, tok < eos, kcol, ck, nk, H_KV * HEAD_K)
+        v_n = _load_rows(V, tok, tok < eos, vcol, cv, nv, H_KV * HEAD_V)
+        gl_n = _last_row(GC, bos, eos, tl.minimum(i_t + 1, nt - 1), kcol, ck, nk, H_KV * HEAD_K, BT)
+        tl.store(HS + ((boc + i_t).to(tl.int64) * H_KV + i_h) * HEAD_K * HEAD_V + st, S.to(HS.dtype.element_ty),
+                 mask=mkv)
         S = S * tl.exp(gl)[:, None] + tl.dot(tl.trans(kd), v.to(kd.dtype))
     if STORE_HT:
-        tl.store(HT + i_nh.to(tl.int64) * DK * DV + st, S, mask=mkv)
+        tl.store(HT + i_nh.to(tl.int64) * HEAD_K * HEAD_V + st, S, mask=mkv)
 
 
-@triton.jit
-def _add_A(A, q, k, gc, gl, qg, BT: tl.constexpr, HALF: tl.constexpr, CLAMP: tl.constexpr):
-    # A += one key block's intra-chunk scores: one matmul when the block's decay allows, else exact
-    if tl.min(gl) >= -CLAMP:
-        A += tl.dot(_dot_in(qg, HALF), tl.trans(_dot_in(k * tl.exp(-gc), HALF)))
-    else:
-        A = _exact_A(A, q, k, gc, BT)
-    return A
-
-
-@triton.jit
-def _fwd_A_kernel(Q, K_, GC, A_, CU, CI, T, NT,
-                  H: tl.constexpr, H_KV: tl.constexpr, DK: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                  IS_VARLEN: tl.constexpr, HALF: tl.constexpr, CLAMP: tl.constexpr):
+@triton.jit(do_not_specialize=["T", "NT"])  # a new length compiles nothing
+def _fwd_A_kernel(Q, K, GC, AS, CU, CI, T, NT,
+                  H: tl.constexpr, H_KV: tl.constexpr, HEAD_K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+                  BK: tl.constexpr, IS_VARLEN: tl.constexpr, HALF: tl.constexpr, CLAMP: tl.constexpr):
     # the intra-chunk scores once per chunk and head (causal, unscaled, matmul dtype)
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_hk = i_h // (H // H_KV)
     i_n, i_t, bos, eos, rows, tok, mt = _chunk_tokens(i_c, CU, CI, T, NT, BT, IS_VARLEN)
+    tok0 = bos + i_t * BT
     ck = tl.arange(0, BK)
     A = tl.zeros([BT, BT], dtype=tl.float32)
-    for k0 in range(0, DK, BK):
-        q = _load_rows(Q, tok, mt, i_h * DK + k0, ck, DK - k0, H * DK).to(tl.float32)
-        k = _load_rows(K_, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK).to(tl.float32)
-        gc = _load_rows(GC, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK)
-        gl = _last_row(GC, bos, eos, i_t, i_hk * DK + k0, ck, DK - k0, H_KV * DK, BT)
-        A = _add_A(A, q, k, gc, gl, q * tl.exp(gc), BT, HALF, CLAMP)
+    for k0 in range(0, HEAD_K, BK):
+        qcol, kcol, nk = i_h * HEAD_K + k0, i_hk * HEAD_K + k0, HEAD_K - k0
+        q = _load_rows(Q, tok, mt, qcol, ck, nk, H * HEAD_K).to(tl.float32)
+        k = _load_rows(K, tok, mt, kcol, ck, nk, H_KV * HEAD_K).to(tl.float32)
+        gc = _load_rows(GC, tok, mt, kcol, ck, nk, H_KV * HEAD_K)
+        gl = _last_row(GC, bos, eos, i_t, kcol, ck, nk, H_KV * HEAD_K, BT)
+        if tl.min(gl) >= -2 * CLAMP:  # one matmul for the whole chunk, reference point halfway (gl / 2)
+            A += tl.dot(_dot_in(q * tl.exp(gc - 0.5 * gl[None, :]), HALF),
+                        tl.trans(_dot_in(k * tl.exp(0.5 * gl[None, :] - gc), HALF)))
+        else:  # sub-chunks: one matmul per key sub-chunk (_sub_row_scale)
+            r0, r1, r2, r3, span = _sub_refs(GC, tok0, eos, kcol, ck, nk, H_KV * HEAD_K, BC)
+            diag_ok = span <= CLAMP
+            blk = rows // BC
+            P, Qk = _sub_tiles(gc, blk, r0, r1, r2, r3)
+            qP = q * P
+            kQ = k * Qk
+            for J in tl.static_range(BT // BC):
+                M = _sub_row_scale(blk, J, diag_ok, r0, r1, r2, r3, qP, CLAMP)
+                kJ = tl.where((blk == J)[:, None], kQ, 0.0)
+                A += tl.dot(_dot_in(qP * M, HALF), tl.trans(_dot_in(kJ, HALF)))
+            if not diag_ok:  # diagonal blocks exactly: e^(gc_i - gc_j) elementwise, one key offset at a time
+                for c in range(BC):
+                    j, tok_j, m_j = _diag_rows(tok0, eos, rows, c, BC)
+                    k_c = _load_rows(K, tok_j, m_j, kcol, ck, nk, H_KV * HEAD_K).to(tl.float32)
+                    gc_c = _load_rows(GC, tok_j, m_j, kcol, ck, nk, H_KV * HEAD_K)
+                    a = tl.sum(q * k_c * tl.exp(tl.minimum(gc - gc_c, 0.0)), axis=1)
+                    A += tl.where(rows[None, :] == j[:, None], a[:, None], 0.0)
     A = tl.where(rows[:, None] >= rows[None, :], A, 0.0)
-    tl.store(A_ + tok[:, None] * (H * BT) + i_h * BT + rows[None, :], A.to(A_.dtype.element_ty), mask=mt[:, None])
+    tl.store(AS + tok[:, None] * (H * BT) + i_h * BT + rows[None, :], A.to(AS.dtype.element_ty), mask=mt[:, None])
 
 
-@triton.jit
-def _fwd_o_kernel(Q, K_, V_, GC, H_, O, A_, CU, CI, scale, T, NT,
-                  H: tl.constexpr, H_KV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
-                  BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr, HALF: tl.constexpr,
-                  CLAMP: tl.constexpr, A_MODE: tl.constexpr):
-    # A_MODE: 0 computes A here, 1 also stores it (from the first value block), 2 loads it (_fwd_A_kernel)
+@triton.jit(do_not_specialize=["T", "NT"])  # a new length compiles nothing
+def _fwd_o_kernel(Q, V, GC, HS, O, AS, CU, CI, scale, T, NT,
+                  H: tl.constexpr, H_KV: tl.constexpr, HEAD_K: tl.constexpr, HEAD_V: tl.constexpr,
+                  BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr,
+                  HALF: tl.constexpr):
+    # o = scale * [(q e^gc) @ h + A @ v], A from _fwd_A_kernel
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_hk = i_h // (H // H_KV)
     i_n, i_t, bos, eos, rows, tok, mt = _chunk_tokens(i_c, CU, CI, T, NT, BT, IS_VARLEN)
     ck = tl.arange(0, BK)
     cv = tl.arange(0, BV)
     ov = i_v * BV + cv
-    hbase = H_ + (i_c.to(tl.int64) * H_KV + i_hk) * DK * DV
+    hbase = HS + (i_c.to(tl.int64) * H_KV + i_hk) * HEAD_K * HEAD_V
     acc = tl.zeros([BT, BV], dtype=tl.float32)
-    A = tl.zeros([BT, BT], dtype=tl.float32)
-    for k0 in range(0, DK, BK):
-        q = _load_rows(Q, tok, mt, i_h * DK + k0, ck, DK - k0, H * DK).to(tl.float32)
-        gc = _load_rows(GC, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK)
-        qg = q * tl.exp(gc)
-        h = tl.load(hbase + (k0 + ck)[:, None] * DV + ov[None, :],
-                    mask=((k0 + ck)[:, None] < DK) & (ov[None, :] < DV), other=0.0)
-        acc += tl.dot(_dot_in(qg, HALF), _dot_in(h, HALF))
-        if A_MODE != 2:
-            k = _load_rows(K_, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK).to(tl.float32)
-            gl = _last_row(GC, bos, eos, i_t, i_hk * DK + k0, ck, DK - k0, H_KV * DK, BT)
-            A = _add_A(A, q, k, gc, gl, qg, BT, HALF, CLAMP)
-    if A_MODE == 2:
-        A = _dot_in(tl.load(A_ + tok[:, None] * (H * BT) + i_h * BT + rows[None, :], mask=mt[:, None], other=0.0),
-                    HALF)
-    else:
-        A = _dot_in(tl.where(rows[:, None] >= rows[None, :], A, 0.0), HALF)
-        if A_MODE == 1:  # kept for the backward's dv
-            if i_v == 0:
-                tl.store(A_ + tok[:, None] * (H * BT) + i_h * BT + rows[None, :], A.to(A_.dtype.element_ty),
-                         mask=mt[:, None])
-    v = _load_rows(V_, tok, mt, i_hk * DV + i_v * BV, cv, DV - i_v * BV, H_KV * DV)
+    for k0 in range(0, HEAD_K, BK):
+        q = _load_rows(Q, tok, mt, i_h * HEAD_K + k0, ck, HEAD_K - k0, H * HEAD_K).to(tl.float32)
+        gc = _load_rows(GC, tok, mt, i_hk * HEAD_K + k0, ck, HEAD_K - k0, H_KV * HEAD_K)
+        h = tl.load(hbase + (k0 + ck)[:, None] * HEAD_V + ov[None, :],
+                    mask=((k0 + ck)[:, None] < HEAD_K) & (ov[None, :] < HEAD_V), other=0.0)
+        acc += tl.dot(_dot_in(q * tl.exp(gc), HALF), _dot_in(h, HALF))
+    A = _dot_in(tl.load(AS + tok[:, None] * (H * BT) + i_h * BT + rows[None, :], mask=mt[:, None], other=0.0), HALF)
+    v = _load_rows(V, tok, mt, i_hk * HEAD_V + i_v * BV, cv, HEAD_V - i_v * BV, H_KV * HEAD_V)
     acc += tl.dot(A, _dot_in(v, HALF))
-    optr = O + tok[:, None] * (H * DV) + i_h * DV + ov[None, :]
-    tl.store(optr, (acc * scale).to(O.dtype.element_ty), mask=mt[:, None] & (ov[None, :] < DV))
+    optr = O + tok[:, None] * (H * HEAD_V) + i_h * HEAD_V + ov[None, :]
+    tl.store(optr, (acc * scale).to(O.dtype.element_ty), mask=mt[:, None] & (ov[None, :] < HEAD_V))
 
 
 # ----------------------------------------------------------------------------------------------------
 # Backward.
 
 
-@triton.jit
-def _bwd_dh_kernel(Q, GC, DO, DH, DHT, DH0, CU, CO, scale, T, NT,
-                   H: tl.constexpr, H_KV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
-                   BK: tl.constexpr, BV: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
-                   IS_VARLEN: tl.constexpr, HALF: tl.constexpr):
+@triton.jit(do_not_specialize=["T", "NT"])  # a new length compiles nothing
+def _bwd_dh_kernel(Q, GC, DO, DHS, DHT, DH0, CU, CO, scale, T, NT,
+                   H: tl.constexpr, H_KV: tl.constexpr, HEAD_K: tl.constexpr, HEAD_V: tl.constexpr,
+                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, USE_DHT: tl.constexpr,
+                   STORE_DH0: tl.constexpr, IS_VARLEN: tl.constexpr, HALF: tl.constexpr):
     # reverse scan; the next chunk's gates (and the first query head's q, do) load while this one computes
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_hk = i_nh // H_KV, i_nh % H_KV
     GROUP: tl.constexpr = H // H_KV
-    bos, eos, boc, nt = _seq_of(i_n, CU, CO, T, NT, IS_VARLEN)
+    bos, eos, boc, nt = _seq_of(i_n, CU, CO, T, NT, BT, IS_VARLEN)
     rows = tl.arange(0, BT)
     ck = tl.arange(0, BK)
     cv = tl.arange(0, BV)
     ok, ov = i_k * BK + ck, i_v * BV + cv
-    mkv = (ok[:, None] < DK) & (ov[None, :] < DV)
-    st = ok[:, None] * DV + ov[None, :]
-    gcol, nk, nv = i_hk * DK + i_k * BK, DK - i_k * BK, DV - i_v * BV
+    mkv = (ok[:, None] < HEAD_K) & (ov[None, :] < HEAD_V)
+    st = ok[:, None] * HEAD_V + ov[None, :]
+    gcol, nk, nv = i_hk * HEAD_K + i_k * BK, HEAD_K - i_k * BK, HEAD_V - i_v * BV
     h0 = i_hk * GROUP
     dS = tl.zeros([BK, BV], dtype=tl.float32)
     if USE_DHT:
-        dS += tl.load(DHT + i_nh.to(tl.int64) * DK * DV + st, mask=mkv, other=0.0).to(tl.float32)
+        dS += tl.load(DHT + i_nh.to(tl.int64) * HEAD_K * HEAD_V + st, mask=mkv, other=0.0).to(tl.float32)
     tok = bos + (nt - 1) * BT + rows
-    gc_n = _load_rows(GC, tok, tok < eos, gcol, ck, nk, H_KV * DK)
-    gl_n = _last_row(GC, bos, eos, nt - 1, gcol, ck, nk, H_KV * DK, BT)
-    q_n = _load_rows(Q, tok, tok < eos, h0 * DK + i_k * BK, ck, nk, H * DK)
-    do_n = _load_rows(DO, tok, tok < eos, h0 * DV + i_v * BV, cv, nv, H * DV)
+    gc_n = _load_rows(GC, tok, tok < eos, gcol, ck, nk, H_KV * HEAD_K)
+    gl_n = _last_row(GC, bos, eos, nt - 1, gcol, ck, nk, H_KV * HEAD_K, BT)
+    q_n = _load_rows(Q, tok, tok < eos, h0 * HEAD_K + i_k * BK, ck, nk, H * HEAD_K)
+    do_n = _load_rows(DO, tok, tok < eos, h0 * HEAD_V + i_v * BV, cv, nv, H * HEAD_V)
     for j in range(nt):
         i_t = nt - 1 - j
         gc, gl, q, do = gc_n, gl_n, q_n, do_n
         tokp = bos + (i_t - 1) * BT + rows
         mp = (tokp < eos) & (tokp >= bos)
-        gc_n = _load_rows(GC, tokp, mp, gcol, ck, nk, H_KV * DK)
-        gl_n = _last_row(GC, bos, eos, tl.maximum(i_t - 1, 0), gcol, ck, nk, H_KV * DK, BT)
-        q_n = _load_rows(Q, tokp, mp, h0 * DK + i_k * BK, ck, nk, H * DK)
-        do_n = _load_rows(DO, tokp, mp, h0 * DV + i_v * BV, cv, nv, H * DV)
+        gc_n = _load_rows(GC, tokp, mp, gcol, ck, nk, H_KV * HEAD_K)
+        gl_n = _last_row(GC, bos, eos, tl.maximum(i_t - 1, 0), gcol, ck, nk, H_KV * HEAD_K, BT)
+        q_n = _load_rows(Q, tokp, mp, h0 * HEAD_K + i_k * BK, ck, nk, H * HEAD_K)
+        do_n = _load_rows(DO, tokp, mp, h0 * HEAD_V + i_v * BV, cv, nv, H * HEAD_V)
         # gradient with respect to the state after chunk i_t
-        tl.store(DH + ((boc + i_t).to(tl.int64) * H_KV + i_hk) * DK * DV + st, dS.to(DH.dtype.element_ty),
-                 mask=mkv)
+        tl.store(DHS + ((boc + i_t).to(tl.int64) * H_KV + i_hk) * HEAD_K * HEAD_V + st,
+                 dS.to(DHS.dtype.element_ty), mask=mkv)
         eg = tl.exp(gc) * scale
         dS = dS * tl.exp(gl)[:, None] + tl.dot(tl.trans(_dot_in(q.to(tl.float32) * eg, HALF)), _dot_in(do, HALF))
         tok = bos + i_t * BT + rows
         mt = tok < eos
         for hh in range(1, GROUP):
-            q_h = _load_rows(Q, tok, mt, (h0 + hh) * DK + i_k * BK, ck, nk, H * DK).to(tl.float32)
-            do_h = _load_rows(DO, tok, mt, (h0 + hh) * DV + i_v * BV, cv, nv, H * DV)
+            q_h = _load_rows(Q, tok, mt, (h0 + hh) * HEAD_K + i_k * BK, ck, nk, H * HEAD_K).to(tl.float32)
+            do_h = _load_rows(DO, tok, mt, (h0 + hh) * HEAD_V + i_v * BV, cv, nv, H * HEAD_V)
             dS += tl.dot(tl.trans(_dot_in(q_h * eg, HALF)), _dot_in(do_h, HALF))
     if STORE_DH0:
-        tl.store(DH0 + i_nh.to(tl.int64) * DK * DV + st, dS, mask=mkv)
+        tl.store(DH0 + i_nh.to(tl.int64) * HEAD_K * HEAD_V + st, dS, mask=mkv)
 
 
-@triton.jit
-def _bwd_dv_kernel(KD, A_, DO, DH, DV_, CU, CI, scale, T, NT,
-                   H: tl.constexpr, H_KV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
-                   BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr):
+@triton.jit(do_not_specialize=["T", "NT"])  # a new length compiles nothing
+def _bwd_dv_kernel(KD, AS, DO, DHS, DV, CU, CI, scale, T, NT,
+                   H: tl.constexpr, H_KV: tl.constexpr, HEAD_K: tl.constexpr, HEAD_V: tl.constexpr,
+                   BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr):
     # dv = kd @ dh_next + scale * sum over the group's query heads of A^T @ do (A kept by the forward)
     i_v, i_c, i_hk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     GROUP: tl.constexpr = H // H_KV
@@ -353,68 +381,53 @@ def _bwd_dv_kernel(KD, A_, DO, DH, DV_, CU, CI, scale, T, NT,
     ck = tl.arange(0, BK)
     cv = tl.arange(0, BV)
     ov = i_v * BV + cv
-    dhbase = DH + (i_c.to(tl.int64) * H_KV + i_hk) * DK * DV
+    dhbase = DHS + (i_c.to(tl.int64) * H_KV + i_hk) * HEAD_K * HEAD_V
     acc = tl.zeros([BT, BV], dtype=tl.float32)
-    for k0 in range(0, DK, BK):
-        kd = _load_rows(KD, tok, mt, i_hk * DK + k0, ck, DK - k0, H_KV * DK)
-        dh = tl.load(dhbase + (k0 + ck)[:, None] * DV + ov[None, :],
-                     mask=((k0 + ck)[:, None] < DK) & (ov[None, :] < DV), other=0.0)
+    for k0 in range(0, HEAD_K, BK):
+        kd = _load_rows(KD, tok, mt, i_hk * HEAD_K + k0, ck, HEAD_K - k0, H_KV * HEAD_K)
+        dh = tl.load(dhbase + (k0 + ck)[:, None] * HEAD_V + ov[None, :],
+                     mask=((k0 + ck)[:, None] < HEAD_K) & (ov[None, :] < HEAD_V), other=0.0)
         acc += tl.dot(kd, dh.to(kd.dtype))
     intra = tl.zeros([BT, BV], dtype=tl.float32)
     for hh in range(GROUP):
         i_h = i_hk * GROUP + hh
-        A = tl.load(A_ + tok[:, None] * (H * BT) + i_h * BT + rows[None, :], mask=mt[:, None], other=0.0)
-        do = _load_rows(DO, tok, mt, i_h * DV + i_v * BV, cv, DV - i_v * BV, H * DV)
+        A = tl.load(AS + tok[:, None] * (H * BT) + i_h * BT + rows[None, :], mask=mt[:, None], other=0.0)
+        do = _load_rows(DO, tok, mt, i_h * HEAD_V + i_v * BV, cv, HEAD_V - i_v * BV, H * HEAD_V)
         intra += tl.dot(tl.trans(A), do.to(A.dtype))
     acc += intra * scale
-    ptr = DV_ + tok[:, None] * (H_KV * DV) + i_hk * DV + ov[None, :]
-    tl.store(ptr, acc.to(DV_.dtype.element_ty), mask=mt[:, None] & (ov[None, :] < DV))
+    ptr = DV + tok[:, None] * (H_KV * HEAD_V) + i_hk * HEAD_V + ov[None, :]
+    tl.store(ptr, acc.to(DV.dtype.element_ty), mask=mt[:, None] & (ov[None, :] < HEAD_V))
 
 
-@triton.jit
-def _bwd_dA_kernel(DO, V_, DA, CU, CI, scale, T, NT,
-                   H: tl.constexpr, H_KV: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-                   IS_VARLEN: tl.constexpr, HALF: tl.constexpr):
-    # dA = scale * do @ v^T (causal, fp32) once per chunk and query head, for every key block of _bwd_dqk
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
-    i_hk = i_h // (H // H_KV)
-    i_n, i_t, bos, eos, rows, tok, mt = _chunk_tokens(i_c, CU, CI, T, NT, BT, IS_VARLEN)
-    cv = tl.arange(0, BV)
-    dA = tl.zeros([BT, BT], dtype=tl.float32)
-    for v0 in range(0, DV, BV):
-        do = _load_rows(DO, tok, mt, i_h * DV + v0, cv, DV - v0, H * DV)
-        v = _load_rows(V_, tok, mt, i_hk * DV + v0, cv, DV - v0, H_KV * DV)
-        dA += tl.dot(_dot_in(do, HALF), tl.trans(_dot_in(v, HALF)))
-    dA = tl.where(rows[:, None] >= rows[None, :], dA * scale, 0.0)
-    tl.store(DA + tok[:, None] * (H * BT) + i_h * BT + rows[None, :], dA, mask=mt[:, None])
-
-
-@triton.jit
-def _bwd_dqk_kernel(Q, K_, V_, GC, H_, DO, DH, DA, DQ, DK_, DG, CU, CI, scale, T, NT,
-                    H: tl.constexpr, H_KV: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr, BT: tl.constexpr,
-                    BK: tl.constexpr, BV: tl.constexpr, IS_VARLEN: tl.constexpr, HALF: tl.constexpr,
-                    CLAMP: tl.constexpr, INTRA_F32: tl.constexpr, SPLIT_DA: tl.constexpr):
+@triton.jit(do_not_specialize=["T", "NT"])  # a new length compiles nothing
+def _bwd_dqk_kernel(Q, K, V, GC, HS, DO, DHS, DQ, DK, DG, CU, CI, scale, T, NT,
+                    H: tl.constexpr, H_KV: tl.constexpr, HEAD_K: tl.constexpr, HEAD_V: tl.constexpr,
+                    BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                    IS_VARLEN: tl.constexpr, HALF: tl.constexpr, CLAMP: tl.constexpr):
     i_k, i_c, i_hk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     GROUP: tl.constexpr = H // H_KV
     i_n, i_t, bos, eos, rows, tok, mt = _chunk_tokens(i_c, CU, CI, T, NT, BT, IS_VARLEN)
+    tok0 = bos + i_t * BT
     ck = tl.arange(0, BK)
     cv = tl.arange(0, BV)
     ok = i_k * BK + ck
-    mk = ok < DK
+    mk = ok < HEAD_K
+    kcol, nk = i_hk * HEAD_K + i_k * BK, HEAD_K - i_k * BK
     causal = rows[:, None] >= rows[None, :]
-    sbase = (i_c.to(tl.int64) * H_KV + i_hk) * DK * DV
-    k = _load_rows(K_, tok, mt, i_hk * DK + i_k * BK, ck, DK - i_k * BK, H_KV * DK).to(tl.float32)
-    gc = _load_rows(GC, tok, mt, i_hk * DK + i_k * BK, ck, DK - i_k * BK, H_KV * DK)
-    gl = _last_row(GC, bos, eos, i_t, i_hk * DK + i_k * BK, ck, DK - i_k * BK, H_KV * DK, BT)
-    fast = tl.min(gl) >= -CLAMP
+    sbase = (i_c.to(tl.int64) * H_KV + i_hk) * HEAD_K * HEAD_V
+    k = _load_rows(K, tok, mt, kcol, ck, nk, H_KV * HEAD_K).to(tl.float32)
+    gc = _load_rows(GC, tok, mt, kcol, ck, nk, H_KV * HEAD_K)
+    gl = _last_row(GC, bos, eos, i_t, kcol, ck, nk, H_KV * HEAD_K, BT)
+    whole = tl.min(gl) >= -2 * CLAMP  # one matmul per intra term for the whole chunk, else sub-chunks
+    blk = rows // BC
     # through the state after the chunk: dk += (v @ dh_next^T) * e^(gl - gc); hdh = sum_v h * dh_next
     dk = tl.zeros([BT, BK], dtype=tl.float32)
     hdh = tl.zeros([BK], dtype=tl.float32)
-    for v0 in range(0, DV, BV):
-        v = _load_rows(V_, tok, mt, i_hk * DV + v0, cv, DV - v0, H_KV * DV)
-        mkv = mk[:, None] & ((v0 + cv)[None, :] < DV)
-        dh = tl.load(DH + sbase + ok[:, None] * DV + (v0 + cv)[None, :], mask=mkv, other=0.0)
-        h = tl.load(H_ + sbase + ok[:, None] * DV + (v0 + cv)[None, :], mask=mkv, other=0.0)
+    for v0 in range(0, HEAD_V, BV):
+        v = _load_rows(V, tok, mt, i_hk * HEAD_V + v0, cv, HEAD_V - v0, H_KV * HEAD_V)
+        mkv = mk[:, None] & ((v0 + cv)[None, :] < HEAD_V)
+        dh = tl.load(DHS + sbase + ok[:, None] * HEAD_V + (v0 + cv)[None, :], mask=mkv, other=0.0)
+        h = tl.load(HS + sbase + ok[:, None] * HEAD_V + (v0 + cv)[None, :], mask=mkv, other=0.0)
         dk += tl.dot(_dot_in(v, HALF), tl.trans(_dot_in(dh, HALF)))
         hdh += tl.sum(h.to(tl.float32) * dh.to(tl.float32), axis=1)
     dk = dk * tl.exp(gl[None, :] - gc)
@@ -425,44 +438,56 @@ def _bwd_dqk_kernel(Q, K_, V_, GC, H_, DO, DH, DA, DQ, DK_, DG, CU, CI, scale, T
     dgl = tl.zeros([BT, BK], dtype=tl.float32)
     for hh in range(GROUP):
         i_h = i_hk * GROUP + hh
-        q = _load_rows(Q, tok, mt, i_h * DK + i_k * BK, ck, DK - i_k * BK, H * DK).to(tl.float32)
+        qcol = i_h * HEAD_K + i_k * BK
+        q = _load_rows(Q, tok, mt, qcol, ck, nk, H * HEAD_K).to(tl.float32)
         dq = tl.zeros([BT, BK], dtype=tl.float32)
-        if SPLIT_DA:  # dA from _bwd_dA_kernel (causal, scaled)
-            for v0 in range(0, DV, BV):
-                do = _load_rows(DO, tok, mt, i_h * DV + v0, cv, DV - v0, H * DV)
-                h = tl.load(H_ + sbase + ok[:, None] * DV + (v0 + cv)[None, :],
-                            mask=mk[:, None] & ((v0 + cv)[None, :] < DV), other=0.0)
-                dq += tl.dot(_dot_in(do, HALF), tl.trans(_dot_in(h, HALF)))
-            dA = tl.load(DA + tok[:, None] * (H * BT) + i_h * BT + rows[None, :], mask=mt[:, None], other=0.0)
-        else:
-            dA = tl.zeros([BT, BT], dtype=tl.float32)
-            for v0 in range(0, DV, BV):
-                do = _load_rows(DO, tok, mt, i_h * DV + v0, cv, DV - v0, H * DV)
-                v = _load_rows(V_, tok, mt, i_hk * DV + v0, cv, DV - v0, H_KV * DV)
-                h = tl.load(H_ + sbase + ok[:, None] * DV + (v0 + cv)[None, :],
-                            mask=mk[:, None] & ((v0 + cv)[None, :] < DV), other=0.0)
-                dq += tl.dot(_dot_in(do, HALF), tl.trans(_dot_in(h, HALF)))
-                dA += tl.dot(_dot_in(do, HALF), tl.trans(_dot_in(v, HALF)))
-            dA = tl.where(causal, dA * scale, 0.0)
+        dA = tl.zeros([BT, BT], dtype=tl.float32)
+        for v0 in range(0, HEAD_V, BV):
+            do = _load_rows(DO, tok, mt, i_h * HEAD_V + v0, cv, HEAD_V - v0, H * HEAD_V)
+            v = _load_rows(V, tok, mt, i_hk * HEAD_V + v0, cv, HEAD_V - v0, H_KV * HEAD_V)
+            h = tl.load(HS + sbase + ok[:, None] * HEAD_V + (v0 + cv)[None, :],
+                        mask=mk[:, None] & ((v0 + cv)[None, :] < HEAD_V), other=0.0)
+            dq += tl.dot(_dot_in(do, HALF), tl.trans(_dot_in(h, HALF)))
+            dA += tl.dot(_dot_in(do, HALF), tl.trans(_dot_in(v, HALF)))
+        dA = tl.where(causal, dA * scale, 0.0)
         dq = dq * (tl.exp(gc) * scale)
-        if fast:
-            eg = tl.exp(gc)
-            ieg = tl.exp(-gc)
-            if INTRA_F32:  # fp32 operands (tf32 on the GPU): ~2.5x smaller dg error in bf16 (NOTES.md)
-                dq += tl.dot(dA, k * ieg) * eg
-                dk += tl.dot(tl.trans(dA), q * eg) * ieg
-            else:
-                dq += tl.dot(_dot_in(dA, HALF), _dot_in(k * ieg, HALF)) * eg
-                dk += tl.dot(tl.trans(_dot_in(dA, HALF)), _dot_in(q * eg, HALF)) * ieg
+        if whole:  # reference point halfway through the chunk's decay
+            eg = tl.exp(gc - 0.5 * gl[None, :])
+            ieg = tl.exp(0.5 * gl[None, :] - gc)
+            dq += tl.dot(_dot_in(dA, HALF), _dot_in(k * ieg, HALF)) * eg
+            dk += tl.dot(tl.trans(_dot_in(dA, HALF)), _dot_in(q * eg, HALF)) * ieg
         else:
-            dq = _exact_dq(dq, dA, k, gc, BT)
-            dk = _exact_dk(dk, dA, q, gc, BT)
-        ptr = DQ + tok[:, None] * (H * DK) + i_h * DK + ok[None, :]
+            r0, r1, r2, r3, span = _sub_refs(GC, tok0, eos, kcol, ck, nk, H_KV * HEAD_K, BC)
+            diag_ok = span <= CLAMP
+            P, Qk = _sub_tiles(gc, blk, r0, r1, r2, r3)
+            qP = q * P
+            kQ = k * Qk
+            dAh = _dot_in(dA, HALF)
+            for J in tl.static_range(BT // BC):
+                M = _sub_row_scale(blk, J, diag_ok, r0, r1, r2, r3, qP, CLAMP)
+                inJ = (blk == J)[:, None]
+                dq += tl.dot(dAh, _dot_in(tl.where(inJ, kQ, 0.0), HALF)) * M * P
+                dk += tl.where(inJ, tl.dot(tl.trans(dAh), _dot_in(qP * M, HALF)) * Qk, 0.0)
+            if not diag_ok:  # diagonal blocks exactly, one offset c inside each sub-chunk at a time
+                for c in range(BC):
+                    j, tok_j, m_j = _diag_rows(tok0, eos, rows, c, BC)
+                    gc_c = _load_rows(GC, tok_j, m_j, kcol, ck, nk, H_KV * HEAD_K)
+                    # e^-|gc - gc_c| is e^(gc_i - gc_j) for every pair i >= j that dA keeps
+                    e = tl.exp(-tl.abs(gc - gc_c))
+                    # dq_i += dA[i, j] k_j e^(gc_i - gc_j) with j = row c of i's sub-chunk
+                    k_c = _load_rows(K, tok_j, m_j, kcol, ck, nk, H_KV * HEAD_K).to(tl.float32)
+                    dA_c = tl.sum(tl.where(rows[None, :] == j[:, None], dA, 0.0), axis=1)
+                    dq += dA_c[:, None] * k_c * e
+                    # dk_j += dA[i, j] q_i e^(gc_i - gc_j) with i = row c of j's sub-chunk
+                    q_c = _load_rows(Q, tok_j, m_j, qcol, ck, nk, H * HEAD_K).to(tl.float32)
+                    dA_r = tl.sum(tl.where(rows[:, None] == j[None, :], dA, 0.0), axis=0)
+                    dk += dA_r[:, None] * q_c * e
+        ptr = DQ + tok[:, None] * (H * HEAD_K) + i_h * HEAD_K + ok[None, :]
         tl.store(ptr, dq.to(DQ.dtype.element_ty), mask=mt[:, None] & mk[None, :])
         dgl += q * dq
     dgl -= k * dk
-    ptr = tok[:, None] * (H_KV * DK) + i_hk * DK + ok[None, :]
-    tl.store(DK_ + ptr, dk.to(DK_.dtype.element_ty), mask=mt[:, None] & mk[None, :])
+    ptr = tok[:, None] * (H_KV * HEAD_K) + i_hk * HEAD_K + ok[None, :]
+    tl.store(DK + ptr, dk.to(DK.dtype.element_ty), mask=mt[:, None] & mk[None, :])
     # dg_t = sum over the chunk's tokens from t on, plus the later tokens' share
     dg = tl.sum(dgl, axis=0)[None, :] - tl.cumsum(dgl, axis=0) + dgl + carry[None, :]
     tl.store(DG + ptr, dg, mask=mt[:, None] & mk[None, :])
@@ -499,40 +524,20 @@ class _Seqs:
             self.ci = torch.tensor(ci if ci else [(0, 0)], dtype=torch.int32, device=device)
 
 
-def _tune_from_env() -> dict[str, dict]:
-    raw = os.environ.get("HFZOO_GLA_TUNE", "").strip()
-    if not raw:
-        return {}
-    tune = json.loads(raw)
-    if not isinstance(tune, dict) or not all(isinstance(v, dict) for v in tune.values()):
-        raise ValueError(f"HFZOO_GLA_TUNE must be a JSON object of objects, e.g. '{{\"o\": {{\"num_warps\": 4}}}}'; "
-                         f"got {raw!r}")
-    return tune
-
-
-# Per-kernel tile sizes and launch options; ``TUNE[name]`` overrides them (benchmarks/gla.py sweeps it), and
-# so does the environment variable ``HFZOO_GLA_TUNE`` (the same dict as JSON), read at import.
-# ``TUNE["dqk"]["INTRA_F32"] = True`` runs the backward's intra-chunk dq/dk matmuls on fp32 operands;
-# ``TUNE["o"]["SPLIT_A"]`` forces the separate intra-chunk score kernel on or off; ``TUNE["dqk"]["SPLIT_DA"]``
-# computes dA = do v^T in its own kernel instead of inside each key block of dq/dk.
-TUNE: dict[str, dict] = _tune_from_env()
-
-
-def _conf(name, K, V):
-    V = V or K  # the key-only kernels ("prep", "A") have no value block
-    conf = {
-        "prep": dict(BK=_p2(K), BV=None, num_warps=4),      # gates cumsum and decayed keys
-        "h": dict(BK=_p2(K), BV=_p2(V), num_warps=4),       # state scan (forward and recomputed)
-        "A": dict(BK=_p2(K), BV=None, num_warps=4),         # intra-chunk scores, when split from "o"
-        "o": dict(BK=_p2(K), BV=_p2(V, hi=128), num_warps=8 if V >= 128 else 4),
-        "dh": dict(BK=_p2(K), BV=_p2(V), num_warps=4),      # reverse state-gradient scan
-        "dv": dict(BK=_p2(K), BV=_p2(V, hi=128), num_warps=8 if V >= 128 else 4),
-        "dA": dict(BK=None, BV=_p2(V), num_warps=4),        # dA = do v^T, when split from "dqk"
-        "dqk": dict(BK=_p2(K), BV=_p2(V), num_warps=4),
-    }[name]
-    conf.update(TUNE.get(name, {}))
-    opts = {key: conf[key] for key in ("num_warps", "num_stages", "maxnreg") if key in conf}
-    return conf["BK"], conf["BV"], opts
+def _conf(kernel, K, V=None):
+    """``(BK, BV, compile options)`` of ``"gla.<kernel>"``: tiles and warps from the head dims (measured on the
+    H200, benchmarks/NOTES.md), overridable through ``launch.settings`` (``HFZOO_TUNE``, ``launch.tuning``)."""
+    V = V or K  # the key-only kernels (prep, A) have no value block
+    wide = 8 if V >= 128 else 4
+    shape = {"prep": dict(BK=_p2(K), num_warps=4),                 # gates cumsum and decayed keys
+             "fwd_h": dict(BK=_p2(K), BV=_p2(V), num_warps=4),     # state scan (forward, and recomputed)
+             "fwd_A": dict(BK=_p2(K), num_warps=4),                # intra-chunk scores
+             "fwd_o": dict(BK=_p2(K), BV=_p2(V, hi=128), num_warps=wide),
+             "bwd_dh": dict(BK=_p2(K), BV=_p2(V), num_warps=4),    # reverse state-gradient scan
+             "bwd_dv": dict(BK=_p2(K), BV=_p2(V, hi=128), num_warps=wide),
+             "bwd_dqk": dict(BK=_p2(K), BV=_p2(V), num_warps=4)}[kernel]
+    conf = settings(f"gla.{kernel}", **shape)
+    return conf["BK"], conf.get("BV"), compile_options(conf)
 
 
 def _state_dtype(dtype):
@@ -546,9 +551,9 @@ def _prep(k, g, gc, seqs):
     if not from_gc:
         gc = torch.empty(k.shape, dtype=torch.float32, device=k.device)
     kd = torch.empty(k.shape, dtype=_state_dtype(k.dtype), device=k.device)
-    BK, _, opts = _conf("prep", K, None)
-    _prep_kernel[(triton.cdiv(K, BK), seqs.n_chunks, Hkv)](
-        g, k, gc, kd, seqs.cu, seqs.ci, seqs.T, seqs.NT, H_KV=Hkv, DK=K, BT=BT, BK=BK,
+    BK, _, opts = _conf("prep", K)
+    launch("gla.prep", _prep_kernel, (triton.cdiv(K, BK), seqs.n_chunks, Hkv),
+        g, k, gc, kd, seqs.cu, seqs.ci, seqs.T, seqs.NT, H_KV=Hkv, HEAD_K=K, BT=BT, BK=BK,
         IS_VARLEN=seqs.varlen, FROM_GC=from_gc, **opts)
     return gc, kd
 
@@ -556,38 +561,35 @@ def _prep(k, g, gc, seqs):
 def _fwd_states(kd, v, gc, h0, seqs, want_ht):
     B, T, Hkv, K = kd.shape
     V = v.shape[-1]
-    BK, BV, opts = _conf("h", K, V)
+    BK, BV, opts = _conf("fwd_h", K, V)
     h = torch.empty(seqs.n_chunks, Hkv, K, V, dtype=_state_dtype(v.dtype), device=v.device)
     ht = torch.empty(seqs.N, Hkv, K, V, dtype=torch.float32, device=v.device) if want_ht else None
     grid = (triton.cdiv(K, BK), triton.cdiv(V, BV), seqs.N * Hkv)
-    _fwd_h_kernel[grid](kd, v, gc, h, h0, ht, seqs.cu, seqs.co, seqs.T, seqs.NT,
-                        H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, USE_H0=h0 is not None,
+    launch("gla.fwd_h", _fwd_h_kernel, grid, kd, v, gc, h, h0, ht, seqs.cu, seqs.co, seqs.T, seqs.NT,
+                        H_KV=Hkv, HEAD_K=K, HEAD_V=V, BT=BT, BK=BK, BV=BV, USE_H0=h0 is not None,
                         STORE_HT=want_ht, IS_VARLEN=seqs.varlen, **opts)
     return h, ht
 
 
-def _fwd(q, k, v, g, scale, h0, seqs, want_ht, keep_A):
-    """``(o, ht, gc, A)``; ``A`` (the intra-chunk scores, for the backward) only when ``keep_A``."""
+def _fwd(q, k, v, g, scale, h0, seqs, want_ht):
+    """``(o, ht, gc, A)``; ``A`` holds the intra-chunk scores (the backward's dv reads them)."""
     B, T, H, K = q.shape
     Hkv, V = k.shape[2], v.shape[-1]
+    half = v.dtype != torch.float32
     gc, kd = _prep(k, g, None, seqs)
     h, ht = _fwd_states(kd, v, gc, h0, seqs, want_ht)
     kd = None
-    o = torch.empty(B, T, H, V, dtype=v.dtype, device=v.device)
-    BK, BV, opts = _conf("o", K, V)
     # A in its own kernel: once per chunk and head (not once per value block), and the output kernel stays small
     # (faster on the H200 also for a single value block: benchmarks/NOTES.md, sweeps of runs 4 and 6)
-    split = TUNE.get("o", {}).get("SPLIT_A", True)
-    A = torch.empty(B, T, H, BT, dtype=_state_dtype(v.dtype), device=v.device) if (keep_A or split) else None
-    if split:
-        BKA, _, opts_A = _conf("A", K, None)
-        _fwd_A_kernel[(seqs.n_chunks, H)](q, k, gc, A, seqs.cu, seqs.ci, seqs.T, seqs.NT, H=H, H_KV=Hkv, DK=K,
-                                          BT=BT, BK=BKA, IS_VARLEN=seqs.varlen, HALF=v.dtype != torch.float32,
-                                          CLAMP=CLAMP, **opts_A)
-    grid = (triton.cdiv(V, BV), seqs.n_chunks, H)
-    _fwd_o_kernel[grid](q, k, v, gc, h, o, A, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
-                        H=H, H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=seqs.varlen,
-                        HALF=v.dtype != torch.float32, CLAMP=CLAMP, A_MODE=2 if split else int(keep_A), **opts)
+    A = torch.empty(B, T, H, BT, dtype=_state_dtype(v.dtype), device=v.device)
+    BK, _, opts = _conf("fwd_A", K)
+    launch("gla.fwd_A", _fwd_A_kernel, (seqs.n_chunks, H), q, k, gc, A, seqs.cu, seqs.ci, seqs.T, seqs.NT, H=H, H_KV=Hkv, HEAD_K=K,
+                                      BT=BT, BC=BC, BK=BK, IS_VARLEN=seqs.varlen, HALF=half, CLAMP=CLAMP, **opts)
+    o = torch.empty(B, T, H, V, dtype=v.dtype, device=v.device)
+    BK, BV, opts = _conf("fwd_o", K, V)
+    launch("gla.fwd_o", _fwd_o_kernel, (triton.cdiv(V, BV), seqs.n_chunks, H),
+        q, v, gc, h, o, A, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT, H=H, H_KV=Hkv, HEAD_K=K, HEAD_V=V,
+        BT=BT, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, HALF=half, **opts)
     return o, ht, gc, A
 
 
@@ -599,32 +601,25 @@ def _bwd(q, k, v, gc, A, scale, h0, do, dht, seqs):
     h, _ = _fwd_states(kd, v, gc, h0, seqs, False)
     dh = torch.empty_like(h)
     dh0 = torch.empty(seqs.N, Hkv, K, V, dtype=torch.float32, device=v.device) if h0 is not None else None
-    BK, BV, opts = _conf("dh", K, V)
-    _bwd_dh_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), seqs.N * Hkv)](
+    BK, BV, opts = _conf("bwd_dh", K, V)
+    launch("gla.bwd_dh", _bwd_dh_kernel, (triton.cdiv(K, BK), triton.cdiv(V, BV), seqs.N * Hkv),
         q, gc, do, dh, dht, dh0, seqs.cu, seqs.co, scale, seqs.T, seqs.NT,
-        H=H, H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, USE_DHT=dht is not None, STORE_DH0=h0 is not None,
-        IS_VARLEN=seqs.varlen, HALF=half, **opts)
+        H=H, H_KV=Hkv, HEAD_K=K, HEAD_V=V, BT=BT, BK=BK, BV=BV, USE_DHT=dht is not None,
+        STORE_DH0=h0 is not None, IS_VARLEN=seqs.varlen, HALF=half, **opts)
     dv = torch.empty_like(v)
-    BK, BV, opts = _conf("dv", K, V)
-    _bwd_dv_kernel[(triton.cdiv(V, BV), seqs.n_chunks, Hkv)](
+    BK, BV, opts = _conf("bwd_dv", K, V)
+    launch("gla.bwd_dv", _bwd_dv_kernel, (triton.cdiv(V, BV), seqs.n_chunks, Hkv),
         kd, A, do, dh, dv, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
-        H=H, H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, **opts)
+        H=H, H_KV=Hkv, HEAD_K=K, HEAD_V=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, **opts)
     kd = None
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dg = torch.empty(k.shape, dtype=torch.float32, device=k.device)
-    BK, BV, opts = _conf("dqk", K, V)
-    split = bool(TUNE.get("dqk", {}).get("SPLIT_DA", False))
-    dA = None
-    if split:  # dA once per chunk and head instead of once per key block
-        dA = torch.empty(B, T, H, BT, dtype=torch.float32, device=q.device)
-        _, BVA, opts_dA = _conf("dA", K, V)
-        _bwd_dA_kernel[(seqs.n_chunks, H)](do, v, dA, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT, H=H, H_KV=Hkv,
-                                           DV=V, BT=BT, BV=BVA, IS_VARLEN=seqs.varlen, HALF=half, **opts_dA)
-    _bwd_dqk_kernel[(triton.cdiv(K, BK), seqs.n_chunks, Hkv)](
-        q, k, v, gc, h, do, dh, dA, dq, dk, dg, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
-        H=H, H_KV=Hkv, DK=K, DV=V, BT=BT, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, HALF=half, CLAMP=CLAMP,
-        INTRA_F32=bool(TUNE.get("dqk", {}).get("INTRA_F32", False)), SPLIT_DA=split, **opts)
+    BK, BV, opts = _conf("bwd_dqk", K, V)
+    launch("gla.bwd_dqk", _bwd_dqk_kernel, (triton.cdiv(K, BK), seqs.n_chunks, Hkv),
+        q, k, v, gc, h, do, dh, dq, dk, dg, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
+        H=H, H_KV=Hkv, HEAD_K=K, HEAD_V=V, BT=BT, BC=BC, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, HALF=half,
+        CLAMP=CLAMP, **opts)
     return dq, dk, dv, dg, dh0
 
 
@@ -635,7 +630,8 @@ class ChunkGLAFunction(torch.autograd.Function):
         h0 = h0.contiguous() if h0 is not None else None
         seqs = _Seqs(q.shape[0], q.shape[1], cu_seqlens, q.device)
         keep = grad_enabled and (any(ctx.needs_input_grad[:4]) or (h0 is not None and ctx.needs_input_grad[5]))
-        o, ht, gc, A = _fwd(q, k, v, g, scale, h0, seqs, output_final_state, keep)
+        o, ht, gc, A = _fwd(q, k, v, g, scale, h0, seqs, output_final_state)
+        A = A if keep else None  # no backward to come: not kept
         # the backward needs the cumulated gates, not g itself
         ctx.save_for_backward(q, k, v, gc, A, h0)
         ctx.seqs, ctx.scale, ctx.g_dtype, ctx.final = seqs, scale, g.dtype, output_final_state

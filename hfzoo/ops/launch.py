@@ -142,18 +142,15 @@ DEFAULTS: dict[str, dict] = {
         "interpreted": {"configs": [{"BLOCK_M": 16, "BLOCK_N": 16}]}},
     # gla_recurrent.py: the register-resident state slice [BK, BV] holds at most max_state fp32 values.
     "gla.fused_recurrent": {"max_state": 8192, "max_bv": 64},
-    # gla_chunk.py (its tile sizes and warps are computed from K and V and passed as shape_defaults; these are
-    # the switches). fwd_o: SPLIT_A computes the intra-chunk scores in their own kernel (gla.fwd_A). bwd_dqk:
-    # SPLIT_DA computes dA = do v^T in its own kernel (gla.bwd_dA); INTRA_F32 runs the intra-chunk dq/dk
-    # matmuls on fp32 operands.
+    # gla_chunk.py: tile sizes and warps are computed from K and V (gla_chunk._conf) and passed as shape_defaults;
+    # entries here or in HFZOO_TUNE override them (BK, BV, num_warps, num_stages). fwd_h serves both state scans.
     "gla.prep": {},
     "gla.fwd_h": {},
     "gla.fwd_A": {},
-    "gla.fwd_o": {"SPLIT_A": True},
+    "gla.fwd_o": {},
     "gla.bwd_dh": {},
     "gla.bwd_dv": {},
-    "gla.bwd_dA": {},
-    "gla.bwd_dqk": {"SPLIT_DA": False, "INTRA_F32": False},
+    "gla.bwd_dqk": {},
 }
 
 _tuning: contextvars.ContextVar[tuple] = contextvars.ContextVar("hfzoo_tuning", default=())

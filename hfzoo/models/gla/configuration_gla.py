@@ -44,6 +44,9 @@ class GLAConfig(PreTrainedConfig):
         fuse_norm: fla's switch for its fused norm modules; kept for checkpoint compatibility (the math is
             the same either way).
         initializer_range: std of the normal init of linear and embedding weights.
+        fuse_linear_cross_entropy: in training with ``labels``, compute the loss from the hidden states with
+            ``hfzoo.ops.linear_cross_entropy`` (chunked over tokens, no full fp32 logits) and return
+            ``logits=None``; same loss and gradients as the default path.
     """
 
     model_type = "hfzoo_gla"
@@ -79,6 +82,7 @@ class GLAConfig(PreTrainedConfig):
         tie_word_embeddings: bool = False,
         initializer_range: float = 0.02,
         fuse_norm: bool = True,
+        fuse_linear_cross_entropy: bool = False,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -105,6 +109,7 @@ class GLAConfig(PreTrainedConfig):
         self.use_cache = use_cache
         self.initializer_range = initializer_range
         self.fuse_norm = fuse_norm
+        self.fuse_linear_cross_entropy = fuse_linear_cross_entropy
         super().__init__(pad_token_id=pad_token_id, bos_token_id=bos_token_id, eos_token_id=eos_token_id,
                          tie_word_embeddings=tie_word_embeddings, **kwargs)
         self._validate_gla()

@@ -43,6 +43,7 @@ from ...layers.recurrent_cache import cache_of, output_with_cache, pick_cache
 from ...layers.rotary import apply_rotary, rope_inv_freq
 from ...layers.short_conv import ShortConvolution
 from ...ops.gla import chunk_gla, fused_recurrent_gla
+from ...ops.linear_cross_entropy import linear_cross_entropy
 from .cache_gla import GLACache
 from .configuration_gla import GLAConfig
 
@@ -390,9 +391,15 @@ class GLAForCausalLM(GLAPreTrainedModel, GenerationMixin):
                              cu_seqlens=cu_seqlens, **packing_kwargs)
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
-        loss = None
-        if labels is not None:
+        loss = logits = None
+        if labels is not None and self.training and self.config.fuse_linear_cross_entropy:
+            # the loss straight from the hidden states, chunked: the full fp32 logits are never made
+            target = F.pad(labels[..., 1:], (0, 1), value=-100).to(hidden_states.device)  # next-token targets
+            loss = linear_cross_entropy(hidden_states[:, keep, :], self.lm_head.weight, target,
+                                        num_items_in_batch=kwargs.get("num_items_in_batch"))
+        else:
+            logits = self.lm_head(hidden_states[:, keep, :])
+        if labels is not None and loss is None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         cache = cache_of(outputs)
         if not return_dict:

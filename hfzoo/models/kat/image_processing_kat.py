@@ -11,12 +11,13 @@ from PIL import Image
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
 
 from ...layers.image_inputs import to_pil_image
+from ...utils.remote_code import StandaloneProcessorSaveMixin
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class KATImageProcessor(BaseImageProcessor):
+class KATImageProcessor(StandaloneProcessorSaveMixin, BaseImageProcessor):
     model_input_names = ["pixel_values"]
 
     def __init__(self, image_mode: str = "RGB", do_resize: bool = True, size: int = 256, resample: int = 3,

@@ -14,9 +14,10 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
 from ...layers.image_inputs import to_pil_image
+from ...utils.remote_code import StandaloneProcessorSaveMixin
 
 
-class SimVQImageProcessor(BaseImageProcessor):
+class SimVQImageProcessor(StandaloneProcessorSaveMixin, BaseImageProcessor):
     r"""
     Args:
         size: output side length in pixels (square); must be a multiple of the model's downsampling factor.

@@ -1,0 +1,183 @@
+"""GLA as users run it: a training step and ``generate`` of hfzoo's GLAForCausalLM against fla's, same weights.
+
+Run on the GPU machine (fla's pure-Python wheels carried, see benchmarks/NOTES.md):
+    PYTHONPATH=. HFZOO_BENCH_OUT=$OUT python benchmarks/gla_model.py [--no-fla] [--no-generate] [--hidden 1024,2048]
+``--dry-run`` runs the whole script on the CPU at toy sizes (reference backend, no fla) to check its logic.
+
+Models: fla-hub's 340M and 1.3B layer shapes (hidden 1024 / 2048, 4 heads, expand_k 0.5, expand_v 1, hidden_ratio
+4, vocab 32000) with ``LAYERS`` layers; fla's ``GLAForCausalLM`` is built first and hfzoo's is converted from its
+weights (``hfzoo.convert.fla_gla``), bf16 weights, no autocast.
+
+Cases and contenders (results in ``gla_model.json``):
+* ``train h<hidden> L<layers> B<b> T<t>``: forward with labels + backward, no optimizer step; metrics ``ms`` and
+  ``peak_gb`` (peak allocated above the model and inputs). ``hfzoo`` (its ``loss_function``: full fp32 logits),
+  ``hfzoo_fused_ce`` (the same model with ``fuse_linear_cross_entropy``: ``hfzoo.ops.linear_cross_entropy``, no full logits),
+  ``fla`` (its default fused cross-entropy) and ``fla_unfused`` (``fuse_cross_entropy=False``).
+* ``generate B<b> prompt<p> new<n>``: greedy ``generate`` of exactly n new tokens after a p-token prompt;
+  ``tokens/s`` = B * n / seconds (prefill included), ``hfzoo`` and ``fla``.
+"""
+
+# ruff: noqa: B023  (the closures below are timed on the spot, inside their loop iteration)
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+DRY = "--dry-run" in sys.argv
+
+import torch  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # noqa: E402
+from benchmarks.common import Results  # noqa: E402
+
+LAYERS = 4
+if DRY:
+    DEV, DT, VOCAB, HIDDENS = "cpu", torch.float32, 64, [32]
+    TRAIN, GEN = [(2, 40)], [(1, 20, 4), (2, 20, 4)]
+else:
+    DEV, DT, VOCAB, HIDDENS = "cuda", torch.bfloat16, 32000, [1024, 2048]
+    TRAIN, GEN = [(4, 4096)], [(1, 2048, 256), (64, 2048, 256)]
+
+
+def _wall(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+bench_ms = (lambda fn: 1e3 * _wall(fn)) if DRY else (lambda fn: common.bench_ms(fn, warmup=3, rep=20))
+peak_gb = (lambda fn: (fn(), 0.0)[1]) if DRY else common.peak_gb
+
+
+def fla_config(hidden):
+    # fla-hub/gla-340M-15B and gla-1.3B-100B shapes (config.json of each), with LAYERS layers
+    return dict(model_type="gla", hidden_size=hidden, num_heads=4 if not DRY else 2, expand_k=0.5, expand_v=1,
+                hidden_ratio=4, num_hidden_layers=LAYERS, vocab_size=VOCAB, attn_mode="chunk", use_short_conv=False,
+                use_output_gate=True, fuse_norm=True, tie_word_embeddings=False, norm_eps=1e-6)
+
+
+def models(hidden, want_fla):
+    """``{name: model}``: fla's (if wanted and importable) and hfzoo's converted from the same weights."""
+    from hfzoo.convert import fla_gla
+    from hfzoo.models.gla.modeling_gla import GLAForCausalLM
+
+    cfg = fla_config(hidden)
+    out = {}
+    torch.manual_seed(0)
+    if want_fla:
+        try:
+            import fla.models as fla_models
+
+            fields = {k: v for k, v in cfg.items() if k != "model_type"}
+            fla_model = fla_models.GLAForCausalLM(fla_models.GLAConfig(**fields)).to(DEV, DT)
+            fla_unfused = fla_models.GLAForCausalLM(fla_models.GLAConfig(**fields, fuse_cross_entropy=False))
+            fla_unfused.load_state_dict(fla_model.state_dict())
+            out["fla"], out["fla_unfused"] = fla_model, fla_unfused.to(DEV, DT)
+        except Exception as e:  # fla not carried: its rows are left out
+            print("fla unavailable:", repr(e)[:300])
+    config = fla_gla.convert_config(cfg)
+    ours = GLAForCausalLM(config)
+    if "fla" in out:
+        ours.load_state_dict(fla_gla.convert_state_dict(
+            {k: v.float().cpu() for k, v in out["fla"].state_dict().items()}, config))
+    out["hfzoo"] = ours.to(DEV, DT)
+    return out
+
+
+def fused_ce_loss(model, ids, labels):
+    """hfzoo's model with ``fuse_linear_cross_entropy``: the loss from the hidden states through the chunked
+    linear + cross-entropy op (no full logits)."""
+    model.config.fuse_linear_cross_entropy = True
+    try:
+        return model(input_ids=ids, labels=labels).loss
+    finally:
+        model.config.fuse_linear_cross_entropy = False
+
+
+def train_cases(res, hidden, ms):
+    for B, T in TRAIN:
+        case = f"train h{hidden} L{LAYERS} B{B} T{T}"
+        ids = torch.randint(3, VOCAB, (B, T), device=DEV)
+        steps = {name: (lambda m=m: m(input_ids=ids, labels=ids).loss.backward()) for name, m in ms.items()}
+        steps["hfzoo_fused_ce"] = lambda: fused_ce_loss(ms["hfzoo"], ids, ids).backward()
+        losses = {}
+        for name, step in steps.items():
+            try:
+                step()  # compile / autotune outside the timing
+                for m in ms.values():
+                    m.zero_grad(set_to_none=True)
+                res.add(case, name, "ms", bench_ms(step))
+                for m in ms.values():
+                    m.zero_grad(set_to_none=True)
+                res.add(case, name, "peak_gb", peak_gb(step))
+                for m in ms.values():
+                    m.zero_grad(set_to_none=True)
+                with torch.no_grad():  # (the fused path needs training mode, which the models are in)
+                    losses[name] = (fused_ce_loss(ms["hfzoo"], ids, ids) if name == "hfzoo_fused_ce" else
+                                    ms[name](input_ids=ids, labels=ids).loss).item()
+                res.add(case, name, "loss", losses[name])
+            except Exception as e:
+                print(f"{case} {name} failed: {repr(e)[:300]}")
+            if not DRY:
+                torch.cuda.empty_cache()
+        ours = [r["value"] for r in res.rows if r["case"] == case and r["contender"] == "hfzoo" and r["metric"] == "ms"]
+        theirs = [r["value"] for r in res.rows if r["case"] == case and r["contender"] == "fla" and r["metric"] == "ms"]
+        if ours and theirs:
+            res.add(case, "hfzoo", "x_fla", ours[0] / theirs[0])
+
+
+def generate_cases(res, hidden, ms):
+    for B, P, N in GEN:
+        case = f"generate h{hidden} L{LAYERS} B{B} prompt{P} new{N}"
+        ids = torch.randint(3, VOCAB, (B, P), device=DEV)
+        for name in ("hfzoo", "fla"):
+            if name not in ms:
+                continue
+            model = ms[name].eval()
+
+            def gen():
+                with torch.no_grad():
+                    return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=N,
+                                          min_new_tokens=N, do_sample=False, pad_token_id=0)
+
+            try:
+                gen()  # warm-up (compiles)
+                if not DRY:
+                    torch.cuda.synchronize()
+                s = _wall(lambda: (gen(), None if DRY else torch.cuda.synchronize()))
+                res.add(case, name, "tokens/s", B * N / s)
+            except Exception as e:
+                print(f"{case} {name} failed: {repr(e)[:300]}")
+            model.train()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--no-fla", action="store_true")
+    ap.add_argument("--no-generate", action="store_true")
+    ap.add_argument("--hidden", default=None, help="comma-separated hidden sizes (default 1024,2048)")
+    ap.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU, rows not kept")
+    args = ap.parse_args()
+    hiddens = [int(h) for h in args.hidden.split(",")] if args.hidden and not DRY else HIDDENS
+    res = Results("gla_model_dryrun" if DRY else "gla_model")
+    out_dir = tempfile.mkdtemp() if DRY else None
+    for hidden in hiddens:
+        ms = models(hidden, want_fla=not (args.no_fla or DRY))
+        train_cases(res, hidden, ms)
+        res.save(out_dir, plot_metric=None)
+        if not args.no_generate:
+            generate_cases(res, hidden, ms)
+        ms = None
+        if not DRY:
+            torch.cuda.empty_cache()
+        res.save(out_dir, plot_metric=None)
+    print("saved", res.save(out_dir, plot_metric=None if DRY else "ms"))
+
+
+if __name__ == "__main__":
+    main()

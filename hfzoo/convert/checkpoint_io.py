@@ -1,0 +1,84 @@
+"""Reading checkpoint files for the converters, with errors that name the file.
+
+A truncated or garbage safetensors file, a pickle that weights-only loading refuses or that is cut short, a
+file that is not a checkpoint at all: each becomes one ``ValueError`` that starts with the file's path, which
+the ``hfzoo`` command prints as one line.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+from ..hub.progress import files_bar, human_bytes, say
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be read (the message starts with its path)."""
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def load_safetensors(path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        return load_file(str(path))
+    except Exception as e:   # SafetensorError (truncated header/data), OSError
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_reason(e)})") from e
+
+
+def load_torch(path):
+    """``torch.load(weights_only=True)``: pickles of arbitrary objects are refused, nothing in them runs."""
+    import torch
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:   # UnpicklingError, truncated zip ("PytorchStreamReader failed"), EOFError, OSError
+        hint = (" Save only the tensors first, e.g. torch.save(ckpt['state_dict'], 'weights.pt')."
+                if "weights_only" in str(e) or "Unsupported global" in str(e) else "")
+        raise CheckpointError(f"{path}: could not be read with torch.load(weights_only=True) ({_reason(e)}).{hint}"
+                              ) from e
+
+
+def load_any(path) -> dict:
+    """A safetensors or PyTorch pickle file, by suffix."""
+    path = Path(path)
+    return load_safetensors(path) if path.suffix == ".safetensors" else load_torch(path)
+
+
+def load_files(paths, desc: str = "reading weights") -> dict:
+    """Merge the tensors of several weight files (shards), announcing them; a bar for large checkpoints."""
+    paths = list(paths)
+    size = sum(os.path.getsize(p) for p in paths if os.path.isfile(p))
+    say(f"{desc}: {len(paths)} file(s), {human_bytes(size)}")
+    state: dict = {}
+    for path in files_bar(paths, desc):
+        part = load_any(path)
+        if not isinstance(part, dict):
+            raise CheckpointError(f"{path}: expected a dict of tensors, got {type(part).__name__}")
+        state.update(part)
+    return state
+
+
+def read_json(path) -> dict:
+    import json
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable JSON file ({_reason(e)})") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data

@@ -1,0 +1,129 @@
+"""Cross-entropy of a linear head's logits, without the full logits: chunked over tokens.
+
+A causal LM's loss needs ``logits = hidden @ weight^T`` only through ``logsumexp`` and the label's logit. With a
+vocabulary of 32k and 32k tokens the fp32 logits are 4.2 GB (and their gradient as much again). Here the tokens
+are processed ``chunk_size`` at a time: each chunk's logits are made in fp32, reduced to its loss, and turned at
+once into that chunk's share of the gradients (``softmax - one_hot``, then ``@ weight`` for the hidden states and
+accumulated ``^T @ hidden`` for the weight), so at most one chunk of logits exists at a time. The gradients are
+computed in the forward pass when any input needs one, kept, and scaled by the incoming gradient in the backward
+(the loss is a scalar). Plain PyTorch: the matmuls dominate and run on the same BLAS / tensor cores either way.
+
+Semantics are ``torch.nn.functional.cross_entropy(hidden @ weight.T + bias, target, ignore_index=...)`` in fp32
+with ``reduction="mean"`` (over the targets that are not ``ignore_index``), ``"sum"``, or ``"sum"`` divided by a
+given ``num_items_in_batch`` (transformers' gradient-accumulation convention). Shifting labels for next-token
+prediction is the caller's job, as with ``cross_entropy``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .validate import check_shape, check_tensor
+
+_NAME = "linear_cross_entropy"
+
+
+def _chunk_loss(h, weight, bias, target, ignore_index):
+    """Loss sum and ``d(loss sum)/d(logits)`` (fp32) of one chunk of tokens."""
+    logits = (h @ weight.t()).float()
+    if bias is not None:
+        logits = logits + bias.float()
+    valid = target != ignore_index
+    safe = torch.where(valid, target, 0)
+    lse = torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(1, safe[:, None])[:, 0]
+    loss = torch.where(valid, lse - picked, 0.0).sum()
+    grad = torch.softmax(logits, dim=-1)
+    grad[torch.arange(len(safe), device=grad.device), safe] -= 1.0
+    grad = grad * valid[:, None]
+    return loss, grad
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target, ignore_index, divisor, chunk_size, need_grads):
+        N = hidden.shape[0]
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        dh = torch.empty_like(hidden) if need_grads[0] else None
+        dw = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_grads[1] else None
+        db = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_grads[2] else None
+        for s in range(0, N, chunk_size):
+            h, t = hidden[s:s + chunk_size], target[s:s + chunk_size]
+            loss, grad = _chunk_loss(h, weight, bias, t, ignore_index)
+            total += loss
+            if dh is not None:
+                dh[s:s + chunk_size] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
+            if dw is not None:
+                dw += grad.t() @ h.float()
+            if db is not None:
+                db += grad.sum(0)
+        ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in (dh, dw, db)))
+        ctx.has = tuple(x is not None for x in (dh, dw, db))
+        ctx.divisor = divisor
+        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        return total / divisor
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        saved = ctx.saved_tensors
+        scale = grad_out / ctx.divisor
+        out = []
+        for has, g, dt in zip(ctx.has, saved, ctx.dtypes):
+            out.append((g.float() * scale).to(dt) if has else None)
+        return out[0], out[1], out[2], None, None, None, None, None
+
+
+def linear_cross_entropy(hidden, weight, target, bias=None, ignore_index=-100, reduction="mean",
+                         num_items_in_batch=None, chunk_size=4096):
+    """Cross-entropy of ``hidden @ weight.T (+ bias)`` against ``target``, never holding all the logits.
+
+    Args:
+        hidden: ``[..., D]`` hidden states (any float dtype; the logits are computed in fp32).
+        weight: ``[V, D]`` output projection (an LM head's ``weight``).
+        target: ``[...]`` integer class indices (same leading shape as ``hidden``); ``ignore_index`` entries
+            count nowhere.
+        bias: optional ``[V]``.
+        reduction: ``"mean"`` over the counted targets (0 when there are none, like a sum), or ``"sum"``.
+        num_items_in_batch: with ``reduction="mean"``, divide the sum by this count instead (transformers'
+            convention for gradient accumulation); an int or a 0-d tensor.
+        chunk_size: tokens per chunk (the peak extra memory is about ``chunk_size * V * 4`` bytes, twice).
+
+    Returns:
+        A 0-d fp32 tensor, differentiable in ``hidden``, ``weight`` and ``bias``.
+
+    Example::
+
+        >>> h, w = torch.randn(10, 16), torch.randn(50, 16)
+        >>> t = torch.randint(0, 50, (10,))
+        >>> loss = linear_cross_entropy(h, w, t, chunk_size=4)
+        >>> torch.allclose(loss, torch.nn.functional.cross_entropy(h @ w.T, t))
+        True
+    """
+    check_tensor(_NAME, "hidden", hidden)
+    check_tensor(_NAME, "weight", weight, dims=2, device=hidden.device)
+    if bias is not None:
+        check_tensor(_NAME, "bias", bias, dims=1, device=hidden.device)
+        check_shape(_NAME, "bias", bias, (weight.shape[0],), "[V]")
+    if not isinstance(target, torch.Tensor) or target.is_floating_point() or target.is_complex():
+        raise TypeError(f"{_NAME}: target must be an integer tensor of class indices")
+    if hidden.shape[-1] != weight.shape[1]:
+        raise ValueError(f"{_NAME}: hidden's last dim ({hidden.shape[-1]}) must equal weight's second dim "
+                         f"({weight.shape[1]})")
+    if tuple(target.shape) != tuple(hidden.shape[:-1]):
+        raise ValueError(f"{_NAME}: target must have hidden's leading shape {tuple(hidden.shape[:-1])}; "
+                         f"got {tuple(target.shape)}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"{_NAME}: reduction must be 'mean' or 'sum'; got {reduction!r}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"{_NAME}: chunk_size must be a positive int; got {chunk_size!r}")
+    hidden = hidden.reshape(-1, hidden.shape[-1]).contiguous()
+    target = target.reshape(-1).to(device=hidden.device, dtype=torch.long)
+    if reduction == "sum":
+        divisor = 1.0
+    elif num_items_in_batch is not None:
+        divisor = float(num_items_in_batch)
+    else:
+        divisor = float(max(int((target != ignore_index).sum()), 1))
+    need = (hidden.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
+    need = need if torch.is_grad_enabled() else (False, False, False)
+    return _LinearCrossEntropy.apply(hidden, weight, bias, target, ignore_index, divisor, chunk_size, need)

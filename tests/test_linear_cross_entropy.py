@@ -1,0 +1,124 @@
+"""Chunked linear + cross-entropy against logits made in full and torch's cross_entropy."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import rel_err
+
+from hfzoo.ops.linear_cross_entropy import linear_cross_entropy
+
+
+def _data(N=10, D=16, V=50, seed=0, dtype=torch.float32, ignore=True):
+    gen = torch.Generator().manual_seed(seed)
+    h = torch.randn(N, D, generator=gen).to(dtype)
+    w = (torch.randn(V, D, generator=gen) / 4).to(dtype)
+    b = torch.randn(V, generator=gen).to(dtype)
+    t = torch.randint(0, V, (N,), generator=gen)
+    if ignore:
+        t[::3] = -100
+    return h, w, b, t
+
+
+def _grads(fn, h, w, b):
+    leaves = [x.detach().clone().requires_grad_() for x in (h, w, b)]
+    loss = fn(*leaves)
+    return [loss, *torch.autograd.grad(loss, leaves)]
+
+
+@pytest.mark.parametrize("chunk", [3, 4, 64])  # chunks that do not divide N, and one chunk for all
+@pytest.mark.parametrize("reduction", ["mean", "sum", "items"])
+def test_matches_full_logits(chunk, reduction):
+    h, w, b, t = _data()
+    kw = {"reduction": "sum"} if reduction == "sum" else {}
+    if reduction == "items":
+        kw = {"num_items_in_batch": torch.tensor(17)}  # e.g. counted over several accumulation steps
+
+    def ref(h, w, b):
+        loss = F.cross_entropy((h @ w.T + b).float(), t, ignore_index=-100, reduction="sum")
+        return loss / 17 if reduction == "items" else (loss if reduction == "sum" else loss / (t != -100).sum())
+
+    ours = _grads(lambda h, w, b: linear_cross_entropy(h, w, t, bias=b, chunk_size=chunk, **kw), h, w, b)
+    want = _grads(ref, h, w, b)
+    for a, r in zip(ours, want):
+        assert a.shape == r.shape and rel_err(a, r) < 1e-5
+
+
+def test_leading_dims_no_bias_and_a_scaled_upstream_gradient():
+    h, w, _, t = _data(N=24)
+    h3, t3 = h.view(2, 12, 16), t.view(2, 12)
+    hh = h3.clone().requires_grad_()
+    ww = w.clone().requires_grad_()
+    (3.0 * linear_cross_entropy(hh, ww, t3, chunk_size=5)).backward()
+    hr, wr = h3.clone().requires_grad_(), w.clone().requires_grad_()
+    (3.0 * F.cross_entropy((hr @ wr.T).reshape(-1, 50), t3.reshape(-1))).backward()
+    assert rel_err(hh.grad, hr.grad) < 1e-5 and rel_err(ww.grad, wr.grad) < 1e-5
+
+
+def test_bf16_inputs_compute_in_fp32():
+    h, w, b, t = _data(dtype=torch.bfloat16)
+    loss = linear_cross_entropy(h, w, t, bias=b, chunk_size=4)
+    ref = F.cross_entropy(h.float() @ w.float().T + b.float(), t)
+    assert loss.dtype == torch.float32 and rel_err(loss, ref) < 1e-2
+    hh = h.clone().requires_grad_()
+    linear_cross_entropy(hh, w, t, chunk_size=4).backward()
+    assert hh.grad.dtype == torch.bfloat16 and torch.isfinite(hh.grad.float()).all()
+
+
+def test_all_ignored_gives_zero_and_no_grad_mode_keeps_nothing():
+    h, w, b, t = _data()
+    t[:] = -100
+    hh = h.clone().requires_grad_()
+    loss = linear_cross_entropy(hh, w, t)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.count_nonzero(hh.grad) == 0
+    with torch.no_grad():
+        h, w, b, t = _data()
+        out = linear_cross_entropy(h.requires_grad_(), w, t, bias=b)
+    assert not out.requires_grad
+    assert rel_err(out, F.cross_entropy(h.detach() @ w.T + b, t)) < 1e-5
+
+
+def test_bad_inputs_are_named():
+    h, w, b, t = _data()
+    with pytest.raises(TypeError, match="target"):
+        linear_cross_entropy(h, w, t.float())
+    with pytest.raises(ValueError, match="last dim"):
+        linear_cross_entropy(h[:, :8], w, t)
+    with pytest.raises(ValueError, match="leading shape"):
+        linear_cross_entropy(h, w, t[:5])
+    with pytest.raises(ValueError, match="bias"):
+        linear_cross_entropy(h, w, t, bias=b[:3])
+    with pytest.raises(ValueError, match="reduction"):
+        linear_cross_entropy(h, w, t, reduction="none")
+    with pytest.raises(ValueError, match="chunk_size"):
+        linear_cross_entropy(h, w, t, chunk_size=0)
+    with pytest.raises(TypeError, match="weight"):
+        linear_cross_entropy(h, w.long(), t)
+
+
+def test_gla_model_fused_loss_matches_its_logits_loss():
+    # GLAForCausalLM with fuse_linear_cross_entropy: in training with labels the loss comes from the hidden states
+    # (no logits returned); loss and every gradient equal the default path's, also with num_items_in_batch
+    from hfzoo.models.gla.configuration_gla import GLAConfig
+    from hfzoo.models.gla.modeling_gla import GLAForCausalLM
+
+    torch.manual_seed(0)
+    cfg = GLAConfig(vocab_size=64, hidden_size=32, num_heads=2, num_hidden_layers=2, fuse_linear_cross_entropy=True)
+    model = GLAForCausalLM(cfg).train()
+    ids = torch.randint(0, 64, (2, 21))
+    labels = ids.clone()
+    labels[0, :5] = -100
+    for extra in ({}, {"num_items_in_batch": torch.tensor(50)}):
+        results = []
+        for fused in (True, False):
+            model.config.fuse_linear_cross_entropy = fused
+            model.zero_grad()
+            out = model(input_ids=ids, labels=labels, **extra)
+            out.loss.backward()
+            assert (out.logits is None) == fused
+            results.append([out.loss.detach()] + [p.grad.clone() for p in model.parameters()])
+        for a, b in zip(*results):
+            assert rel_err(a, b) < 1e-5
+    model.eval()
+    model.config.fuse_linear_cross_entropy = True
+    assert model(input_ids=ids, labels=labels).logits is not None  # evaluation keeps transformers' outputs
