@@ -16,11 +16,11 @@ What maps onto what:
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
-import torch
+from ..hub.progress import say
+from .checkpoint_io import load_files, read_json
 
 SOURCE = "mom-gla"
 DESCRIPTION = "MoM repository MomGLAForCausalLM checkpoint folder (model_type 'mom_gla') -> hfzoo MoM"
@@ -84,6 +84,8 @@ def convert_config(source: dict):
 def convert_state_dict(state_dict: dict, config) -> dict:
     """Rename/split the source keys and check them against the hfzoo model; ValueError lists missing,
     unexpected and misshapen keys."""
+    import torch
+
     from ..models.mom.modeling_mom import MoMForCausalLM
 
     with torch.device("meta"):
@@ -122,35 +124,31 @@ def convert_state_dict(state_dict: dict, config) -> dict:
 
 def load_state_dict(folder: Path) -> dict:
     """All tensors of a checkpoint folder: (sharded) safetensors, else (sharded) pytorch_model*.bin."""
-    from safetensors.torch import load_file
-
     safetensors = sorted(folder.glob("*.safetensors"))
     bins = sorted(p for p in folder.glob("*.bin") if p.name.startswith("pytorch_model"))
     if not safetensors and not bins:
         raise ValueError(f"no *.safetensors or pytorch_model*.bin weights in {folder}")
-    state = {}
-    for path in safetensors or bins:
-        part = (load_file(str(path)) if path.suffix == ".safetensors"
-                else torch.load(path, map_location="cpu", weights_only=True))
-        state.update(part)
-    return state
+    return load_files(safetensors or bins, f"{SOURCE}: reading weights")
 
 
-def convert(source, output, *, overwrite: bool = False, dtype: str = "keep", **options) -> Path:
+def convert(source, output, *, overwrite: bool = False, dtype: str = "keep") -> Path:
     """Convert the MoM ``mom_gla`` checkpoint folder ``source`` into an hfzoo folder ``output`` (atomically)."""
+    import torch
+
     from ..hub.atomic import atomic_directory
     from ..models.mom.modeling_mom import MoMForCausalLM
 
-    if options:
-        raise TypeError(f"unknown options for {SOURCE}: {sorted(options)}")
     folder = Path(source)
     if not folder.is_dir():
         raise ValueError(f"{source} is not a folder (a MomGLAForCausalLM checkpoint folder with config.json)")
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise ValueError(f"no config.json in {folder}")
-    config = convert_config(json.loads(config_path.read_text()))
-    state = convert_state_dict(load_state_dict(folder), config)
+    say(f"{SOURCE}: reading {config_path}")
+    config = convert_config(read_json(config_path))
+    state = load_state_dict(folder)
+    say(f"{SOURCE}: checking {len(state)} tensors against an hfzoo MoM of this config")
+    state = convert_state_dict(state, config)
     if dtype != "keep":
         target = getattr(torch, dtype)
         state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
@@ -168,6 +166,7 @@ def convert(source, output, *, overwrite: bool = False, dtype: str = "keep", **o
     leftover = [n for n, p in model.named_parameters() if p.is_meta]
     if leftover:
         raise ValueError(f"parameters left unset by the checkpoint: {leftover}")
+    say(f"{SOURCE}: writing {output}")
     with atomic_directory(output, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         for name in _TOKENIZER_FILES:
