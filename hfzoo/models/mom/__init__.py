@@ -31,8 +31,8 @@ ARCHITECTURE = Architecture(
     model_type="hfzoo_mom",
     config="configuration_mom.MoMConfig",
     models={"AutoModel": "modeling_mom.MoMModel", "AutoModelForCausalLM": "modeling_mom.MoMForCausalLM"},
-    summary="Linear-time language model with several routed gated-linear-attention memories per layer plus a "
-            "shared one: more recall at the same per-memory state size.",
+    summary="Linear-time language model whose layers route each token to a few of several gated-linear-attention "
+            "memories (plus a shared one), so that different memories hold different parts of the text.",
     paper="https://arxiv.org/abs/2502.13685",
     tiny_config=tiny_config,
     example_inputs=example_inputs,
