@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SKIP = {"common", "run_all", "__init__"}
+SKIP = {"common", "run_all", "__init__",
+        # experiments, not speed benchmarks: small training runs on the CPU (minutes to tens of minutes each)
+        "peft_pissa_vs_lora", "lora_merge", "mqar", "import_time"}
 
 
 def main(argv):

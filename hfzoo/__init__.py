@@ -13,4 +13,9 @@ from .registry import checkpoint_path, register_all  # noqa: E402
 
 register_all()
 
+# hfzoo's default LoRA targets reach peft when (or if) peft is imported; peft itself is not imported here
+from .peft.targets import install_import_hook as _install_peft_hook  # noqa: E402
+
+_install_peft_hook()
+
 __all__ = ["ARCHITECTURES", "checkpoint_path", "get_architecture", "register_all", "__version__"]

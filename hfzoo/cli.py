@@ -139,6 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860, help="port to listen on (default: 7860)")
     p.add_argument("--share", action="store_true", help="create a public gradio.live link")
     p.set_defaults(func=_cmd_demo)
+
+    from .peft.cli_commands import add_peft_commands
+
+    add_peft_commands(sub)  # pissa, merge
     return parser
 
 

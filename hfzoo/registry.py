@@ -55,7 +55,7 @@ class Architecture:
     converters: tuple[str, ...] = ()           # modules under hfzoo.convert: ("fla_gla",)
     card_template: str = ""                    # file under hfzoo/model_cards: "gla.md"
     pipeline_tag: str = ""                     # the Hub pipeline tag of main_model: "text-generation"
-    lora_target_modules: tuple[str, ...] = ()  # module names LoRA adapts by default
+    lora_target_modules: tuple[str, ...] = ()  # module names LoRA adapts by default (peft: hfzoo.peft.targets)
 
     @property
     def config_class(self) -> type:

@@ -42,6 +42,7 @@ ARCHITECTURE = Architecture(
     card_template="gla.md",
     pipeline_tag="text-generation",
     supports_packing=True,
+    lora_target_modules=("q_proj", "k_proj", "v_proj", "g_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
 )
 
 __getattr__ = lazy_exports(__name__, {

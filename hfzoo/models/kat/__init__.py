@@ -38,6 +38,7 @@ ARCHITECTURE = Architecture(
     converters=("timm_kat",),
     card_template="kat.md",
     pipeline_tag="image-classification",
+    lora_target_modules=("qkv", "proj", "fc1", "fc2"),
 )
 
 __getattr__ = lazy_exports(__name__, {

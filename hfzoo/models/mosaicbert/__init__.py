@@ -48,6 +48,7 @@ ARCHITECTURE = Architecture(
     card_template="mosaicbert.md",
     pipeline_tag="fill-mask",
     supports_packing=True,
+    lora_target_modules=("Wqkv", "attention.output.dense", "gated_layers", "wo"),
 )
 
 __getattr__ = lazy_exports(__name__, {

@@ -41,6 +41,7 @@ ARCHITECTURE = Architecture(
     converters=("simvq_ckpt",),
     card_template="simvq.md",
     pipeline_tag="image-feature-extraction",
+    lora_target_modules=("embedding_proj",),
 )
 
 __getattr__ = lazy_exports(__name__, {
