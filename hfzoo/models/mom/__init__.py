@@ -43,6 +43,8 @@ ARCHITECTURE = Architecture(
     card_template="mom.md",
     pipeline_tag="text-generation",
     supports_packing=True,
+    # per-memory key/value projections sit in ModuleLists (k_proj.0, ...), which a name suffix cannot pick alone
+    lora_target_modules=("q_proj", "shared_k", "shared_v", "g_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
 )
 
 __getattr__ = lazy_exports(__name__, {
