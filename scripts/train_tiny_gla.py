@@ -138,7 +138,7 @@ def main(argv=None):
     model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
                                                pad_token_id=config.pad_token_id, do_sample=True, temperature=0.8,
                                                top_p=0.9, max_new_tokens=64)
-    save_pretrained_atomic(args.output, model, tokenizer, overwrite=True,
+    save_pretrained_atomic(args.output, model, tokenizer, overwrite=True, standalone=False,
                            files={"training_results.json": json.dumps(results, indent=1) + "\n"})
     print(f"saved to {args.output}")
 

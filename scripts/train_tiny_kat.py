@@ -111,7 +111,7 @@ def main():
     model, metrics = train(digits_config(), seed=args.seed, epochs=args.epochs)
     from hfzoo.hub.atomic import save_pretrained_atomic
 
-    save_pretrained_atomic(args.out, model, digits_processor(), overwrite=True,
+    save_pretrained_atomic(args.out, model, digits_processor(), overwrite=True, standalone=False,
                            files={"training.json": json.dumps(metrics, indent=1) + "\n"})
     print(json.dumps(metrics))
 

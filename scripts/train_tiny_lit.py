@@ -136,10 +136,12 @@ def main(argv=None):
         print(name, results[name])
 
     from hfzoo.hub.atomic import atomic_directory
+    from hfzoo.utils.atomic_files import drop_remote_code
 
     student.config.id2label = {i: str(i) for i in range(10)}
     with atomic_directory(args.out, overwrite=True) as tmp:
         student.save_pretrained(tmp)
+        drop_remote_code(tmp)   # shipped inside the package: loads through the installed hfzoo
         (tmp / "training.json").write_text(json.dumps({
             "data": "sklearn load_digits, 80/20 stratified split (seed 0), pixels scaled to [-1, 1]",
             "recipe": "DiT teacher trained first; LiT inherits all but attention (loaded "

@@ -163,7 +163,7 @@ def main():
         "train_minutes_cpu": round(minutes, 2), "torch_threads": torch.get_num_threads(),
     }
     print(json.dumps(results, indent=1))
-    save_pretrained_atomic(args.output, model, tokenizer, overwrite=True,
+    save_pretrained_atomic(args.output, model, tokenizer, overwrite=True, standalone=False,
                            files={"training_results.json": json.dumps(results, indent=1) + "\n"})
     print(f"saved to {args.output}")
 

@@ -87,7 +87,7 @@ def main():
                    final_train_loss=round(out.loss.item(), 5), seed=args.seed,
                    train_photos=list(TRAIN_PHOTOS), eval_photos=list(EVAL_PHOTOS),
                    parameters=sum(q.numel() for q in model.parameters()))
-    save_pretrained_atomic(args.out, model, SimVQImageProcessor(size=128), overwrite=True,
+    save_pretrained_atomic(args.out, model, SimVQImageProcessor(size=128), overwrite=True, standalone=False,
                            files={"training.json": json.dumps(metrics, indent=1) + "\n"})
     print(json.dumps(metrics))
 

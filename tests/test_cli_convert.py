@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from test_gla_convert import FLA_CONFIG, fla_state_dict, write_fla_folder
 from test_kat_convert import HEADS, timm_state_dict
 from test_mosaicbert_convert import CFG as MOSAIC_CFG
+from test_mom_convert import write_source as write_mom_folder
 from test_mosaicbert_convert import mosaic_state_dict
 from test_simvq_convert import _source_state, _write
 
@@ -49,8 +50,20 @@ def _simvq(tmp):
     return _write(tmp, state), ["--weights", "raw"]
 
 
+def _mom(tmp):
+    return write_mom_folder(tmp / "mom-src"), ["--dtype", "float32"]
+
+
+def _dit(tmp):
+    from test_lit_convert import _diffusers_dit
+
+    _diffusers_dit(seed=5).save_pretrained(tmp / "dit-pipeline" / "transformer")
+    return tmp / "dit-pipeline", ["--num-heads", "2"]
+
+
 SOURCES = {"fla-gla": (_fla, "AutoModelForCausalLM"), "timm-kat": (_kat, "AutoModelForImageClassification"),
-           "mosaicml-bert": (_mosaic, "AutoModelForMaskedLM"), "simvq": (_simvq, "AutoModel")}
+           "mosaicml-bert": (_mosaic, "AutoModelForMaskedLM"), "simvq": (_simvq, "AutoModel"),
+           "mom-gla": (_mom, "AutoModelForCausalLM"), "dit": (_dit, "AutoModel")}
 
 
 def test_every_registered_converter_is_covered_here():
@@ -95,7 +108,8 @@ def test_convert_command_end_to_end(name, tmp_path, capsys):
 def test_conversion_script_runs_as_a_subprocess(name, tmp_path):
     """conversions/<x>_to_<y>.py as a user runs it, with its options, and -q."""
     scripts = {"fla-gla": "fla_to_gla.py", "timm-kat": "timm_kat_to_kat.py",
-               "mosaicml-bert": "mosaicml_to_mosaicbert.py", "simvq": "simvq_to_hfzoo.py"}
+               "mosaicml-bert": "mosaicml_to_mosaicbert.py", "simvq": "simvq_to_hfzoo.py",
+               "mom-gla": "mom_to_hfzoo.py", "dit": "dit_to_lit.py"}
     src, options = SOURCES[name][0](tmp_path)
     env = dict(os.environ, PYTHONPATH=str(ROOT), HFZOO_PROGRESS="1")
     proc = subprocess.run([sys.executable, str(ROOT / "conversions" / scripts[name]), str(src), str(tmp_path / "o"),

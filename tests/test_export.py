@@ -601,3 +601,21 @@ def test_export_of_a_hub_repo_keeps_its_preprocessing_files(tmp_path, monkeypatc
     export("someone/tiny-gla", tmp_path / "out", card=False)
     assert asked["repo"] == "someone/tiny-gla" and "tokenizer.json" in asked["patterns"]
     assert (tmp_path / "out" / "tokenizer.json").read_text() == '{"version": "1.0"}'
+
+
+def test_save_pretrained_atomic_without_the_hub_bundle(tmp_path):
+    """What the training scripts use for checkpoints shipped inside the package: no code copies, no auto_map,
+    and the folder loads through the installed hfzoo."""
+    from transformers import AutoModelForImageClassification
+
+    from hfzoo.hub.atomic import save_pretrained_atomic
+
+    arch = ARCHITECTURES["kat"]
+    model = arch.main_model(arch.tiny_config()).eval()
+    folder = save_pretrained_atomic(tmp_path / "ckpt", model, standalone=False)
+    assert not list(folder.glob("*.py"))
+    assert "auto_map" not in json.loads((folder / "config.json").read_text())
+    loaded = AutoModelForImageClassification.from_pretrained(folder).eval()
+    inputs = arch.example_inputs(model.config)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, model(**inputs).logits)

@@ -1,5 +1,6 @@
 """Layout rules the exporter and the design depend on."""
 
+import json
 import ast
 from collections import defaultdict
 from pathlib import Path
@@ -88,3 +89,12 @@ def test_every_architecture_has_a_card_template_and_a_prefixed_model_type():
     for name, arch in hfzoo.ARCHITECTURES.items():
         assert arch.model_type.startswith("hfzoo_"), arch.model_type
         assert template_path(name).read_text().startswith("---\n{{ card_data }}\n---")
+
+
+def test_shipped_checkpoints_hold_no_code_copies():
+    """Checkpoints inside the package load through the installed hfzoo: a copy of the remote code (which
+    ``save_pretrained`` writes for the Hub) would go stale beside the package it was copied from."""
+    root = Path(__file__).resolve().parent.parent / "hfzoo" / "checkpoints"
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        assert not list(folder.glob("*.py")), folder
+        assert "auto_map" not in json.loads((folder / "config.json").read_text()), folder

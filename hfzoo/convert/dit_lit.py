@@ -285,8 +285,11 @@ def convert(source, output, *, overwrite: bool = False, target: str = "lit", num
             seed: int = 0) -> Path:
     """Write an hfzoo LiT folder (weights, config, CONVERSION.md with the loaded/initialized report)."""
     from ..hub.atomic import atomic_directory
+    from ..hub.progress import say
 
+    say(f"{SOURCE}: reading {source}")
     model, report = load_model(source, target=target, num_heads=num_heads, seed=seed)
+    say(f"{SOURCE}: writing {output}")
     with atomic_directory(output, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         (tmp / "CONVERSION.md").write_text(report_markdown(report, source))

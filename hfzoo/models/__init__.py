@@ -7,7 +7,7 @@ import importlib
 from ..registry import Architecture, register_all
 
 # Packages under hfzoo/models, each defining ARCHITECTURE in its __init__.
-_PACKAGES: tuple[str, ...] = ("gla", "simvq", "mosaicbert", "kat", "lit")
+_PACKAGES: tuple[str, ...] = ("gla", "mom", "simvq", "mosaicbert", "kat", "lit")
 
 ARCHITECTURES: dict[str, Architecture] = {}
 for _pkg in _PACKAGES:

@@ -147,12 +147,32 @@ def staged_directory(path: str | os.PathLike):
 
 
 def save_pretrained_atomic(path: str | os.PathLike, *parts, files: dict[str, str] | None = None,
-                           overwrite: bool = False) -> Path:
+                           overwrite: bool = False, standalone: bool = True) -> Path:
     """Write a model folder in one atomic step: each part's ``save_pretrained`` output (model, tokenizer,
-    processor) and ``files`` (name -> text) beside them. Returns ``Path(path)``."""
+    processor) and ``files`` (name -> text) beside them. Returns ``Path(path)``.
+
+    ``standalone=False`` leaves out the remote code and ``auto_map`` that hfzoo models write for the Hub: for
+    the checkpoints shipped inside the package, which load through the installed hfzoo."""
     with atomic_directory(path, overwrite=overwrite) as tmp:
         for part in parts:
             part.save_pretrained(tmp)
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
+        if not standalone:
+            drop_remote_code(tmp)
     return Path(path)
+
+
+def drop_remote_code(folder: str | os.PathLike) -> None:
+    """Remove the bundled ``*.py`` files and every ``auto_map`` from a saved model folder."""
+    import json
+
+    folder = Path(folder)
+    for code in folder.glob("*.py"):
+        code.unlink()
+    for name in ("config.json", "preprocessor_config.json", "tokenizer_config.json", "processor_config.json"):
+        path = folder / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            if data.pop("auto_map", None) is not None:
+                path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

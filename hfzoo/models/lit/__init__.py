@@ -42,6 +42,7 @@ ARCHITECTURE = Architecture(
     converters=("dit_lit",),
     card_template="lit.md",
     pipeline_tag="unconditional-image-generation",
+    lora_target_modules=("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"),
 )
 
 __getattr__ = lazy_exports(__name__, {
