@@ -35,8 +35,10 @@ import argparse
 import json
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:   # imported where used, so `hfzoo --help` does not load torch
+    import torch
 
 SOURCE = "dit"
 DESCRIPTION = "DiT (diffusers DiTTransformer2DModel folder or original .pt) -> LiT (inherit all but attention)"
@@ -57,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -108,6 +112,8 @@ def diffusers_to_dit_names(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch
     """Rename a diffusers DiT state dict to the original DiT names.
 
     Returns (renamed, source keys not used, {original name: [diffusers names it came from]})."""
+    import torch
+
     _require(sd, ["pos_embed.proj.weight", "transformer_blocks.0.norm1.linear.weight", "proj_out_2.weight"],
              "diffusers DiTTransformer2DModel")
     out, unused, origin = {}, [], {}
@@ -212,6 +218,8 @@ def inherit(sd: dict, config, seed: int = 0):
     """Build the model of ``config`` and load every parameter of the DiT state dict ``sd`` (original names) that
     it has, leaving LiT's attention at its init. Returns (model, report) where report lists ``loaded``,
     ``initialized`` (model keys not from the source) and ``dropped`` (source keys not used)."""
+    import torch
+
     from ..models.lit.modeling_lit import LiTModel, sincos_2d
 
     torch.manual_seed(seed)
