@@ -208,3 +208,19 @@ def test_space_runs_from_a_copy_of_the_package(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.strip().splitlines()
     assert lines[-2].startswith(str(space / "hfzoo")) and lines[-1] == "Blocks", lines
+
+
+def test_help_and_list_load_neither_torch_nor_models():
+    """`hfzoo --help` and `hfzoo list` answer at once: building the parser (every converter's options included)
+    and listing the registry import no torch, transformers model code or Gradio."""
+    code = ("import sys, contextlib, io\n"
+            "from hfzoo.cli import build_parser, main\n"
+            "build_parser()\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    main(['list'])\n"
+            "heavy = [m for m in ('torch', 'gradio', 'transformers.modeling_utils') if m in sys.modules]\n"
+            "heavy += [m for m in sys.modules if m.startswith('hfzoo.models.') and '.modeling_' in m]\n"
+            "print(heavy)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]", proc.stdout
