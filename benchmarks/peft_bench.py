@@ -115,7 +115,7 @@ def main(argv=None):
             if name == "peft_pissa" and rep > 0:
                 continue  # the full SVD runs once (minutes on a CPU)
             m = copy.deepcopy(model)
-            best[name] = min(best.get(name, float("inf")), timed(lambda: fn(m), device))
+            best[name] = min(best.get(name, float("inf")), timed(lambda fn=fn, m=m: fn(m), device))
             del m
     for name, s in best.items():
         res.add(f"pissa init {shape}", name, "s", s, layers=layers)

@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import save_file
 from test_gla_convert import FLA_CONFIG, fla_state_dict, write_fla_folder
 from test_kat_convert import HEADS, timm_state_dict
-from test_mosaicbert_convert import CFG as MOSAIC_CFG
 from test_mom_convert import write_source as write_mom_folder
+from test_mosaicbert_convert import CFG as MOSAIC_CFG
 from test_mosaicbert_convert import mosaic_state_dict
 from test_simvq_convert import _source_state, _write
 

@@ -544,10 +544,9 @@ def test_the_cards_pipeline_tag_names_a_pipeline_that_runs(name):
     """The Hub shows a card's pipeline_tag as the model's task: that pipeline must run on the shipped checkpoint."""
     from PIL import Image
     from transformers import pipeline
+    from transformers.pipelines import SUPPORTED_TASKS
 
     from hfzoo.registry import checkpoint_path
-
-    from transformers.pipelines import SUPPORTED_TASKS
 
     arch = ARCHITECTURES[name]
     if arch.pipeline_tag not in SUPPORTED_TASKS:

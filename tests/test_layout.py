@@ -1,7 +1,7 @@
 """Layout rules the exporter and the design depend on."""
 
-import json
 import ast
+import json
 from collections import defaultdict
 from pathlib import Path
 

@@ -16,7 +16,7 @@ from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPP
 import hfzoo
 from hfzoo.cli import main
 from hfzoo.ops.dispatch import use_backend
-from hfzoo.peft.pissa import pissa_init, pissa_to_lora
+from hfzoo.peft.pissa import pissa_init
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHS = sorted(hfzoo.ARCHITECTURES)
