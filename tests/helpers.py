@@ -39,3 +39,18 @@ def assert_left_padded_generate_matches(model, seqs, max_new_tokens):
     for i, s in enumerate(seqs):
         single = model.generate(s[None], attention_mask=torch.ones_like(s)[None], **kw)
         assert batched[i, T:].tolist() == single[0, len(s):].tolist(), i
+
+
+def assert_token_by_token_decoding_matches(model, x, prefix: int):
+    """A causal LM fed ``x[:, :prefix]`` and then one token at a time through its cache gives the logits of one
+    full forward; returns the final cache (which has seen every token)."""
+    with torch.no_grad():
+        full = model(x).logits
+        out = model(x[:, :prefix], use_cache=True)
+        logits = [out.logits]
+        for t in range(prefix, x.shape[1]):
+            out = model(x[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
+            logits.append(out.logits)
+    assert out.past_key_values.get_seq_length() == x.shape[1]
+    assert rel_err(torch.cat(logits, 1), full) < 1e-5
+    return out.past_key_values

@@ -6,7 +6,12 @@ runs the same model through the Triton kernels (the interpreter on CPU)."""
 
 import pytest
 import torch
-from helpers import assert_left_padded_generate_matches, assert_padded_batch_matches_each_sequence, rel_err
+from helpers import (
+    assert_left_padded_generate_matches,
+    assert_padded_batch_matches_each_sequence,
+    assert_token_by_token_decoding_matches,
+    rel_err,
+)
 
 from hfzoo.models.gla import (
     GLAConfig,
@@ -102,16 +107,7 @@ def test_tied_embeddings():
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_token_by_token_decoding_matches_full_forward(name):
     model = make_model(name)
-    x = ids(2, 13)
-    with torch.no_grad():
-        full = model(x).logits
-        out = model(x[:, :6], use_cache=True)
-        logits = [out.logits]
-        for t in range(6, 13):
-            out = model(x[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
-            logits.append(out.logits)
-    assert out.past_key_values.get_seq_length() == 13
-    assert rel_err(torch.cat(logits, 1), full) < 1e-5
+    assert_token_by_token_decoding_matches(model, ids(2, 13), prefix=6)
 
 
 @pytest.mark.parametrize("name", ["conv_gqa", "hybrid"])

@@ -3,7 +3,12 @@ documents, decoding, generation, gradients, the balance loss; Triton kernels thr
 
 import pytest
 import torch
-from helpers import assert_left_padded_generate_matches, assert_padded_batch_matches_each_sequence, rel_err
+from helpers import (
+    assert_left_padded_generate_matches,
+    assert_padded_batch_matches_each_sequence,
+    assert_token_by_token_decoding_matches,
+    rel_err,
+)
 
 from hfzoo.models.mom import MoMConfig, MoMForCausalLM, MoMModel
 from hfzoo.models.mom.modeling_mom import (
@@ -266,18 +271,9 @@ def test_packed_input_errors_are_clear():
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_token_by_token_decoding_matches_full_forward(name):
     model = make_model(name)
-    x = ids(2, 13)
-    with torch.no_grad():
-        full = model(x).logits
-        out = model(x[:, :6], use_cache=True)
-        logits = [out.logits]
-        for t in range(6, 13):
-            out = model(x[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
-            logits.append(out.logits)
-    state = out.past_key_values.layers[0].recurrent_state
+    cache = assert_token_by_token_decoding_matches(model, ids(2, 13), prefix=6)
+    state = cache.layers[0].recurrent_state
     assert isinstance(state, tuple) and len(state) == model.config.num_states
-    assert out.past_key_values.get_seq_length() == 13
-    assert rel_err(torch.cat(logits, 1), full) < 1e-5
 
 
 def test_decoding_updates_only_the_chosen_memories():
