@@ -137,3 +137,28 @@ def cast_floats(state: dict, config, dtype: str) -> dict:
     if len(floats) == 1:
         config.dtype = str(next(iter(floats))).removeprefix("torch.")
     return state
+
+
+def add_dtype_argument(parser) -> None:
+    """The ``--dtype`` option of converters whose weights ``cast_floats`` casts."""
+    parser.add_argument("--dtype", choices=["keep", "float32", "bfloat16", "float16"], default="keep",
+                        help="dtype of the written weights (default: as stored)")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "generation_config.json")
+
+
+def save_with_tokenizer_files(model, source_folder: Path, output, *, overwrite: bool) -> Path:
+    """``model.save_pretrained`` into ``output`` (atomically), with the tokenizer and generation files that
+    ``source_folder`` has (``TOKENIZER_FILES``) copied beside it."""
+    import shutil
+
+    from ..hub.atomic import atomic_directory
+
+    with atomic_directory(output, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        for name in TOKENIZER_FILES:
+            if (source_folder / name).is_file():
+                shutil.copy2(source_folder / name, Path(tmp) / name)
+    return Path(output)

@@ -10,11 +10,17 @@ non-parameters (rotary ``inv_freq``), checks every key and shape, and keeps the 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from ..hub.progress import say
-from .checkpoint_io import cast_floats, load_folder_weights, read_checkpoint_folder, state_dict_problems
+from .checkpoint_io import (
+    add_dtype_argument,
+    cast_floats,
+    load_folder_weights,
+    read_checkpoint_folder,
+    save_with_tokenizer_files,
+    state_dict_problems,
+)
 
 SOURCE = "fla-gla"
 DESCRIPTION = "flash-linear-attention GLA checkpoint folder (model_type 'gla') -> hfzoo GLA"
@@ -25,13 +31,10 @@ _COPIED = ("vocab_size", "hidden_size", "expand_k", "expand_v", "hidden_ratio", 
            "clamp_min", "hidden_act", "max_position_embeddings", "elementwise_affine", "norm_eps", "attn",
            "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings", "initializer_range", "fuse_norm",
            "gate_low_rank_dim", "gate_logit_normalizer", "conv_bias")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                    "added_tokens.json", "vocab.json", "merges.txt", "generation_config.json")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--dtype", choices=["keep", "float32", "bfloat16", "float16"], default="keep",
-                        help="dtype of the written weights (default: as stored)")
+    add_dtype_argument(parser)
 
 
 def convert_config(fla_config: dict):
@@ -100,7 +103,6 @@ def convert(source, output, *, overwrite: bool = False, dtype: str = "keep") -> 
     """Convert the fla GLA checkpoint folder ``source`` into an hfzoo folder ``output`` (written atomically)."""
     import torch
 
-    from ..hub.atomic import atomic_directory
     from ..models.gla.modeling_gla import GLAForCausalLM
 
     folder, raw_config = read_checkpoint_folder(
@@ -124,12 +126,7 @@ def convert(source, output, *, overwrite: bool = False, dtype: str = "keep") -> 
             module = model.get_submodule(name.rsplit(".", 1)[0])
             module.inv_freq = _rotary_inv_freq(config, module)
     say(f"{SOURCE}: writing {output}")
-    with atomic_directory(output, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
-        for name in _TOKENIZER_FILES:
-            if (folder / name).is_file():
-                shutil.copy2(folder / name, Path(tmp) / name)
-    return Path(output)
+    return save_with_tokenizer_files(model, folder, output, overwrite=overwrite)
 
 
 def _rotary_inv_freq(config, attention):

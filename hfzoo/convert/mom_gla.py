@@ -16,11 +16,17 @@ What maps onto what:
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from ..hub.progress import say
-from .checkpoint_io import cast_floats, load_folder_weights, read_checkpoint_folder, state_dict_problems
+from .checkpoint_io import (
+    add_dtype_argument,
+    cast_floats,
+    load_folder_weights,
+    read_checkpoint_folder,
+    save_with_tokenizer_files,
+    state_dict_problems,
+)
 
 SOURCE = "mom-gla"
 DESCRIPTION = "MoM repository MomGLAForCausalLM checkpoint folder (model_type 'mom_gla') -> hfzoo MoM"
@@ -32,13 +38,9 @@ _COPIED = ("vocab_size", "hidden_size", "expand_k", "expand_v", "hidden_ratio", 
            "norm_eps", "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings", "initializer_range",
            "fuse_norm")
 _RENAMED = {"num_memories": ("num_memories", "num_experts"), "single_kv_proj": ("single_kv_proj", "single_expert")}
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                    "added_tokens.json", "vocab.json", "merges.txt", "generation_config.json")
-
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--dtype", choices=["keep", "float32", "bfloat16", "float16"], default="keep",
-                        help="dtype of the written weights (default: as stored)")
+    add_dtype_argument(parser)
 
 
 def convert_config(source: dict):
@@ -117,7 +119,6 @@ def convert(source, output, *, overwrite: bool = False, dtype: str = "keep") -> 
     """Convert the MoM ``mom_gla`` checkpoint folder ``source`` into an hfzoo folder ``output`` (atomically)."""
     import torch
 
-    from ..hub.atomic import atomic_directory
     from ..models.mom.modeling_mom import MoMForCausalLM
 
     folder, raw_config = read_checkpoint_folder(source, SOURCE, "a MomGLAForCausalLM checkpoint folder with config.json")
@@ -136,9 +137,4 @@ def convert(source, output, *, overwrite: bool = False, dtype: str = "keep") -> 
     if leftover:
         raise ValueError(f"parameters left unset by the checkpoint: {leftover}")
     say(f"{SOURCE}: writing {output}")
-    with atomic_directory(output, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
-        for name in _TOKENIZER_FILES:
-            if (folder / name).is_file():
-                shutil.copy2(folder / name, Path(tmp) / name)
-    return Path(output)
+    return save_with_tokenizer_files(model, folder, output, overwrite=overwrite)
