@@ -39,6 +39,7 @@ _COPIED = ("vocab_size", "hidden_size", "expand_k", "expand_v", "hidden_ratio", 
            "fuse_norm")
 _RENAMED = {"num_memories": ("num_memories", "num_experts"), "single_kv_proj": ("single_kv_proj", "single_expert")}
 
+
 def add_arguments(parser) -> None:
     add_dtype_argument(parser)
 
