@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
-from pydoc_data.topics import topics
 
 import torch
 
@@ -32,28 +32,8 @@ try:
 except ImportError:  # run as a script from the benchmarks folder
     from common import RESULTS, Results
 
-
-def heldout_blocks(tokenizer, block: int, every: int = 8) -> torch.Tensor:
-    names = sorted(topics)[::every]  # the topics tiny-gla did not train on
-    ids = []
-    for name in names:
-        ids += [tokenizer.bos_token_id] + tokenizer(topics[name])["input_ids"] + [tokenizer.eos_token_id]
-    n = len(ids) // block
-    return torch.tensor(ids[: n * block]).view(n, block)
-
-
-@torch.no_grad()
-def evaluate(model, blocks, batch: int = 16) -> float:
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(blocks), batch):
-        x = blocks[i:i + batch]
-        logits = model(x).logits[:, :-1]
-        total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
-                                                   reduction="sum").item()
-        count += x[:, 1:].numel()
-    model.train()
-    return total / count
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from pydoc_corpus import evaluate, split_topics, to_blocks  # noqa: E402
 
 
 def run(base, method: str, seed: int, train, evalset, args) -> list[tuple[int, float]]:
@@ -65,7 +45,7 @@ def run(base, method: str, seed: int, train, evalset, args) -> list[tuple[int, f
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     order = torch.Generator().manual_seed(seed)
-    curve = [(0, evaluate(model, evalset))]
+    curve = [(0, evaluate(model, evalset, 16))]
     for step in range(1, args.steps + 1):
         idx = torch.randint(0, len(train), (args.batch,), generator=order)
         x = train[idx]
@@ -74,7 +54,7 @@ def run(base, method: str, seed: int, train, evalset, args) -> list[tuple[int, f
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step % args.eval_every == 0 or step == args.steps:
-            curve.append((step, evaluate(model, evalset)))
+            curve.append((step, evaluate(model, evalset, 16)))
             print(f"{method:>5} seed {seed} step {step:4d} eval loss {curve[-1][1]:.4f}", flush=True)
     return curve
 
@@ -121,7 +101,7 @@ def main(argv=None):
     folder = hfzoo.checkpoint_path("tiny-gla")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     base, _ = load_model(folder)
-    blocks = heldout_blocks(tokenizer, args.block)
+    blocks = to_blocks(tokenizer, split_topics()[1], args.block)   # the topics tiny-gla did not train on
     is_eval = torch.arange(len(blocks)) % 5 == 4
     train, evalset = blocks[~is_eval], blocks[is_eval][: args.eval_blocks]
     print(f"fine-tune {tuple(train.shape)}, eval {tuple(evalset.shape)}", flush=True)

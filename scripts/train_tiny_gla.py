@@ -15,9 +15,9 @@ import json
 import math
 import random
 import time
-from pydoc_data.topics import topics
 
 import torch
+from pydoc_corpus import evaluate, split_topics, to_blocks
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, PreTrainedTokenizerFast
 
@@ -25,13 +25,6 @@ from hfzoo.hub.atomic import save_pretrained_atomic
 from hfzoo.models.gla import GLAConfig, GLAForCausalLM
 
 SPECIALS = ["<pad>", "<s>", "</s>"]   # ids 0, 1, 2
-
-
-def split_topics(every: int = 8):
-    names = sorted(topics)
-    held = names[::every]
-    train = [n for n in names if n not in held]
-    return [topics[n] for n in train], [topics[n] for n in held], held
 
 
 def train_tokenizer(texts, vocab_size: int) -> PreTrainedTokenizerFast:
@@ -43,28 +36,6 @@ def train_tokenizer(texts, vocab_size: int) -> PreTrainedTokenizerFast:
     tok.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
                                    model_max_length=4096)
-
-
-def to_blocks(tokenizer, texts, block: int) -> torch.Tensor:
-    ids = []
-    for text in texts:
-        ids += [tokenizer.bos_token_id] + tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
-    n = len(ids) // block
-    return torch.tensor(ids[: n * block]).view(n, block)
-
-
-@torch.no_grad()
-def evaluate(model, blocks, batch: int) -> float:
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(blocks), batch):
-        x = blocks[i:i + batch]
-        logits = model(x).logits[:, :-1]
-        total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
-                                                   reduction="sum").item()
-        count += x[:, 1:].numel()
-    model.train()
-    return total / count
 
 
 def main(argv=None):

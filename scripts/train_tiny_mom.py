@@ -16,44 +16,15 @@ import json
 import math
 import random
 import time
-from pydoc_data.topics import topics
 
 import torch
+from pydoc_corpus import evaluate, split_topics, to_blocks
 from transformers import GenerationConfig, PreTrainedTokenizerFast
 
 from hfzoo.hub.atomic import save_pretrained_atomic
 from hfzoo.models.mom import MoMConfig, MoMForCausalLM
 from hfzoo.ops.dispatch import use_backend
 from hfzoo.registry import checkpoint_path
-
-
-def split_topics(every: int = 8):
-    names = sorted(topics)
-    held = names[::every]
-    train = [n for n in names if n not in held]
-    return [topics[n] for n in train], [topics[n] for n in held], held
-
-
-def to_blocks(tokenizer, texts, block: int) -> torch.Tensor:
-    ids = []
-    for text in texts:
-        ids += [tokenizer.bos_token_id] + tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
-    n = len(ids) // block
-    return torch.tensor(ids[: n * block]).view(n, block)
-
-
-@torch.no_grad()
-def evaluate(model, blocks, batch: int) -> float:
-    model.eval()
-    total, count = 0.0, 0
-    for i in range(0, len(blocks), batch):
-        x = blocks[i:i + batch]
-        logits = model(x).logits[:, :-1]
-        total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
-                                                   reduction="sum").item()
-        count += x[:, 1:].numel()
-    model.train()
-    return total / count
 
 
 def main(argv=None):

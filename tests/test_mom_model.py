@@ -3,7 +3,12 @@ documents, decoding, generation, gradients, the balance loss; Triton kernels thr
 
 import pytest
 import torch
-from helpers import rel_err
+from helpers import (
+    assert_left_padded_generate_matches,
+    assert_padded_batch_matches_each_sequence,
+    assert_token_by_token_decoding_matches,
+    rel_err,
+)
 
 from hfzoo.models.mom import MoMConfig, MoMForCausalLM, MoMModel
 from hfzoo.models.mom.modeling_mom import (
@@ -221,19 +226,8 @@ def test_forward_without_labels_tuple_outputs_and_training_loss_with_aux():
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_padded_batch_equals_per_sequence_forward(side):
     model = make_model("shared_gqa")
-    lengths = [9, 4, 6]
-    T = max(lengths)
-    x = torch.zeros(len(lengths), T, dtype=torch.long)
-    mask = torch.zeros_like(x)
-    seqs = [ids(1, n, seed=10 + i)[0] for i, n in enumerate(lengths)]
-    for i, s in enumerate(seqs):
-        sl = slice(T - len(s), T) if side == "left" else slice(0, len(s))
-        x[i, sl], mask[i, sl] = s, 1
-    with torch.no_grad():
-        batched = model(x, attention_mask=mask).logits
-        for i, s in enumerate(seqs):
-            single = model(s[None]).logits[0]
-            assert rel_err(batched[i][mask[i].bool()], single) < 1e-5, (i, side)
+    seqs = [ids(1, n, seed=10 + i)[0] for i, n in enumerate([9, 4, 6])]
+    assert_padded_batch_matches_each_sequence(model, seqs, side)
 
 
 def test_packed_documents_equal_each_document_alone():
@@ -277,18 +271,9 @@ def test_packed_input_errors_are_clear():
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_token_by_token_decoding_matches_full_forward(name):
     model = make_model(name)
-    x = ids(2, 13)
-    with torch.no_grad():
-        full = model(x).logits
-        out = model(x[:, :6], use_cache=True)
-        logits = [out.logits]
-        for t in range(6, 13):
-            out = model(x[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
-            logits.append(out.logits)
-    state = out.past_key_values.layers[0].recurrent_state
+    cache = assert_token_by_token_decoding_matches(model, ids(2, 13), prefix=6)
+    state = cache.layers[0].recurrent_state
     assert isinstance(state, tuple) and len(state) == model.config.num_states
-    assert out.past_key_values.get_seq_length() == 13
-    assert rel_err(torch.cat(logits, 1), full) < 1e-5
 
 
 def test_decoding_updates_only_the_chosen_memories():
@@ -304,20 +289,6 @@ def test_decoding_updates_only_the_chosen_memories():
         after = out.past_key_values.layers[0].recurrent_state
     for m, (a, b) in enumerate(zip(before, after)):
         assert torch.equal(a, b) == (m != chosen), m
-
-
-def assert_left_padded_generate_matches(model, seqs, max_new_tokens):
-    """Greedy generate on a left-padded batch gives each sequence's own continuation."""
-    T = max(len(s) for s in seqs)
-    x = torch.zeros(len(seqs), T, dtype=torch.long, device=seqs[0].device)
-    mask = torch.zeros_like(x)
-    for i, s in enumerate(seqs):
-        x[i, T - len(s):], mask[i, T - len(s):] = s, 1
-    kw = dict(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None)
-    batched = model.generate(x, attention_mask=mask, **kw)
-    for i, s in enumerate(seqs):
-        single = model.generate(s[None], attention_mask=torch.ones_like(s)[None], **kw)
-        assert batched[i, T:].tolist() == single[0, len(s):].tolist(), i
 
 
 def test_left_padded_batched_generate_equals_per_sequence_generate():

@@ -82,3 +82,83 @@ def read_json(path) -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def read_checkpoint_folder(source, source_name: str, not_a_folder_hint: str) -> tuple[Path, dict]:
+    """The folder of a Hugging Face-style checkpoint (``config.json`` and weights) and its parsed config;
+    ``ValueError`` when ``source`` is not a folder (the message ends with ``not_a_folder_hint``) or has no
+    ``config.json``."""
+    folder = Path(source)
+    if not folder.is_dir():
+        raise ValueError(f"{source} is not a folder ({not_a_folder_hint})")
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"no config.json in {folder}")
+    say(f"{source_name}: reading {config_path}")
+    return folder, read_json(config_path)
+
+
+def load_folder_weights(folder: Path, source_name: str) -> dict:
+    """All tensors of a checkpoint folder: (sharded) safetensors, else (sharded) pytorch_model*.bin."""
+    safetensors = sorted(folder.glob("*.safetensors"))
+    bins = sorted(p for p in folder.glob("*.bin") if p.name.startswith("pytorch_model"))
+    if not safetensors and not bins:
+        raise ValueError(f"no *.safetensors or pytorch_model*.bin weights in {folder}")
+    return load_files(safetensors or bins, f"{source_name}: reading weights")
+
+
+def state_dict_problems(state: dict, expected: dict) -> list[str]:
+    """What keeps ``state`` from loading into a model whose tensors have the shapes ``expected`` (name → shape):
+    missing, unexpected and misshapen keys, one line each; empty when it fits."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshapen = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k])}"
+                       for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k]))
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys: {unexpected}")
+    if misshapen:
+        problems.append(f"shape mismatches: {misshapen}")
+    return problems
+
+
+def cast_floats(state: dict, config, dtype: str) -> dict:
+    """Cast the floating tensors to ``dtype`` (a torch dtype name) and record it in ``config.dtype``; with
+    ``"keep"`` leave them, recording their dtype when they all share one."""
+    if dtype != "keep":
+        import torch
+
+        target = getattr(torch, dtype)
+        config.dtype = dtype
+        return {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
+    floats = {v.dtype for v in state.values() if v.is_floating_point()}
+    if len(floats) == 1:
+        config.dtype = str(next(iter(floats))).removeprefix("torch.")
+    return state
+
+
+def add_dtype_argument(parser) -> None:
+    """The ``--dtype`` option of converters whose weights ``cast_floats`` casts."""
+    parser.add_argument("--dtype", choices=["keep", "float32", "bfloat16", "float16"], default="keep",
+                        help="dtype of the written weights (default: as stored)")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "vocab.json", "merges.txt", "generation_config.json")
+
+
+def save_with_tokenizer_files(model, source_folder: Path, output, *, overwrite: bool) -> Path:
+    """``model.save_pretrained`` into ``output`` (atomically), with the tokenizer and generation files that
+    ``source_folder`` has (``TOKENIZER_FILES``) copied beside it."""
+    import shutil
+
+    from ..hub.atomic import atomic_directory
+
+    with atomic_directory(output, overwrite=overwrite) as tmp:
+        model.save_pretrained(tmp)
+        for name in TOKENIZER_FILES:
+            if (source_folder / name).is_file():
+                shutil.copy2(source_folder / name, Path(tmp) / name)
+    return Path(output)

@@ -10,11 +10,17 @@ non-parameters (rotary ``inv_freq``), checks every key and shape, and keeps the 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from ..hub.progress import say
-from .checkpoint_io import load_files, read_json
+from .checkpoint_io import (
+    add_dtype_argument,
+    cast_floats,
+    load_folder_weights,
+    read_checkpoint_folder,
+    save_with_tokenizer_files,
+    state_dict_problems,
+)
 
 SOURCE = "fla-gla"
 DESCRIPTION = "flash-linear-attention GLA checkpoint folder (model_type 'gla') -> hfzoo GLA"
@@ -25,13 +31,10 @@ _COPIED = ("vocab_size", "hidden_size", "expand_k", "expand_v", "hidden_ratio", 
            "clamp_min", "hidden_act", "max_position_embeddings", "elementwise_affine", "norm_eps", "attn",
            "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings", "initializer_range", "fuse_norm",
            "gate_low_rank_dim", "gate_logit_normalizer", "conv_bias")
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                    "added_tokens.json", "vocab.json", "merges.txt", "generation_config.json")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--dtype", choices=["keep", "float32", "bfloat16", "float16"], default="keep",
-                        help="dtype of the written weights (default: as stored)")
+    add_dtype_argument(parser)
 
 
 def convert_config(fla_config: dict):
@@ -90,58 +93,26 @@ def convert_state_dict(state_dict: dict, config) -> dict:
     if config.tie_word_embeddings:
         out.pop("lm_head.weight", None)
         expected.pop("lm_head.weight", None)
-    missing = sorted(set(expected) - set(out))
-    unexpected = sorted(set(out) - set(expected))
-    misshapen = sorted(f"{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(expected[k])}"
-                       for k in set(out) & set(expected) if tuple(out[k].shape) != tuple(expected[k]))
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys: {unexpected}")
-    if misshapen:
-        problems.append(f"shape mismatches: {misshapen}")
+    problems = state_dict_problems(out, expected)
     if problems:
         raise ValueError("the checkpoint does not match an fla GLA model of its config; " + "; ".join(problems))
     return out
-
-
-def load_state_dict(folder: Path) -> dict:
-    """All tensors of a checkpoint folder: (sharded) safetensors, else (sharded) pytorch_model.bin."""
-    safetensors = sorted(folder.glob("*.safetensors"))
-    bins = sorted(p for p in folder.glob("*.bin") if p.name.startswith("pytorch_model"))
-    if not safetensors and not bins:
-        raise ValueError(f"no *.safetensors or pytorch_model*.bin weights in {folder}")
-    return load_files(safetensors or bins, f"{SOURCE}: reading weights")
 
 
 def convert(source, output, *, overwrite: bool = False, dtype: str = "keep") -> Path:
     """Convert the fla GLA checkpoint folder ``source`` into an hfzoo folder ``output`` (written atomically)."""
     import torch
 
-    from ..hub.atomic import atomic_directory
     from ..models.gla.modeling_gla import GLAForCausalLM
 
-    folder = Path(source)
-    if not folder.is_dir():
-        raise ValueError(f"{source} is not a folder (download the fla checkpoint first, e.g. "
-                         f"`huggingface-cli download fla-hub/gla-340M-15B --local-dir {Path(str(source)).name}`)")
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise ValueError(f"no config.json in {folder}")
-    say(f"{SOURCE}: reading {config_path}")
-    config = convert_config(read_json(config_path))
-    state = load_state_dict(folder)
+    folder, raw_config = read_checkpoint_folder(
+        source, SOURCE, "download the fla checkpoint first, e.g. `huggingface-cli download fla-hub/gla-340M-15B "
+                        f"--local-dir {Path(str(source)).name}`")
+    config = convert_config(raw_config)
+    state = load_folder_weights(folder, SOURCE)
     say(f"{SOURCE}: checking {len(state)} tensors against an hfzoo GLA of this config")
     state = convert_state_dict(state, config)
-    if dtype != "keep":
-        target = getattr(torch, dtype)
-        state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
-        config.dtype = dtype
-    else:
-        floats = {v.dtype for v in state.values() if v.is_floating_point()}
-        if len(floats) == 1:
-            config.dtype = str(next(iter(floats))).removeprefix("torch.")
+    state = cast_floats(state, config, dtype)
 
     with torch.device("meta"):
         model = GLAForCausalLM(config)
@@ -155,12 +126,7 @@ def convert(source, output, *, overwrite: bool = False, dtype: str = "keep") -> 
             module = model.get_submodule(name.rsplit(".", 1)[0])
             module.inv_freq = _rotary_inv_freq(config, module)
     say(f"{SOURCE}: writing {output}")
-    with atomic_directory(output, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
-        for name in _TOKENIZER_FILES:
-            if (folder / name).is_file():
-                shutil.copy2(folder / name, Path(tmp) / name)
-    return Path(output)
+    return save_with_tokenizer_files(model, folder, output, overwrite=overwrite)
 
 
 def _rotary_inv_freq(config, attention):

@@ -16,11 +16,17 @@ What maps onto what:
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from ..hub.progress import say
-from .checkpoint_io import load_files, read_json
+from .checkpoint_io import (
+    add_dtype_argument,
+    cast_floats,
+    load_folder_weights,
+    read_checkpoint_folder,
+    save_with_tokenizer_files,
+    state_dict_problems,
+)
 
 SOURCE = "mom-gla"
 DESCRIPTION = "MoM repository MomGLAForCausalLM checkpoint folder (model_type 'mom_gla') -> hfzoo MoM"
@@ -32,13 +38,10 @@ _COPIED = ("vocab_size", "hidden_size", "expand_k", "expand_v", "hidden_ratio", 
            "norm_eps", "pad_token_id", "bos_token_id", "eos_token_id", "tie_word_embeddings", "initializer_range",
            "fuse_norm")
 _RENAMED = {"num_memories": ("num_memories", "num_experts"), "single_kv_proj": ("single_kv_proj", "single_expert")}
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                    "added_tokens.json", "vocab.json", "merges.txt", "generation_config.json")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--dtype", choices=["keep", "float32", "bfloat16", "float16"], default="keep",
-                        help="dtype of the written weights (default: as stored)")
+    add_dtype_argument(parser)
 
 
 def convert_config(source: dict):
@@ -107,56 +110,24 @@ def convert_state_dict(state_dict: dict, config) -> dict:
     if config.tie_word_embeddings:
         out.pop("lm_head.weight", None)
         expected.pop("lm_head.weight", None)
-    missing = sorted(set(expected) - set(out))
-    unexpected = sorted(set(out) - set(expected))
-    misshapen = sorted(f"{k}: checkpoint {tuple(out[k].shape)} vs model {tuple(expected[k])}"
-                       for k in set(out) & set(expected) if tuple(out[k].shape) != tuple(expected[k]))
-    if missing:
-        problems.append(f"missing keys: {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys: {unexpected}")
-    if misshapen:
-        problems.append(f"shape mismatches: {misshapen}")
+    problems += state_dict_problems(out, expected)
     if problems:
         raise ValueError("the checkpoint does not match a MoM GLA model of its config; " + "; ".join(problems))
     return out
-
-
-def load_state_dict(folder: Path) -> dict:
-    """All tensors of a checkpoint folder: (sharded) safetensors, else (sharded) pytorch_model*.bin."""
-    safetensors = sorted(folder.glob("*.safetensors"))
-    bins = sorted(p for p in folder.glob("*.bin") if p.name.startswith("pytorch_model"))
-    if not safetensors and not bins:
-        raise ValueError(f"no *.safetensors or pytorch_model*.bin weights in {folder}")
-    return load_files(safetensors or bins, f"{SOURCE}: reading weights")
 
 
 def convert(source, output, *, overwrite: bool = False, dtype: str = "keep") -> Path:
     """Convert the MoM ``mom_gla`` checkpoint folder ``source`` into an hfzoo folder ``output`` (atomically)."""
     import torch
 
-    from ..hub.atomic import atomic_directory
     from ..models.mom.modeling_mom import MoMForCausalLM
 
-    folder = Path(source)
-    if not folder.is_dir():
-        raise ValueError(f"{source} is not a folder (a MomGLAForCausalLM checkpoint folder with config.json)")
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise ValueError(f"no config.json in {folder}")
-    say(f"{SOURCE}: reading {config_path}")
-    config = convert_config(read_json(config_path))
-    state = load_state_dict(folder)
+    folder, raw_config = read_checkpoint_folder(source, SOURCE, "a MomGLAForCausalLM checkpoint folder with config.json")
+    config = convert_config(raw_config)
+    state = load_folder_weights(folder, SOURCE)
     say(f"{SOURCE}: checking {len(state)} tensors against an hfzoo MoM of this config")
     state = convert_state_dict(state, config)
-    if dtype != "keep":
-        target = getattr(torch, dtype)
-        state = {k: v.to(target) if v.is_floating_point() else v for k, v in state.items()}
-        config.dtype = dtype
-    else:
-        floats = {v.dtype for v in state.values() if v.is_floating_point()}
-        if len(floats) == 1:
-            config.dtype = str(next(iter(floats))).removeprefix("torch.")
+    state = cast_floats(state, config, dtype)
 
     with torch.device("meta"):
         model = MoMForCausalLM(config)
@@ -167,9 +138,4 @@ def convert(source, output, *, overwrite: bool = False, dtype: str = "keep") -> 
     if leftover:
         raise ValueError(f"parameters left unset by the checkpoint: {leftover}")
     say(f"{SOURCE}: writing {output}")
-    with atomic_directory(output, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
-        for name in _TOKENIZER_FILES:
-            if (folder / name).is_file():
-                shutil.copy2(folder / name, Path(tmp) / name)
-    return Path(output)
+    return save_with_tokenizer_files(model, folder, output, overwrite=overwrite)

@@ -8,19 +8,10 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
-
-def mlp_width(hidden_size: int, hidden_ratio: float | None, intermediate_size: int | None) -> int:
-    """Width of the SwiGLU MLP: ``intermediate_size`` if given, else 2/3 of ``hidden_ratio * hidden_size``
-    rounded up to a multiple of 256 (so the parameter count is about ``hidden_ratio * hidden_size**2``;
-    hidden 256 with ratio 4 gives 768)."""
-    if intermediate_size is not None:
-        return int(intermediate_size)
-    ratio = 4 if hidden_ratio is None else hidden_ratio
-    width = int(hidden_size * ratio * 2 / 3)
-    return 256 * ((width + 255) // 256)
+from ...utils.linear_attention_sizes import LinearAttentionSizes
 
 
-class GLAConfig(PreTrainedConfig):
+class GLAConfig(LinearAttentionSizes, PreTrainedConfig):
     r"""Configuration of [`GLAModel`] / [`GLAForCausalLM`].
 
     Args:
@@ -114,31 +105,7 @@ class GLAConfig(PreTrainedConfig):
                          tie_word_embeddings=tie_word_embeddings, **kwargs)
         self._validate_gla()
 
-    # --- derived sizes -----------------------------------------------------------------------------------
-
-    @property
-    def kv_heads(self) -> int:
-        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
-
-    @property
-    def key_dim(self) -> int:
-        return int(self.hidden_size * self.expand_k)
-
-    @property
-    def value_dim(self) -> int:
-        return int(self.hidden_size * self.expand_v)
-
-    @property
-    def head_k_dim(self) -> int:
-        return self.key_dim // self.num_heads
-
-    @property
-    def head_v_dim(self) -> int:
-        return self.value_dim // self.num_heads
-
-    @property
-    def mlp_width(self) -> int:
-        return mlp_width(self.hidden_size, self.hidden_ratio, self.intermediate_size)
+    # --- derived sizes (kv_heads, key_dim, head_k_dim, mlp_width, ...) come from LinearAttentionSizes --------
 
     def attention_spec(self, layer_idx: int) -> dict | None:
         """The softmax-attention settings of layer ``layer_idx`` (defaults filled in), or None for a GLA layer."""
@@ -153,13 +120,7 @@ class GLAConfig(PreTrainedConfig):
         return None
 
     def _validate_gla(self) -> None:
-        if self.key_dim % self.num_heads or self.value_dim % self.num_heads:
-            raise ValueError(f"GLAConfig: key dim {self.key_dim} (hidden_size * expand_k) and value dim "
-                             f"{self.value_dim} (hidden_size * expand_v) must be divisible by num_heads={self.num_heads}")
-        if self.num_heads % self.kv_heads:
-            raise ValueError(f"GLAConfig: num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.kv_heads})")
-        if self.hidden_act not in ("swish", "silu"):
-            raise ValueError(f"GLAConfig: hidden_act must be 'swish' (or 'silu'); got {self.hidden_act!r}")
+        self._validate_heads()
         if self.attn is not None:
             specs = [self.attn] if isinstance(self.attn, dict) else self.attn
             if not isinstance(specs, (list, tuple)):

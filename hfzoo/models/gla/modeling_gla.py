@@ -37,9 +37,10 @@ from transformers.modeling_outputs import (
 from ...layers.losses import classification_loss
 from ...layers.mlp import SwiGLUMLP
 from ...layers.norms import GatedRMSNorm
-from ...layers.packing import PACKING_KWARGS, Packing, packed_documents
+from ...layers.packing import PACKING_KWARGS, Packing
 from ...layers.pretrained_model import HfzooPreTrainedModel
-from ...layers.recurrent_cache import cache_of, output_with_cache, pick_cache
+from ...layers.recurrent_cache import cache_of, output_with_cache
+from ...layers.recurrent_lm import RecurrentCausalLMMixin, logits_slice, recurrent_forward_inputs
 from ...layers.rotary import apply_rotary, rope_inv_freq
 from ...layers.short_conv import ShortConvolution
 from ...ops.gla import chunk_gla, fused_recurrent_gla
@@ -309,31 +310,13 @@ class GLAModel(GLAPreTrainedModel):
         them): pass ``cu_seqlens`` (``[N + 1]`` offsets over the ``batch * length`` tokens; also accepted as
         ``cu_seq_lens_q``), or ``position_ids`` that restart at 0 at each document. Each document then runs as
         if alone; no cache is kept."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids and inputs_embeds")
         output_hidden_states = (output_hidden_states if output_hidden_states is not None
                                 else self.config.output_hidden_states)
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
-        cache = pick_cache(past_key_values, cache, GLACache)
-        if attention_mask is not None and attention_mask.dim() != 2:
-            raise ValueError(f"attention_mask must be a [batch, length] 0/1 padding mask; got shape "
-                             f"{tuple(attention_mask.shape)}")
-        B, T = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
-        packing = None
-        if cache is None:   # a cache continues sequences; generate()'s position_ids are not packing
-            packing = packed_documents(B, T, cu_seqlens=cu_seqlens, position_ids=position_ids,
-                                       attention_mask=attention_mask, kwargs=kwargs)
-        elif cu_seqlens is not None or kwargs.get("cu_seq_lens_q") is not None:
-            raise ValueError("packed documents (cu_seqlens) take no cache")
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-        if self.gradient_checkpointing and self.training:
-            use_cache, cache = False, None     # a replayed forward would update the state twice
-        if packing is not None:
-            use_cache = False                  # packed documents end inside the batch: no state to continue
-        if use_cache and cache is None:
-            cache = GLACache(self.config)
-        if not use_cache:
-            cache = None
+        B, T, cache, packing = recurrent_forward_inputs(
+            self, GLACache, input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+            position_ids=position_ids, past_key_values=past_key_values, cache=cache, use_cache=use_cache,
+            cu_seqlens=cu_seqlens, kwargs=kwargs)
 
         hidden_states = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
         all_hidden = () if output_hidden_states else None
@@ -353,7 +336,7 @@ class GLAModel(GLAPreTrainedModel):
         return output_with_cache(BaseModelOutputWithPast, cache, last_hidden_state=hidden_states, hidden_states=all_hidden)
 
 
-class GLAForCausalLM(GLAPreTrainedModel, GenerationMixin):
+class GLAForCausalLM(RecurrentCausalLMMixin, GLAPreTrainedModel, GenerationMixin):
     _tied_weights_keys = {"lm_head.weight": "model.embeddings.weight"}
 
     def __init__(self, config: GLAConfig):
@@ -363,34 +346,16 @@ class GLAForCausalLM(GLAPreTrainedModel, GenerationMixin):
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
-    @classmethod
-    def _supports_default_dynamic_cache(cls) -> bool:
-        # generate() must not build a DynamicCache for us: the model creates its GLACache on the first call.
-        return False
-
-    def get_input_embeddings(self):
-        return self.model.embeddings
-
-    def set_input_embeddings(self, value):
-        self.model.embeddings = value
-
-    def get_output_embeddings(self):
-        return self.lm_head
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head = new_embeddings
-
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, use_cache=None, output_hidden_states=None, return_dict=None,
                 logits_to_keep: int | torch.Tensor = 0, cache=None, cu_seqlens=None, **kwargs):
         return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
-        packing_kwargs = {k: kwargs.pop(k) for k in PACKING_KWARGS if k in kwargs}
-        outputs = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             past_key_values=past_key_values, cache=cache, inputs_embeds=inputs_embeds,
-                             use_cache=use_cache, output_hidden_states=output_hidden_states, return_dict=True,
-                             cu_seqlens=cu_seqlens, **packing_kwargs)
+        outputs = self._base_model_outputs(
+            kwargs, input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, cache=cache, inputs_embeds=inputs_embeds, use_cache=use_cache,
+            output_hidden_states=output_hidden_states, cu_seqlens=cu_seqlens)
         hidden_states = outputs.last_hidden_state
-        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        keep = logits_slice(logits_to_keep)
         loss = logits = None
         if labels is not None and self.training and self.config.fuse_linear_cross_entropy:
             # the loss straight from the hidden states, chunked: the full fp32 logits are never made

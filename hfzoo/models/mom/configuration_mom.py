@@ -10,20 +10,12 @@ from __future__ import annotations
 
 from transformers import PreTrainedConfig
 
+from ...utils.linear_attention_sizes import LinearAttentionSizes
+
 MEMORY_BACKENDS = ("gla",)
 
 
-def mlp_width(hidden_size: int, hidden_ratio: float | None, intermediate_size: int | None) -> int:
-    """Width of the SwiGLU MLP: ``intermediate_size`` if given, else 2/3 of ``hidden_ratio * hidden_size``
-    rounded up to a multiple of 256 (the rule of fla-style checkpoints)."""
-    if intermediate_size is not None:
-        return int(intermediate_size)
-    ratio = 4 if hidden_ratio is None else hidden_ratio
-    width = int(hidden_size * ratio * 2 / 3)
-    return 256 * ((width + 255) // 256)
-
-
-class MoMConfig(PreTrainedConfig):
+class MoMConfig(LinearAttentionSizes, PreTrainedConfig):
     r"""Configuration of [`MoMModel`] / [`MoMForCausalLM`].
 
     Args:
@@ -116,31 +108,7 @@ class MoMConfig(PreTrainedConfig):
                          tie_word_embeddings=tie_word_embeddings, **kwargs)
         self._validate_mom()
 
-    # --- derived sizes -----------------------------------------------------------------------------------
-
-    @property
-    def kv_heads(self) -> int:
-        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
-
-    @property
-    def key_dim(self) -> int:
-        return int(self.hidden_size * self.expand_k)
-
-    @property
-    def value_dim(self) -> int:
-        return int(self.hidden_size * self.expand_v)
-
-    @property
-    def head_k_dim(self) -> int:
-        return self.key_dim // self.num_heads
-
-    @property
-    def head_v_dim(self) -> int:
-        return self.value_dim // self.num_heads
-
-    @property
-    def mlp_width(self) -> int:
-        return mlp_width(self.hidden_size, self.hidden_ratio, self.intermediate_size)
+    # --- derived sizes (kv_heads, key_dim, head_k_dim, mlp_width, ...) come from LinearAttentionSizes --------
 
     @property
     def num_states(self) -> int:
@@ -148,19 +116,13 @@ class MoMConfig(PreTrainedConfig):
         return self.num_memories + int(self.shared_mem)
 
     def _validate_mom(self) -> None:
+        self._validate_heads()
         name = type(self).__name__
-        if self.key_dim % self.num_heads or self.value_dim % self.num_heads:
-            raise ValueError(f"{name}: key dim {self.key_dim} (hidden_size * expand_k) and value dim "
-                             f"{self.value_dim} (hidden_size * expand_v) must be divisible by num_heads={self.num_heads}")
-        if self.kv_heads < 1 or self.num_heads % self.kv_heads:
-            raise ValueError(f"{name}: num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.kv_heads})")
         if int(self.num_memories) < 1:
             raise ValueError(f"{name}: num_memories must be >= 1; got {self.num_memories}")
         if not 1 <= int(self.topk) <= int(self.num_memories):
             raise ValueError(f"{name}: topk must be in [1, num_memories={self.num_memories}]; got {self.topk}")
         if self.memory_backend not in MEMORY_BACKENDS:
             raise ValueError(f"{name}: memory_backend must be one of {MEMORY_BACKENDS}; got {self.memory_backend!r}")
-        if self.hidden_act not in ("swish", "silu"):
-            raise ValueError(f"{name}: hidden_act must be 'swish' (or 'silu'); got {self.hidden_act!r}")
         if self.aux_loss_scale < 0:
             raise ValueError(f"{name}: aux_loss_scale must be >= 0; got {self.aux_loss_scale}")
