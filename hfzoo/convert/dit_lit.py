@@ -32,10 +32,11 @@ original code uses 10000^(-i/half) and 1e-6: the converted config records which 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .checkpoint_io import load_any, read_json
 
 if TYPE_CHECKING:   # imported where used, so `hfzoo --help` does not load torch
     import torch
@@ -61,11 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     import torch
 
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    sd = load_any(path)   # safetensors, or torch.load(weights_only=True); errors name the file
     for key in ("ema", "model", "state_dict"):       # training checkpoints: prefer the EMA weights
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
@@ -86,7 +83,7 @@ def load_source(source) -> tuple[dict[str, torch.Tensor], dict | None]:
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
             raise ValueError(f"{path}: no config.json (expected a diffusers DiTTransformer2DModel folder)")
-        config = json.loads(cfg_file.read_text())
+        config = read_json(cfg_file)
         if config.get("_class_name") not in (None, "DiTTransformer2DModel", "Transformer2DModel"):
             raise ValueError(f"{cfg_file}: _class_name is {config.get('_class_name')!r}, not DiTTransformer2DModel")
         for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):

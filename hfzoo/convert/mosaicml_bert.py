@@ -51,10 +51,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tokenizer", default=None, help="folder with tokenizer files to copy beside the weights")
 
 
-def _load_torch(path: Path) -> dict:
-    return load_torch(path)
-
-
 def _load_weights(folder: Path) -> dict[str, torch.Tensor]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
@@ -111,7 +107,7 @@ def read_source(source, config=None) -> tuple[dict[str, torch.Tensor], dict]:
             state = {k[len("model."):]: v for k, v in state.items()}
     elif source.is_file():
         say(f"{SOURCE}: reading the Composer checkpoint {source}")
-        state, stored = _composer_state(_load_torch(source), source)
+        state, stored = _composer_state(load_torch(source), source)
         cfg_dict = cfg_dict or stored
         if cfg_dict is None:
             raise ValueError(f"{source}: the checkpoint carries no config; pass config=path/to/config.json")

@@ -168,7 +168,7 @@ def check_cu_seqlens(op: str, cu, total: int, device: torch.device, name: str = 
                                  f"got {shown}")
             _checked_offsets[cu] = (cu._version, total, offsets)
     out = cu.to(device=device, dtype=torch.int32)
-    return (out if out.is_contiguous() else out.contiguous()), offsets
+    return make_contiguous(out), offsets
 
 
 def check_nonpositive(op: str, name: str, t: torch.Tensor, what: str = "log decays") -> None:
