@@ -190,6 +190,19 @@ def test_pickles_that_are_refused_or_cut_short(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_dit_checkpoints_cut_short_name_the_file(tmp_path, capsys):
+    src, options = _dit(tmp_path)
+    weights = next(src.rglob("diffusion_pytorch_model.safetensors"))
+    _truncate(weights)
+    assert main(["convert", "dit", str(src), str(tmp_path / "o"), *options]) == 2
+    _one_error_line(capsys, weights, "safetensors")
+    torch.save({"ema": {"w": torch.zeros(2)}}, tmp_path / "DiT.pt")
+    _truncate(tmp_path / "DiT.pt")
+    assert main(["convert", "dit", str(tmp_path / "DiT.pt"), str(tmp_path / "o")]) == 2
+    _one_error_line(capsys, tmp_path / "DiT.pt", "weights_only=True")
+    assert not (tmp_path / "o").exists()
+
+
 def test_config_and_weights_that_do_not_match(tmp_path, capsys):
     cfg = dict(FLA_CONFIG, hidden_size=32)   # the weights are 64 wide
     src = write_fla_folder(tmp_path / "fla", cfg, fla_state_dict(FLA_CONFIG))
