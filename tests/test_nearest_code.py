@@ -182,3 +182,73 @@ def test_gpu_ties_within_a_tile_go_to_the_lowest_index(precision):
     pick = torch.randint(0, 200, (500,), device="cuda", generator=g)
     z = base[pick] + torch.randint(-1, 2, (500, 64), device="cuda", generator=g).float()
     assert torch.equal(nearest_code(z, c, precision=precision, backend="triton"), 2 * pick)
+
+
+# ---------------------------------------------------------------------------------------------------- exact mode
+
+
+def _adversarial_near_ties(n, k, d, seed):
+    """Codes in pairs whose exact distances to z differ by a few fp32 units in the last place of one coordinate:
+    fp32 scores cannot order them, fp64 can. The nearer twin sits at the lower index for half the pairs."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.randn(k, d, generator=g)
+    pick = torch.randint(0, k // 2, (n,), generator=g)
+    c[k // 2:] = c[:k // 2]
+    c[k // 2:, 0] = torch.nextafter(c[:k // 2, 0], torch.full_like(c[:k // 2, 0], float("inf")))  # +1 ulp
+    z = c[pick] + 1e-3 * torch.randn(n, d, generator=g)
+    return z, c
+
+
+def _oracle_argmin(z, c):
+    """Exact argmin (lowest index on exact ties) from fp64 squared differences of the fp32 values."""
+    return ((z.double()[:, None] - c.double()[None]) ** 2).sum(-1).argmin(1)
+
+
+@pytest.mark.parametrize("n,k,d", [(45, 70, 33), (64, 96, 16)])
+def test_exact_mode_equals_the_exact_argmin_on_adversarial_near_ties(n, k, d):
+    z, c = _adversarial_near_ties(n, k, d, seed=n + k + d)
+    want = _oracle_argmin(z, c)
+    twin = torch.where(want < k // 2, want + k // 2, want - k // 2)
+    dd = ((z.double()[:, None] - c.double()[None]) ** 2).sum(-1)
+    scale = z.double().pow(2).sum(1) + c.double().pow(2).sum(1).max()  # the size of the fp32 scores
+    gap = (dd.gather(1, twin[:, None]) - dd.gather(1, want[:, None])).squeeze(1) / scale
+    assert gap.max().item() < 2.0 ** -24 and (gap > 0).all()  # below fp32 resolution of the scores, not exact ties
+    assert (want >= k // 2).any() and (want < k // 2).any()  # the nearer twin is sometimes the later index
+    for backend in ("triton", "reference"):
+        got, dist = nearest_code(z, c, backend=backend, return_distance=True)  # fp32 default: exact
+        assert torch.equal(got, want), backend
+        # distances come back as |z|^2 + score in fp32: exact up to fp32 rounding at the scale of the scores
+        assert ((dist.double() - dd.min(1).values).abs() / scale).max().item() < 1e-6
+
+
+def test_exact_mode_fp64_settlement_paths():
+    # Force every row through the fp64 stage (a huge bound); codes in triplets of exact copies (integers), so each
+    # row has 3 tied candidates; max_candidates 2 sends every row to the full fp64 scan, 16 to the candidate list.
+    from hfzoo.ops.launch import count_launches, tuning
+
+    g = torch.Generator().manual_seed(9)
+    base = torch.randint(-4, 5, (30, 20), generator=g).float()
+    base[:, 0] = torch.arange(30) * 10.0
+    c = torch.cat([base, base, base])
+    pick = torch.randint(0, 30, (41,), generator=g)
+    z = base[pick] + torch.randint(-1, 2, (41, 20), generator=g).float()
+    z[7, 3] = float("nan")
+    want = pick.clone()
+    want[7] = 0
+    for maxc in (2, 16):
+        with tuning({"nearest_code.exact": {"bound_scale": 1e6, "max_candidates": maxc}}), count_launches() as cnt:
+            got, dist = nearest_code(z, c, backend="triton", return_distance=True)
+        assert cnt["nearest_code.collect"] == 1 and cnt["nearest_code.resolve"] == 1
+        assert torch.equal(got, want), maxc
+        exact = ((z.double() - c.double()[want]) ** 2).sum(-1)
+        assert torch.equal(dist[torch.arange(41) != 7].double(), exact[torch.arange(41) != 7])
+        assert torch.isnan(dist[7])
+    # a bound of the normal size settles these well-separated rows in the first pass (the list stays empty)
+    with count_launches() as cnt:
+        assert torch.equal(nearest_code(z, c, backend="triton"), want)
+    assert cnt["nearest_code.fwd"] == 1
+
+
+def test_exact_mode_with_wide_rows_loops_over_d():
+    z, c = _adversarial_near_ties(20, 40, 200, seed=4)
+    assert torch.equal(nearest_code(z, c, backend="triton"), _oracle_argmin(z, c))

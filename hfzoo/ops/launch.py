@@ -111,9 +111,12 @@ DEFAULTS: dict[str, dict] = {
     "group_rational.bwd_16bit": {"values_per_thread": 16, "num_warps": 4, "programs_per_sm": 8, "max_chunk": None,
                                  "prefetch": True,
                                  "interpreted": {"values_per_thread": 8, "num_warps": 4, "programs_per_sm": 2}},
-    # nearest_code.py: autotuned over these (key: power-of-two buckets of N and K, and D). Shared memory decides
-    # the lists (H200: 227 KB per block); fp32 tiles are twice as large and "tf32x3" keeps split copies, so the
-    # fp32 list is smaller and ends with a config that fits in any case.
+    # nearest_code.py: scores passes autotuned over these (key: power-of-two buckets of N and K, D and the pass's
+    # switches). Shared memory (H200: 227 KB per block) and registers (each pass keeps 2-3 running values per score
+    # slot besides the dot tile) decide the lists; fp32 tiles are twice as large and "tf32x3" keeps split copies.
+    # "candidates" is the exact mode's first pass (TOP2; tf32 or bf16x3 dots), "collect" lists the codes of
+    # unsettled rows, "resolve" scores them in fp64 (persistent). "exact": which candidates pass fp32 inputs use,
+    # the list length per row (more candidates -> a full fp64 scan of that row), and a safety factor on the bound.
     "nearest_code.fwd_fp32": {"configs": [
         {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
         {"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
@@ -121,8 +124,22 @@ DEFAULTS: dict[str, dict] = {
         "interpreted": {"configs": [{"BLOCK_M": 32, "BLOCK_K": 32}]}},
     "nearest_code.fwd_16bit": {"configs": [
         {"BLOCK_M": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3},
-        {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4}],
+        {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4},
+        {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
+        {"BLOCK_M": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3}],
         "interpreted": {"configs": [{"BLOCK_M": 32, "BLOCK_K": 32}]}},
+    "nearest_code.candidates": {"configs": [
+        {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
+        {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
+        {"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
+        {"BLOCK_M": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 2}],
+        "interpreted": {"configs": [{"BLOCK_M": 32, "BLOCK_K": 32}]}},
+    "nearest_code.collect": {"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2,
+                             "interpreted": {"BLOCK_M": 16, "BLOCK_K": 32}},
+    "nearest_code.resolve": {"BLOCK_K": 32, "num_warps": 4, "programs_per_sm": 8,
+                             "interpreted": {"BLOCK_K": 32, "programs_per_sm": 2}},
+    "nearest_code.exact": {"candidates": "bf16x3", "max_candidates": 16, "bound_scale": 2.0,
+                           "interpreted": {"candidates": "tf32"}},  # the interpreter's bf16 dots are not exact
     # varlen_alibi_attention.py: autotuned (key: head-dim block and a power-of-two bucket of the longest
     # sequence). Under the interpreter one 16 x 16 tile, so short test sequences cross block edges.
     "varlen_alibi.fwd": {"configs": [

@@ -43,11 +43,11 @@ from __future__ import annotations
 
 import torch
 
-from .launch import bucket, launch, settings
+from .launch import bucket, launch, persistent_grid, settings
 from .triton_shim import tl, triton
 from .validate import KERNEL_DTYPES, check_tensor, pick_backend
 
-PRECISIONS = ("ieee", "tf32x3", "tf32")
+PRECISIONS = ("exact", "ieee", "tf32x3", "tf32")
 
 
 def code_norms(codebook: torch.Tensor) -> torch.Tensor:
@@ -56,98 +56,311 @@ def code_norms(codebook: torch.Tensor) -> torch.Tensor:
     return (c * c).sum(-1)
 
 
-def nearest_code_reference(z: torch.Tensor, codebook: torch.Tensor, chunk_elements: int = 1 << 26):
+def nearest_code_reference(z: torch.Tensor, codebook: torch.Tensor, chunk_elements: int = 1 << 26,
+                           exact: bool = False):
     """Plain PyTorch definition: returns ``(indices int64 [N], scores fp32 [N])`` for ``z [N, D]``.
 
-    Rows are processed in chunks so that at most ``chunk_elements`` fp32 scores exist at once (256 MB by
+    ``exact=False``: scores in fp32 (``||c||^2`` from ``code_norms``, one fp32 matmul), as the fast kernels define
+    them. ``exact=True``: scores in fp64 (every product of two fp32 values is exact there; the sums carry about
+    1e-16 relative error), i.e. the argmin of the true distances -- what ``precision="exact"`` returns.
+    Rows are processed in chunks so that at most ``chunk_elements`` scores exist at once (256 MB of fp32 by
     default), which keeps the reference usable at sizes where the full N x K matrix would not fit.
     """
-    cn = code_norms(codebook)
-    ct = codebook.float().t()
+    if exact:
+        c = codebook.double()
+        cn = (c * c).sum(-1)
+    else:
+        c = codebook.float()
+        cn = code_norms(codebook)
+    ct = c.t()
     n, k = z.shape[0], codebook.shape[0]
     rows = max(1, chunk_elements // max(k, 1))
     idx = torch.empty(n, dtype=torch.int64, device=z.device)
     best = torch.empty(n, dtype=torch.float32, device=z.device)
     for start in range(0, n, rows):
-        zc = z[start:start + rows].float()
+        zc = z[start:start + rows].to(c.dtype)
         score = cn[None, :] - 2.0 * (zc @ ct)
         score = score.nan_to_num(nan=float("inf"), posinf=float("inf"), neginf=float("-inf"))  # NaN: never chosen
         val, arg = score.min(dim=1)  # first minimum on ties, like argmin
         idx[start:start + rows] = arg
-        best[start:start + rows] = val
+        best[start:start + rows] = val.float()
     return idx, best
 
 
 # ----------------------------------------------------------------------------------------------------
-# Triton kernel. One program owns BLOCK_M rows of z and walks the whole codebook in tiles of BLOCK_K codes
-# (in increasing index order), computing a BLOCK_M x BLOCK_K tile of scores with tl.dot, reducing it to a
-# per-row minimum and updating the running minimum only on a strict improvement -- so ties keep the
-# earlier (lower) index, and within a tile tl.min's left tie-break keeps the lowest index too.
-
-
-# Launch settings: launch.DEFAULTS["nearest_code.fwd_fp32" / "nearest_code.fwd_16bit"], short autotune lists keyed
-# on power-of-two buckets of N and K and on D (a new batch size does not tune again); one small fixed config
-# under the interpreter.
+# Triton kernels.
+#
+# Scores pass (``_nearest_code_kernel``). One program owns BLOCK_M rows of z and walks the codebook in tiles of
+# BLOCK_K codes (increasing index order), computing a BLOCK_M x BLOCK_K tile of scores with tl.dot. Instead of
+# reducing every tile to a per-row minimum (a shuffle tree with an index tie-break per element), each of the
+# BLOCK_K column slots keeps its own running minimum and the tile where it was found: per element one compare and
+# two selects. A strict ``<`` keeps the earliest tile on ties and ignores NaN scores (NaN never compares less), so
+# NaN needs no extra work. After the last tile one reduction per row picks the smallest slot minimum and, among
+# equal ones, the lowest code index. With TOP2 the slots also keep the runner-up value
+# (``b2 = min(b2, max(s, b1))`` with the slot's previous minimum ``b1``), so the row's second-best score comes out
+# too: the exact mode needs it to certify the winner.
+#
+# Exact mode (fp32 default), three kernels:
+#   1. candidates: the scores pass on fast tensor-core dots (tf32, or bf16x3 = three bf16 products of a high/low
+#      split of both operands) returning per row the best score b1, its index and the runner-up b2;
+#   2. the host computes a rigorous bound B_i on |approximate score - exact score| for row i (``_score_bound``); a
+#      row is settled when b2 > b1 + 2 B_i (the exact minimum can only be a code whose approximate score is within
+#      2 B_i of b1, and there is one). The other rows are compacted (no host sync) and ``_collect_kernel``
+#      recomputes their approximate scores and lists every code within b1 + 2 B_i (up to MAXC per row);
+#   3. ``_resolve_kernel`` scores the listed codes in fp64 (products of fp32 values are exact in fp64, sums carry
+#      1e-16 relative error) and takes the smallest, lowest index first; rows with more than MAXC candidates (many
+#      exact ties) or without any (NaN vectors) are scanned against the whole codebook in fp64.
 
 
 @triton.jit
-def _nearest_code_kernel(Z, C, CN, IDX, BEST, N, K, D, stride_z, stride_c,
+def _score_tile(Z, Z2, C, C2, CN, z, z2, rows, rmask, k0, K, D, stride_z, stride_c,
+                BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, SINGLE_D: tl.constexpr, SPLIT: tl.constexpr,
+                PRECISION: tl.constexpr):
+    """Scores ``||c||^2 - 2 <z, c>`` of one BLOCK_M x BLOCK_K tile (fp32; codes past K get +inf)."""
+    codes = k0 + tl.arange(0, BLOCK_K)
+    kmask = codes < K
+    dcols = tl.arange(0, BLOCK_D)
+    if SINGLE_D:
+        coff = codes[:, None].to(tl.int64) * stride_c + dcols[None, :]
+        cm = kmask[:, None] & (dcols[None, :] < D)
+        c = tl.load(C + coff, mask=cm, other=0.0)
+        dot = tl.dot(z, tl.trans(c), input_precision=PRECISION)
+        if SPLIT:  # bf16x3: hi*hi + hi*lo + lo*hi, each product exact, fp32 accumulation
+            c2 = tl.load(C2 + coff, mask=cm, other=0.0)
+            dot = tl.dot(z, tl.trans(c2), dot)
+            dot = tl.dot(z2, tl.trans(c), dot)
+    else:
+        dot = tl.zeros([z.shape[0], BLOCK_K], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + dcols
+            zt = tl.load(Z + rows[:, None].to(tl.int64) * stride_z + dd[None, :],
+                         mask=rmask[:, None] & (dd[None, :] < D), other=0.0)
+            ct = tl.load(C + codes[:, None].to(tl.int64) * stride_c + dd[None, :],
+                         mask=kmask[:, None] & (dd[None, :] < D), other=0.0)
+            dot += tl.dot(zt, tl.trans(ct), input_precision=PRECISION)
+    cn = tl.load(CN + codes, mask=kmask, other=float("inf"))
+    return cn[None, :] - 2.0 * dot, codes, kmask
+
+
+@triton.jit
+def _nearest_code_kernel(Z, Z2, C, C2, CN, IDX, BEST, SECOND, N, K, D, stride_z, stride_c,
                          N_BUCKET, K_BUCKET,
                          BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-                         SINGLE_D: tl.constexpr, PRECISION: tl.constexpr):
+                         SINGLE_D: tl.constexpr, SPLIT: tl.constexpr, TOP2: tl.constexpr,
+                         PRECISION: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < N
     dcols = tl.arange(0, BLOCK_D)
-    best = tl.full([BLOCK_M], float("inf"), dtype=tl.float32)
-    best_idx = tl.zeros([BLOCK_M], dtype=tl.int32)
-    if SINGLE_D:
-        # the whole row fits in one tile: load z once, reuse it against every codebook tile
-        z = tl.load(Z + rows[:, None].to(tl.int64) * stride_z + dcols[None, :],
-                    mask=rmask[:, None] & (dcols[None, :] < D), other=0.0)
+    zoff = rows[:, None].to(tl.int64) * stride_z + dcols[None, :]
+    zm = rmask[:, None] & (dcols[None, :] < D)
+    # with SINGLE_D the whole row fits one tile: load z once, reuse it against every codebook tile
+    z = tl.load(Z + zoff, mask=zm, other=0.0)
+    if SPLIT:
+        z2 = tl.load(Z2 + zoff, mask=zm, other=0.0)
+    else:
+        z2 = z
+    b1 = tl.full([BLOCK_M, BLOCK_K], float("inf"), dtype=tl.float32)  # per slot: smallest score so far
+    b2 = tl.full([BLOCK_M, BLOCK_K], float("inf"), dtype=tl.float32)  # per slot: runner-up (TOP2 only)
+    t1 = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.int32)                  # per slot: tile start of b1
     for k0 in range(0, K, BLOCK_K):
-        codes = k0 + tl.arange(0, BLOCK_K)
-        kmask = codes < K
-        if SINGLE_D:
-            c = tl.load(C + codes[:, None].to(tl.int64) * stride_c + dcols[None, :],
-                        mask=kmask[:, None] & (dcols[None, :] < D), other=0.0)
-            dot = tl.dot(z, tl.trans(c), input_precision=PRECISION)
-        else:
-            dot = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
-            for d0 in range(0, D, BLOCK_D):
-                dd = d0 + dcols
-                zt = tl.load(Z + rows[:, None].to(tl.int64) * stride_z + dd[None, :],
-                             mask=rmask[:, None] & (dd[None, :] < D), other=0.0)
-                ct = tl.load(C + codes[:, None].to(tl.int64) * stride_c + dd[None, :],
-                             mask=kmask[:, None] & (dd[None, :] < D), other=0.0)
-                dot += tl.dot(zt, tl.trans(ct), input_precision=PRECISION)
-        cn = tl.load(CN + codes, mask=kmask, other=float("inf"))
-        score = cn[None, :] - 2.0 * dot
-        # codes past K and NaN scores (a NaN in z or in the code) count as +inf: a NaN code is never chosen
-        score = tl.where(kmask[None, :] & (score == score), score, float("inf"))
-        tile_best, tile_arg = tl.min(score, axis=1, return_indices=True, return_indices_tie_break_left=True)
-        better = tile_best < best
-        best = tl.where(better, tile_best, best)
-        best_idx = tl.where(better, k0 + tile_arg, best_idx)
-    tl.store(IDX + rows, best_idx.to(tl.int64), mask=rmask)
+        score, codes, kmask = _score_tile(Z, Z2, C, C2, CN, z, z2, rows, rmask, k0, K, D, stride_z, stride_c,
+                                          BLOCK_K, BLOCK_D, SINGLE_D, SPLIT, PRECISION)
+        lt = score < b1  # False for NaN: a NaN score is never chosen
+        if TOP2:
+            b2 = tl.minimum(b2, tl.maximum(score, b1))  # max/min ignore NaN operands
+        b1 = tl.where(lt, score, b1)
+        t1 = tl.where(lt, k0, t1)
+    best = tl.min(b1, axis=1)
+    code = t1 + tl.arange(0, BLOCK_K)[None, :]
+    arg = tl.min(tl.where(b1 == best[:, None], code, K), axis=1)  # lowest index among equal minima (0 if all inf)
+    tl.store(IDX + rows, arg.to(tl.int64), mask=rmask)
     tl.store(BEST + rows, best, mask=rmask)
+    if TOP2:
+        others = tl.where(code == arg[:, None], float("inf"), b1)
+        second = tl.minimum(tl.min(b2, axis=1), tl.min(others, axis=1))
+        tl.store(SECOND + rows, second, mask=rmask)
+
+
+@triton.jit
+def _collect_kernel(Z, Z2, C, C2, CN, ROWS, COUNT, THR, CNT, CAND, K, D, stride_z, stride_c,
+                    MAXC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                    SINGLE_D: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr):
+    # One program per BLOCK_M listed rows (ROWS[0:COUNT]); programs past COUNT do nothing.
+    pid = tl.program_id(0)
+    count = tl.load(COUNT)
+    if pid * BLOCK_M < count:
+        slots = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        smask = slots < count
+        rows = tl.load(ROWS + slots, mask=smask, other=0)
+        thr = tl.load(THR + rows, mask=smask, other=float("-inf"))
+        dcols = tl.arange(0, BLOCK_D)
+        zoff = rows[:, None].to(tl.int64) * stride_z + dcols[None, :]
+        zm = smask[:, None] & (dcols[None, :] < D)
+        z = tl.load(Z + zoff, mask=zm, other=0.0)
+        if SPLIT:
+            z2 = tl.load(Z2 + zoff, mask=zm, other=0.0)
+        else:
+            z2 = z
+        ones = tl.full([BLOCK_M, BLOCK_K], 1, dtype=tl.int32)
+        for k0 in range(0, K, BLOCK_K):
+            score, codes, kmask = _score_tile(Z, Z2, C, C2, CN, z, z2, rows, smask, k0, K, D, stride_z, stride_c,
+                                              BLOCK_K, BLOCK_D, SINGLE_D, SPLIT, PRECISION)
+            qual = (score <= thr[:, None]) & kmask[None, :]  # NaN thresholds or scores: never listed
+            pos = tl.atomic_add(CNT + slots[:, None] + 0 * codes[None, :], ones, mask=qual, sem="relaxed")
+            tl.store(CAND + slots[:, None].to(tl.int64) * MAXC + pos, codes[None, :] + 0 * pos,
+                     mask=qual & (pos < MAXC))
+
+
+@triton.jit
+def _exact_scores(Z, C, row, codes, cmask, D, stride_z, stride_c, BLOCK_D: tl.constexpr):
+    """fp64 scores ``||c||^2 - 2 <z, c>`` of one row against the codes listed in ``codes`` (+inf where masked/NaN)."""
+    acc_cc = tl.zeros(codes.shape, dtype=tl.float64)
+    acc_zc = tl.zeros(codes.shape, dtype=tl.float64)
+    for d0 in range(0, D, BLOCK_D):
+        dd = d0 + tl.arange(0, BLOCK_D)
+        dm = dd < D
+        zz = tl.load(Z + row.to(tl.int64) * stride_z + dd, mask=dm, other=0.0).to(tl.float64)
+        cc = tl.load(C + codes[:, None].to(tl.int64) * stride_c + dd[None, :],
+                     mask=cmask[:, None] & dm[None, :], other=0.0).to(tl.float64)
+        acc_cc += tl.sum(cc * cc, axis=1)
+        acc_zc += tl.sum(cc * zz[None, :], axis=1)
+    s = acc_cc - 2.0 * acc_zc
+    return tl.where(cmask & (s == s), s, float("inf"))
+
+
+@triton.jit
+def _resolve_kernel(Z, C, ROWS, COUNT, CNT, CAND, IDX, BEST, K, D, stride_z, stride_c,
+                    MAXC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    # Persistent: program p settles listed rows p, p + programs, ...
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    count = tl.load(COUNT)
+    for r in range(pid, count, nprog):
+        row = tl.load(ROWS + r)
+        cnt = tl.load(CNT + r)
+        if (cnt >= 1) & (cnt <= MAXC):
+            j = tl.arange(0, BLOCK_C)
+            jm = j < cnt
+            codes = tl.load(CAND + r * MAXC + j, mask=jm, other=0)  # r * MAXC < 2^31 (checked on the host)
+            s = _exact_scores(Z, C, row, codes, jm, D, stride_z, stride_c, BLOCK_D)
+            best = tl.min(s, axis=0)
+            idx = tl.min(tl.where(s == best, codes, K), axis=0)
+        else:  # too many candidates (exact ties) or none (a NaN vector): scan the whole codebook
+            bv = tl.full([BLOCK_K], float("inf"), dtype=tl.float64)
+            tv = tl.zeros([BLOCK_K], dtype=tl.int32)
+            for k0 in range(0, K, BLOCK_K):
+                codes = k0 + tl.arange(0, BLOCK_K)
+                s = _exact_scores(Z, C, row, codes, codes < K, D, stride_z, stride_c, BLOCK_D)
+                lt = s < bv
+                bv = tl.where(lt, s, bv)
+                tv = tl.where(lt, k0, tv)
+            best = tl.min(bv, axis=0)
+            idx = tl.min(tl.where(bv == best, tv + tl.arange(0, BLOCK_K), K), axis=0)
+        tl.store(IDX + row, idx.to(tl.int64))
+        tl.store(BEST + row, best.to(tl.float32))
+
+
+def _split_bf16(x: torch.Tensor):
+    """``x ~ hi + lo`` with both parts bf16: ``hi = bf16(x)``, ``lo = bf16(x - hi)`` (relative error <= 2^-16)."""
+    hi = x.to(torch.bfloat16)
+    lo = (x - hi.float()).to(torch.bfloat16)
+    return hi.contiguous(), lo.contiguous()
+
+
+def _scores_pass(z, z2, c, c2, cn, precision: str, top2: bool, name: str):
+    """Launch the scores pass: ``(idx int64 [N], best fp32 [N], second fp32 [N] or None)``."""
+    n, d = z.shape
+    k = c.shape[0]
+    idx = torch.empty(n, dtype=torch.int64, device=z.device)
+    best = torch.empty(n, dtype=torch.float32, device=z.device)
+    second = torch.empty(n, dtype=torch.float32, device=z.device) if top2 else best
+    block_d = max(16, min(128, triton.next_power_of_2(d)))  # wider rows loop over D in chunks
+    split = z2 is not None
+    conf = settings(name)
+    launch("nearest_code.fwd", _nearest_code_kernel, lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),),
+           z, z2 if split else z, c, c2 if split else c, cn, idx, best, second, n, k, d, z.stride(0), c.stride(0),
+           bucket(n, lo=1), bucket(k, lo=1),
+           BLOCK_D=block_d, SINGLE_D=d <= block_d, SPLIT=split, TOP2=top2, PRECISION=precision,
+           configs=conf["configs"], key=["N_BUCKET", "K_BUCKET", "D", "SPLIT", "TOP2", "PRECISION"])
+    return idx, best, (second if top2 else None)
+
+
+# Rigorous bound on |approximate score - exact score| per row, as a multiple of |z| * max|c| (dot products) and
+# of max|c|^2 (the fp32 code norms). Dots: operand rounding (tf32 keeps 10 fraction bits, truncated or rounded:
+# relative error < 2^-10 per operand; bf16x3 leaves lo*lo and the residues of the split: < 4 * 2^-16) plus
+# fp32 accumulation of n products, charged 2^-22 of sum|products| per product (tensor cores align and truncate
+# the addends; 2^-22 is two units of the last place). Cauchy-Schwarz bounds sum|z_d c_d| by |z| |c|.
+def _dot_error(candidates: str, d: int) -> float:
+    if candidates == "tf32":
+        return 2 * 2.0 ** -10 + 2.0 ** -20 + d * 2.0 ** -22
+    if candidates == "bf16x3":
+        return 4 * 2.0 ** -16 + 3 * d * 2.0 ** -22
+    return d * 2.0 ** -22  # 16-bit inputs: exact products, fp32 sums
+
+
+def _score_bound(z, codebook, cn, candidates: str, scale: float):
+    d = z.shape[1]
+    zn = torch.linalg.vector_norm(z.float(), dim=1)
+    finite = torch.isfinite(cn)  # codes with inf/NaN never win (their scores are inf or NaN), leave them out
+    cmax = torch.where(finite, torch.linalg.vector_norm(codebook.float(), dim=1), 0.0).max()
+    c2max = torch.where(finite, cn, 0.0).max()
+    dot_term = 2 * zn * cmax
+    bound = _dot_error(candidates, d) * dot_term + (d + 2) * 2.0 ** -23 * c2max + 2.0 ** -22 * (c2max + dot_term)
+    return scale * bound + 2.0 ** -100
+
+
+def _nearest_code_exact(z: torch.Tensor, codebook: torch.Tensor):
+    n, d = z.shape
+    k = codebook.shape[0]
+    conf = settings("nearest_code.exact")
+    maxc = int(conf["max_candidates"])
+    if n * maxc >= 2 ** 31:
+        raise ValueError(f"nearest_code: {n} vectors exceed the exact mode's candidate list (int32 offsets); "
+                         f"split the batch")
+    cn = code_norms(codebook).contiguous()
+    if z.dtype != torch.float32:
+        candidates, zc, z2, cc, c2, prec = "16bit", z, None, codebook, None, "tf32"
+    elif conf["candidates"] == "bf16x3" and d <= 128:
+        candidates, prec = "bf16x3", "tf32"
+        (zc, z2), (cc, c2) = _split_bf16(z), _split_bf16(codebook)
+    else:
+        candidates, zc, z2, cc, c2, prec = "tf32", z, None, codebook, None, "tf32"
+    idx, best, second = _scores_pass(zc, z2, cc, c2, cn, prec, True, "nearest_code.candidates")
+    thr = best + 2 * _score_bound(z, codebook, cn, candidates, float(conf["bound_scale"]))
+    unsettled = ~(second > thr)  # NaN anywhere (a NaN vector) counts as unsettled
+    # list the unsettled rows without a host sync: rows[0:count], count stays on the device
+    pos = torch.cumsum(unsettled, 0, dtype=torch.int32) - 1
+    count = (pos[-1:] + 1).contiguous()
+    rows = torch.empty(n + 1, dtype=torch.int32, device=z.device)
+    rows.scatter_(0, torch.where(unsettled, pos.long(), n), torch.arange(n, dtype=torch.int32, device=z.device))
+    cnt = torch.zeros(n, dtype=torch.int32, device=z.device)
+    cand = torch.empty(n * maxc, dtype=torch.int32, device=z.device)
+    cconf = settings("nearest_code.collect")
+    bm = cconf["BLOCK_M"]
+    block_d = max(16, min(128, triton.next_power_of_2(d)))
+    launch("nearest_code.collect", _collect_kernel, (triton.cdiv(n, bm),),
+           zc, z2 if z2 is not None else zc, cc, c2 if c2 is not None else cc, cn, rows, count, thr, cnt, cand,
+           k, d, zc.stride(0), cc.stride(0),
+           MAXC=maxc, BLOCK_D=block_d, SINGLE_D=d <= block_d, SPLIT=z2 is not None, PRECISION=prec,
+           configs=[{kk: v for kk, v in cconf.items()}])
+    rconf = settings("nearest_code.resolve")
+    grid = (persistent_grid(n, z.device, rconf["programs_per_sm"]),)
+    launch("nearest_code.resolve", _resolve_kernel, grid,
+           z, codebook, rows, count, cnt, cand, idx, best, k, d, z.stride(0), codebook.stride(0),
+           MAXC=maxc, BLOCK_C=triton.next_power_of_2(maxc), BLOCK_K=rconf["BLOCK_K"],
+           BLOCK_D=min(128, max(16, triton.next_power_of_2(d))), num_warps=rconf["num_warps"])
+    return idx, best
 
 
 def _nearest_code_triton(z: torch.Tensor, codebook: torch.Tensor, precision: str):
-    n, d = z.shape
-    k = codebook.shape[0]
     z = z.contiguous()
     codebook = codebook.contiguous()
+    if precision == "exact":
+        return _nearest_code_exact(z, codebook)
     cn = code_norms(codebook).contiguous()
-    idx = torch.empty(n, dtype=torch.int64, device=z.device)
-    best = torch.empty(n, dtype=torch.float32, device=z.device)
-    block_d = max(16, min(128, triton.next_power_of_2(d)))  # wider rows loop over D in chunks
-    conf = settings("nearest_code.fwd_fp32" if z.dtype == torch.float32 else "nearest_code.fwd_16bit")
-    launch("nearest_code.fwd", _nearest_code_kernel, lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),),
-                  z, codebook, cn, idx, best, n, k, d, z.stride(0), codebook.stride(0),
-                  bucket(n, lo=1), bucket(k, lo=1),
-                  BLOCK_D=block_d, SINGLE_D=d <= block_d, PRECISION=precision,
-                  configs=conf["configs"], key=["N_BUCKET", "K_BUCKET", "D"])
+    name = "nearest_code.fwd_fp32" if z.dtype == torch.float32 else "nearest_code.fwd_16bit"
+    idx, best, _ = _scores_pass(z, None, codebook, None, cn, precision, False, name)
     return idx, best
 
 
@@ -159,10 +372,14 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, *, return_distance: bo
         z: ``[..., D]`` vectors (fp32, fp16 or bf16).
         codebook: ``[K, D]`` codes, same dtype and device as ``z``.
         return_distance: also return the squared distance to the chosen code (fp32, clamped at 0).
-        precision: dot-product precision for fp32 inputs on the Triton path: ``"tf32x3"`` (default,
-            about fp32 accuracy on tensor cores), ``"ieee"`` (plain fp32) or ``"tf32"`` (fastest, ~1e-3
-            relative). Ignored for 16-bit inputs (exact products, fp32 accumulation) and on the reference path
-            (always fp32).
+        precision: how scores are computed.
+            ``"exact"`` (default for fp32 inputs): the index of the nearest code in exact arithmetic (ties to the
+            lowest index): fast tensor-core candidates, a rigorous error bound, and fp64 scores wherever the
+            best two candidates are within the bound. For 16-bit inputs ``"exact"`` works the same way (exact
+            products, so only the fp32 sums need the bound); their default is plain fp32 accumulation.
+            ``"tf32x3"`` (about fp32 accuracy on tensor cores), ``"ieee"`` (fp32 FMA) and ``"tf32"`` (~1e-3
+            relative) are the fast fp32 forms without the fp64 settlement: near-ties may go either way.
+            On the reference path ``"exact"`` computes in fp64 and everything else in fp32.
         backend: ``"triton"``, ``"reference"`` or None (choose per ``hfzoo.ops.dispatch``).
 
     Returns:
@@ -187,16 +404,16 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, *, return_distance: bo
         raise ValueError("nearest_code: codebook must hold at least one code")
     if z.dtype != codebook.dtype:
         raise TypeError(f"nearest_code: z ({z.dtype}) and codebook ({codebook.dtype}) must have the same dtype")
-    if precision is None:
-        precision = "tf32x3"
-    if precision not in PRECISIONS:
+    if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"nearest_code: precision must be one of {PRECISIONS}, got {precision!r}")
-    if z.dtype != torch.float32:
+    if precision is None:
+        precision = "exact" if z.dtype == torch.float32 else "tf32"
+    elif z.dtype != torch.float32 and precision != "exact":
         precision = "tf32"  # 16-bit operands: products are exact whatever the flag (it only affects fp32 operands)
     lead = z.shape[:-1]
     z2 = z.reshape(-1, z.shape[-1])
     if pick_backend(op, (z2, codebook), backend) == "reference" or z2.shape[0] == 0:
-        idx, best = nearest_code_reference(z2.detach(), codebook.detach())
+        idx, best = nearest_code_reference(z2.detach(), codebook.detach(), exact=precision == "exact")
     else:
         idx, best = _nearest_code_triton(z2.detach(), codebook.detach(), precision)
     idx = idx.reshape(lead)
