@@ -2,15 +2,23 @@
 
 Case: N vectors against a K x D codebook (65,536 x 65,536 x 128, the size of SimVQ's 65k-code tokenizer with a
 256-image batch of 16x16 tokens), fp32 and bf16 inputs. Contenders:
-  hfzoo          nearest_code (fp32: tf32x3 dots; bf16: exact products, fp32 accumulation)
+  hfzoo          nearest_code (fp32: precision="exact", the exact argmin; bf16: exact products, fp32 accumulation)
+  hfzoo_tf32x3   nearest_code(precision="tf32x3") (fp32 only: the former default, about fp32 accuracy)
   hfzoo_ieee     nearest_code(precision="ieee") (fp32 only: plain fp32 FMA)
   cdist          torch.cdist(z, c).argmin(1)
   matmul_argmin  (|z|^2 + |c|^2 - 2 z c^T).argmin(1) in the input dtype (what the SimVQ reference does)
   torch_compile  torch.compile of matmul_argmin
-Metrics: ms (median), GB (peak memory above the inputs), accuracy (fraction of indices equal to the fp32
-reference of the same input values), s (first call at a new shape: compile + autotune).
+Metrics: ms (median), GB (peak memory above the inputs), accuracy (fraction of indices equal to the exact argmin:
+the fp64 reference on the same input values), s (first call at a new shape: compile + autotune); for the exact
+mode also `unsettled` (share of rows the first pass could not certify, which go to the fp64 stage).
 
-    PYTHONPATH=. HFZOO_BENCH_OUT=/tmp/out python benchmarks/simvq.py [--quick]
+Quantizer step, case `vq step B.. HxW K.. D.. fp32`: forward + backward of the SimVQ quantizer on an encoder
+output [B, D, H, W] (project the codebook through the linear layer, nearest code, commitment and codebook
+losses, straight-through estimator), then a loss on the quantized output; contenders `hfzoo`
+(hfzoo.models.simvq.SimVQQuantizer) and `vqtorch_simvq` (vector_quantize_pytorch.SimVQ with the same codebook
+size, dim, a biased Linear transform, the same two loss terms and weights, rotation trick off).
+
+    PYTHONPATH=. HFZOO_BENCH_OUT=/tmp/out python benchmarks/simvq.py [--quick] [--only search|step|sweep]
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import Results, bench_ms, first_call_s, peak_gb  # noqa: E402
+from hfzoo.ops import nearest_code as nc  # noqa: E402
+from hfzoo.ops.launch import tuning  # noqa: E402
 from hfzoo.ops.nearest_code import nearest_code, nearest_code_reference  # noqa: E402
 
 
@@ -37,16 +47,20 @@ def cdist_argmin(z, c):
     return torch.cdist(z, c).argmin(1)
 
 
-def run_case(res: Results, n: int, k: int, d: int, dtype: torch.dtype, compile_too: bool, coldstart: bool):
+def run_case(res: Results, n: int, k: int, d: int, dtype: torch.dtype, compile_too: bool, coldstart: bool,
+             ieee: bool = False):
     name = {torch.float32: "fp32", torch.bfloat16: "bf16"}[dtype]
     case = f"N{n} K{k} D{d} {name}"
     g = torch.Generator(device="cuda").manual_seed(0)
     z = torch.randn(n, d, device="cuda", generator=g).to(dtype)
     c = (torch.randn(k, d, device="cuda", generator=g) / d ** 0.5).to(dtype)
-    ref, _ = nearest_code_reference(z, c)  # fp32 arithmetic on the same input values
+    ref, _ = nearest_code_reference(z, c, exact=True)  # the exact argmin of the same input values
     contenders = {"hfzoo": lambda: nearest_code(z, c)}
     if dtype == torch.float32:
-        contenders["hfzoo_ieee"] = lambda: nearest_code(z, c, precision="ieee")
+        contenders["hfzoo_tf32x3"] = lambda: nearest_code(z, c, precision="tf32x3")
+        if ieee:
+            contenders["hfzoo_ieee"] = lambda: nearest_code(z, c, precision="ieee")
+        res.add(case, "hfzoo", "unsettled", unsettled_share(z, c))
     contenders["cdist"] = lambda: cdist_argmin(z, c)
     contenders["matmul_argmin"] = lambda: matmul_argmin(z, c)
     if compile_too:
@@ -67,25 +81,147 @@ def run_case(res: Results, n: int, k: int, d: int, dtype: torch.dtype, compile_t
     torch.cuda.empty_cache()
 
 
+def unsettled_share(z, c, candidates=None):
+    """Share of rows whose first-pass winner the error bound cannot certify (they go to the fp64 stage)."""
+    conf = nc.settings("nearest_code.exact")
+    cand = candidates or conf["candidates"]
+    cn = nc.code_norms(c).contiguous()
+    if cand == "bf16x3":
+        (zc, z2), (cc, c2) = nc._split_bf16(z), nc._split_bf16(c)
+    else:
+        zc, z2, cc, c2 = z, None, c, None
+    _, best, second = nc._scores_pass(zc, z2, cc, c2, cn, "tf32", True, "nearest_code.candidates")
+    thr = best + 2 * nc._score_bound(z, c, cn, cand, float(conf["bound_scale"]))
+    return (~(second > thr)).float().mean().item()
+
+
+def sweep(res: Results):
+    """Exact-mode variants (candidates pass, bound) and the bf16 configs one by one, checked against the exact argmin."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for n, k in ((65536, 65536), (16384, 8192)):
+        z = torch.randn(n, 128, device="cuda", generator=g)
+        c = torch.randn(k, 128, device="cuda", generator=g) / 128 ** 0.5
+        ref, _ = nearest_code_reference(z, c, exact=True)
+        case = f"sweep N{n} K{k} D128 fp32"
+        for cand in ("bf16x3", "tf32"):
+            with tuning({"nearest_code.exact": {"candidates": cand}}):
+                fn = lambda z=z, c=c: nearest_code(z, c)  # noqa: E731
+                res.add(case, f"exact_{cand}", "accuracy", (fn() == ref).float().mean().item())
+                res.add(case, f"exact_{cand}", "unsettled", unsettled_share(z, c, cand))
+                res.add(case, f"exact_{cand}", "ms", bench_ms(fn, warmup=3, rep=30))
+                zc, cc = (nc._split_bf16(z), nc._split_bf16(c)) if cand == "bf16x3" else ((z, None), (c, None))
+                cn = nc.code_norms(c).contiguous()
+                res.add(case, f"exact_{cand}_pass1", "ms", bench_ms(
+                    lambda zc=zc, cc=cc, cn=cn: nc._scores_pass(zc[0], zc[1], cc[0], cc[1], cn, "tf32", True,
+                                                                 "nearest_code.candidates"),
+                    warmup=3, rep=30))
+        zb, cb = z.bfloat16(), c.bfloat16()
+        refb, _ = nearest_code_reference(zb, cb)
+        case = f"sweep N{n} K{k} D128 bf16"
+        for conf in nc.settings("nearest_code.fwd_16bit")["configs"]:
+            name = "bf16_" + "_".join(f"{v}" for v in conf.values())
+            with tuning({"nearest_code.fwd_16bit": {"configs": [conf]}}):
+                fn = lambda zb=zb, cb=cb: nearest_code(zb, cb)  # noqa: E731
+                try:
+                    res.add(case, name, "accuracy", (fn() == refb).float().mean().item())
+                    res.add(case, name, "ms", bench_ms(fn, warmup=3, rep=30))
+                except Exception as e:
+                    print(f"{case} {name}: failed ({type(e).__name__}: {str(e)[:120]})", flush=True)
+        torch.cuda.empty_cache()
+
+
+def _vqtorch_quantizer(k, d):
+    from torch import nn
+    from vector_quantize_pytorch import SimVQ
+
+    # same codebook size and dim, a biased Linear as hfzoo's W, the same loss terms: ||sg(x) - q||^2 weight 1,
+    # ||x - sg(q)||^2 weight 0.25 (vqtorch's input_to_quantize_commit_loss_weight), straight-through
+    return SimVQ(dim=d, codebook_size=k, codebook_transform=nn.Linear(d, d, bias=True), channel_first=True,
+                 rotation_trick=False, input_to_quantize_commit_loss_weight=0.25, commitment_weight=1.0)
+
+
+def run_step_case(res: Results, b: int, hw: int, k: int, d: int):
+    from hfzoo.models.simvq.modeling_simvq import SimVQQuantizer
+
+    case = f"vq step B{b} {hw}x{hw} K{k} D{d} fp32"
+    torch.manual_seed(0)
+    ours = SimVQQuantizer(k, d, beta=0.25).cuda()
+    nn_init = torch.nn.init
+    nn_init.normal_(ours.embedding.weight, std=d ** -0.5)
+    contenders = {"hfzoo": ours}
+    try:
+        peer = _vqtorch_quantizer(k, d).cuda()
+        with torch.no_grad():  # the same frozen codes and W, b
+            peer.frozen_codebook.copy_(ours.embedding.weight)
+            peer.code_transform.weight.copy_(ours.embedding_proj.weight)
+            peer.code_transform.bias.copy_(ours.embedding_proj.bias)
+        contenders["vqtorch_simvq"] = peer
+    except Exception as e:
+        print(f"{case} vqtorch_simvq: unavailable ({type(e).__name__}: {str(e)[:120]})", flush=True)
+    x = torch.randn(b, d, hw, hw, device="cuda", requires_grad=True)
+    target = torch.randn(b, d, hw, hw, device="cuda")
+    outs = {}
+    for cname, q in contenders.items():
+        params = [p for p in q.parameters() if p.requires_grad]
+
+        def step(q=q, params=params):
+            for p in params:
+                p.grad = None
+            x.grad = None
+            zq, idx, loss = q(x)
+            total = loss + (zq - target).square().mean()  # stands in for the decoder's reconstruction loss
+            total.backward()
+            return idx, loss
+
+        try:
+            res.add(f"coldstart {case}", cname, "s", first_call_s(step))
+            idx, loss = step()
+            outs[cname] = (idx.clone(), loss.item(), x.grad.clone(), params[0].grad.clone())
+            res.add(case, cname, "loss", loss.item())
+            res.add(case, cname, "GB", peak_gb(step))
+            res.add(case, cname, "ms", bench_ms(step, warmup=3, rep=50))
+        except Exception as e:
+            torch.cuda.synchronize()
+            print(f"{case} {cname}: skipped ({type(e).__name__}: {str(e)[:200]})", flush=True)
+        torch.cuda.empty_cache()
+    if len(outs) == 2:
+        (ia, la, ga, wa), (ib, lb, gb, wb) = outs["hfzoo"], outs["vqtorch_simvq"]
+        res.add(case, "vqtorch_simvq", "accuracy", (ia == ib).float().mean().item())  # index agreement with hfzoo
+        print(f"{case}: loss {la:.6g} vs {lb:.6g}; grad x rel diff {((ga - gb).norm() / gb.norm()).item():.3g}; "
+              f"grad W rel diff {((wa - wb).norm() / wb.norm()).item():.3g}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="only the small case")
+    parser.add_argument("--quick", action="store_true", help="only the small cases")
+    parser.add_argument("--only", choices=("search", "step", "sweep"), default=None)
     args = parser.parse_args()
-    res = Results("simvq")
+    res = Results("simvq" if args.only != "sweep" else "simvq_sweep")
     t0 = time.time()
+    if args.only == "sweep":
+        sweep(res)
+        res.save()
+        return
     cases = [(65536, 65536, 128, torch.float32, True, True), (65536, 65536, 128, torch.bfloat16, True, True),
              (16384, 8192, 128, torch.float32, False, False), (16384, 8192, 128, torch.bfloat16, False, False)]
+    steps = [(64, 16, 65536, 128), (64, 16, 8192, 128)]
     if args.quick:
-        cases = cases[2:]
-    for case in cases:
-        run_case(res, *case)
-        res.save()  # keep what was measured if the run is cut short
-        print(f"elapsed {time.time() - t0:.1f} s", flush=True)
+        cases, steps = cases[2:], steps[1:]
+    if args.only != "step":
+        for case in cases:
+            run_case(res, *case)
+            res.save()  # keep what was measured if the run is cut short
+            print(f"elapsed {time.time() - t0:.1f} s", flush=True)
+    if args.only != "search":
+        for case in steps:
+            run_step_case(res, *case)
+            res.save()
+            print(f"elapsed {time.time() - t0:.1f} s", flush=True)
     for r in res.rows:  # ratios for the notes
         if r["metric"] == "ms" and r["contender"] == "hfzoo":
             for o in res.rows:
                 if o["case"] == r["case"] and o["metric"] == "ms" and o["contender"] != "hfzoo":
-                    print(f"{r['case']}: {o['contender']} / hfzoo = {o['value'] / r['value']:.2f}x")
+                    print(f"{r['case']}: hfzoo / {o['contender']} = {r['value'] / o['value']:.3f}")
 
 
 if __name__ == "__main__":

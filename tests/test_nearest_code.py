@@ -132,7 +132,7 @@ def test_bad_inputs_name_the_argument():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3", "exact"])
 def test_gpu_fp32_matches_reference(precision):
     g = torch.Generator(device="cuda").manual_seed(0)
     z = torch.randn(5000, 128, device="cuda", generator=g)
@@ -143,6 +143,8 @@ def test_gpu_fp32_matches_reference(precision):
     assert agree >= 0.999, agree
     assert rel_err(d_tri, d_ref) < 1e-5
     _assert_optimal(z[:1000].cpu(), c.cpu(), i_tri[:1000].cpu(), rtol=1e-6)
+    if precision == "exact":
+        assert torch.equal(i_tri, nearest_code(z, c, precision="exact", backend="reference"))
 
 
 @pytest.mark.gpu
@@ -252,3 +254,38 @@ def test_exact_mode_fp64_settlement_paths():
 def test_exact_mode_with_wide_rows_loops_over_d():
     z, c = _adversarial_near_ties(20, 40, 200, seed=4)
     assert torch.equal(nearest_code(z, c, backend="triton"), _oracle_argmin(z, c))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("candidates", ["bf16x3", "tf32"])
+def test_gpu_exact_mode_on_adversarial_near_ties(candidates):
+    from hfzoo.ops.launch import tuning
+
+    z, c = _adversarial_near_ties(3000, 4096, 128, seed=11)
+    z, c = z.cuda(), c.cuda()
+    want = nearest_code(z, c, precision="exact", backend="reference")  # fp64
+    with tuning({"nearest_code.exact": {"candidates": candidates}}):
+        got = nearest_code(z, c, backend="triton")
+    assert torch.equal(got, want)
+    assert torch.equal(want[:500].cpu(), _oracle_argmin(z[:500].cpu(), c.cpu()))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("candidates", ["bf16x3", "tf32"])
+@pytest.mark.parametrize("scale", [1.0, 1000.0])
+def test_gpu_score_bound_covers_the_candidate_pass_error(candidates, scale):
+    # the first pass's best score must lie within the bound (safety factor 1) of its fp64 score, on data with a
+    # wide spread of magnitudes
+    from hfzoo.ops import nearest_code as nc
+
+    g = torch.Generator(device="cuda").manual_seed(12)
+    z = torch.randn(8192, 128, device="cuda", generator=g) * scale * torch.rand(8192, 1, device="cuda", generator=g)
+    c = torch.randn(4096, 128, device="cuda", generator=g) * scale / 128 ** 0.5
+    cn = nc.code_norms(c).contiguous()
+    (zc, z2), (cc, c2) = (nc._split_bf16(z), nc._split_bf16(c)) if candidates == "bf16x3" else ((z, None), (c, None))
+    idx, best, second = nc._scores_pass(zc, z2, cc, c2, cn, "tf32", True, "nearest_code.candidates")
+    exact = (c.double()[idx] ** 2).sum(1) - 2 * (z.double() * c.double()[idx]).sum(1)
+    bound = nc._score_bound(z, c, cn, candidates, 1.0).double()
+    ratio = ((best.double() - exact).abs() / bound).max().item()
+    assert ratio <= 1.0, ratio
+    assert (second >= best).all()

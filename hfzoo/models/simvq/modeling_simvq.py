@@ -148,12 +148,64 @@ class SimVQDecoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(x)))
 
 
+class _ProjectedCodeLookup(torch.autograd.Function):
+    """``z_q = W(C)[idx]`` whose backward skips the ``K x D`` codebook: ``dW = g^T C[idx]``, ``db = sum g``.
+
+    Autograd through ``F.embedding(idx, W(C))`` would scatter the gradient into a dense ``[K, D]`` buffer and
+    push it back through the linear layer (two ``K x D x D`` products); with ``C`` frozen only the rows that were
+    picked matter, so the backward gathers them (``[N, D]``) and does one ``D x N x D`` product.
+    """
+
+    @staticmethod
+    def forward(ctx, codebook, frozen, weight, bias, idx):
+        ctx.save_for_backward(frozen, idx)
+        ctx.has_bias = bias is not None
+        return F.embedding(idx, codebook)
+
+    @staticmethod
+    def backward(ctx, grad):
+        frozen, idx = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])
+        picked = F.embedding(idx.reshape(-1), frozen).to(g.dtype)
+        grad_w = g.t() @ picked  # [D_out, D_in], the Linear's weight layout
+        grad_b = g.sum(0) if ctx.has_bias else None
+        return None, None, grad_w, grad_b, None
+
+
+class _CommitmentStraightThrough(torch.autograd.Function):
+    """``(z_q with the straight-through gradient to z, w_z * ||sg(z_q) - z||^2 + w_q * ||z_q - sg(z)||^2 (means))``.
+
+    Forward values: ``z_q`` itself and one mean of squared differences; backward: the output's gradient goes to
+    ``z`` unchanged, the loss's to ``z`` (weight ``w_z``) and ``z_q`` (weight ``w_q``) -- one saved difference
+    instead of the five intermediate tensors of the written-out form.
+    """
+
+    @staticmethod
+    def forward(ctx, z, z_q, w_z: float, w_q: float):
+        diff = z_q - z
+        ctx.save_for_backward(diff)
+        ctx.w = (w_z, w_q)
+        return z_q.detach().clone(), (w_z + w_q) * diff.square().mean()
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_loss):
+        (diff,) = ctx.saved_tensors
+        w_z, w_q = ctx.w
+        scaled = diff * (2.0 * grad_loss / diff.numel())
+        return grad_out - w_z * scaled, w_q * scaled, None, None
+
+
 class SimVQQuantizer(nn.Module):
     """Nearest-code quantizer over the projected codebook ``W(C)``.
 
     ``embedding.weight`` is ``C`` (``[K, D]``, drawn from N(0, D^-1/2) and frozen); ``embedding_proj`` is ``W``
     (Linear with bias). Loss (non-legacy): ``beta * ||sg(z_q) - z||^2 + ||z_q - sg(z)||^2``; gradients reach the
     encoder through the straight-through estimator and ``W`` through ``z_q``.
+
+    The training step is written for speed: the codebook ``W(C)`` is computed without autograd (the search needs
+    no gradient), the nearest-code search never materialises distances (``nearest_code``: exact argmin for fp32),
+    the picked codes' gradient goes straight to ``W`` (``_ProjectedCodeLookup``) and the two loss terms plus the
+    straight-through estimator are one autograd node (``_CommitmentStraightThrough``). No host syncs.
 
     Decoding from indices (``lookup``) uses the *projected* codebook, as the forward pass does. The reference's
     ``get_codebook_entry`` reads the unprojected ``embedding`` instead, so decoding its tokens that way does not
@@ -176,13 +228,20 @@ class SimVQQuantizer(nn.Module):
         if z.shape[1] != self.dim:
             raise ValueError(f"SimVQQuantizer: expected {self.dim} channels, got shape {tuple(z.shape)}")
         zt = z.movedim(1, -1)  # [B, *spatial, D]
-        codebook = self.codebook()
-        indices = nearest_code(zt, codebook.detach().to(zt.dtype))
-        z_q = F.embedding(indices, codebook).to(zt.dtype)
-        commit, codebook_term = F.mse_loss(zt, z_q.detach()), F.mse_loss(z_q, zt.detach())
-        loss = commit + self.beta * codebook_term if self.legacy else self.beta * commit + codebook_term
-        if torch.is_grad_enabled() and zt.requires_grad:
-            z_q = zt + (z_q - zt).detach()  # straight-through: the decoder's gradient goes to the encoder
+        proj, frozen = self.embedding_proj, self.embedding.weight
+        with torch.no_grad():
+            codebook = self.codebook()
+        indices = nearest_code(zt, codebook.to(zt.dtype))
+        w_z, w_q = (1.0, self.beta) if self.legacy else (self.beta, 1.0)  # weights of ||sg(z_q)-z||^2, ||z_q-sg(z)||^2
+        if torch.is_grad_enabled() and (proj.weight.requires_grad or zt.requires_grad):
+            if frozen.requires_grad:  # C unfrozen by the user: plain autograd through the whole codebook
+                z_q = F.embedding(indices, self.codebook())
+            else:
+                z_q = _ProjectedCodeLookup.apply(codebook, frozen, proj.weight, proj.bias, indices)
+            z_q, loss = _CommitmentStraightThrough.apply(zt, z_q.to(zt.dtype), w_z, w_q)
+        else:
+            z_q = F.embedding(indices, codebook).to(zt.dtype)
+            loss = (w_z + w_q) * F.mse_loss(zt, z_q)
         return z_q.movedim(-1, 1).contiguous(), indices, loss
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
