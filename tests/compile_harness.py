@@ -184,10 +184,17 @@ def known_crash(fn, kwargs, any_version: bool = False) -> bool:
 def _nearest_code_cases():
     from hfzoo.ops.nearest_code import nearest_code
 
-    def run(N, K, D, dtype):
-        nearest_code(torch.randn(N, D, dtype=dtype), torch.randn(K, D, dtype=dtype), backend="triton")
+    from hfzoo.ops.launch import tuning
 
-    return [lambda: run(100, 300, 128, torch.float32), lambda: run(100, 300, 64, torch.bfloat16)]
+    def run(N, K, D, dtype, precision=None, candidates="bf16x3"):
+        with tuning({"nearest_code.exact": {"candidates": candidates}}):
+            nearest_code(torch.randn(N, D, dtype=dtype), torch.randn(K, D, dtype=dtype), precision=precision,
+                         backend="triton")
+
+    # fp32 exact with bf16x3 and tf32 candidates (and wide rows), the fast fp32 forms, 16-bit plain and exact
+    return [lambda: run(100, 300, 128, torch.float32), lambda: run(100, 300, 128, torch.float32, None, "tf32"),
+            lambda: run(100, 300, 300, torch.float32), lambda: run(100, 300, 128, torch.float32, "tf32x3"),
+            lambda: run(100, 300, 64, torch.bfloat16), lambda: run(100, 300, 128, torch.bfloat16, "exact")]
 
 
 def _varlen_alibi_cases():
@@ -260,7 +267,8 @@ def main(argv):
                     print(f"FAILED {fn.__name__} {kwargs}: needs {out.metadata.shared} bytes of shared memory, "
                           f"more than the {SHARED_LIMIT} an sm_90 block has")
                     raise SystemExit(1)
-                print(f"ok {name} {fn.__name__} shared={out.metadata.shared} {kwargs}", flush=True)
+                regs = f" regs={out.n_regs} spills={out.n_spills}" if getattr(out, "n_regs", None) is not None else ""
+                print(f"ok {name} {fn.__name__} shared={out.metadata.shared}{regs} {kwargs}", flush=True)
 
 
 if __name__ == "__main__":

@@ -106,7 +106,8 @@ def nearest_code_reference(z: torch.Tensor, codebook: torch.Tensor, chunk_elemen
 #   2. the host computes a rigorous bound B_i on |approximate score - exact score| for row i (``_score_bound``); a
 #      row is settled when b2 > b1 + 2 B_i (the exact minimum can only be a code whose approximate score is within
 #      2 B_i of b1, and there is one). The other rows are compacted (no host sync) and ``_collect_kernel``
-#      recomputes their approximate scores and lists every code within b1 + 2 B_i (up to MAXC per row);
+#      recomputes their approximate scores and lists every code within b1 + 2 B_i (up to MAXC per row, in any
+#      order; the count goes on past MAXC);
 #   3. ``_resolve_kernel`` scores the listed codes in fp64 (products of fp32 values are exact in fp64, sums carry
 #      1e-16 relative error) and takes the smallest, lowest index first; rows with more than MAXC candidates (many
 #      exact ties) or without any (NaN vectors) are scanned against the whole codebook in fp64.
@@ -183,11 +184,13 @@ def _nearest_code_kernel(Z, Z2, C, C2, CN, IDX, BEST, SECOND, N, K, D, stride_z,
 
 
 @triton.jit
-def _collect_kernel(Z, Z2, C, C2, CN, ROWS, COUNT, THR, CNT, CAND, K, D, stride_z, stride_c,
+def _collect_kernel(Z, Z2, C, C2, CN, ROWS, COUNT, THR, CNT, CAND, K, D, stride_z, stride_c, codes_per_part,
                     MAXC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
                     SINGLE_D: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr):
-    # One program per BLOCK_M listed rows (ROWS[0:COUNT]); programs past COUNT do nothing.
+    # Program (i, j) takes listed rows ROWS[i*BLOCK_M : (i+1)*BLOCK_M] (of COUNT; programs past it do nothing)
+    # against the j-th part of the codebook: few rows must still spread over the whole GPU.
     pid = tl.program_id(0)
+    part = tl.program_id(1)
     count = tl.load(COUNT)
     if pid * BLOCK_M < count:
         slots = pid * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -202,14 +205,17 @@ def _collect_kernel(Z, Z2, C, C2, CN, ROWS, COUNT, THR, CNT, CAND, K, D, stride_
             z2 = tl.load(Z2 + zoff, mask=zm, other=0.0)
         else:
             z2 = z
-        ones = tl.full([BLOCK_M, BLOCK_K], 1, dtype=tl.int32)
-        for k0 in range(0, K, BLOCK_K):
-            score, codes, kmask = _score_tile(Z, Z2, C, C2, CN, z, z2, rows, smask, k0, K, D, stride_z, stride_c,
+        start = part * codes_per_part
+        end = tl.minimum(start + codes_per_part, K)
+        for k0 in range(start, end, BLOCK_K):
+            score, codes, kmask = _score_tile(Z, Z2, C, C2, CN, z, z2, rows, smask, k0, end, D, stride_z, stride_c,
                                               BLOCK_K, BLOCK_D, SINGLE_D, SPLIT, PRECISION)
-            qual = (score <= thr[:, None]) & kmask[None, :]  # NaN thresholds or scores: never listed
-            pos = tl.atomic_add(CNT + slots[:, None] + 0 * codes[None, :], ones, mask=qual, sem="relaxed")
+            qual = ((score <= thr[:, None]) & kmask[None, :]).to(tl.int32)  # NaN thresholds or scores: never
+            found = tl.sum(qual, axis=1)
+            base = tl.atomic_add(CNT + slots, found, mask=found > 0, sem="relaxed")  # room in the row's list
+            pos = base[:, None] + tl.cumsum(qual, axis=1) - 1
             tl.store(CAND + slots[:, None].to(tl.int64) * MAXC + pos, codes[None, :] + 0 * pos,
-                     mask=qual & (pos < MAXC))
+                     mask=(qual != 0) & (pos < MAXC))
 
 
 @triton.jit
@@ -277,12 +283,14 @@ def _scores_pass(z, z2, c, c2, cn, precision: str, top2: bool, name: str):
     second = torch.empty(n, dtype=torch.float32, device=z.device) if top2 else best
     block_d = max(16, min(128, triton.next_power_of_2(d)))  # wider rows loop over D in chunks
     split = z2 is not None
-    conf = settings(name)
+    configs = settings(name)["configs"]
+    if d > block_d and z.element_size() == 4:  # wide fp32 rows pipeline z chunks too: 128 x 128 tiles do not fit
+        configs = [c for c in configs if c["BLOCK_M"] * c["BLOCK_K"] <= 128 * 64] or configs[-1:]
     launch("nearest_code.fwd", _nearest_code_kernel, lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),),
            z, z2 if split else z, c, c2 if split else c, cn, idx, best, second, n, k, d, z.stride(0), c.stride(0),
            bucket(n, lo=1), bucket(k, lo=1),
            BLOCK_D=block_d, SINGLE_D=d <= block_d, SPLIT=split, TOP2=top2, PRECISION=precision,
-           configs=conf["configs"], key=["N_BUCKET", "K_BUCKET", "D", "SPLIT", "TOP2", "PRECISION"])
+           configs=configs, key=["N_BUCKET", "K_BUCKET", "D", "SPLIT", "TOP2", "PRECISION"])
     return idx, best, (second if top2 else None)
 
 
@@ -337,13 +345,15 @@ def _nearest_code_exact(z: torch.Tensor, codebook: torch.Tensor):
     cnt = torch.zeros(n, dtype=torch.int32, device=z.device)
     cand = torch.empty(n * maxc, dtype=torch.int32, device=z.device)
     cconf = settings("nearest_code.collect")
-    bm = cconf["BLOCK_M"]
+    bm, bk = cconf["BLOCK_M"], cconf["BLOCK_K"]
+    parts = max(1, min(int(cconf["codebook_parts"]), triton.cdiv(k, 2 * bk)))
+    per_part = triton.cdiv(triton.cdiv(k, parts), bk) * bk
     block_d = max(16, min(128, triton.next_power_of_2(d)))
-    launch("nearest_code.collect", _collect_kernel, (triton.cdiv(n, bm),),
+    launch("nearest_code.collect", _collect_kernel, (triton.cdiv(n, bm), triton.cdiv(k, per_part)),
            zc, z2 if z2 is not None else zc, cc, c2 if c2 is not None else cc, cn, rows, count, thr, cnt, cand,
-           k, d, zc.stride(0), cc.stride(0),
+           k, d, zc.stride(0), cc.stride(0), per_part,
            MAXC=maxc, BLOCK_D=block_d, SINGLE_D=d <= block_d, SPLIT=z2 is not None, PRECISION=prec,
-           configs=[{kk: v for kk, v in cconf.items()}])
+           configs=[{kk: v for kk, v in cconf.items() if kk != "codebook_parts"}])
     rconf = settings("nearest_code.resolve")
     grid = (persistent_grid(n, z.device, rconf["programs_per_sm"]),)
     launch("nearest_code.resolve", _resolve_kernel, grid,
