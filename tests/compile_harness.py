@@ -182,9 +182,8 @@ def known_crash(fn, kwargs, any_version: bool = False) -> bool:
 
 
 def _nearest_code_cases():
-    from hfzoo.ops.nearest_code import nearest_code
-
     from hfzoo.ops.launch import tuning
+    from hfzoo.ops.nearest_code import nearest_code
 
     def run(N, K, D, dtype, precision=None, candidates="bf16x3"):
         with tuning({"nearest_code.exact": {"candidates": candidates}}):
