@@ -83,51 +83,46 @@ def run_case(res: Results, n: int, k: int, d: int, dtype: torch.dtype, compile_t
 
 def unsettled_share(z, c, candidates=None):
     """Share of rows whose first-pass winner the error bound cannot certify (they go to the fp64 stage)."""
-    conf = nc.settings("nearest_code.exact")
-    cand = candidates or conf["candidates"]
-    cn = nc.code_norms(c).contiguous()
-    if cand == "bf16x3":
-        (zc, z2), (cc, c2) = nc._split_bf16(z), nc._split_bf16(c)
-    else:
-        zc, z2, cc, c2 = z, None, c, None
-    _, best, second = nc._scores_pass(zc, z2, cc, c2, cn, "tf32", True, "nearest_code.candidates")
-    thr = best + 2 * nc._score_bound(z, c, cn, cand, float(conf["bound_scale"]))
-    return (~(second > thr)).float().mean().item()
+    with tuning({"nearest_code.exact": {"candidates": candidates}} if candidates else {}):
+        flag = nc._exact_first_pass(z, c)[3]
+    return flag.float().mean().item()
 
 
 def sweep(res: Results):
-    """Exact-mode variants (candidates pass, bound) and the bf16 configs one by one, checked against the exact argmin."""
+    """Exact-mode variants (candidates pass; per config) and the bf16 configs one by one, each checked."""
     g = torch.Generator(device="cuda").manual_seed(0)
-    for n, k in ((65536, 65536), (16384, 8192)):
-        z = torch.randn(n, 128, device="cuda", generator=g)
-        c = torch.randn(k, 128, device="cuda", generator=g) / 128 ** 0.5
-        ref, _ = nearest_code_reference(z, c, exact=True)
-        case = f"sweep N{n} K{k} D128 fp32"
-        for cand in ("bf16x3", "tf32"):
-            with tuning({"nearest_code.exact": {"candidates": cand}}):
-                fn = lambda z=z, c=c: nearest_code(z, c)  # noqa: E731
-                res.add(case, f"exact_{cand}", "accuracy", (fn() == ref).float().mean().item())
-                res.add(case, f"exact_{cand}", "unsettled", unsettled_share(z, c, cand))
-                res.add(case, f"exact_{cand}", "ms", bench_ms(fn, warmup=3, rep=30))
-                zc, cc = (nc._split_bf16(z), nc._split_bf16(c)) if cand == "bf16x3" else ((z, None), (c, None))
-                cn = nc.code_norms(c).contiguous()
-                res.add(case, f"exact_{cand}_pass1", "ms", bench_ms(
-                    lambda zc=zc, cc=cc, cn=cn: nc._scores_pass(zc[0], zc[1], cc[0], cc[1], cn, "tf32", True,
-                                                                 "nearest_code.candidates"),
-                    warmup=3, rep=30))
-        zb, cb = z.bfloat16(), c.bfloat16()
-        refb, _ = nearest_code_reference(zb, cb)
-        case = f"sweep N{n} K{k} D128 bf16"
-        for conf in nc.settings("nearest_code.fwd_16bit")["configs"]:
-            name = "bf16_" + "_".join(f"{v}" for v in conf.values())
-            with tuning({"nearest_code.fwd_16bit": {"configs": [conf]}}):
-                fn = lambda zb=zb, cb=cb: nearest_code(zb, cb)  # noqa: E731
-                try:
-                    res.add(case, name, "accuracy", (fn() == refb).float().mean().item())
-                    res.add(case, name, "ms", bench_ms(fn, warmup=3, rep=30))
-                except Exception as e:
-                    print(f"{case} {name}: failed ({type(e).__name__}: {str(e)[:120]})", flush=True)
-        torch.cuda.empty_cache()
+    n = k = 65536
+    z = torch.randn(n, 128, device="cuda", generator=g)
+    c = torch.randn(k, 128, device="cuda", generator=g) / 128 ** 0.5
+    ref, _ = nearest_code_reference(z, c, exact=True)
+    case = f"sweep N{n} K{k} D128 fp32"
+    for cand in ("bf16x3", "tf32"):
+        with tuning({"nearest_code.exact": {"candidates": cand}}):
+            fn = lambda z=z, c=c: nearest_code(z, c)  # noqa: E731
+            res.add(case, f"exact_{cand}", "ms", bench_ms(fn, warmup=3, rep=30))
+            res.add(case, f"exact_{cand}", "accuracy", (fn() == ref).float().mean().item())
+            res.add(case, f"exact_{cand}", "unsettled", unsettled_share(z, c))
+            for conf in nc.settings("nearest_code.candidates")["configs"]:
+                name = f"pass1_{cand}_" + "_".join(f"{v}" for v in conf.values())
+                with tuning({"nearest_code.candidates": {"configs": [conf]}}):
+                    try:
+                        res.add(case, name, "ms", bench_ms(lambda z=z, c=c: nc._exact_first_pass(z, c), warmup=2,
+                                                           rep=20))
+                    except Exception as e:
+                        print(f"{case} {name}: failed ({type(e).__name__}: {str(e)[:120]})", flush=True)
+    zb, cb = z.bfloat16(), c.bfloat16()
+    refb, _ = nearest_code_reference(zb, cb)
+    case = f"sweep N{n} K{k} D128 bf16"
+    for conf in nc.settings("nearest_code.fwd_16bit")["configs"]:
+        name = "bf16_" + "_".join(f"{v}" for v in conf.values())
+        with tuning({"nearest_code.fwd_16bit": {"configs": [conf]}}):
+            fn = lambda zb=zb, cb=cb: nearest_code(zb, cb)  # noqa: E731
+            try:
+                res.add(case, name, "ms", bench_ms(fn, warmup=2, rep=20))
+                res.add(case, name, "accuracy", (fn() == refb).float().mean().item())
+            except Exception as e:
+                print(f"{case} {name}: failed ({type(e).__name__}: {str(e)[:120]})", flush=True)
+    res.save()
 
 
 def _vqtorch_quantizer(k, d):

@@ -124,16 +124,18 @@ DEFAULTS: dict[str, dict] = {
         "interpreted": {"configs": [{"BLOCK_M": 32, "BLOCK_K": 32}]}},
     "nearest_code.fwd_16bit": {"configs": [
         {"BLOCK_M": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3},
-        {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4},
         {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
-        {"BLOCK_M": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3}],
+        {"BLOCK_M": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3},
+        {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4}],
         "interpreted": {"configs": [{"BLOCK_M": 32, "BLOCK_K": 32}]}},
+    # TOP2 keeps three values per slot: only these tile/warp shapes compile without spills in the loop (sm_90)
     "nearest_code.candidates": {"configs": [
         {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
-        {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
-        {"BLOCK_M": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 2}],
+        {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
+        {"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}],
         "interpreted": {"configs": [{"BLOCK_M": 32, "BLOCK_K": 32}]}},
+    "nearest_code.prepare": {"BLOCK_K": 32, "num_warps": 4, "interpreted": {"BLOCK_K": 16}},
+    "nearest_code.compact": {},
     "nearest_code.collect": {"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2, "codebook_parts": 8,
                              "interpreted": {"BLOCK_M": 16, "BLOCK_K": 32, "codebook_parts": 2}},
     "nearest_code.resolve": {"BLOCK_K": 32, "num_warps": 4, "programs_per_sm": 8,

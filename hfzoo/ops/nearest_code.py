@@ -100,34 +100,79 @@ def nearest_code_reference(z: torch.Tensor, codebook: torch.Tensor, chunk_elemen
 # (``b2 = min(b2, max(s, b1))`` with the slot's previous minimum ``b1``), so the row's second-best score comes out
 # too: the exact mode needs it to certify the winner.
 #
-# Exact mode (fp32 default), three kernels:
+# Exact mode (fp32 default):
+#   0. ``_prepare_codes_kernel``: the codes' squared norms, their largest finite value and (for bf16x3) the
+#      high/low bf16 split of the codebook, in one pass;
 #   1. candidates: the scores pass on fast tensor-core dots (tf32, or bf16x3 = three bf16 products of a high/low
-#      split of both operands) returning per row the best score b1, its index and the runner-up b2;
-#   2. the host computes a rigorous bound B_i on |approximate score - exact score| for row i (``_score_bound``); a
-#      row is settled when b2 > b1 + 2 B_i (the exact minimum can only be a code whose approximate score is within
-#      2 B_i of b1, and there is one). The other rows are compacted (no host sync) and ``_collect_kernel``
-#      recomputes their approximate scores and lists every code within b1 + 2 B_i (up to MAXC per row, in any
-#      order; the count goes on past MAXC);
-#   3. ``_resolve_kernel`` scores the listed codes in fp64 (products of fp32 values are exact in fp64, sums carry
-#      1e-16 relative error) and takes the smallest, lowest index first; rows with more than MAXC candidates (many
-#      exact ties) or without any (NaN vectors) are scanned against the whole codebook in fp64.
+#      split of both operands; z is split in the kernel) keeping per row the best score b1, its index and the
+#      runner-up b2. Its epilogue computes a rigorous bound B_i on |approximate score - exact score| for the
+#      row (``_dot_error``) and flags the row unless b2 > b1 + 2 B_i: the exact minimum can only be a code whose
+#      approximate score is within 2 B_i of b1, and when the runner-up is not, the winner is certain;
+#   2. ``_compact_kernel`` lists the flagged rows (one program, in order) and their count, on the device;
+#   3. ``_collect_kernel`` recomputes the approximate scores of listed rows and records every code within
+#      b1 + 2 B_i (up to MAXC per row; the count goes on past MAXC);
+#   4. ``_resolve_kernel`` scores the recorded codes in fp64 (products of fp32 values are exact in fp64, sums
+#      carry 1e-16 relative error) and takes the smallest, lowest index first; rows with more than MAXC
+#      candidates (many exact ties) or without any (NaN vectors) are scanned against the whole codebook in fp64.
+# Nothing waits for the host: the number of flagged rows stays on the device, later programs check it.
 
 
 @triton.jit
-def _score_tile(Z, Z2, C, C2, CN, z, z2, rows, rmask, k0, K, D, stride_z, stride_c,
+def _prepare_codes_kernel(C, CN, HI, LO, CMAX2, K, D, stride_c,
+                          SPLIT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    codes = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    kmask = codes < K
+    acc = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        dd = d0 + tl.arange(0, BLOCK_D)
+        m = kmask[:, None] & (dd[None, :] < D)
+        off = codes[:, None].to(tl.int64) * stride_c + dd[None, :]
+        c = tl.load(C + off, mask=m, other=0.0).to(tl.float32)
+        acc += tl.sum(c * c, axis=1)
+        if SPLIT:
+            hi = c.to(tl.bfloat16)
+            tl.store(HI + off, hi, mask=m)
+            tl.store(LO + off, (c - hi.to(tl.float32)).to(tl.bfloat16), mask=m)
+    tl.store(CN + codes, acc, mask=kmask)
+    finite = kmask & (acc == acc) & (acc < float("inf"))  # codes with inf/NaN never win: leave them out
+    tl.atomic_max(CMAX2, tl.max(tl.where(finite, acc, 0.0), axis=0))
+
+
+@triton.jit
+def _score_tile(Z, C, C2, CN, z, z2, rows, rmask, k0, K, D, stride_z, stride_c,
                 BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, SINGLE_D: tl.constexpr, SPLIT: tl.constexpr,
-                PRECISION: tl.constexpr):
+                PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_D: tl.constexpr):
     """Scores ``||c||^2 - 2 <z, c>`` of one BLOCK_M x BLOCK_K tile (fp32; codes past K get +inf)."""
     codes = k0 + tl.arange(0, BLOCK_K)
     kmask = codes < K
     dcols = tl.arange(0, BLOCK_D)
     if SINGLE_D:
-        coff = codes[:, None].to(tl.int64) * stride_c + dcols[None, :]
-        cm = kmask[:, None] & (dcols[None, :] < D)
-        c = tl.load(C + coff, mask=cm, other=0.0)
+        # one scalar base per tile plus offsets inside it (32-bit: the host checks K * stride < 2^31); masks only
+        # where the tile can run past K or D
+        coff = tl.arange(0, BLOCK_K)[:, None] * stride_c + dcols[None, :]
+        cbase = k0 * stride_c
+        if EVEN_K:
+            if EVEN_D:
+                c = tl.load(C + cbase + coff)
+            else:
+                c = tl.load(C + cbase + coff, mask=dcols[None, :] < D, other=0.0)
+        else:
+            if EVEN_D:
+                c = tl.load(C + cbase + coff, mask=kmask[:, None], other=0.0)
+            else:
+                c = tl.load(C + cbase + coff, mask=kmask[:, None] & (dcols[None, :] < D), other=0.0)
         dot = tl.dot(z, tl.trans(c), input_precision=PRECISION)
         if SPLIT:  # bf16x3: hi*hi + hi*lo + lo*hi, each product exact, fp32 accumulation
-            c2 = tl.load(C2 + coff, mask=cm, other=0.0)
+            if EVEN_K:
+                if EVEN_D:
+                    c2 = tl.load(C2 + cbase + coff)
+                else:
+                    c2 = tl.load(C2 + cbase + coff, mask=dcols[None, :] < D, other=0.0)
+            else:
+                if EVEN_D:
+                    c2 = tl.load(C2 + cbase + coff, mask=kmask[:, None], other=0.0)
+                else:
+                    c2 = tl.load(C2 + cbase + coff, mask=kmask[:, None] & (dcols[None, :] < D), other=0.0)
             dot = tl.dot(z, tl.trans(c2), dot)
             dot = tl.dot(z2, tl.trans(c), dot)
     else:
@@ -139,34 +184,52 @@ def _score_tile(Z, Z2, C, C2, CN, z, z2, rows, rmask, k0, K, D, stride_z, stride
             ct = tl.load(C + codes[:, None].to(tl.int64) * stride_c + dd[None, :],
                          mask=kmask[:, None] & (dd[None, :] < D), other=0.0)
             dot += tl.dot(zt, tl.trans(ct), input_precision=PRECISION)
-    cn = tl.load(CN + codes, mask=kmask, other=float("inf"))
+    if EVEN_K:
+        cn = tl.load(CN + codes)
+    else:
+        cn = tl.load(CN + codes, mask=kmask, other=float("inf"))
     return cn[None, :] - 2.0 * dot, codes, kmask
 
 
 @triton.jit
-def _nearest_code_kernel(Z, Z2, C, C2, CN, IDX, BEST, SECOND, N, K, D, stride_z, stride_c,
-                         N_BUCKET, K_BUCKET,
+def _load_rows(Z, rows, rmask, D, stride_z, BLOCK_D: tl.constexpr, SPLIT: tl.constexpr):
+    """The first BLOCK_D columns of the rows (all of them when SINGLE_D); for SPLIT their bf16 high/low parts."""
+    dcols = tl.arange(0, BLOCK_D)
+    z = tl.load(Z + rows[:, None].to(tl.int64) * stride_z + dcols[None, :],
+                mask=rmask[:, None] & (dcols[None, :] < D), other=0.0)
+    if SPLIT:
+        hi = z.to(tl.bfloat16)
+        lo = (z - hi.to(tl.float32)).to(tl.bfloat16)
+    else:
+        hi = z
+        lo = z
+    return hi, lo
+
+
+@triton.jit
+def _nearest_code_kernel(Z, C, C2, CN, IDX, BEST, THR, FLAG, CMAX2, N, K, D, stride_z, stride_c,
+                         N_BUCKET, K_BUCKET, dot_error, norm_error, bound_scale,
                          BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
                          SINGLE_D: tl.constexpr, SPLIT: tl.constexpr, TOP2: tl.constexpr,
-                         PRECISION: tl.constexpr):
+                         PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_D: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < N
-    dcols = tl.arange(0, BLOCK_D)
-    zoff = rows[:, None].to(tl.int64) * stride_z + dcols[None, :]
-    zm = rmask[:, None] & (dcols[None, :] < D)
     # with SINGLE_D the whole row fits one tile: load z once, reuse it against every codebook tile
-    z = tl.load(Z + zoff, mask=zm, other=0.0)
-    if SPLIT:
-        z2 = tl.load(Z2 + zoff, mask=zm, other=0.0)
-    else:
-        z2 = z
+    z, z2 = _load_rows(Z, rows, rmask, D, stride_z, BLOCK_D, SPLIT)
+    zsq = tl.zeros([BLOCK_M], dtype=tl.float32)  # |z|^2 for the bound (TOP2), before the loop: no live pointers
+    if TOP2:
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + tl.arange(0, BLOCK_D)
+            zf = tl.load(Z + rows[:, None].to(tl.int64) * stride_z + dd[None, :],
+                         mask=rmask[:, None] & (dd[None, :] < D), other=0.0).to(tl.float32)
+            zsq += tl.sum(zf * zf, axis=1)
     b1 = tl.full([BLOCK_M, BLOCK_K], float("inf"), dtype=tl.float32)  # per slot: smallest score so far
     b2 = tl.full([BLOCK_M, BLOCK_K], float("inf"), dtype=tl.float32)  # per slot: runner-up (TOP2 only)
     t1 = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.int32)                  # per slot: tile start of b1
     for k0 in range(0, K, BLOCK_K):
-        score, codes, kmask = _score_tile(Z, Z2, C, C2, CN, z, z2, rows, rmask, k0, K, D, stride_z, stride_c,
-                                          BLOCK_K, BLOCK_D, SINGLE_D, SPLIT, PRECISION)
+        score, codes, kmask = _score_tile(Z, C, C2, CN, z, z2, rows, rmask, k0, K, D, stride_z, stride_c,
+                                          BLOCK_K, BLOCK_D, SINGLE_D, SPLIT, PRECISION, EVEN_K, EVEN_D)
         lt = score < b1  # False for NaN: a NaN score is never chosen
         if TOP2:
             b2 = tl.minimum(b2, tl.maximum(score, b1))  # max/min ignore NaN operands
@@ -180,13 +243,32 @@ def _nearest_code_kernel(Z, Z2, C, C2, CN, IDX, BEST, SECOND, N, K, D, stride_z,
     if TOP2:
         others = tl.where(code == arg[:, None], float("inf"), b1)
         second = tl.minimum(tl.min(b2, axis=1), tl.min(others, axis=1))
-        tl.store(SECOND + rows, second, mask=rmask)
+        # the row's bound (see _dot_error): |z| from the fp32 values, max |c| from the largest finite code norm
+        c2max = tl.load(CMAX2) * (1.0 + norm_error)
+        dots = 2.0 * tl.sqrt(zsq * (1.0 + norm_error)) * tl.sqrt(c2max)
+        bound = bound_scale * (dot_error * dots + norm_error * c2max + 2.0 ** -22 * (c2max + dots)) + 2.0 ** -100
+        thr = best + 2.0 * bound
+        tl.store(THR + rows, thr, mask=rmask)
+        tl.store(FLAG + rows, (~(second > thr)).to(tl.int32), mask=rmask)  # NaN (a NaN vector): flagged
 
 
 @triton.jit
-def _collect_kernel(Z, Z2, C, C2, CN, ROWS, COUNT, THR, CNT, CAND, K, D, stride_z, stride_c, codes_per_part,
+def _compact_kernel(FLAG, ROWS, COUNT, N, BLOCK: tl.constexpr):
+    # one program: ROWS[0:count] = flagged rows in order, COUNT = count
+    total = tl.zeros([1], dtype=tl.int32)
+    for start in range(0, N, BLOCK):
+        rows = start + tl.arange(0, BLOCK)
+        f = tl.load(FLAG + rows, mask=rows < N, other=0)
+        pos = tl.sum(total, axis=0) + tl.cumsum(f, axis=0) - 1
+        tl.store(ROWS + pos, rows, mask=f != 0)
+        total += tl.sum(f, axis=0)
+    tl.store(COUNT + tl.arange(0, 1), total)
+
+
+@triton.jit
+def _collect_kernel(Z, C, C2, CN, ROWS, COUNT, THR, CNT, CAND, K, D, stride_z, stride_c, codes_per_part,
                     MAXC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-                    SINGLE_D: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr):
+                    SINGLE_D: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr, EVEN_D: tl.constexpr):
     # Program (i, j) takes listed rows ROWS[i*BLOCK_M : (i+1)*BLOCK_M] (of COUNT; programs past it do nothing)
     # against the j-th part of the codebook: few rows must still spread over the whole GPU.
     pid = tl.program_id(0)
@@ -197,25 +279,19 @@ def _collect_kernel(Z, Z2, C, C2, CN, ROWS, COUNT, THR, CNT, CAND, K, D, stride_
         smask = slots < count
         rows = tl.load(ROWS + slots, mask=smask, other=0)
         thr = tl.load(THR + rows, mask=smask, other=float("-inf"))
-        dcols = tl.arange(0, BLOCK_D)
-        zoff = rows[:, None].to(tl.int64) * stride_z + dcols[None, :]
-        zm = smask[:, None] & (dcols[None, :] < D)
-        z = tl.load(Z + zoff, mask=zm, other=0.0)
-        if SPLIT:
-            z2 = tl.load(Z2 + zoff, mask=zm, other=0.0)
-        else:
-            z2 = z
+        z, z2 = _load_rows(Z, rows, smask, D, stride_z, BLOCK_D, SPLIT)
         start = part * codes_per_part
         end = tl.minimum(start + codes_per_part, K)
         for k0 in range(start, end, BLOCK_K):
-            score, codes, kmask = _score_tile(Z, Z2, C, C2, CN, z, z2, rows, smask, k0, end, D, stride_z, stride_c,
-                                              BLOCK_K, BLOCK_D, SINGLE_D, SPLIT, PRECISION)
+            score, codes, kmask = _score_tile(Z, C, C2, CN, z, z2, rows, smask, k0, end, D, stride_z, stride_c,
+                                              BLOCK_K, BLOCK_D, SINGLE_D, SPLIT, PRECISION, False, EVEN_D)
             qual = ((score <= thr[:, None]) & kmask[None, :]).to(tl.int32)  # NaN thresholds or scores: never
             found = tl.sum(qual, axis=1)
-            base = tl.atomic_add(CNT + slots, found, mask=found > 0, sem="relaxed")  # room in the row's list
-            pos = base[:, None] + tl.cumsum(qual, axis=1) - 1
-            tl.store(CAND + slots[:, None].to(tl.int64) * MAXC + pos, codes[None, :] + 0 * pos,
-                     mask=(qual != 0) & (pos < MAXC))
+            if tl.sum(found, axis=0) > 0:  # most tiles hold no candidate: skip the list work there
+                base = tl.atomic_add(CNT + slots, found, mask=found > 0, sem="relaxed")  # room in the row's list
+                pos = base[:, None] + tl.cumsum(qual, axis=1) - 1
+                tl.store(CAND + slots[:, None].to(tl.int64) * MAXC + pos, codes[None, :] + 0 * pos,
+                         mask=(qual != 0) & (pos < MAXC))
 
 
 @triton.jit
@@ -267,38 +343,39 @@ def _resolve_kernel(Z, C, ROWS, COUNT, CNT, CAND, IDX, BEST, K, D, stride_z, str
         tl.store(BEST + row, best.to(tl.float32))
 
 
-def _split_bf16(x: torch.Tensor):
-    """``x ~ hi + lo`` with both parts bf16: ``hi = bf16(x)``, ``lo = bf16(x - hi)`` (relative error <= 2^-16)."""
-    hi = x.to(torch.bfloat16)
-    lo = (x - hi.float()).to(torch.bfloat16)
-    return hi.contiguous(), lo.contiguous()
+def _block_d(d: int) -> int:
+    return max(16, min(128, triton.next_power_of_2(d)))  # wider rows loop over D in chunks
 
 
-def _scores_pass(z, z2, c, c2, cn, precision: str, top2: bool, name: str):
-    """Launch the scores pass: ``(idx int64 [N], best fp32 [N], second fp32 [N] or None)``."""
+def _scores_pass(z, c, c2, cn, precision: str, name: str, top2=None):
+    """Launch the scores pass: ``(idx int64 [N], best fp32 [N])``; with ``top2 = (thr, flag, cmax2, dot_error,
+    norm_error, bound_scale)`` it also writes each row's threshold and unsettled flag."""
     n, d = z.shape
     k = c.shape[0]
     idx = torch.empty(n, dtype=torch.int64, device=z.device)
     best = torch.empty(n, dtype=torch.float32, device=z.device)
-    second = torch.empty(n, dtype=torch.float32, device=z.device) if top2 else best
-    block_d = max(16, min(128, triton.next_power_of_2(d)))  # wider rows loop over D in chunks
-    split = z2 is not None
+    thr, flag, cmax2, dot_error, norm_error, bound_scale = top2 or (best, best, best, 0.0, 0.0, 0.0)
+    block_d = _block_d(d)
     configs = settings(name)["configs"]
     if d > block_d and z.element_size() == 4:  # wide fp32 rows pipeline z chunks too: 128 x 128 tiles do not fit
-        configs = [c for c in configs if c["BLOCK_M"] * c["BLOCK_K"] <= 128 * 64] or configs[-1:]
+        configs = [c for c in configs if c["BLOCK_M"] * c["BLOCK_K"] <= 128 * 64 and c.get("num_stages", 2) <= 2]
+        configs = configs or [{"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2}]
+    split = c2 is not None
     launch("nearest_code.fwd", _nearest_code_kernel, lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),),
-           z, z2 if split else z, c, c2 if split else c, cn, idx, best, second, n, k, d, z.stride(0), c.stride(0),
-           bucket(n, lo=1), bucket(k, lo=1),
-           BLOCK_D=block_d, SINGLE_D=d <= block_d, SPLIT=split, TOP2=top2, PRECISION=precision,
-           configs=configs, key=["N_BUCKET", "K_BUCKET", "D", "SPLIT", "TOP2", "PRECISION"])
-    return idx, best, (second if top2 else None)
+           z, c, c2 if split else c, cn, idx, best, thr, flag, cmax2, n, k, d, z.stride(0), c.stride(0),
+           bucket(n, lo=1), bucket(k, lo=1), dot_error, norm_error, bound_scale,
+           BLOCK_D=block_d, SINGLE_D=d <= block_d, SPLIT=split, TOP2=top2 is not None, PRECISION=precision,
+           EVEN_K=k % 128 == 0, EVEN_D=d == block_d,  # every BLOCK_K in the lists divides 128
+           configs=configs, key=["N_BUCKET", "K_BUCKET", "D", "SPLIT", "TOP2", "PRECISION", "EVEN_K"])
+    return idx, best
 
 
-# Rigorous bound on |approximate score - exact score| per row, as a multiple of |z| * max|c| (dot products) and
-# of max|c|^2 (the fp32 code norms). Dots: operand rounding (tf32 keeps 10 fraction bits, truncated or rounded:
-# relative error < 2^-10 per operand; bf16x3 leaves lo*lo and the residues of the split: < 4 * 2^-16) plus
-# fp32 accumulation of n products, charged 2^-22 of sum|products| per product (tensor cores align and truncate
-# the addends; 2^-22 is two units of the last place). Cauchy-Schwarz bounds sum|z_d c_d| by |z| |c|.
+# Rigorous bound on |approximate score - exact score| per row, as a multiple of 2 |z| max|c| (dot products):
+# operand rounding (tf32 keeps 10 fraction bits, truncated or rounded: relative error < 2^-10 per operand; bf16x3
+# leaves lo*lo and the residues of the split: < 4 * 2^-16) plus fp32 accumulation of n products, charged 2^-22
+# of sum|products| per product (tensor cores align and truncate the addends; 2^-22 is two units in the last
+# place); Cauchy-Schwarz bounds sum|z_d c_d| by |z| |c|. The code norms' fp32 sums add (D + 2) 2^-23 max|c|^2
+# (``norm_error``), the score's own rounding 2^-22 of its terms. ``bound_scale`` (2 by default) is a safety factor.
 def _dot_error(candidates: str, d: int) -> float:
     if candidates == "tf32":
         return 2 * 2.0 ** -10 + 2.0 ** -20 + d * 2.0 ** -22
@@ -307,71 +384,80 @@ def _dot_error(candidates: str, d: int) -> float:
     return d * 2.0 ** -22  # 16-bit inputs: exact products, fp32 sums
 
 
-def _score_bound(z, codebook, cn, candidates: str, scale: float):
-    d = z.shape[1]
-    zn = torch.linalg.vector_norm(z.float(), dim=1)
-    finite = torch.isfinite(cn)  # codes with inf/NaN never win (their scores are inf or NaN), leave them out
-    cmax = torch.where(finite, torch.linalg.vector_norm(codebook.float(), dim=1), 0.0).max()
-    c2max = torch.where(finite, cn, 0.0).max()
-    dot_term = 2 * zn * cmax
-    bound = _dot_error(candidates, d) * dot_term + (d + 2) * 2.0 ** -23 * c2max + 2.0 ** -22 * (c2max + dot_term)
-    return scale * bound + 2.0 ** -100
+def _exact_plan(z: torch.Tensor):
+    """Which candidates pass the exact mode runs for these inputs: ``"bf16x3"``, ``"tf32"`` or ``"16bit"``."""
+    if z.dtype != torch.float32:
+        return "16bit"
+    conf = settings("nearest_code.exact")
+    return "bf16x3" if conf["candidates"] == "bf16x3" and z.shape[1] <= 128 else "tf32"
+
+
+def _exact_first_pass(z: torch.Tensor, codebook: torch.Tensor):
+    """Steps 0-1 of the exact mode: ``(idx, best, thr, flag, cn, hi, lo, counters)`` (see the comment above)."""
+    n, d = z.shape
+    k = codebook.shape[0]
+    candidates = _exact_plan(z)
+    conf = settings("nearest_code.exact")
+    counters = torch.zeros(n + 2, dtype=torch.int32, device=z.device)  # per-row list counts, count, max |c|^2
+    cmax2 = counters[n + 1:].view(torch.float32)
+    cn = torch.empty(k, dtype=torch.float32, device=z.device)
+    split = candidates == "bf16x3"
+    hi = torch.empty(k, d, dtype=torch.bfloat16, device=z.device) if split else codebook
+    lo = torch.empty(k, d, dtype=torch.bfloat16, device=z.device) if split else None
+    pconf = settings("nearest_code.prepare")
+    launch("nearest_code.prepare", _prepare_codes_kernel, (triton.cdiv(k, pconf["BLOCK_K"]),),
+           codebook, cn, hi, lo if split else hi, cmax2, k, d, codebook.stride(0),
+           SPLIT=split, BLOCK_K=pconf["BLOCK_K"], BLOCK_D=min(128, _block_d(d)), num_warps=pconf["num_warps"])
+    thr = torch.empty(n, dtype=torch.float32, device=z.device)
+    flag = torch.empty(n, dtype=torch.int32, device=z.device)
+    idx, best = _scores_pass(z, hi, lo, cn, "tf32", "nearest_code.candidates",
+                             (thr, flag, cmax2, _dot_error(candidates, d), (d + 2) * 2.0 ** -23,
+                              float(conf["bound_scale"])))
+    return idx, best, thr, flag, cn, hi, lo, counters
 
 
 def _nearest_code_exact(z: torch.Tensor, codebook: torch.Tensor):
     n, d = z.shape
     k = codebook.shape[0]
-    conf = settings("nearest_code.exact")
-    maxc = int(conf["max_candidates"])
+    maxc = int(settings("nearest_code.exact")["max_candidates"])
     if n * maxc >= 2 ** 31:
         raise ValueError(f"nearest_code: {n} vectors exceed the exact mode's candidate list (int32 offsets); "
                          f"split the batch")
-    cn = code_norms(codebook).contiguous()
-    if z.dtype != torch.float32:
-        candidates, zc, z2, cc, c2, prec = "16bit", z, None, codebook, None, "tf32"
-    elif conf["candidates"] == "bf16x3" and d <= 128:
-        candidates, prec = "bf16x3", "tf32"
-        (zc, z2), (cc, c2) = _split_bf16(z), _split_bf16(codebook)
-    else:
-        candidates, zc, z2, cc, c2, prec = "tf32", z, None, codebook, None, "tf32"
-    idx, best, second = _scores_pass(zc, z2, cc, c2, cn, prec, True, "nearest_code.candidates")
-    thr = best + 2 * _score_bound(z, codebook, cn, candidates, float(conf["bound_scale"]))
-    unsettled = ~(second > thr)  # NaN anywhere (a NaN vector) counts as unsettled
-    # list the unsettled rows without a host sync: rows[0:count], count stays on the device
-    pos = torch.cumsum(unsettled, 0, dtype=torch.int32) - 1
-    count = (pos[-1:] + 1).contiguous()
-    rows = torch.empty(n + 1, dtype=torch.int32, device=z.device)
-    rows.scatter_(0, torch.where(unsettled, pos.long(), n), torch.arange(n, dtype=torch.int32, device=z.device))
-    cnt = torch.zeros(n, dtype=torch.int32, device=z.device)
+    idx, best, thr, flag, cn, hi, lo, counters = _exact_first_pass(z, codebook)
+    cnt, count = counters[:n], counters[n:n + 1]
+    rows = torch.empty(n, dtype=torch.int32, device=z.device)
+    launch("nearest_code.compact", _compact_kernel, (1,), flag, rows, count, n, BLOCK=1024, num_warps=4)
     cand = torch.empty(n * maxc, dtype=torch.int32, device=z.device)
     cconf = settings("nearest_code.collect")
     bm, bk = cconf["BLOCK_M"], cconf["BLOCK_K"]
     parts = max(1, min(int(cconf["codebook_parts"]), triton.cdiv(k, 2 * bk)))
     per_part = triton.cdiv(triton.cdiv(k, parts), bk) * bk
-    block_d = max(16, min(128, triton.next_power_of_2(d)))
+    block_d = _block_d(d)
     launch("nearest_code.collect", _collect_kernel, (triton.cdiv(n, bm), triton.cdiv(k, per_part)),
-           zc, z2 if z2 is not None else zc, cc, c2 if c2 is not None else cc, cn, rows, count, thr, cnt, cand,
-           k, d, zc.stride(0), cc.stride(0), per_part,
-           MAXC=maxc, BLOCK_D=block_d, SINGLE_D=d <= block_d, SPLIT=z2 is not None, PRECISION=prec,
+           z, hi, lo if lo is not None else hi, cn, rows, count, thr, cnt, cand, k, d, z.stride(0), hi.stride(0),
+           per_part, MAXC=maxc, BLOCK_D=block_d, SINGLE_D=d <= block_d, SPLIT=lo is not None, PRECISION="tf32",
+           EVEN_D=d == block_d,
            configs=[{kk: v for kk, v in cconf.items() if kk != "codebook_parts"}])
     rconf = settings("nearest_code.resolve")
     grid = (persistent_grid(n, z.device, rconf["programs_per_sm"]),)
     launch("nearest_code.resolve", _resolve_kernel, grid,
            z, codebook, rows, count, cnt, cand, idx, best, k, d, z.stride(0), codebook.stride(0),
-           MAXC=maxc, BLOCK_C=triton.next_power_of_2(maxc), BLOCK_K=rconf["BLOCK_K"],
-           BLOCK_D=min(128, max(16, triton.next_power_of_2(d))), num_warps=rconf["num_warps"])
+           MAXC=maxc, BLOCK_C=triton.next_power_of_2(maxc), BLOCK_K=rconf["BLOCK_K"], BLOCK_D=block_d,
+           num_warps=rconf["num_warps"])
     return idx, best
 
 
 def _nearest_code_triton(z: torch.Tensor, codebook: torch.Tensor, precision: str):
     z = z.contiguous()
     codebook = codebook.contiguous()
+    if codebook.numel() >= 2 ** 31:
+        raise ValueError(f"nearest_code: a codebook of {codebook.numel()} values exceeds the kernels' 32-bit "
+                         f"offsets (2^31); use backend='reference'")
     if precision == "exact":
         return _nearest_code_exact(z, codebook)
     cn = code_norms(codebook).contiguous()
     name = "nearest_code.fwd_fp32" if z.dtype == torch.float32 else "nearest_code.fwd_16bit"
-    idx, best, _ = _scores_pass(z, None, codebook, None, cn, precision, False, name)
-    return idx, best
+    return _scores_pass(z, codebook, None, cn, precision, name)
 
 
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor, *, return_distance: bool = False,
