@@ -173,7 +173,7 @@ def test_gpu_wide_rows_and_ties():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3", "exact"])
 def test_gpu_ties_within_a_tile_go_to_the_lowest_index(precision):
     # Triton's interpreter always breaks ties to the left, so only the GPU checks the kernel's within-tile rule:
     # each code twice in a row (same tile), small integers (exact scores): the even copy must win

@@ -6,29 +6,30 @@ full N x K matrix to memory: 17 GB for 65,536 vectors against 65,536 codes in fp
 the codebook through on-chip memory in tiles, keeps a running minimum and its index per row, and writes
 only N indices.
 
-Definition (the same in the reference and the kernel). For each row ``z`` the score of code ``c_k`` is
+Definition. For each row ``z`` the score of code ``c_k`` is
 
     score_k = ||c_k||^2 - 2 <z, c_k>           (||z||^2 is the same for every k, so it is left out)
 
-computed in fp32 whatever the input dtype; the answer is the smallest k with the smallest score
-(ties go to the lowest index, as ``torch.argmin``). ``||c_k||^2`` is computed once, in fp32, by the same
-PyTorch expression on both paths, so the two paths differ only in the summation order of the dot products.
+and the answer is the smallest k with the smallest score (ties go to the lowest index, as ``torch.argmin``).
+How the scores are computed is the ``precision``:
 
-Precision of the dot products, by input dtype:
+* ``"exact"`` (the default for fp32 inputs): the argmin of the exact scores of the input values. The kernels
+  compute candidates on tensor cores (bf16x3: three bf16 products of a high/low split of both operands, or
+  tf32), bound the error of every approximate score rigorously (operand rounding, fp32 accumulation,
+  Cauchy-Schwarz; see ``_dot_error``), and settle every row whose runner-up is not certified by the bound in
+  fp64 (products of fp32 values are exact in fp64; the sums' 1e-16 relative error is the only approximation
+  left). The reference computes the same scores in fp64. Adversarial near-ties (scores a few units in the last
+  fp32 place apart, where an fp32 computation picks by rounding noise) are decided correctly on both paths.
+  16-bit inputs may ask for it too (their products are exact, only the sums need the bound).
+* 16-bit inputs by default: exact products, fp32 accumulation on tensor cores; ``||c_k||^2`` from the same
+  fp32 expression (``code_norms``) on both paths. Indices agree with the fp32 reference except where two
+  codes' scores are within fp32 rounding of each other.
+* fp32 fast forms without the fp64 settlement: ``"tf32x3"`` (three tf32 products, error of the order of fp32
+  rounding), ``"ieee"`` (fp32 FMA, no tensor cores), ``"tf32"`` (one product, ~1e-3 relative error). Near-ties
+  may go either way; Triton's CPU interpreter computes ``tl.dot`` in fp32 whatever the precision.
 
-* bf16 / fp16 inputs: products of two 16-bit floats are exact in fp32, and the kernel accumulates them in
-  fp32 on tensor cores -- the same numbers the reference gets by upcasting to fp32 first. Indices agree with
-  the fp32 reference except where two codes' scores are within fp32 rounding of each other.
-* fp32 inputs: ``precision="tf32x3"`` (the default on the GPU) splits each operand into a tf32 high part and a
-  tf32 low part and sums three tensor-core products; its error is of the order of fp32 rounding. ``"ieee"``
-  uses plain fp32 FMA (slower, no tensor cores). ``"tf32"`` (one product, ~1e-3 relative error) is
-  available for speed when near-ties do not matter. Triton's CPU interpreter computes ``tl.dot`` in fp32
-  whatever the precision, so CPU tests see fp32 results.
-
-Where the best two scores are closer than the rounding error of the dot product, "the nearest code" is not
-well defined in floating point and the paths may pick different (equally near, within tolerance) codes;
-tests therefore check index equality on well-separated inputs and exact ties, and distance optimality
-(the chosen code's distance is within a tolerance of the true minimum) everywhere else.
+The scores pass keeps, per column slot of its tile, a running minimum and the tile it came from (one compare,
+two selects per score; a NaN never compares less), and reduces the slots once per row at the end.
 
 NaN: a score that is NaN counts as +inf on both paths, so a code containing NaN is never chosen; a vector
 containing NaN gets index 0 and distance NaN.
