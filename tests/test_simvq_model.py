@@ -260,3 +260,64 @@ def test_shipped_checkpoint_reproduces_its_recorded_heldout_mse():
         rec = torch.cat([model(pixel_values=held_out[i:i + 256]).reconstruction for i in range(0, len(held_out), 256)])
     mse = F.mse_loss(rec.clamp(-1, 1), held_out).item()
     assert mse == pytest.approx(recorded["held_out_mse"], abs=2e-5)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_quantizer_fast_step_equals_the_written_out_autograd(legacy):
+    # the custom backward (picked codes' gradient straight to W, one node for both losses and the straight-through
+    # estimator) against plain autograd through F.embedding of the whole projected codebook
+    torch.manual_seed(1)
+    q = SimVQQuantizer(70, 12, beta=0.3, legacy=legacy)
+    z = torch.randn(3, 12, 4, 5, requires_grad=True)
+    g = torch.randn(3, 12, 4, 5)
+    z_q, idx, loss = q(z)
+    ((z_q * g).sum() + 3.0 * loss).backward()
+    fast = (z.grad.clone(), q.embedding_proj.weight.grad.clone(), q.embedding_proj.bias.grad.clone())
+    z.grad = None
+    q.zero_grad()
+    zt = z.movedim(1, -1)
+    zq = F.embedding(idx, q.codebook())
+    w_z, w_q = (1.0, 0.3) if legacy else (0.3, 1.0)
+    ref_loss = w_z * F.mse_loss(zt, zq.detach()) + w_q * F.mse_loss(zq, zt.detach())
+    out = (zt + (zq - zt).detach()).movedim(-1, 1)
+    ((out * g).sum() + 3.0 * ref_loss).backward()
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(z_q, zq.detach().movedim(-1, 1))
+    for got, want in zip(fast, (z.grad, q.embedding_proj.weight.grad, q.embedding_proj.bias.grad)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_quantizer_with_unfrozen_codes_trains_them_too():
+    torch.manual_seed(2)
+    q = SimVQQuantizer(30, 8)
+    q.embedding.weight.requires_grad_(True)
+    z = torch.randn(2, 8, 3, requires_grad=True)
+    z_q, idx, loss = q(z)
+    (z_q.sum() + loss).backward()
+    assert q.embedding.weight.grad is not None and q.embedding.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.gpu
+def test_gpu_quantizer_step_has_no_host_sync():
+    torch.manual_seed(0)
+    q = SimVQQuantizer(4096, 64).cuda()
+    z = torch.randn(8, 64, 16, 16, device="cuda", requires_grad=True)
+    with use_backend("auto"):
+        for _ in range(2):  # compile and autotune first (autotuning synchronizes)
+            z_q, idx, loss = q(z)
+            (z_q.square().mean() + loss).backward()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            z_q, idx, loss = q(z)
+            (z_q.square().mean() + loss).backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    ref = nearest_code_exact_reference(z.detach().movedim(1, -1), q.codebook().detach())
+    assert torch.equal(idx, ref)
+
+
+def nearest_code_exact_reference(z, codebook):
+    from hfzoo.ops.nearest_code import nearest_code
+
+    return nearest_code(z, codebook, precision="exact", backend="reference")
