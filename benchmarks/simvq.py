@@ -102,6 +102,11 @@ def sweep(res: Results):
             res.add(case, f"exact_{cand}", "ms", bench_ms(fn, warmup=3, rep=30))
             res.add(case, f"exact_{cand}", "accuracy", (fn() == ref).float().mean().item())
             res.add(case, f"exact_{cand}", "unsettled", unsettled_share(z, c))
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                fn()
+                torch.cuda.synchronize()
+            print(f"exact_{cand} kernels:\n" + prof.key_averages().table(sort_by="cuda_time_total", row_limit=12),
+                  flush=True)
             for conf in nc.settings("nearest_code.candidates")["configs"]:
                 name = f"pass1_{cand}_" + "_".join(f"{v}" for v in conf.values())
                 with tuning({"nearest_code.candidates": {"configs": [conf]}}):
