@@ -227,7 +227,7 @@ def _nearest_code_kernel(Z, C, C2, CN, IDX, BEST, THR, FLAG, CMAX2, N, K, D, str
             zsq += tl.sum(zf * zf, axis=1)
     b1 = tl.full([BLOCK_M, BLOCK_K], float("inf"), dtype=tl.float32)  # per slot: smallest score so far
     b2 = tl.full([BLOCK_M, BLOCK_K], float("inf"), dtype=tl.float32)  # per slot: runner-up (TOP2 only)
-    t1 = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.int32)                  # per slot: tile start of b1
+    t1 = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)  # per slot: tile start of b1 (a float: one FSEL per score)
     for k0 in range(0, K, BLOCK_K):
         score, codes, kmask = _score_tile(Z, C, C2, CN, z, z2, rows, rmask, k0, K, D, stride_z, stride_c,
                                           BLOCK_K, BLOCK_D, SINGLE_D, SPLIT, PRECISION, EVEN_K, EVEN_D)
@@ -235,9 +235,9 @@ def _nearest_code_kernel(Z, C, C2, CN, IDX, BEST, THR, FLAG, CMAX2, N, K, D, str
         if TOP2:
             b2 = tl.minimum(b2, tl.maximum(score, b1))  # max/min ignore NaN operands
         b1 = tl.where(lt, score, b1)
-        t1 = tl.where(lt, k0, t1)
+        t1 = tl.where(lt, k0 * 1.0, t1)  # exact: K < 2^24 (checked on the host)
     best = tl.min(b1, axis=1)
-    code = t1 + tl.arange(0, BLOCK_K)[None, :]
+    code = t1.to(tl.int32) + tl.arange(0, BLOCK_K)[None, :]
     arg = tl.min(tl.where(b1 == best[:, None], code, K), axis=1)  # lowest index among equal minima (0 if all inf)
     tl.store(IDX + rows, arg.to(tl.int64), mask=rmask)
     tl.store(BEST + rows, best, mask=rmask)
@@ -451,6 +451,9 @@ def _nearest_code_exact(z: torch.Tensor, codebook: torch.Tensor):
 def _nearest_code_triton(z: torch.Tensor, codebook: torch.Tensor, precision: str):
     z = z.contiguous()
     codebook = codebook.contiguous()
+    if codebook.shape[0] >= 2 ** 24:
+        raise ValueError(f"nearest_code: {codebook.shape[0]} codes exceed the kernels' limit of 2^24; "
+                         f"use backend='reference'")
     if codebook.numel() >= 2 ** 31:
         raise ValueError(f"nearest_code: a codebook of {codebook.numel()} values exceeds the kernels' 32-bit "
                          f"offsets (2^31); use backend='reference'")
