@@ -193,7 +193,8 @@ def _nearest_code_cases():
     # fp32 exact with bf16x3 and tf32 candidates (and wide rows), the fast fp32 forms, 16-bit plain and exact
     return [lambda: run(100, 300, 128, torch.float32), lambda: run(100, 300, 128, torch.float32, None, "tf32"),
             lambda: run(100, 300, 300, torch.float32), lambda: run(100, 300, 128, torch.float32, "tf32x3"),
-            lambda: run(100, 300, 64, torch.bfloat16), lambda: run(100, 300, 128, torch.bfloat16, "exact")]
+            lambda: run(100, 300, 64, torch.bfloat16), lambda: run(100, 300, 128, torch.bfloat16, "exact"),
+            lambda: run(100, 300, 300, torch.bfloat16)]
 
 
 def _varlen_alibi_cases():

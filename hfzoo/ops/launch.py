@@ -112,26 +112,28 @@ DEFAULTS: dict[str, dict] = {
                                  "prefetch": True,
                                  "interpreted": {"values_per_thread": 8, "num_warps": 4, "programs_per_sm": 2}},
     # nearest_code.py: scores passes autotuned over these (key: power-of-two buckets of N and K, D and the pass's
-    # switches). Shared memory (H200: 227 KB per block) and registers (each pass keeps 2-3 running values per score
-    # slot besides the dot tile) decide the lists; fp32 tiles are twice as large and "tf32x3" keeps split copies.
-    # "candidates" is the exact mode's first pass (TOP2; tf32 or bf16x3 dots), "collect" lists the codes of
-    # unsettled rows, "resolve" scores them in fp64 (persistent). "exact": which candidates pass fp32 inputs use,
-    # the list length per row (more candidates -> a full fp64 scan of that row), and a safety factor on the bound.
+    # switches). Every config compiles without spills in its loop (sm_90 SASS) and fits shared memory (227 KB);
+    # 256-row tiles halve the codebook's L2 -> SM traffic (the codebook is re-read once per row block). The
+    # 2026-12-01 sweep (benchmarks/NOTES.md) measured the 16-bit 128 x 64 / 8 warps config fastest of the 128-row
+    # ones and bf16x3 candidates fastest at 64 x 64. "candidates" is the exact mode's first pass (TOP2: three
+    # values per slot), "prepare" its codebook pass, "collect" lists the candidates of unsettled rows over
+    # "codebook_parts" codebook slices, "resolve" scores them in fp64 (persistent). "exact": the candidates pass
+    # for fp32 inputs, the list length per row (more -> a full fp64 scan of the row), the bound's safety factor.
     "nearest_code.fwd_fp32": {"configs": [
         {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
         {"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
         {"BLOCK_M": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}],
         "interpreted": {"configs": [{"BLOCK_M": 32, "BLOCK_K": 32}]}},
     "nearest_code.fwd_16bit": {"configs": [
-        {"BLOCK_M": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3},
         {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
-        {"BLOCK_M": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3},
-        {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4}],
+        {"BLOCK_M": 256, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
+        {"BLOCK_M": 256, "BLOCK_K": 32, "num_warps": 8, "num_stages": 4},
+        {"BLOCK_M": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3}],
         "interpreted": {"configs": [{"BLOCK_M": 32, "BLOCK_K": 32}]}},
     # TOP2 keeps three values per slot: only these tile/warp shapes compile without spills in the loop (sm_90)
     "nearest_code.candidates": {"configs": [
         {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
-        {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
+        {"BLOCK_M": 256, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3},
         {"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}],
         "interpreted": {"configs": [{"BLOCK_M": 32, "BLOCK_K": 32}]}},
     "nearest_code.prepare": {"BLOCK_K": 32, "num_warps": 4, "interpreted": {"BLOCK_K": 16}},

@@ -358,8 +358,9 @@ def _scores_pass(z, c, c2, cn, precision: str, name: str, top2=None):
     thr, flag, cmax2, dot_error, norm_error, bound_scale = top2 or (best, best, best, 0.0, 0.0, 0.0)
     block_d = _block_d(d)
     configs = settings(name)["configs"]
-    if d > block_d and z.element_size() == 4:  # wide fp32 rows pipeline z chunks too: 128 x 128 tiles do not fit
-        configs = [c for c in configs if c["BLOCK_M"] * c["BLOCK_K"] <= 128 * 64 and c.get("num_stages", 2) <= 2]
+    if d > block_d:  # wide rows pipeline z chunks too: keep the configs whose stages fit shared memory (227 KB)
+        configs = [c for c in configs
+                   if c.get("num_stages", 2) * (c["BLOCK_M"] + c["BLOCK_K"]) * block_d * z.element_size() <= 200 << 10]
         configs = configs or [{"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2}]
     split = c2 is not None
     launch("nearest_code.fwd", _nearest_code_kernel, lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),),
