@@ -148,51 +148,44 @@ class SimVQDecoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(x)))
 
 
-class _ProjectedCodeLookup(torch.autograd.Function):
-    """``z_q = W(C)[idx]`` whose backward skips the ``K x D`` codebook: ``dW = g^T C[idx]``, ``db = sum g``.
+class _QuantizerStep(torch.autograd.Function):
+    """The quantizer's differentiable part in one node, given the indices of the nearest codes.
 
-    Autograd through ``F.embedding(idx, W(C))`` would scatter the gradient into a dense ``[K, D]`` buffer and
-    push it back through the linear layer (two ``K x D x D`` products); with ``C`` frozen only the rows that were
-    picked matter, so the backward gathers them (``[N, D]``) and does one ``D x N x D`` product.
+    Forward: ``z_q = W(C)[idx]`` (laid out like ``z``, channels second) and
+    ``loss = w_z ||sg(z_q) - z||^2 + w_q ||z_q - sg(z)||^2`` (means). Backward, with the straight-through
+    estimator: ``dz = d z_q_out - w_z * 2 (z_q - z) dloss / n``; the codebook term's gradient reaches ``W`` only
+    through the picked codes: ``dW = G^T C[idx]``, ``db = sum G`` with ``G = w_q * 2 (z_q - z) dloss / n``.
+    Autograd through ``F.embedding(idx, W(C))`` would build a dense ``[K, D]`` gradient and push it back through
+    the linear layer (two ``K x D x D`` products) and keep five intermediate tensors; this saves one difference
+    and launches about half as many kernels.
     """
 
     @staticmethod
-    def forward(ctx, codebook, frozen, weight, bias, idx):
-        ctx.save_for_backward(frozen, idx)
-        ctx.has_bias = bias is not None
-        return F.embedding(idx, codebook)
-
-    @staticmethod
-    def backward(ctx, grad):
-        frozen, idx = ctx.saved_tensors
-        g = grad.reshape(-1, grad.shape[-1])
-        picked = F.embedding(idx.reshape(-1), frozen).to(g.dtype)
-        grad_w = g.t() @ picked  # [D_out, D_in], the Linear's weight layout
-        grad_b = g.sum(0) if ctx.has_bias else None
-        return None, None, grad_w, grad_b, None
-
-
-class _CommitmentStraightThrough(torch.autograd.Function):
-    """``(z_q with the straight-through gradient to z, w_z * ||sg(z_q) - z||^2 + w_q * ||z_q - sg(z)||^2 (means))``.
-
-    Forward values: ``z_q`` itself and one mean of squared differences; backward: the output's gradient goes to
-    ``z`` unchanged, the loss's to ``z`` (weight ``w_z``) and ``z_q`` (weight ``w_q``) -- one saved difference
-    instead of the five intermediate tensors of the written-out form.
-    """
-
-    @staticmethod
-    def forward(ctx, z, z_q, w_z: float, w_q: float):
-        diff = z_q - z
-        ctx.save_for_backward(diff)
-        ctx.w = (w_z, w_q)
-        return z_q.detach().clone(), (w_z + w_q) * diff.square().mean()
+    def forward(ctx, z, idx, codebook, frozen, weight, bias, w_z: float, w_q: float):
+        dim = z.shape[1]
+        zt = z.movedim(1, -1)  # [B, *spatial, D] view
+        picked = F.embedding(idx, codebook)  # [B, *spatial, D]
+        diff = (picked - zt).reshape(-1, dim)
+        flat = diff.view(-1)
+        loss = torch.dot(flat, flat).mul_((w_z + w_q) / flat.numel())
+        ctx.save_for_backward(diff, idx, frozen)
+        ctx.meta = (w_z, w_q, bias is not None, tuple(zt.shape))
+        return picked.movedim(-1, 1).contiguous(), loss
 
     @staticmethod
     def backward(ctx, grad_out, grad_loss):
-        (diff,) = ctx.saved_tensors
-        w_z, w_q = ctx.w
-        scaled = diff * (2.0 * grad_loss / diff.numel())
-        return grad_out - w_z * scaled, w_q * scaled, None, None
+        diff, idx, frozen = ctx.saved_tensors
+        w_z, w_q, has_bias, shape = ctx.meta
+        scaled = diff * (grad_loss * (2.0 / diff.numel()))  # d mean||diff||^2, times the loss's gradient
+        grad_z = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_z = torch.add(grad_out, scaled.view(shape).movedim(-1, 1), alpha=-w_z)
+        if ctx.needs_input_grad[4]:
+            picked = F.embedding(idx.reshape(-1), frozen).to(scaled.dtype)
+            grad_w = torch.mm(scaled.t(), picked).mul_(w_q)  # [D_out, D_in], the Linear's weight layout
+        if has_bias and ctx.needs_input_grad[5]:
+            grad_b = scaled.sum(0).mul_(w_q)
+        return grad_z, None, None, None, grad_w, grad_b, None, None
 
 
 class SimVQQuantizer(nn.Module):
@@ -204,8 +197,8 @@ class SimVQQuantizer(nn.Module):
 
     The training step is written for speed: the codebook ``W(C)`` is computed without autograd (the search needs
     no gradient), the nearest-code search never materialises distances (``nearest_code``: exact argmin for fp32),
-    the picked codes' gradient goes straight to ``W`` (``_ProjectedCodeLookup``) and the two loss terms plus the
-    straight-through estimator are one autograd node (``_CommitmentStraightThrough``). No host syncs.
+    and the gather, both loss terms, the straight-through estimator and ``W``'s gradient through the picked codes
+    are one autograd node (``_QuantizerStep``). No host syncs.
 
     Decoding from indices (``lookup``) uses the *projected* codebook, as the forward pass does. The reference's
     ``get_codebook_entry`` reads the unprojected ``embedding`` instead, so decoding its tokens that way does not
@@ -230,19 +223,20 @@ class SimVQQuantizer(nn.Module):
         zt = z.movedim(1, -1)  # [B, *spatial, D]
         proj, frozen = self.embedding_proj, self.embedding.weight
         with torch.no_grad():
-            codebook = self.codebook()
-        indices = nearest_code(zt, codebook.to(zt.dtype))
+            codebook = self.codebook().to(zt.dtype)
+        indices = nearest_code(zt, codebook)
         w_z, w_q = (1.0, self.beta) if self.legacy else (self.beta, 1.0)  # weights of ||sg(z_q)-z||^2, ||z_q-sg(z)||^2
-        if torch.is_grad_enabled() and (proj.weight.requires_grad or zt.requires_grad):
-            if frozen.requires_grad:  # C unfrozen by the user: plain autograd through the whole codebook
-                z_q = F.embedding(indices, self.codebook())
-            else:
-                z_q = _ProjectedCodeLookup.apply(codebook, frozen, proj.weight, proj.bias, indices)
-            z_q, loss = _CommitmentStraightThrough.apply(zt, z_q.to(zt.dtype), w_z, w_q)
+        if torch.is_grad_enabled() and frozen.requires_grad:  # C unfrozen by the user: autograd through all of W(C)
+            z_q = F.embedding(indices, self.codebook()).to(zt.dtype)
+            loss = w_z * F.mse_loss(zt, z_q.detach()) + w_q * F.mse_loss(z_q, zt.detach())
+            z_q = (zt + (z_q - zt).detach()).movedim(-1, 1).contiguous()  # straight-through
+        elif torch.is_grad_enabled() and (proj.weight.requires_grad or z.requires_grad):
+            z_q, loss = _QuantizerStep.apply(z, indices, codebook, frozen, proj.weight, proj.bias, w_z, w_q)
         else:
-            z_q = F.embedding(indices, codebook).to(zt.dtype)
+            z_q = F.embedding(indices, codebook)
             loss = (w_z + w_q) * F.mse_loss(zt, z_q)
-        return z_q.movedim(-1, 1).contiguous(), indices, loss
+            z_q = z_q.movedim(-1, 1).contiguous()
+        return z_q, indices, loss
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """``indices [B, *spatial]`` -> code vectors ``[B, D, *spatial]`` from the projected codebook."""
