@@ -344,8 +344,18 @@ def _resolve_kernel(Z, C, ROWS, COUNT, CNT, CAND, IDX, BEST, K, D, stride_z, str
         tl.store(BEST + row, best.to(tl.float32))
 
 
+# Host-side arithmetic in plain Python: triton.cdiv / next_power_of_2 are jit functions (microseconds per call),
+# and this module launches up to six kernels per call.
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
 def _block_d(d: int) -> int:
-    return max(16, min(128, triton.next_power_of_2(d)))  # wider rows loop over D in chunks
+    return max(16, min(128, _pow2(d)))  # wider rows loop over D in chunks
 
 
 def _scores_pass(z, c, c2, cn, precision: str, name: str, top2=None):
@@ -363,7 +373,7 @@ def _scores_pass(z, c, c2, cn, precision: str, name: str, top2=None):
                    if c.get("num_stages", 2) * (c["BLOCK_M"] + c["BLOCK_K"]) * block_d * z.element_size() <= 200 << 10]
         configs = configs or [{"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2}]
     split = c2 is not None
-    launch("nearest_code.fwd", _nearest_code_kernel, lambda meta: (triton.cdiv(n, meta["BLOCK_M"]),),
+    launch("nearest_code.fwd", _nearest_code_kernel, lambda meta: (_cdiv(n, meta["BLOCK_M"]),),
            z, c, c2 if split else c, cn, idx, best, thr, flag, cmax2, n, k, d, z.stride(0), c.stride(0),
            bucket(n, lo=1), bucket(k, lo=1), dot_error, norm_error, bound_scale,
            BLOCK_D=block_d, SINGLE_D=d <= block_d, SPLIT=split, TOP2=top2 is not None, PRECISION=precision,
@@ -386,20 +396,19 @@ def _dot_error(candidates: str, d: int) -> float:
     return d * 2.0 ** -22  # 16-bit inputs: exact products, fp32 sums
 
 
-def _exact_plan(z: torch.Tensor):
+def _exact_plan(z: torch.Tensor, conf: dict):
     """Which candidates pass the exact mode runs for these inputs: ``"bf16x3"``, ``"tf32"`` or ``"16bit"``."""
     if z.dtype != torch.float32:
         return "16bit"
-    conf = settings("nearest_code.exact")
     return "bf16x3" if conf["candidates"] == "bf16x3" and z.shape[1] <= 128 else "tf32"
 
 
-def _exact_first_pass(z: torch.Tensor, codebook: torch.Tensor):
+def _exact_first_pass(z: torch.Tensor, codebook: torch.Tensor, conf: dict | None = None):
     """Steps 0-1 of the exact mode: ``(idx, best, thr, flag, cn, hi, lo, counters)`` (see the comment above)."""
     n, d = z.shape
     k = codebook.shape[0]
-    candidates = _exact_plan(z)
-    conf = settings("nearest_code.exact")
+    conf = conf or settings("nearest_code.exact")
+    candidates = _exact_plan(z, conf)
     counters = torch.zeros(n + 2, dtype=torch.int32, device=z.device)  # per-row list counts, count, max |c|^2
     cmax2 = counters[n + 1:].view(torch.float32)
     cn = torch.empty(k, dtype=torch.float32, device=z.device)
@@ -407,7 +416,7 @@ def _exact_first_pass(z: torch.Tensor, codebook: torch.Tensor):
     hi = torch.empty(k, d, dtype=torch.bfloat16, device=z.device) if split else codebook
     lo = torch.empty(k, d, dtype=torch.bfloat16, device=z.device) if split else None
     pconf = settings("nearest_code.prepare")
-    launch("nearest_code.prepare", _prepare_codes_kernel, (triton.cdiv(k, pconf["BLOCK_K"]),),
+    launch("nearest_code.prepare", _prepare_codes_kernel, (_cdiv(k, pconf["BLOCK_K"]),),
            codebook, cn, hi, lo if split else hi, cmax2, k, d, codebook.stride(0),
            SPLIT=split, BLOCK_K=pconf["BLOCK_K"], BLOCK_D=min(128, _block_d(d)), num_warps=pconf["num_warps"])
     thr = torch.empty(n, dtype=torch.float32, device=z.device)
@@ -421,21 +430,22 @@ def _exact_first_pass(z: torch.Tensor, codebook: torch.Tensor):
 def _nearest_code_exact(z: torch.Tensor, codebook: torch.Tensor):
     n, d = z.shape
     k = codebook.shape[0]
-    maxc = int(settings("nearest_code.exact")["max_candidates"])
+    conf = settings("nearest_code.exact")
+    maxc = int(conf["max_candidates"])
     if n * maxc >= 2 ** 31:
         raise ValueError(f"nearest_code: {n} vectors exceed the exact mode's candidate list (int32 offsets); "
                          f"split the batch")
-    idx, best, thr, flag, cn, hi, lo, counters = _exact_first_pass(z, codebook)
+    idx, best, thr, flag, cn, hi, lo, counters = _exact_first_pass(z, codebook, conf)
     cnt, count = counters[:n], counters[n:n + 1]
     rows = torch.empty(n, dtype=torch.int32, device=z.device)
     launch("nearest_code.compact", _compact_kernel, (1,), flag, rows, count, n, BLOCK=1024, num_warps=4)
     cand = torch.empty(n * maxc, dtype=torch.int32, device=z.device)
     cconf = settings("nearest_code.collect")
     bm, bk = cconf["BLOCK_M"], cconf["BLOCK_K"]
-    parts = max(1, min(int(cconf["codebook_parts"]), triton.cdiv(k, 2 * bk)))
-    per_part = triton.cdiv(triton.cdiv(k, parts), bk) * bk
+    parts = max(1, min(int(cconf["codebook_parts"]), _cdiv(k, 2 * bk)))
+    per_part = _cdiv(_cdiv(k, parts), bk) * bk
     block_d = _block_d(d)
-    launch("nearest_code.collect", _collect_kernel, (triton.cdiv(n, bm), triton.cdiv(k, per_part)),
+    launch("nearest_code.collect", _collect_kernel, (_cdiv(n, bm), _cdiv(k, per_part)),
            z, hi, lo if lo is not None else hi, cn, rows, count, thr, cnt, cand, k, d, z.stride(0), hi.stride(0),
            per_part, MAXC=maxc, BLOCK_D=block_d, SINGLE_D=d <= block_d, SPLIT=lo is not None, PRECISION="tf32",
            EVEN_D=d == block_d,
@@ -444,7 +454,7 @@ def _nearest_code_exact(z: torch.Tensor, codebook: torch.Tensor):
     grid = (persistent_grid(n, z.device, rconf["programs_per_sm"]),)
     launch("nearest_code.resolve", _resolve_kernel, grid,
            z, codebook, rows, count, cnt, cand, idx, best, k, d, z.stride(0), codebook.stride(0),
-           MAXC=maxc, BLOCK_C=triton.next_power_of_2(maxc), BLOCK_K=rconf["BLOCK_K"], BLOCK_D=block_d,
+           MAXC=maxc, BLOCK_C=_pow2(maxc), BLOCK_K=rconf["BLOCK_K"], BLOCK_D=block_d,
            num_warps=rconf["num_warps"])
     return idx, best
 
