@@ -289,4 +289,8 @@ def test_gpu_score_bound_covers_the_candidate_pass_error(candidates, scale):
     ratio = ((best.double() - exact).abs() / bound).max().item()
     print(f"{candidates} scale {scale}: worst error / bound = {ratio:.3g}, unsettled {flag.float().mean().item():.4f}")
     assert ratio <= 1.0, ratio
-    assert torch.equal(idx, nearest_code(z, c, precision="exact", backend="reference"))
+    # the rows the first pass certifies (flag 0) already hold the exact argmin
+    settled = flag == 0
+    assert settled.float().mean() > 0.5
+    want = nearest_code(z, c, precision="exact", backend="reference")
+    assert torch.equal(idx[settled], want[settled])
