@@ -251,6 +251,29 @@ def test_exact_mode_fp64_settlement_paths():
     assert cnt["nearest_code.fwd"] == 1
 
 
+def test_exact_first_pass_bound_and_certified_rows():
+    # the bound covers the first pass's error (safety factor 1), its flags match the certificate, and certified
+    # rows already hold the exact argmin (odd sizes: rows and codes past the tiles)
+    from hfzoo.ops import nearest_code as nc
+    from hfzoo.ops.launch import tuning
+
+    g = torch.Generator().manual_seed(13)
+    z = torch.randn(70, 24, generator=g) * torch.rand(70, 1, generator=g) * 30
+    c = torch.randn(90, 24, generator=g)
+    with tuning({"nearest_code.exact": {"bound_scale": 1.0}}):
+        idx, best, thr, flag, *_ = nc._exact_first_pass(z, c)
+    cd = c.double()
+    exact = (cd * cd).sum(1)[None, :] - 2 * z.double() @ cd.t()
+    chosen = exact.gather(1, idx[:, None]).squeeze(1)
+    bound = (thr.double() - best.double()) / 2
+    assert ((best.double() - chosen).abs() <= bound).all()
+    runner_up = exact.scatter(1, idx[:, None], float("inf")).min(1).values
+    settled = flag == 0
+    assert settled.any() and (~settled).any()
+    assert torch.equal(idx[settled], exact.argmin(1)[settled])
+    assert (runner_up[settled] > chosen[settled]).all()
+
+
 def test_exact_mode_with_wide_rows_loops_over_d():
     z, c = _adversarial_near_ties(20, 40, 200, seed=4)
     assert torch.equal(nearest_code(z, c, backend="triton"), _oracle_argmin(z, c))
