@@ -206,8 +206,37 @@ def _oracle_argmin(z, c):
     return ((z.double()[:, None] - c.double()[None]) ** 2).sum(-1).argmin(1)
 
 
-@pytest.mark.parametrize("n,k,d", [(45, 70, 33), (64, 96, 16)])
-def test_exact_mode_equals_the_exact_argmin_on_adversarial_near_ties(n, k, d):
+def _overlap(on: bool):
+    """Launch settings that run the scores passes with or without OVERLAP (next tile's dot issued early)."""
+    from hfzoo.ops.launch import tuning
+
+    conf = {"configs": [{"BLOCK_M": 32, "BLOCK_K": 32, "OVERLAP": on}]}
+    return tuning({"nearest_code.candidates": conf, "nearest_code.fwd_fp32": conf})
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+@pytest.mark.parametrize("n,k,d", [(45, 70, 33), (64, 96, 16), (20, 30, 8)])
+def test_exact_mode_equals_the_exact_argmin_on_adversarial_near_ties(n, k, d, overlap):
+    with _overlap(overlap):
+        _check_adversarial(n, k, d)
+
+
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
+@pytest.mark.parametrize("k", [30, 32, 70, 96])
+def test_overlapped_scores_pass_equals_the_plain_one(precision, k):
+    # K below, at and past the tile size, a multiple of it or not: the early-issued dot must cover every tile once
+    g = torch.Generator().manual_seed(k)
+    z, c = torch.randn(40, 16, generator=g), torch.randn(k, 16, generator=g)
+    c[k // 3] = c[k // 5]  # an exact tie across tiles
+    outs = []
+    for on in (False, True):
+        with _overlap(on):
+            outs.append(nearest_code(z, c, precision=precision, backend="triton", return_distance=True))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    assert torch.equal(outs[1][0], _oracle(z, c).argmin(1))
+
+
+def _check_adversarial(n, k, d):
     z, c = _adversarial_near_ties(n, k, d, seed=n + k + d)
     want = _oracle_argmin(z, c)
     twin = torch.where(want < k // 2, want + k // 2, want - k // 2)

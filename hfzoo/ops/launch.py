@@ -113,9 +113,11 @@ DEFAULTS: dict[str, dict] = {
                                  "interpreted": {"values_per_thread": 8, "num_warps": 4, "programs_per_sm": 2}},
     # nearest_code.py: scores passes autotuned over these (key: power-of-two buckets of N and K, D and the pass's
     # switches). Every config compiles without spills in its loop (sm_90 SASS) and fits shared memory (227 KB);
-    # 256-row tiles halve the codebook's L2 -> SM traffic (the codebook is re-read once per row block). The
-    # 2026-12-01 sweep (benchmarks/NOTES.md) measured the 16-bit 128 x 64 / 8 warps config fastest of the 128-row
-    # ones and bf16x3 candidates fastest at 64 x 64. "candidates" is the exact mode's first pass (TOP2: three
+    # 256-row tiles halve the codebook's L2 -> SM traffic (the codebook is re-read once per row block); OVERLAP
+    # issues the next tile's dot before reducing the current one (Triton 3.6 then interleaves the wgmma with the
+    # compares instead of waiting for it first). The 2026-12-01 sweep (benchmarks/NOTES.md) measured 16-bit
+    # 128 x 64 / 8 warps fastest of the 128-row configs, bf16x3 candidates fastest at 64 x 64 (before the 256-row
+    # and OVERLAP configs existed). "candidates" is the exact mode's first pass (TOP2: three
     # values per slot), "prepare" its codebook pass, "collect" lists the candidates of unsettled rows over
     # "codebook_parts" codebook slices, "resolve" scores them in fp64 (persistent). "exact": the candidates pass
     # for fp32 inputs, the list length per row (more -> a full fp64 scan of the row), the bound's safety factor.
@@ -126,11 +128,12 @@ DEFAULTS: dict[str, dict] = {
         "interpreted": {"configs": [{"BLOCK_M": 32, "BLOCK_K": 32}]}},
     "nearest_code.fwd_16bit": {"configs": [
         {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
+        {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3, "OVERLAP": True},
         {"BLOCK_M": 256, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
-        {"BLOCK_M": 256, "BLOCK_K": 32, "num_warps": 8, "num_stages": 4},
-        {"BLOCK_M": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3}],
+        {"BLOCK_M": 256, "BLOCK_K": 32, "num_warps": 8, "num_stages": 4, "OVERLAP": True}],
         "interpreted": {"configs": [{"BLOCK_M": 32, "BLOCK_K": 32}]}},
-    # TOP2 keeps three values per slot: only these tile/warp shapes compile without spills in the loop (sm_90)
+    # TOP2 keeps three values per slot: these compile without spills (sm_90). No OVERLAP here: with bf16x3's
+    # three chained dots Triton 3.6 waits after every wgmma when the result crosses the iteration.
     "nearest_code.candidates": {"configs": [
         {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
         {"BLOCK_M": 256, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3},

@@ -140,10 +140,10 @@ def _prepare_codes_kernel(C, CN, HI, LO, CMAX2, K, D, stride_c,
 
 
 @triton.jit
-def _score_tile(Z, C, C2, CN, z, z2, rows, rmask, k0, K, D, stride_z, stride_c,
-                BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, SINGLE_D: tl.constexpr, SPLIT: tl.constexpr,
-                PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_D: tl.constexpr):
-    """Scores ``||c||^2 - 2 <z, c>`` of one BLOCK_M x BLOCK_K tile (fp32; codes past K get +inf)."""
+def _dot_tile(Z, C, C2, z, z2, rows, rmask, k0, K, D, stride_z, stride_c,
+              BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, SINGLE_D: tl.constexpr, SPLIT: tl.constexpr,
+              PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_D: tl.constexpr):
+    """``<z, c>`` of one BLOCK_M x BLOCK_K tile (fp32 accumulation)."""
     codes = k0 + tl.arange(0, BLOCK_K)
     kmask = codes < K
     dcols = tl.arange(0, BLOCK_D)
@@ -185,11 +185,40 @@ def _score_tile(Z, C, C2, CN, z, z2, rows, rmask, k0, K, D, stride_z, stride_c,
             ct = tl.load(C + codes[:, None].to(tl.int64) * stride_c + dd[None, :],
                          mask=kmask[:, None] & (dd[None, :] < D), other=0.0)
             dot += tl.dot(zt, tl.trans(ct), input_precision=PRECISION)
+    return dot
+
+
+@triton.jit
+def _code_norms(CN, k0, K, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+    codes = k0 + tl.arange(0, BLOCK_K)
     if EVEN_K:
         cn = tl.load(CN + codes)
     else:
-        cn = tl.load(CN + codes, mask=kmask, other=float("inf"))
-    return cn[None, :] - 2.0 * dot, codes, kmask
+        cn = tl.load(CN + codes, mask=codes < K, other=float("inf"))  # codes past K: +inf, never chosen
+    return cn
+
+
+@triton.jit
+def _score_tile(Z, C, C2, CN, z, z2, rows, rmask, k0, K, D, stride_z, stride_c,
+                BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, SINGLE_D: tl.constexpr, SPLIT: tl.constexpr,
+                PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_D: tl.constexpr):
+    """Scores ``||c||^2 - 2 <z, c>`` of one BLOCK_M x BLOCK_K tile (fp32; codes past K get +inf)."""
+    dot = _dot_tile(Z, C, C2, z, z2, rows, rmask, k0, K, D, stride_z, stride_c,
+                    BLOCK_K, BLOCK_D, SINGLE_D, SPLIT, PRECISION, EVEN_K, EVEN_D)
+    codes = k0 + tl.arange(0, BLOCK_K)
+    cn = _code_norms(CN, k0, K, BLOCK_K, EVEN_K)
+    return cn[None, :] - 2.0 * dot, codes, codes < K
+
+
+@triton.jit
+def _keep_minima(score, k0, b1, b2, t1, TOP2: tl.constexpr):
+    """Per slot: running minimum b1, the tile start t1 where it was found, and (TOP2) the runner-up b2."""
+    lt = score < b1  # False for NaN: a NaN score is never chosen
+    if TOP2:
+        b2 = tl.minimum(b2, tl.maximum(score, b1))  # max/min ignore NaN operands
+    b1 = tl.where(lt, score, b1)
+    t1 = tl.where(lt, k0 * 1.0, t1)  # exact: K < 2^24 (checked on the host)
+    return b1, b2, t1
 
 
 @triton.jit
@@ -212,7 +241,8 @@ def _nearest_code_kernel(Z, C, C2, CN, IDX, BEST, THR, FLAG, CMAX2, N, K, D, str
                          N_BUCKET, K_BUCKET, dot_error, norm_error, bound_scale,
                          BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
                          SINGLE_D: tl.constexpr, SPLIT: tl.constexpr, TOP2: tl.constexpr,
-                         PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_D: tl.constexpr):
+                         PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_D: tl.constexpr,
+                         OVERLAP: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < N
@@ -228,14 +258,25 @@ def _nearest_code_kernel(Z, C, C2, CN, IDX, BEST, THR, FLAG, CMAX2, N, K, D, str
     b1 = tl.full([BLOCK_M, BLOCK_K], float("inf"), dtype=tl.float32)  # per slot: smallest score so far
     b2 = tl.full([BLOCK_M, BLOCK_K], float("inf"), dtype=tl.float32)  # per slot: runner-up (TOP2 only)
     t1 = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)  # per slot: tile start of b1 (a float: one FSEL per score)
-    for k0 in range(0, K, BLOCK_K):
-        score, codes, kmask = _score_tile(Z, C, C2, CN, z, z2, rows, rmask, k0, K, D, stride_z, stride_c,
-                                          BLOCK_K, BLOCK_D, SINGLE_D, SPLIT, PRECISION, EVEN_K, EVEN_D)
-        lt = score < b1  # False for NaN: a NaN score is never chosen
-        if TOP2:
-            b2 = tl.minimum(b2, tl.maximum(score, b1))  # max/min ignore NaN operands
-        b1 = tl.where(lt, score, b1)
-        t1 = tl.where(lt, k0 * 1.0, t1)  # exact: K < 2^24 (checked on the host)
+    if OVERLAP:
+        # the next tile's dot is issued before this tile's scores are reduced, so the tensor cores can run
+        # while the threads compare (when the compiler keeps the dot in flight across the iteration)
+        dot = _dot_tile(Z, C, C2, z, z2, rows, rmask, 0, K, D, stride_z, stride_c,
+                        BLOCK_K, BLOCK_D, SINGLE_D, SPLIT, PRECISION, EVEN_K, EVEN_D)
+        for k0 in range(BLOCK_K, K, BLOCK_K):
+            nxt = _dot_tile(Z, C, C2, z, z2, rows, rmask, k0, K, D, stride_z, stride_c,
+                            BLOCK_K, BLOCK_D, SINGLE_D, SPLIT, PRECISION, EVEN_K, EVEN_D)
+            score = _code_norms(CN, k0 - BLOCK_K, K, BLOCK_K, EVEN_K)[None, :] - 2.0 * dot
+            b1, b2, t1 = _keep_minima(score, k0 - BLOCK_K, b1, b2, t1, TOP2)
+            dot = nxt
+        last = (K - 1) // BLOCK_K * BLOCK_K
+        score = _code_norms(CN, last, K, BLOCK_K, EVEN_K)[None, :] - 2.0 * dot
+        b1, b2, t1 = _keep_minima(score, last, b1, b2, t1, TOP2)
+    else:
+        for k0 in range(0, K, BLOCK_K):
+            score, codes, kmask = _score_tile(Z, C, C2, CN, z, z2, rows, rmask, k0, K, D, stride_z, stride_c,
+                                              BLOCK_K, BLOCK_D, SINGLE_D, SPLIT, PRECISION, EVEN_K, EVEN_D)
+            b1, b2, t1 = _keep_minima(score, k0, b1, b2, t1, TOP2)
     best = tl.min(b1, axis=1)
     code = t1.to(tl.int32) + tl.arange(0, BLOCK_K)[None, :]
     arg = tl.min(tl.where(b1 == best[:, None], code, K), axis=1)  # lowest index among equal minima (0 if all inf)
@@ -367,7 +408,7 @@ def _scores_pass(z, c, c2, cn, precision: str, name: str, top2=None):
     best = torch.empty(n, dtype=torch.float32, device=z.device)
     thr, flag, cmax2, dot_error, norm_error, bound_scale = top2 or (best, best, best, 0.0, 0.0, 0.0)
     block_d = _block_d(d)
-    configs = settings(name)["configs"]
+    configs = [{"OVERLAP": False, **c} for c in settings(name)["configs"]]
     if d > block_d:  # wide rows pipeline z chunks too: keep the configs whose stages fit shared memory (227 KB)
         configs = [c for c in configs
                    if c.get("num_stages", 2) * (c["BLOCK_M"] + c["BLOCK_K"]) * block_d * z.element_size() <= 200 << 10]
