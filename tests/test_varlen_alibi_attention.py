@@ -93,7 +93,7 @@ def test_triton_kernels_interpreter_fp32(packed):
     # odd lengths crossing the 16-wide interpreter tiles, an empty sequence, a non-power-of-two head dim
     with count_launches() as n:
         _compare([5, 17, 0, 33, 1], H=3, D=24, dtype=torch.float32, device="cpu", tol=1e-5, packed=packed)
-    assert n == {"varlen_alibi.fwd": 1, "varlen_alibi.bwd_dkdv": 1, "varlen_alibi.bwd_dq": 1}
+    assert n == {"varlen_alibi.fwd": 1, "varlen_alibi.bwd": 1}  # the whole backward is one launch
 
 
 def test_triton_kernels_interpreter_many_blocks_and_heads():

@@ -130,16 +130,19 @@ DEFAULTS: dict[str, dict] = {
         {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
         {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2}],
         "interpreted": {"configs": [{"BLOCK_M": 16, "BLOCK_N": 16}]}},
-    "varlen_alibi.bwd_dkdv": {"configs": [
-        {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3},
-        {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2}],
-        "interpreted": {"configs": [{"BLOCK_M": 16, "BLOCK_N": 16}]}},
-    "varlen_alibi.bwd_dq": {"configs": [
-        {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 128, "BLOCK_N": 32, "num_warps": 4, "num_stages": 3},
-        {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}],
-        "interpreted": {"configs": [{"BLOCK_M": 16, "BLOCK_N": 16}]}},
+    # bwd: one kernel; BLOCK = keys (phase 1) and queries (phase 2) owned by a program, STEP = the tile it walks
+    # over the sequence with. Under the interpreter BLOCK != STEP so tests cross both kinds of tile edge.
+    "varlen_alibi.bwd": {"configs": [
+        {"BLOCK": 128, "STEP": 32, "num_warps": 4, "num_stages": 3},
+        {"BLOCK": 64, "STEP": 64, "num_warps": 4, "num_stages": 2},
+        {"BLOCK": 128, "STEP": 64, "num_warps": 8, "num_stages": 2}],
+        "interpreted": {"configs": [{"BLOCK": 32, "STEP": 16}]}},
+    # geglu.py: one row per program, BLOCK of its I outputs (MosaicBERT's GeGLU); elementwise, bandwidth bound.
+    "geglu.fwd": {"BLOCK": 1024, "num_warps": 4, "interpreted": {"BLOCK": 16}},
+    "geglu.bwd": {"BLOCK": 1024, "num_warps": 4, "interpreted": {"BLOCK": 16}},
+    # softmax_cross_entropy.py: one row per program, walking the classes BLOCK at a time.
+    "softmax_ce.fwd": {"BLOCK": 2048, "num_warps": 8, "interpreted": {"BLOCK": 16}},
+    "softmax_ce.bwd": {"BLOCK": 2048, "num_warps": 8, "interpreted": {"BLOCK": 16}},
     # linear_attention.py (LiT's mixer), measured by `benchmarks/lit.py --sweep` on an H200 (LiT-XL, 4 heads of
     # 288, 4096 tokens; benchmarks/results/lit.json rows "hfzoo_tune"): tokens per block BLOCK_N; BLOCK_D tiles
     # both head dims (None: 64, or 32 where 64 pads the head dim by more than 1/8).
