@@ -35,8 +35,10 @@ from transformers.modeling_outputs import (
 from ...layers.losses import classification_loss, cross_entropy
 from ...layers.packing import Packing, packed_documents
 from ...layers.pretrained_model import HfzooPreTrainedModel
+from ...ops.dropout_add_layer_norm import dropout_add_layer_norm
 from ...ops.geglu import geglu
 from ...ops.softmax_cross_entropy import softmax_cross_entropy
+from ...ops.validate import trusted
 from ...ops.varlen_alibi_attention import alibi_slopes, varlen_alibi_attention_qkvpacked
 from .configuration_mosaicbert import MosaicBertConfig
 
@@ -82,6 +84,15 @@ class MosaicBertSelfAttention(nn.Module):
         return out.reshape(total, self.num_heads * self.head_dim)
 
 
+def _post_ln(x, residual, norm: nn.LayerNorm, dropout_p: float) -> torch.Tensor:
+    """``norm(dropout(x) + residual)``: one fused op (``hfzoo.ops.dropout_add_layer_norm``) for a plain affine
+    LayerNorm over the last dimension; the modules themselves otherwise (e.g. a replaced or hooked norm)."""
+    if type(norm) is nn.LayerNorm and norm.elementwise_affine and norm.bias is not None \
+            and not norm._forward_hooks and not norm._forward_pre_hooks:
+        return dropout_add_layer_norm(x, residual, norm.weight, norm.bias, norm.eps, dropout_p)
+    return norm(nn.functional.dropout(x, dropout_p, training=dropout_p > 0) + residual)
+
+
 class MosaicBertSelfOutput(nn.Module):
     def __init__(self, config: MosaicBertConfig):
         super().__init__()
@@ -90,7 +101,9 @@ class MosaicBertSelfOutput(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states, input_tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+        # LayerNorm(Dropout(dense(h)) + input) as one fused op
+        return _post_ln(self.dense(hidden_states), input_tensor, self.LayerNorm,
+                        self.dropout.p if self.training else 0.0)
 
 
 class MosaicBertAttention(nn.Module):
@@ -121,7 +134,7 @@ class MosaicBertGatedMLP(nn.Module):
 
     def forward(self, hidden_states) -> torch.Tensor:
         act = geglu(self.gated_layers(hidden_states), self.dropout.p if self.training else 0.0)
-        return self.layernorm(self.wo(act) + hidden_states)
+        return _post_ln(self.wo(act), hidden_states, self.layernorm, 0.0)
 
 
 class MosaicBertLayer(GradientCheckpointingLayer):
@@ -272,8 +285,10 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
         subset_idx = None
         if subset_mask is not None and not output_hidden_states:
             subset_idx = torch.nonzero(unpadded.pack(subset_mask), as_tuple=False).flatten()
-        hidden, states = self.encoder(hidden, unpadded.cu_seqlens, unpadded.max_seqlen,
-                                      self.alibi_slopes(hidden.device), subset_idx, output_hidden_states)
+        # Packing built these offsets (or checked the caller's): the attention op need not read them back (a sync)
+        with trusted():
+            hidden, states = self.encoder(hidden, unpadded.cu_seqlens, unpadded.max_seqlen,
+                                          self.alibi_slopes(hidden.device), subset_idx, output_hidden_states)
         if subset_mask is not None and subset_idx is None:  # hidden states were asked for: select afterwards
             hidden = hidden.index_select(0, torch.nonzero(unpadded.pack(subset_mask), as_tuple=False).flatten())
         pooled = None
