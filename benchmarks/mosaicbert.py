@@ -252,7 +252,11 @@ def profile(out_dir: Path, steps: int = 5):
     # the attention backward under each launch config (autotuning picks among these)
     total, cu, qkv, slopes = attention_inputs(lengths)
     do = torch.randn(total, H, D, device=DEV, dtype=DT)
-    for i, conf in enumerate(DEFAULTS["varlen_alibi.bwd"]["configs"]):
+    candidates = DEFAULTS["varlen_alibi.bwd"]["configs"] + [  # the tuned list, then a few others to learn from
+        {"BLOCK": 64, "STEP": 32, "num_warps": 4, "num_stages": 3},
+        {"BLOCK": 128, "STEP": 32, "num_warps": 8, "num_stages": 3},
+        {"BLOCK": 64, "STEP": 64, "num_warps": 8, "num_stages": 3}]
+    for i, conf in enumerate(candidates):
         with tuning({"varlen_alibi.bwd": {"configs": [conf]}}):
             fb = lambda: torch.autograd.grad(varlen_alibi_attention_qkvpacked(qkv, cu, HI, slopes), qkv, do)
             try:
