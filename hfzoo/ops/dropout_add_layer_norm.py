@@ -60,7 +60,7 @@ def _fwd_kernel(X, R, W, B, Y, MEAN, RSTD, M, D, eps, seed, p, scale,
 
 @triton.jit
 def _bwd_kernel(X, R, W, MEAN, RSTD, DY, DX, DR, DW_PARTIAL, DB_PARTIAL, M, D, rows_per_program, seed, p, scale,
-                DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+                DROPOUT: tl.constexpr, SEPARATE_DX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     # Each program walks rows_per_program rows and keeps its weight/bias gradients in registers, writing one
     # partial row of each at the end (summed on the host): no atomics.
     pid = tl.program_id(0)
@@ -93,6 +93,8 @@ def _bwd_kernel(X, R, W, MEAN, RSTD, DY, DX, DR, DW_PARTIAL, DB_PARTIAL, M, D, r
         tl.store(DR + offs, dz.to(DR.dtype.element_ty), mask=mask)
         if DROPOUT:
             tl.store(DX + offs, tl.where(keep, dz * scale, 0.0).to(DX.dtype.element_ty), mask=mask)
+        elif SEPARATE_DX:
+            tl.store(DX + offs, dz.to(DX.dtype.element_ty), mask=mask)
     tl.store(DW_PARTIAL + pid * D + cols, dw, mask=cmask)
     tl.store(DB_PARTIAL + pid * D + cols, db, mask=cmask)
 
@@ -113,7 +115,8 @@ class DropoutAddLayerNormFunction(torch.autograd.Function):
         D = shape[-1]
         x2, r2 = x.reshape(-1, D).contiguous(), residual.reshape(-1, D).contiguous()
         M = x2.shape[0]
-        y = torch.empty_like(x2)
+        # eager's type promotion (under autocast a bf16 sub-layer output meets an fp32 residual stream)
+        y = torch.empty(M, D, dtype=torch.promote_types(x.dtype, residual.dtype), device=x.device)
         mean = torch.empty(M, dtype=torch.float32, device=x.device)
         rstd = torch.empty(M, dtype=torch.float32, device=x.device)
         conf = settings("dropout_add_ln.fwd")
@@ -132,8 +135,8 @@ class DropoutAddLayerNormFunction(torch.autograd.Function):
         M, D = x2.shape
         dy2 = dy.reshape(M, D).contiguous()
         p = ctx.dropout_p
-        dr = torch.empty_like(x2)
-        dx = torch.empty_like(x2) if p > 0 else dr
+        dr = torch.empty_like(r2)
+        dx = torch.empty_like(x2) if p > 0 or x2.dtype != r2.dtype else dr
         conf = settings("dropout_add_ln.bwd")
         BLOCK_M, BLOCK_D = _block_sizes(D, conf)
         programs = persistent_grid(triton.cdiv(max(M, 1), BLOCK_M), x2.device, conf["programs_per_sm"])
@@ -144,7 +147,7 @@ class DropoutAddLayerNormFunction(torch.autograd.Function):
         if M > 0:
             launch("dropout_add_ln.bwd", _bwd_kernel, (programs,), x2, r2, weight, mean, rstd, dy2, dx, dr,
                    dw_partial, db_partial, M, D, rows_per_program, ctx.seed, p, 1.0 / (1.0 - p), DROPOUT=p > 0,
-                   BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, **compile_options(conf))
+                   SEPARATE_DX=dx is not dr, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, **compile_options(conf))
         dw = dw_partial.sum(0).to(weight.dtype)
         db = db_partial.sum(0).to(ctx.bias_dtype)
         return dx.view(ctx.shape), dr.view(ctx.shape), dw, db, None, None, None
@@ -157,14 +160,16 @@ def dropout_add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torc
     Args:
         x: ``[..., D]`` the sub-layer's output (dropped out with probability ``dropout_p``, kept ones scaled by
             ``1 / (1 - p)``); fp32, fp16 or bf16 for the kernels (statistics in fp32), fp64 on the reference.
-        residual: the residual stream, ``x``'s shape and dtype.
+        residual: the residual stream, ``x``'s shape (its dtype may differ: the output takes the promoted dtype,
+            as eager addition does, e.g. a bf16 sub-layer output and an fp32 residual under autocast).
         weight, bias: ``[D]`` LayerNorm scale and shift.
         eps: added to the variance.
         dropout_p: pass 0 in eval.
         backend: ``"triton"``, ``"reference"`` or None (choose per ``hfzoo.ops.dispatch``).
 
     Returns:
-        ``x``'s shape and dtype; differentiable in ``x``, ``residual``, ``weight`` and ``bias``.
+        ``x``'s shape, ``promote_types(x.dtype, residual.dtype)``; differentiable in ``x``, ``residual``,
+        ``weight`` and ``bias``.
 
     Example::
 
@@ -180,8 +185,6 @@ def dropout_add_layer_norm(x: torch.Tensor, residual: torch.Tensor, weight: torc
     for name, t in (("weight", weight), ("bias", bias)):
         check_tensor(op, name, t, device=x.device)
         check_shape(op, name, t, (D,))
-    if residual.dtype != x.dtype:
-        raise TypeError(f"{op}: residual must have x's dtype {x.dtype}; got {residual.dtype}")
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"{op}: dropout_p must be a number in [0, 1); got {dropout_p!r}")
     problem, error = kernel_dtype_problem(x, residual, weight, bias), TypeError
