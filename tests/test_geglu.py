@@ -83,7 +83,7 @@ def test_bad_inputs():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_kernels_gpu_16bit(dtype):
     _check((8993, 2 * 3072), dtype, "cuda", 1e-2)
     _check((5, 2 * 1000), dtype, "cuda", 1e-2)

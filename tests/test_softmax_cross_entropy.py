@@ -69,7 +69,7 @@ def test_bad_inputs():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_kernels_gpu_16bit(dtype):
     _check(2700, 30522, dtype, "cuda", 1e-2, ignore=(0, 17))
     _check(5, 100, dtype, "cuda", 1e-2)

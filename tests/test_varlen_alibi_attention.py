@@ -8,7 +8,7 @@ import torch
 from helpers import rel_err
 
 from hfzoo.ops import varlen_alibi_attention as vaa
-from hfzoo.ops.launch import count_launches
+from hfzoo.ops.launch import count_launches, tuning
 from hfzoo.ops.varlen_alibi_attention import (
     alibi_slopes,
     varlen_alibi_attention,
@@ -94,6 +94,13 @@ def test_triton_kernels_interpreter_fp32(packed):
     with count_launches() as n:
         _compare([5, 17, 0, 33, 1], H=3, D=24, dtype=torch.float32, device="cpu", tol=1e-5, packed=packed)
     assert n == {"varlen_alibi.fwd": 1, "varlen_alibi.bwd": 1}  # the whole backward is one launch
+
+
+def test_triton_backward_with_precomputed_delta_interpreter():
+    # the launch option that computes rowsum(dO * O) in a kernel of its own before the backward
+    with tuning({"varlen_alibi.bwd": {"fused_delta": False}}), count_launches() as n:
+        _compare([5, 17, 0, 33, 1], H=3, D=24, dtype=torch.float32, device="cpu", tol=1e-5, packed=True)
+    assert n == {"varlen_alibi.fwd": 1, "varlen_alibi.delta": 1, "varlen_alibi.bwd": 1}
 
 
 def test_triton_kernels_interpreter_many_blocks_and_heads():
@@ -217,6 +224,12 @@ def test_long_sequence_beyond_training_length():
 def test_triton_kernels_gpu_bf16(packed):
     _compare([1, 64, 127, 300, 513, 1000, 77], H=12, D=64, dtype=torch.bfloat16, device="cuda", tol=2e-2,
              packed=packed)
+
+
+@pytest.mark.gpu
+def test_triton_backward_gpu_bf16_precomputed_delta():
+    with tuning({"varlen_alibi.bwd": {"fused_delta": False}}):
+        _compare([1, 64, 127, 300, 513, 77], H=12, D=64, dtype=torch.bfloat16, device="cuda", tol=2e-2, packed=True)
 
 
 @pytest.mark.gpu

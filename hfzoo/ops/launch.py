@@ -136,7 +136,9 @@ DEFAULTS: dict[str, dict] = {
         {"BLOCK": 128, "STEP": 32, "num_warps": 4, "num_stages": 3},
         {"BLOCK": 64, "STEP": 64, "num_warps": 4, "num_stages": 2},
         {"BLOCK": 128, "STEP": 64, "num_warps": 8, "num_stages": 2}],
-        "interpreted": {"configs": [{"BLOCK": 32, "STEP": 16}]}},
+        "interpreted": {"configs": [{"BLOCK": 32, "STEP": 16}]}, "fused_delta": True},
+    # delta = rowsum(dO * O) ahead of the backward, used when "varlen_alibi.bwd" has fused_delta=False.
+    "varlen_alibi.delta": {"BLOCK_R": 64, "num_warps": 4, "interpreted": {"BLOCK_R": 16}},
     # geglu.py: one row per program, BLOCK of its I outputs (MosaicBERT's GeGLU); elementwise, bandwidth bound.
     "geglu.fwd": {"BLOCK": 1024, "num_warps": 4, "interpreted": {"BLOCK": 16}},
     "geglu.bwd": {"BLOCK": 1024, "num_warps": 4, "interpreted": {"BLOCK": 16}},

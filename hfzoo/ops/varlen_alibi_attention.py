@@ -175,16 +175,17 @@ def _alibi_fwd_kernel(Q, K, V, O, LSE, CU, SLOPES, qk_scale,
 
 
 @triton.jit
-def _alibi_bwd_kernel(Q, K, V, O, DO, LSE, DQ, DK, DV, CU, SLOPES, qk_scale, sm_scale,
+def _alibi_bwd_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, CU, SLOPES, qk_scale, sm_scale,
                       stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                       stride_dot, stride_doh, stride_dqt, stride_dqh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
                       H, D, SEQ_BUCKET,
-                      BLOCK: tl.constexpr, STEP: tl.constexpr, BLOCK_D: tl.constexpr):
+                      BLOCK: tl.constexpr, STEP: tl.constexpr, BLOCK_D: tl.constexpr, FUSED_DELTA: tl.constexpr):
     # The whole backward in one launch, without atomics. Program (i, b, h) owns block i of sequence b, head h:
     # first it computes dK and dV for keys [i*BLOCK, (i+1)*BLOCK) walking over all queries of the sequence in
     # STEP-sized tiles, then dQ for queries [i*BLOCK, (i+1)*BLOCK) walking over all keys. P and dP are recomputed
     # in both phases (7 matmuls per tile pair instead of 5), which buys exclusive ownership of every output row.
-    # delta_i = rowsum(dO_i * O_i) (= sum_j P_ij dP_ij) is computed where it is needed, from the O and dO tiles.
+    # delta_i = rowsum(dO_i * O_i) (= sum_j P_ij dP_ij): with FUSED_DELTA computed where it is needed from the O and
+    # dO tiles, else read from DELTA ([total, H] fp32, written by _alibi_delta_kernel).
     pid = tl.program_id(0)
     b = tl.program_id(1)
     h = tl.program_id(2)
@@ -213,9 +214,12 @@ def _alibi_bwd_kernel(Q, K, V, O, DO, LSE, DQ, DK, DV, CU, SLOPES, qk_scale, sm_
         smask = mask_m[:, None] & mask_d[None, :]
         q = tl.load(Q + rows[:, None] * stride_qt + h * stride_qh + offs_d[None, :], mask=smask, other=0.0)
         do = tl.load(DO + rows[:, None] * stride_dot + h * stride_doh + offs_d[None, :], mask=smask, other=0.0)
-        o = tl.load(O + rows[:, None] * stride_ot + h * stride_oh + offs_d[None, :], mask=smask, other=0.0)
         lse = tl.load(LSE + rows * H + h, mask=mask_m, other=0.0)
-        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+        if FUSED_DELTA:
+            o = tl.load(O + rows[:, None] * stride_ot + h * stride_oh + offs_d[None, :], mask=smask, other=0.0)
+            delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+        else:
+            delta = tl.load(DELTA + rows * H + h, mask=mask_m, other=0.0)
         st = tl.dot(k, tl.trans(q)) * qk_scale  # [BLOCK, STEP]: logits, keys along rows
         st = st - slope * tl.abs(offs_b[:, None] - qpos[None, :]).to(tl.float32)
         pt = tl.math.exp2(st - lse[None, :])
@@ -232,9 +236,12 @@ def _alibi_bwd_kernel(Q, K, V, O, DO, LSE, DQ, DK, DV, CU, SLOPES, qk_scale, sm_
     # Phase 2: dQ of this block's queries.
     q = tl.load(Q + rows_b[:, None] * stride_qt + h * stride_qh + offs_d[None, :], mask=bmask, other=0.0)
     do = tl.load(DO + rows_b[:, None] * stride_dot + h * stride_doh + offs_d[None, :], mask=bmask, other=0.0)
-    o = tl.load(O + rows_b[:, None] * stride_ot + h * stride_oh + offs_d[None, :], mask=bmask, other=0.0)
     lse = tl.load(LSE + rows_b * H + h, mask=mask_b, other=0.0)
-    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+    if FUSED_DELTA:
+        o = tl.load(O + rows_b[:, None] * stride_ot + h * stride_oh + offs_d[None, :], mask=bmask, other=0.0)
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+    else:
+        delta = tl.load(DELTA + rows_b * H + h, mask=mask_b, other=0.0)
     dq = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
     for n0 in range(0, L, STEP):
         cols = n0 + offs_s
@@ -252,6 +259,21 @@ def _alibi_bwd_kernel(Q, K, V, O, DO, LSE, DQ, DK, DV, CU, SLOPES, qk_scale, sm_
         dq += tl.dot(ds.to(kk.dtype), kk)
     tl.store(DQ + rows_b[:, None] * stride_dqt + h * stride_dqh + offs_d[None, :],
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=bmask)
+
+
+@triton.jit
+def _alibi_delta_kernel(O, DO, DELTA, n_rows, H, D, stride_ot, stride_oh, stride_dot, stride_doh,
+                        BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    # delta[t, h] = sum_d dO[t, h, d] * O[t, h, d] in fp32, BLOCK_R (token, head) rows per program
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_r = r < n_rows
+    t = (r // H).to(tl.int64)
+    h = r % H
+    mask = mask_r[:, None] & (offs_d[None, :] < D)
+    o = tl.load(O + (t * stride_ot + h * stride_oh)[:, None] + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(DO + (t * stride_dot + h * stride_doh)[:, None] + offs_d[None, :], mask=mask, other=0.0)
+    tl.store(DELTA + r, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=mask_r)
 
 
 # Launch settings: launch.DEFAULTS["varlen_alibi.fwd" / ".bwd"]: short autotune lists keyed on
@@ -285,11 +307,19 @@ def _forward(q, k, v, cu_seqlens, max_seqlen, slopes, scale):
 def _backward(q, k, v, o, lse, do, dq, dk, dv, cu_seqlens, max_seqlen, slopes, scale):
     total, H, D = q.shape
     n_seq = cu_seqlens.numel() - 1
+    fused_delta = settings("varlen_alibi.bwd").get("fused_delta", True)
+    delta = lse  # not read when fused
+    if not fused_delta:
+        delta = torch.empty_like(lse)
+        conf = settings("varlen_alibi.delta")
+        rows = total * H
+        launch("varlen_alibi.delta", _alibi_delta_kernel, (triton.cdiv(rows, conf["BLOCK_R"]),), o, do, delta, rows,
+               H, D, o.stride(0), o.stride(1), do.stride(0), do.stride(1), configs=[conf], BLOCK_D=_block_d(D))
     _launch("varlen_alibi.bwd", _alibi_bwd_kernel, "BLOCK", n_seq, H, max_seqlen,
-            q, k, v, o, do, lse, dq, dk, dv, cu_seqlens, slopes, scale * _LOG2E, scale,
+            q, k, v, o, do, lse, delta, dq, dk, dv, cu_seqlens, slopes, scale * _LOG2E, scale,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
             do.stride(0), do.stride(1), dq.stride(0), dq.stride(1), dk.stride(0), dk.stride(1),
-            dv.stride(0), dv.stride(1), H, D, bucket(max_seqlen), BLOCK_D=_block_d(D))
+            dv.stride(0), dv.stride(1), H, D, bucket(max_seqlen), BLOCK_D=_block_d(D), FUSED_DELTA=fused_delta)
 
 
 def _unit_stride(*tensors):
