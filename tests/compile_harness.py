@@ -2,6 +2,7 @@
 
     python tests/compile_harness.py [--cubin] [--only KERNEL] [--skip KERNEL] [--skip-known-crashes |
                                     --only-known-crashes] [gla] [rmsnorm] [group_rational] [nearest_code] [varlen_alibi]
+                                    [mosaicbert_ops]
 
 Triton's interpreter (the CPU tests) runs kernels as Python and so misses what only the compiler checks:
 types of loop-carried values, layouts, shared-memory limits. Here the op runs on CPU tensors with kernel
@@ -201,11 +202,46 @@ def _varlen_alibi_cases():
         o = varlen_alibi_attention(q, k, v, cu, max(lengths), slopes, backend="triton")
         torch.autograd.grad(o.float().sum(), (q, k, v))
 
-    return [lambda: run([5, 70, 200], 12, 64, torch.bfloat16), lambda: run([33], 2, 32, torch.float16)]
+    def run_delta_kernel(lengths, H, D, dtype):  # the launch option with delta computed ahead of the backward
+        from hfzoo.ops.launch import tuning
+
+        with tuning({"varlen_alibi.bwd": {"fused_delta": False}}):
+            run(lengths, H, D, dtype)
+
+    return [lambda: run([5, 70, 200], 12, 64, torch.bfloat16), lambda: run([33], 2, 32, torch.float16),
+            lambda: run_delta_kernel([5, 70, 200], 12, 64, torch.bfloat16)]
+
+
+def _mosaicbert_ops_cases():
+    from hfzoo.ops.dropout_add_layer_norm import dropout_add_layer_norm
+    from hfzoo.ops.geglu import geglu
+    from hfzoo.ops.softmax_cross_entropy import softmax_cross_entropy
+
+    def run_geglu(N, I, dtype, p):
+        x = torch.randn(N, 2 * I, dtype=dtype, requires_grad=True)
+        torch.autograd.grad(geglu(x, p, backend="triton").float().sum(), x)
+
+    def run_ce(N, C, dtype):
+        logits = torch.randn(N, C, dtype=dtype, requires_grad=True)
+        loss = softmax_cross_entropy(logits, torch.randint(0, C, (N,)), backend="triton")
+        torch.autograd.grad(loss.sum(), logits)
+
+    def run_ln(M, D, dtype, p, residual_dtype=None):
+        x = torch.randn(M, D, dtype=dtype, requires_grad=True)
+        r = torch.randn(M, D, dtype=residual_dtype or dtype, requires_grad=True)
+        w, b = (torch.randn(D, dtype=residual_dtype or dtype, requires_grad=True) for _ in range(2))
+        y = dropout_add_layer_norm(x, r, w, b, 1e-12, p, backend="triton")
+        torch.autograd.grad(y.float().sum(), (x, r, w, b))
+
+    return [lambda: run_geglu(64, 3072, torch.bfloat16, 0.1), lambda: run_geglu(5, 100, torch.float32, 0.0),
+            lambda: run_ce(8, 30522, torch.bfloat16), lambda: run_ce(3, 100, torch.float32),
+            lambda: run_ln(64, 768, torch.bfloat16, 0.1), lambda: run_ln(64, 768, torch.bfloat16, 0.0),
+            lambda: run_ln(30, 256, torch.bfloat16, 0.0, torch.float32)]
 
 
 CASES = {"gla": _gla_cases, "rmsnorm": _rmsnorm_cases, "group_rational": _group_rational_cases,
-         "nearest_code": _nearest_code_cases, "varlen_alibi": _varlen_alibi_cases}
+         "nearest_code": _nearest_code_cases, "varlen_alibi": _varlen_alibi_cases,
+         "mosaicbert_ops": _mosaicbert_ops_cases}
 
 
 def _launch_key(fn, args, kwargs):

@@ -96,6 +96,12 @@ def test_triton_kernels_interpreter_fp32(packed):
     assert n == {"varlen_alibi.fwd": 1, "varlen_alibi.bwd": 1}  # the whole backward is one launch
 
 
+def test_triton_backward_one_program_per_block_interpreter():
+    # SPLIT=False: each program computes dK/dV of its block and then dQ of the same block
+    with tuning({"varlen_alibi.bwd": {"configs": [{"BLOCK": 32, "STEP": 16, "SPLIT": False}]}}):
+        _compare([5, 17, 0, 33, 1, 70], H=3, D=24, dtype=torch.float32, device="cpu", tol=1e-5, packed=True)
+
+
 def test_triton_backward_with_precomputed_delta_interpreter():
     # the launch option that computes rowsum(dO * O) in a kernel of its own before the backward
     with tuning({"varlen_alibi.bwd": {"fused_delta": False}}), count_launches() as n:

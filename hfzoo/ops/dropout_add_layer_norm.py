@@ -34,7 +34,7 @@ def dropout_add_layer_norm_reference(x, residual, weight, bias, eps: float = 1e-
 
 
 @triton.jit(do_not_specialize=["M", "seed"])  # a new token count or seed compiles nothing
-def _fwd_kernel(X, R, W, B, Y, MEAN, RSTD, M, D, eps, seed, p, scale,
+def _dal_fwd_kernel(X, R, W, B, Y, MEAN, RSTD, M, D, eps, seed, p, scale,
                 DROPOUT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
@@ -59,7 +59,7 @@ def _fwd_kernel(X, R, W, B, Y, MEAN, RSTD, M, D, eps, seed, p, scale,
 
 
 @triton.jit(do_not_specialize=["M", "rows_per_program", "seed"])
-def _bwd_kernel(X, R, W, MEAN, RSTD, DY, DX, DR, DW_PARTIAL, DB_PARTIAL, M, D, rows_per_program, seed, p, scale,
+def _dal_bwd_kernel(X, R, W, MEAN, RSTD, DY, DX, DR, DW_PARTIAL, DB_PARTIAL, M, D, rows_per_program, seed, p, scale,
                 DROPOUT: tl.constexpr, SEPARATE_DX: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
     # Each program walks rows_per_program rows and keeps its weight/bias gradients in registers, writing one
     # partial row of each at the end (summed on the host): no atomics.
@@ -122,7 +122,7 @@ class DropoutAddLayerNormFunction(torch.autograd.Function):
         conf = settings("dropout_add_ln.fwd")
         BLOCK_M, BLOCK_D = _block_sizes(D, conf)
         if M > 0:
-            launch("dropout_add_ln.fwd", _fwd_kernel, (triton.cdiv(M, BLOCK_M),), x2, r2, weight, bias, y, mean, rstd,
+            launch("dropout_add_ln.fwd", _dal_fwd_kernel, (triton.cdiv(M, BLOCK_M),), x2, r2, weight, bias, y, mean, rstd,
                    M, D, eps, seed, dropout_p, 1.0 / (1.0 - dropout_p), DROPOUT=dropout_p > 0,
                    BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, **compile_options(conf))
         ctx.save_for_backward(x2, r2, weight, mean, rstd)
@@ -145,7 +145,7 @@ class DropoutAddLayerNormFunction(torch.autograd.Function):
         dw_partial = torch.zeros(programs, D, dtype=torch.float32, device=x2.device)
         db_partial = torch.zeros(programs, D, dtype=torch.float32, device=x2.device)
         if M > 0:
-            launch("dropout_add_ln.bwd", _bwd_kernel, (programs,), x2, r2, weight, mean, rstd, dy2, dx, dr,
+            launch("dropout_add_ln.bwd", _dal_bwd_kernel, (programs,), x2, r2, weight, mean, rstd, dy2, dx, dr,
                    dw_partial, db_partial, M, D, rows_per_program, ctx.seed, p, 1.0 / (1.0 - p), DROPOUT=p > 0,
                    SEPARATE_DX=dx is not dr, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, **compile_options(conf))
         dw = dw_partial.sum(0).to(weight.dtype)

@@ -175,34 +175,17 @@ def _alibi_fwd_kernel(Q, K, V, O, LSE, CU, SLOPES, qk_scale,
 
 
 @triton.jit
-def _alibi_bwd_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, CU, SLOPES, qk_scale, sm_scale,
-                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-                      stride_dot, stride_doh, stride_dqt, stride_dqh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
-                      H, D, SEQ_BUCKET,
-                      BLOCK: tl.constexpr, STEP: tl.constexpr, BLOCK_D: tl.constexpr, FUSED_DELTA: tl.constexpr):
-    # The whole backward in one launch, without atomics. Program (i, b, h) owns block i of sequence b, head h:
-    # first it computes dK and dV for keys [i*BLOCK, (i+1)*BLOCK) walking over all queries of the sequence in
-    # STEP-sized tiles, then dQ for queries [i*BLOCK, (i+1)*BLOCK) walking over all keys. P and dP are recomputed
-    # in both phases (7 matmuls per tile pair instead of 5), which buys exclusive ownership of every output row.
-    # delta_i = rowsum(dO_i * O_i) (= sum_j P_ij dP_ij): with FUSED_DELTA computed where it is needed from the O and
-    # dO tiles, else read from DELTA ([total, H] fp32, written by _alibi_delta_kernel).
-    pid = tl.program_id(0)
-    b = tl.program_id(1)
-    h = tl.program_id(2)
-    start = tl.load(CU + b)
-    L = tl.load(CU + b + 1) - start
-    if pid * BLOCK >= L:
-        return
-    slope = tl.load(SLOPES + h).to(tl.float32) * 1.4426950408889634
-    offs_b = pid * BLOCK + tl.arange(0, BLOCK)
+def _alibi_bwd_dkdv(Q, K, V, O, DO, LSE, DELTA, DK, DV, start, L, blk, h, slope, qk_scale, sm_scale,
+                    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+                    stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh, H, D,
+                    BLOCK: tl.constexpr, STEP: tl.constexpr, BLOCK_D: tl.constexpr, FUSED_DELTA: tl.constexpr):
+    # dK, dV of keys [blk*BLOCK, (blk+1)*BLOCK), walking all queries of the sequence in STEP tiles.
+    offs_b = blk * BLOCK + tl.arange(0, BLOCK)
     offs_s = tl.arange(0, STEP)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_b = offs_b < L
     mask_d = offs_d < D
     rows_b = (start + offs_b).to(tl.int64)
-    bmask = mask_b[:, None] & mask_d[None, :]
-
-    # Phase 1: dK, dV of this block's keys.
+    bmask = (offs_b < L)[:, None] & mask_d[None, :]
     k = tl.load(K + rows_b[:, None] * stride_kt + h * stride_kh + offs_d[None, :], mask=bmask, other=0.0)
     v = tl.load(V + rows_b[:, None] * stride_vt + h * stride_vh + offs_d[None, :], mask=bmask, other=0.0)
     dk = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
@@ -233,7 +216,20 @@ def _alibi_bwd_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, CU, SLOPES, qk_sca
     tl.store(DV + rows_b[:, None] * stride_dvt + h * stride_dvh + offs_d[None, :], dv.to(DV.dtype.element_ty),
              mask=bmask)
 
-    # Phase 2: dQ of this block's queries.
+
+@triton.jit
+def _alibi_bwd_dq(Q, K, V, O, DO, LSE, DELTA, DQ, start, L, blk, h, slope, qk_scale, sm_scale,
+                  stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+                  stride_dot, stride_doh, stride_dqt, stride_dqh, H, D,
+                  BLOCK: tl.constexpr, STEP: tl.constexpr, BLOCK_D: tl.constexpr, FUSED_DELTA: tl.constexpr):
+    # dQ of queries [blk*BLOCK, (blk+1)*BLOCK), walking all keys of the sequence in STEP tiles.
+    offs_b = blk * BLOCK + tl.arange(0, BLOCK)
+    offs_s = tl.arange(0, STEP)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_b = offs_b < L
+    mask_d = offs_d < D
+    rows_b = (start + offs_b).to(tl.int64)
+    bmask = mask_b[:, None] & mask_d[None, :]
     q = tl.load(Q + rows_b[:, None] * stride_qt + h * stride_qh + offs_d[None, :], mask=bmask, other=0.0)
     do = tl.load(DO + rows_b[:, None] * stride_dot + h * stride_doh + offs_d[None, :], mask=bmask, other=0.0)
     lse = tl.load(LSE + rows_b * H + h, mask=mask_b, other=0.0)
@@ -262,6 +258,51 @@ def _alibi_bwd_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, CU, SLOPES, qk_sca
 
 
 @triton.jit
+def _alibi_bwd_kernel(Q, K, V, O, DO, LSE, DELTA, DQ, DK, DV, CU, SLOPES, qk_scale, sm_scale,
+                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+                      stride_dot, stride_doh, stride_dqt, stride_dqh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
+                      H, D, SEQ_BUCKET,
+                      BLOCK: tl.constexpr, STEP: tl.constexpr, BLOCK_D: tl.constexpr, FUSED_DELTA: tl.constexpr,
+                      SPLIT: tl.constexpr):
+    # The whole backward in one launch, without atomics: dK/dV of a key block and dQ of a query block each have
+    # exactly one program that computes them, recomputing P and dP (7 matmuls per tile pair instead of 5).
+    # SPLIT=False: program (i, b, h) first computes dK/dV of block i of sequence b, head h, then dQ of block i.
+    # SPLIT=True: twice the programs, each doing one of the two (even program 2i: dK/dV of block i; odd 2i + 1:
+    # dQ of block i): half the serial work per program, twice the programs in flight -- short sequences are
+    # latency-bound. delta_i = rowsum(dO_i * O_i) (= sum_j P_ij dP_ij): with FUSED_DELTA computed where needed from
+    # the O and dO tiles, else read from DELTA ([total, H] fp32, written by _alibi_delta_kernel).
+    pid = tl.program_id(0)
+    b = tl.program_id(1)
+    h = tl.program_id(2)
+    start = tl.load(CU + b)
+    L = tl.load(CU + b + 1) - start
+    slope = tl.load(SLOPES + h).to(tl.float32) * 1.4426950408889634
+    if SPLIT:
+        blk = pid // 2
+        if blk * BLOCK >= L:
+            return
+        if pid % 2 == 0:
+            _alibi_bwd_dkdv(Q, K, V, O, DO, LSE, DELTA, DK, DV, start, L, blk, h, slope, qk_scale, sm_scale,
+                            stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+                            stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh, H, D,
+                            BLOCK, STEP, BLOCK_D, FUSED_DELTA)
+        else:
+            _alibi_bwd_dq(Q, K, V, O, DO, LSE, DELTA, DQ, start, L, blk, h, slope, qk_scale, sm_scale,
+                          stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+                          stride_dot, stride_doh, stride_dqt, stride_dqh, H, D, BLOCK, STEP, BLOCK_D, FUSED_DELTA)
+    else:
+        if pid * BLOCK >= L:
+            return
+        _alibi_bwd_dkdv(Q, K, V, O, DO, LSE, DELTA, DK, DV, start, L, pid, h, slope, qk_scale, sm_scale,
+                        stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+                        stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh, H, D,
+                        BLOCK, STEP, BLOCK_D, FUSED_DELTA)
+        _alibi_bwd_dq(Q, K, V, O, DO, LSE, DELTA, DQ, start, L, pid, h, slope, qk_scale, sm_scale,
+                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
+                      stride_dot, stride_doh, stride_dqt, stride_dqh, H, D, BLOCK, STEP, BLOCK_D, FUSED_DELTA)
+
+
+@triton.jit
 def _alibi_delta_kernel(O, DO, DELTA, n_rows, H, D, stride_ot, stride_oh, stride_dot, stride_doh,
                         BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     # delta[t, h] = sum_d dO[t, h, d] * O[t, h, d] in fp32, BLOCK_R (token, head) rows per program
@@ -284,7 +325,8 @@ _KEY = ["BLOCK_D", "SEQ_BUCKET"]
 
 def _launch(name, kernel, grid_len_key, n_seq, H, max_seqlen, *args, **kwargs):
     conf = settings(name)
-    grid = lambda meta: (triton.cdiv(max_seqlen, meta[grid_len_key]), n_seq, H)
+    # SPLIT kernels run two programs per block (see _alibi_bwd_kernel)
+    grid = lambda meta: (triton.cdiv(max_seqlen, meta[grid_len_key]) * (2 if meta.get("SPLIT") else 1), n_seq, H)
     launch(name, kernel, grid, *args, configs=conf["configs"], key=_KEY, **kwargs)
 
 
