@@ -253,9 +253,10 @@ def profile(out_dir: Path, steps: int = 5):
     total, cu, qkv, slopes = attention_inputs(lengths)
     do = torch.randn(total, H, D, device=DEV, dtype=DT)
     candidates = DEFAULTS["varlen_alibi.bwd"]["configs"] + [  # the tuned list, then a few others to learn from
-        {"BLOCK": 64, "STEP": 32, "num_warps": 4, "num_stages": 3},
-        {"BLOCK": 128, "STEP": 32, "num_warps": 4, "num_stages": 5}]
-    runs = [(conf, True) for conf in candidates] + [(conf, False) for conf in candidates[:2]]
+        {"BLOCK": 64, "STEP": 32, "SPLIT": True, "num_warps": 4, "num_stages": 3},
+        {"BLOCK": 128, "STEP": 64, "SPLIT": True, "num_warps": 8, "num_stages": 2},
+        {"BLOCK": 64, "STEP": 64, "SPLIT": False, "num_warps": 4, "num_stages": 2}]
+    runs = [(conf, True) for conf in candidates] + [(candidates[0], False)]
     for i, (conf, fused_delta) in enumerate(runs):
         with tuning({"varlen_alibi.bwd": {"configs": [conf], "fused_delta": fused_delta}}):
             fb = lambda: torch.autograd.grad(varlen_alibi_attention_qkvpacked(qkv, cu, HI, slopes), qkv, do)
