@@ -195,8 +195,8 @@ def test_gpu_bf16_unpadded_matches_reference_backend():
 
 
 def test_autocast_training_step_agrees_between_backends():
-    """fp32 parameters under fp16 autocast on the CPU: the fused ops (interpreter, forced) take half-precision
-    sub-layer outputs with an fp32 residual stream and agree with the reference ops in loss and gradients."""
+    """fp32 parameters under fp16 autocast on the CPU: the kernels (interpreter, forced) take the half-precision
+    projections autocast produces and agree with the reference ops in loss and gradients."""
     from hfzoo.ops.dispatch import interpreter_enabled
 
     if not interpreter_enabled():
@@ -220,8 +220,8 @@ def test_autocast_training_step_agrees_between_backends():
 
 @pytest.mark.gpu
 def test_gpu_autocast_training_step_matches_reference_backend():
-    """fp32 parameters under bf16 autocast (what Trainer(bf16=True) runs): the fused ops meet bf16 sub-layer
-    outputs and an fp32 residual stream; loss and gradients agree with the reference ops (dropout off)."""
+    """fp32 parameters under bf16 autocast (what Trainer(bf16=True) runs): the kernels take bf16 projections and
+    logits; loss and gradients agree with the reference ops (dropout off)."""
     torch.manual_seed(8)
     cfg = tiny(hidden_size=256, num_attention_heads=4, intermediate_size=384, vocab_size=1000)
     model = MosaicBertForMaskedLM(cfg).to("cuda").train()

@@ -146,11 +146,6 @@ DEFAULTS: dict[str, dict] = {
     # softmax_cross_entropy.py: one row per program, walking the classes BLOCK at a time.
     "softmax_ce.fwd": {"BLOCK": 2048, "num_warps": 8, "interpreted": {"BLOCK": 16}},
     "softmax_ce.bwd": {"BLOCK": 2048, "num_warps": 8, "interpreted": {"BLOCK": 16}},
-    # dropout_add_layer_norm.py: rows per program = min(max_rows, tile // BLOCK_D); bwd persistent, programs_per_sm
-    # programs per SM, each writes one weight/bias partial.
-    "dropout_add_ln.fwd": {"tile": 4096, "max_rows": 16, "num_warps": 4, "interpreted": {"tile": 64}},
-    "dropout_add_ln.bwd": {"tile": 4096, "max_rows": 16, "num_warps": 4, "programs_per_sm": 4,
-                           "interpreted": {"tile": 64}},
     # linear_attention.py (LiT's mixer), measured by `benchmarks/lit.py --sweep` on an H200 (LiT-XL, 4 heads of
     # 288, 4096 tokens; benchmarks/results/lit.json rows "hfzoo_tune"): tokens per block BLOCK_N; BLOCK_D tiles
     # both head dims (None: 64, or 32 where 64 pads the head dim by more than 1/8).

@@ -35,7 +35,6 @@ from transformers.modeling_outputs import (
 from ...layers.losses import classification_loss, cross_entropy
 from ...layers.packing import Packing, packed_documents
 from ...layers.pretrained_model import HfzooPreTrainedModel
-from ...ops.dropout_add_layer_norm import dropout_add_layer_norm
 from ...ops.geglu import geglu
 from ...ops.softmax_cross_entropy import softmax_cross_entropy
 from ...ops.validate import trusted
@@ -84,15 +83,6 @@ class MosaicBertSelfAttention(nn.Module):
         return out.reshape(total, self.num_heads * self.head_dim)
 
 
-def _post_ln(x, residual, norm: nn.LayerNorm, dropout_p: float) -> torch.Tensor:
-    """``norm(dropout(x) + residual)``: one fused op (``hfzoo.ops.dropout_add_layer_norm``) for a plain affine
-    LayerNorm over the last dimension; the modules themselves otherwise (e.g. a replaced or hooked norm)."""
-    if type(norm) is nn.LayerNorm and norm.elementwise_affine and norm.bias is not None \
-            and not norm._forward_hooks and not norm._forward_pre_hooks:
-        return dropout_add_layer_norm(x, residual, norm.weight, norm.bias, norm.eps, dropout_p)
-    return norm(nn.functional.dropout(x, dropout_p, training=dropout_p > 0) + residual)
-
-
 class MosaicBertSelfOutput(nn.Module):
     def __init__(self, config: MosaicBertConfig):
         super().__init__()
@@ -101,9 +91,7 @@ class MosaicBertSelfOutput(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden_states, input_tensor) -> torch.Tensor:
-        # LayerNorm(Dropout(dense(h)) + input) as one fused op
-        return _post_ln(self.dense(hidden_states), input_tensor, self.LayerNorm,
-                        self.dropout.p if self.training else 0.0)
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
 
 
 class MosaicBertAttention(nn.Module):
@@ -134,7 +122,7 @@ class MosaicBertGatedMLP(nn.Module):
 
     def forward(self, hidden_states) -> torch.Tensor:
         act = geglu(self.gated_layers(hidden_states), self.dropout.p if self.training else 0.0)
-        return _post_ln(self.wo(act), hidden_states, self.layernorm, 0.0)
+        return self.layernorm(self.wo(act) + hidden_states)
 
 
 class MosaicBertLayer(GradientCheckpointingLayer):
