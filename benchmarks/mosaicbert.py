@@ -254,18 +254,16 @@ def profile(out_dir: Path, steps: int = 5):
     do = torch.randn(total, H, D, device=DEV, dtype=DT)
     candidates = DEFAULTS["varlen_alibi.bwd"]["configs"] + [  # the tuned list, then a few others to learn from
         {"BLOCK": 64, "STEP": 32, "SPLIT": True, "num_warps": 4, "num_stages": 3},
-        {"BLOCK": 128, "STEP": 64, "SPLIT": True, "num_warps": 8, "num_stages": 2},
-        {"BLOCK": 64, "STEP": 64, "SPLIT": False, "num_warps": 4, "num_stages": 2}]
-    runs = [(conf, True) for conf in candidates] + [(candidates[0], False)]
-    for i, (conf, fused_delta) in enumerate(runs):
-        with tuning({"varlen_alibi.bwd": {"configs": [conf], "fused_delta": fused_delta}}):
+        {"BLOCK": 128, "STEP": 32, "SPLIT": True, "num_warps": 4, "num_stages": 5},
+        {"BLOCK": 128, "STEP": 64, "SPLIT": True, "num_warps": 8, "num_stages": 2}]
+    for i, conf in enumerate(candidates):
+        with tuning({"varlen_alibi.bwd": {"configs": [conf]}}):
             fb = lambda: torch.autograd.grad(varlen_alibi_attention_qkvpacked(qkv, cu, HI, slopes), qkv, do)
             try:
                 ms = bench_ms(fb, 50, 300)
-                print(f"attention fwdbwd with bwd config {i} {conf} fused_delta={fused_delta}: {ms:.4f} ms", flush=True)
+                print(f"attention fwdbwd with bwd config {i} {conf}: {ms:.4f} ms", flush=True)
             except Exception as e:
-                print(f"attention bwd config {i} {conf} fused_delta={fused_delta} failed: {type(e).__name__}: {e}",
-                      flush=True)
+                print(f"attention bwd config {i} {conf} failed: {type(e).__name__}: {e}", flush=True)
 
 
 def main():

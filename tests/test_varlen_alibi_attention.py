@@ -102,13 +102,6 @@ def test_triton_backward_one_program_per_block_interpreter():
         _compare([5, 17, 0, 33, 1, 70], H=3, D=24, dtype=torch.float32, device="cpu", tol=1e-5, packed=True)
 
 
-def test_triton_backward_with_precomputed_delta_interpreter():
-    # the launch option that computes rowsum(dO * O) in a kernel of its own before the backward
-    with tuning({"varlen_alibi.bwd": {"fused_delta": False}}), count_launches() as n:
-        _compare([5, 17, 0, 33, 1], H=3, D=24, dtype=torch.float32, device="cpu", tol=1e-5, packed=True)
-    assert n == {"varlen_alibi.fwd": 1, "varlen_alibi.delta": 1, "varlen_alibi.bwd": 1}
-
-
 def test_triton_kernels_interpreter_many_blocks_and_heads():
     # 40 + 50 tokens: three query and key blocks of 16 per sequence (the tails partly masked), 5 heads with
     # different slopes, head dim 40 (a 64-wide block, partly masked)
@@ -233,8 +226,11 @@ def test_triton_kernels_gpu_bf16(packed):
 
 
 @pytest.mark.gpu
-def test_triton_backward_gpu_bf16_precomputed_delta():
-    with tuning({"varlen_alibi.bwd": {"fused_delta": False}}):
+@pytest.mark.parametrize("split", [False, True])
+def test_triton_backward_gpu_bf16_each_config(split):
+    # both backward layouts the autotuner chooses between, each forced
+    conf = {"BLOCK": 128, "STEP": 32, "SPLIT": split, "num_warps": 4, "num_stages": 3}
+    with tuning({"varlen_alibi.bwd": {"configs": [conf]}}):
         _compare([1, 64, 127, 300, 513, 77], H=12, D=64, dtype=torch.bfloat16, device="cuda", tol=2e-2, packed=True)
 
 
