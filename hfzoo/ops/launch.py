@@ -139,6 +139,7 @@ DEFAULTS: dict[str, dict] = {
         {"BLOCK": 128, "STEP": 32, "SPLIT": True, "num_warps": 4, "num_stages": 3}],
         "interpreted": {"configs": [{"BLOCK": 32, "STEP": 16, "SPLIT": True}]}},
     # geglu.py: one row per program, BLOCK of its I outputs (MosaicBERT's GeGLU); elementwise, bandwidth bound.
+    # Mid round (H200, [8993, 2 x 3072] bf16, dropout 0.1, one Philox call per element): fwd 114 us, bwd 130 us.
     "geglu.fwd": {"BLOCK": 1024, "num_warps": 4, "interpreted": {"BLOCK": 16}},
     "geglu.bwd": {"BLOCK": 1024, "num_warps": 4, "interpreted": {"BLOCK": 16}},
     # softmax_cross_entropy.py: one row per program, walking the classes BLOCK at a time.
