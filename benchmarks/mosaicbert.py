@@ -264,8 +264,9 @@ def profile(out_dir: Path, steps: int = 5):
         torch.cuda.synchronize()
         wall = (time.perf_counter() - t0) / steps * 1e3
         events = prof.key_averages()
-        kernel_ms = sum(e.self_device_time_total for e in events) / steps / 1e3
-        n_kernels = sum(e.count for e in events if e.self_device_time_total > 0 and e.device_type.name == "CUDA")
+        kernels = [e for e in events if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
+        kernel_ms = sum(e.self_device_time_total for e in kernels) / steps / 1e3  # kernels only: no double count
+        n_kernels = sum(e.count for e in kernels)
         table = events.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70)
         text = (f"== {name}: step wall {wall:.2f} ms, summed device time {kernel_ms:.2f} ms/step, "
                 f"{n_kernels / steps:.0f} kernel launches/step\n{table}")
