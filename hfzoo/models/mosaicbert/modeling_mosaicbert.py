@@ -33,7 +33,7 @@ from transformers.modeling_outputs import (
 )
 
 from ...layers.losses import classification_loss, cross_entropy
-from ...layers.packing import Packing, packed_documents
+from ...layers.packing import PACKING_KWARGS, Packing, packed_documents
 from ...layers.pretrained_model import HfzooPreTrainedModel
 from ...ops.geglu import geglu
 from ...ops.softmax_cross_entropy import softmax_cross_entropy
@@ -239,6 +239,8 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
         ids = input_ids if input_ids is not None else inputs_embeds
         if (input_ids is None) == (inputs_embeds is None) or ids.dim() < 2:
             return None   # encode() reports the bad input
+        if cu_seqlens is None and position_ids is None and not any(k in (kwargs or {}) for k in PACKING_KWARGS):
+            return None   # an ordinary batch (and no host read of the mask to rule packing out)
         B, S = ids.shape[:2]
         return packed_documents(B, S, cu_seqlens=cu_seqlens, position_ids=position_ids,
                                 attention_mask=attention_mask, kwargs=kwargs)
