@@ -42,7 +42,7 @@ CASES = [  # shape, groups, numerator rows (1 = shared, as in the released check
     ((3, 5, 24), 4, 4),
     ((2, 9, 300), 6, 1),
     ((1, 40), 1, 1),
-    ((4, 520), 4, 4),   # three 256-wide column blocks, the last one partly masked
+    ((4, 520), 4, 4),   # 130 chunks of 4 columns: 9 tiles of 16 chunks, the last one partly masked
 ]
 
 

@@ -286,9 +286,14 @@ def _vec(group_size: int, element_size: int, max_vec: int | None) -> int:
 
 
 def _chunk_blocks(D: int, VEC: int, block_c: int = 256) -> tuple[int, int]:
-    """(NCH, column blocks): chunks per tile (a power of two, about block_c columns) and tiles across D."""
+    """(NCH, column blocks): chunks per tile (a power of two, at most block_c columns) and tiles across D.
+
+    Halves the tile while more than 1/8 of the last tile would be masked (D = 384 in fp32: 3 tiles of 32 chunks,
+    not 2 of 64 with the second half idle)."""
     nc = D // VEC
     nch = max(1, min(triton.next_power_of_2(nc), block_c // VEC))
+    while nch > 8 and (triton.cdiv(nc, nch) * nch - nc) * 8 > nc:
+        nch //= 2
     return nch, triton.cdiv(nc, nch)
 
 
