@@ -94,25 +94,28 @@ def group_rational_reference(x: torch.Tensor, numerator: torch.Tensor, denominat
 # ----------------------------------------------------------------------------------------------------
 # Triton kernels. x is viewed as [M, D] (rows = flattened leading dims) and its columns as D // VEC chunks of
 # VEC adjacent columns, VEC a power of two dividing the group size (so a chunk never straddles two groups) and
-# at most one 16-byte load wide. A tile is [BLOCK_M rows, NCH chunks, VEC columns]: each thread holds whole
+# at most one 16-byte load wide. A tile is [NCH chunks, BLOCK_M rows, VEC columns]: each thread holds whole
 # chunks, so the ten coefficients are loaded once per chunk (one register each, not one per column) and sums
-# over a chunk stay inside a thread. A_STRIDE / B_STRIDE are 0 when one coefficient row is shared by all groups.
+# over a chunk stay inside a thread. Chunks come first because Triton lays threads out along the leading axis
+# among those of equal contiguity: this way a warp reads 32 adjacent chunks of one row (512 contiguous bytes in
+# bf16) instead of one 16-byte chunk from each of 32 rows. A_STRIDE / B_STRIDE are 0 when one coefficient row is
+# shared by all groups.
 
 
 @triton.jit
 def _chunk_coefficients(A, B, chunk, kmask, VEC: tl.constexpr, DG, A_STRIDE, B_STRIDE):
-    """The ten coefficients of each chunk's group as [1, NCH, 1] fp32 tensors."""
+    """The ten coefficients of each chunk's group as [NCH, 1, 1] fp32 tensors."""
     g = (chunk * VEC) // DG
-    a0 = tl.load(A + g * A_STRIDE + 0, mask=kmask, other=0.0).to(tl.float32)[None, :, None]
-    a1 = tl.load(A + g * A_STRIDE + 1, mask=kmask, other=0.0).to(tl.float32)[None, :, None]
-    a2 = tl.load(A + g * A_STRIDE + 2, mask=kmask, other=0.0).to(tl.float32)[None, :, None]
-    a3 = tl.load(A + g * A_STRIDE + 3, mask=kmask, other=0.0).to(tl.float32)[None, :, None]
-    a4 = tl.load(A + g * A_STRIDE + 4, mask=kmask, other=0.0).to(tl.float32)[None, :, None]
-    a5 = tl.load(A + g * A_STRIDE + 5, mask=kmask, other=0.0).to(tl.float32)[None, :, None]
-    b0 = tl.load(B + g * B_STRIDE + 0, mask=kmask, other=0.0).to(tl.float32)[None, :, None]
-    b1 = tl.load(B + g * B_STRIDE + 1, mask=kmask, other=0.0).to(tl.float32)[None, :, None]
-    b2 = tl.load(B + g * B_STRIDE + 2, mask=kmask, other=0.0).to(tl.float32)[None, :, None]
-    b3 = tl.load(B + g * B_STRIDE + 3, mask=kmask, other=0.0).to(tl.float32)[None, :, None]
+    a0 = tl.load(A + g * A_STRIDE + 0, mask=kmask, other=0.0).to(tl.float32)[:, None, None]
+    a1 = tl.load(A + g * A_STRIDE + 1, mask=kmask, other=0.0).to(tl.float32)[:, None, None]
+    a2 = tl.load(A + g * A_STRIDE + 2, mask=kmask, other=0.0).to(tl.float32)[:, None, None]
+    a3 = tl.load(A + g * A_STRIDE + 3, mask=kmask, other=0.0).to(tl.float32)[:, None, None]
+    a4 = tl.load(A + g * A_STRIDE + 4, mask=kmask, other=0.0).to(tl.float32)[:, None, None]
+    a5 = tl.load(A + g * A_STRIDE + 5, mask=kmask, other=0.0).to(tl.float32)[:, None, None]
+    b0 = tl.load(B + g * B_STRIDE + 0, mask=kmask, other=0.0).to(tl.float32)[:, None, None]
+    b1 = tl.load(B + g * B_STRIDE + 1, mask=kmask, other=0.0).to(tl.float32)[:, None, None]
+    b2 = tl.load(B + g * B_STRIDE + 2, mask=kmask, other=0.0).to(tl.float32)[:, None, None]
+    b3 = tl.load(B + g * B_STRIDE + 3, mask=kmask, other=0.0).to(tl.float32)[:, None, None]
     return a0, a1, a2, a3, a4, a5, b0, b1, b2, b3
 
 
@@ -125,9 +128,9 @@ def _group_rational_fwd_kernel(X, A, B, Y, M, D, DG, A_STRIDE, B_STRIDE, PAPER: 
     if not PAPER:
         c0, c1, c2, c3 = tl.abs(c0), tl.abs(c1), tl.abs(c2), tl.abs(c3)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = chunk[None, :, None] * VEC + tl.arange(0, VEC)[None, None, :]           # [1, NCH, VEC]
-    mask = (rows < M)[:, None, None] & kmask[None, :, None]
-    offs = rows[:, None, None].to(tl.int64) * D + cols
+    cols = chunk[:, None, None] * VEC + tl.arange(0, VEC)[None, None, :]           # [NCH, 1, VEC]
+    mask = (rows < M)[None, :, None] & kmask[:, None, None]
+    offs = rows[None, :, None].to(tl.int64) * D + cols
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     p = ((((a5 * x + a4) * x + a3) * x + a2) * x + a1) * x + a0
     if PAPER:
@@ -146,7 +149,7 @@ def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, M, D, DG, A_STRIDE, B_STRI
     # Program (i, j) walks rows [i * rows_per_program, (i + 1) * rows_per_program) of chunk block j. Per element:
     #   dx = gp * (P' - y Q'),  gp = dy / Q (= dL/dP),  gq = -gp y (= dL/dQ),  y = P / Q
     # and the ten coefficient-gradient terms gp x^k (k = 0..5) and gq dQ/dc_k (k = 0..3). Those are summed over
-    # the chunk inside the thread and accumulated in ten [BLOCK_M, NCH] register tiles, reduced over rows once at
+    # the chunk inside the thread and accumulated in ten [NCH, BLOCK_M] register tiles, reduced over rows once at
     # the end: PART[i, k, chunk]. The coefficient-gradient kernel below sums PART over programs and groups.
     # Released form: c_k = |b_k|, Q = 1 + sum c_k |x|^(k+1) (the chain through |b| is taken there too).
     # Paper form: Q = 1 + |T|, T = sum b_k x^(k+1). Both: sign(0) = +1.
@@ -161,34 +164,34 @@ def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, M, D, DG, A_STRIDE, B_STRI
     # derivative coefficients, once per chunk: P' = sum k a_k x^(k-1); d(w H(w))/dw with H = sum c_k w^k
     e1, e2, e3, e4 = 2.0 * a2, 3.0 * a3, 4.0 * a4, 5.0 * a5
     f1, f2, f3 = 2.0 * c1, 3.0 * c2, 4.0 * c3
-    cols = chunk[None, :, None] * VEC + tl.arange(0, VEC)[None, None, :]           # [1, NCH, VEC]
-    cmask = kmask[None, :, None]
-    ga0 = tl.zeros([BLOCK_M, NCH], dtype=tl.float32)
-    ga1 = tl.zeros([BLOCK_M, NCH], dtype=tl.float32)
-    ga2 = tl.zeros([BLOCK_M, NCH], dtype=tl.float32)
-    ga3 = tl.zeros([BLOCK_M, NCH], dtype=tl.float32)
-    ga4 = tl.zeros([BLOCK_M, NCH], dtype=tl.float32)
-    ga5 = tl.zeros([BLOCK_M, NCH], dtype=tl.float32)
-    gc0 = tl.zeros([BLOCK_M, NCH], dtype=tl.float32)
-    gc1 = tl.zeros([BLOCK_M, NCH], dtype=tl.float32)
-    gc2 = tl.zeros([BLOCK_M, NCH], dtype=tl.float32)
-    gc3 = tl.zeros([BLOCK_M, NCH], dtype=tl.float32)
+    cols = chunk[:, None, None] * VEC + tl.arange(0, VEC)[None, None, :]           # [NCH, 1, VEC]
+    cmask = kmask[:, None, None]
+    ga0 = tl.zeros([NCH, BLOCK_M], dtype=tl.float32)
+    ga1 = tl.zeros([NCH, BLOCK_M], dtype=tl.float32)
+    ga2 = tl.zeros([NCH, BLOCK_M], dtype=tl.float32)
+    ga3 = tl.zeros([NCH, BLOCK_M], dtype=tl.float32)
+    ga4 = tl.zeros([NCH, BLOCK_M], dtype=tl.float32)
+    ga5 = tl.zeros([NCH, BLOCK_M], dtype=tl.float32)
+    gc0 = tl.zeros([NCH, BLOCK_M], dtype=tl.float32)
+    gc1 = tl.zeros([NCH, BLOCK_M], dtype=tl.float32)
+    gc2 = tl.zeros([NCH, BLOCK_M], dtype=tl.float32)
+    gc3 = tl.zeros([NCH, BLOCK_M], dtype=tl.float32)
     start = pid_m * rows_per_program
     end = tl.minimum(start + rows_per_program, M)
     if PREFETCH:
         rows = start + tl.arange(0, BLOCK_M)
-        mask = (rows < end)[:, None, None] & cmask
-        offs = rows[:, None, None].to(tl.int64) * D + cols
+        mask = (rows < end)[None, :, None] & cmask
+        offs = rows[None, :, None].to(tl.int64) * D + cols
         x_next = tl.load(X + offs, mask=mask, other=0.0)
         dy_next = tl.load(DY + offs, mask=mask, other=0.0)
     for r0 in range(start, start + rows_per_program, BLOCK_M):
         rows = r0 + tl.arange(0, BLOCK_M)
-        mask = (rows < end)[:, None, None] & cmask
-        offs = rows[:, None, None].to(tl.int64) * D + cols
+        mask = (rows < end)[None, :, None] & cmask
+        offs = rows[None, :, None].to(tl.int64) * D + cols
         if PREFETCH:
             x = x_next.to(tl.float32)
             dy = dy_next.to(tl.float32)
-            nmask = (rows + BLOCK_M < end)[:, None, None] & cmask
+            nmask = (rows + BLOCK_M < end)[None, :, None] & cmask
             x_next = tl.load(X + offs + BLOCK_M * D, mask=nmask, other=0.0)
             dy_next = tl.load(DY + offs + BLOCK_M * D, mask=nmask, other=0.0)
         else:
@@ -236,16 +239,16 @@ def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, M, D, DG, A_STRIDE, B_STRI
         v = v * w
         gc3 += tl.sum(v, axis=2)
     base = PART + pid_m.to(tl.int64) * 10 * NC + chunk
-    tl.store(base + 0 * NC, tl.sum(ga0, axis=0), mask=kmask)
-    tl.store(base + 1 * NC, tl.sum(ga1, axis=0), mask=kmask)
-    tl.store(base + 2 * NC, tl.sum(ga2, axis=0), mask=kmask)
-    tl.store(base + 3 * NC, tl.sum(ga3, axis=0), mask=kmask)
-    tl.store(base + 4 * NC, tl.sum(ga4, axis=0), mask=kmask)
-    tl.store(base + 5 * NC, tl.sum(ga5, axis=0), mask=kmask)
-    tl.store(base + 6 * NC, tl.sum(gc0, axis=0), mask=kmask)
-    tl.store(base + 7 * NC, tl.sum(gc1, axis=0), mask=kmask)
-    tl.store(base + 8 * NC, tl.sum(gc2, axis=0), mask=kmask)
-    tl.store(base + 9 * NC, tl.sum(gc3, axis=0), mask=kmask)
+    tl.store(base + 0 * NC, tl.sum(ga0, axis=1), mask=kmask)
+    tl.store(base + 1 * NC, tl.sum(ga1, axis=1), mask=kmask)
+    tl.store(base + 2 * NC, tl.sum(ga2, axis=1), mask=kmask)
+    tl.store(base + 3 * NC, tl.sum(ga3, axis=1), mask=kmask)
+    tl.store(base + 4 * NC, tl.sum(ga4, axis=1), mask=kmask)
+    tl.store(base + 5 * NC, tl.sum(ga5, axis=1), mask=kmask)
+    tl.store(base + 6 * NC, tl.sum(gc0, axis=1), mask=kmask)
+    tl.store(base + 7 * NC, tl.sum(gc1, axis=1), mask=kmask)
+    tl.store(base + 8 * NC, tl.sum(gc2, axis=1), mask=kmask)
+    tl.store(base + 9 * NC, tl.sum(gc3, axis=1), mask=kmask)
 
 
 @triton.jit
@@ -322,14 +325,19 @@ def _forward(x2, a, b, num_groups, paper, out_dtype):
     return y
 
 
-def _backward(x2, dy2, a, b, num_groups, paper):
+def _backward_settings(x_dtype: torch.dtype, dy_dtype: torch.dtype) -> tuple[str, dict, dict]:
+    """Kernel name and launch settings of the backward (read when the forward runs: autograd runs CUDA backwards on
+    its own thread, where the caller's ``tuning()`` blocks are not visible)."""
+    name = "group_rational.bwd_16bit" if max(x_dtype.itemsize, dy_dtype.itemsize) == 2 else "group_rational.bwd_fp32"
+    return name, settings(name), settings("group_rational.coef_grad")
+
+
+def _backward(x2, dy2, a, b, num_groups, paper, conf=None):
     """dx (x's dtype), d numerator, d denominator (the coefficients' dtypes): two launches, no host reductions."""
     M, D = x2.shape
     DG = D // num_groups
-    esize = max(x2.element_size(), dy2.element_size())
-    name = "group_rational.bwd_16bit" if esize == 2 else "group_rational.bwd_fp32"
-    cfg = settings(name)
-    VEC = _vec(DG, esize, cfg["max_chunk"])
+    name, cfg, cconf = conf or _backward_settings(x2.dtype, dy2.dtype)
+    VEC = _vec(DG, max(x2.element_size(), dy2.element_size()), cfg["max_chunk"])
     NCH, col_blocks = _chunk_blocks(D, VEC)
     BLOCK_M = max(1, cfg["num_warps"] * 32 * cfg["values_per_thread"] // (NCH * VEC))
     # persistent over rows: about programs_per_sm programs per SM in all, shared among the column blocks
@@ -345,10 +353,9 @@ def _backward(x2, dy2, a, b, num_groups, paper):
     da = torch.empty_like(a)
     db = torch.empty_like(b)
     per_row = (D // VEC) // min(a.shape[0], b.shape[0])
-    conf = settings("group_rational.coef_grad")
     launch("group_rational.coef_grad", _group_rational_coef_grad_kernel, (10, max(a.shape[0], b.shape[0])),
-           part, b, da, db, programs, D // VEC, a.shape[0], b.shape[0], PAPER=paper, BLOCK_P=conf["BLOCK_P"],
-           BLOCK_K=min(conf["BLOCK_K"], triton.next_power_of_2(per_row)), **compile_options(conf))
+           part, b, da, db, programs, D // VEC, a.shape[0], b.shape[0], PAPER=paper, BLOCK_P=cconf["BLOCK_P"],
+           BLOCK_K=min(cconf["BLOCK_K"], triton.next_power_of_2(per_row)), **compile_options(cconf))
     return dx, da, db
 
 
@@ -363,13 +370,14 @@ class GroupRationalFunction(torch.autograd.Function):
         y = _forward(x2, a, b, num_groups, paper, out_dtype)
         ctx.save_for_backward(x2, a, b)
         ctx.shape, ctx.num_groups, ctx.paper = shape, num_groups, paper
+        ctx.conf = _backward_settings(x2.dtype, out_dtype)
         return y.reshape(shape)
 
     @staticmethod
     def backward(ctx, dy):
         x2, a, b = ctx.saved_tensors
         dy2 = dy.reshape(x2.shape).contiguous()
-        dx, da, db = _backward(x2, dy2, a, b, ctx.num_groups, ctx.paper)
+        dx, da, db = _backward(x2, dy2, a, b, ctx.num_groups, ctx.paper, ctx.conf)
         return dx.reshape(ctx.shape), da, db, None, None, None
 
 

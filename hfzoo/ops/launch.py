@@ -104,7 +104,7 @@ DEFAULTS: dict[str, dict] = {
     # per chunk, the unit whose coefficients a thread holds once and whose sums stay in the thread; None = one
     # 16-byte load, 1 = single columns), prefetch (load the next row block before computing the current one).
     # coef_grad: the tile [BLOCK_P programs, BLOCK_K chunks] with which the per-program partials are summed.
-    "group_rational.fwd": {"bytes_per_thread": 64, "num_warps": 8,
+    "group_rational.fwd": {"bytes_per_thread": 32, "num_warps": 4,
                            "interpreted": {"bytes_per_thread": 32, "num_warps": 4}},
     "group_rational.bwd_fp32": {"values_per_thread": 8, "num_warps": 8, "programs_per_sm": 8, "max_chunk": None,
                                 "prefetch": True,
@@ -112,7 +112,7 @@ DEFAULTS: dict[str, dict] = {
     "group_rational.bwd_16bit": {"values_per_thread": 16, "num_warps": 4, "programs_per_sm": 8, "max_chunk": None,
                                  "prefetch": True,
                                  "interpreted": {"values_per_thread": 8, "num_warps": 4, "programs_per_sm": 2}},
-    "group_rational.coef_grad": {"BLOCK_P": 32, "BLOCK_K": 64, "num_warps": 4,
+    "group_rational.coef_grad": {"BLOCK_P": 64, "BLOCK_K": 64, "num_warps": 8,
                                  "interpreted": {"BLOCK_P": 4, "BLOCK_K": 4}},
     # nearest_code.py: autotuned over these (key: power-of-two buckets of N and K, and D). Shared memory decides
     # the lists (H200: 227 KB per block); fp32 tiles are twice as large and "tf32x3" keeps split copies, so the
