@@ -28,9 +28,11 @@ visits and writes one partial per program and column; the host sums those partia
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-from .launch import compile_options, launch, settings, sm_count
+from .launch import TUNE_ENV, _tuning, compile_options, launch, settings, sm_count
 from .triton_shim import tl, triton
 from .validate import check_tensor, kernel_dtype_problem, pick_backend
 
@@ -279,6 +281,34 @@ def _group_rational_coef_grad_kernel(PART, B, DA, DB, P, NC, A_ROWS, B_ROWS, PAP
             tl.store(DB + r * 4 + (k - 6), total.to(DB.dtype.element_ty))
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+# (host code uses these two rather than triton.cdiv / triton.next_power_of_2, which are constexpr functions whose
+# per-call wrapper costs several microseconds: this op runs 24 times per KAT-S step, forward and backward.)
+
+
+_SETTINGS: dict = {}
+
+
+def _settings(name: str) -> dict:
+    """``launch.settings(name)``, remembered while no ``tuning()`` block is active (then one dict lookup instead of
+    a copy of the table entry and three environment reads, three times per forward). A ``tuning()`` block, a new
+    ``HFZOO_TUNE`` or a change of ``TRITON_INTERPRET`` is seen at once. The dict returned is shared: read only."""
+    if _tuning.get():
+        return settings(name)
+    key = (name, os.environ.get(TUNE_ENV), os.environ.get("TRITON_INTERPRET"))
+    conf = _SETTINGS.get(key)
+    if conf is None:
+        conf = _SETTINGS[key] = settings(name)
+    return conf
+
+
 def _vec(group_size: int, element_size: int, max_vec: int | None) -> int:
     """Columns per chunk: the largest power of two <= one 16-byte load (or max_vec) that divides the group size."""
     limit = max_vec or max(1, 16 // element_size)
@@ -294,10 +324,10 @@ def _chunk_blocks(D: int, VEC: int, block_c: int = 256) -> tuple[int, int]:
     Halves the tile while more than 1/8 of the last tile would be masked (D = 384 in fp32: 3 tiles of 32 chunks,
     not 2 of 64 with the second half idle)."""
     nc = D // VEC
-    nch = max(1, min(triton.next_power_of_2(nc), block_c // VEC))
-    while nch > 8 and (triton.cdiv(nc, nch) * nch - nc) * 8 > nc:
+    nch = max(1, min(_next_pow2(nc), block_c // VEC))
+    while nch > 8 and (_cdiv(nc, nch) * nch - nc) * 8 > nc:
         nch //= 2
-    return nch, triton.cdiv(nc, nch)
+    return nch, _cdiv(nc, nch)
 
 
 def _strides(a, b):
@@ -313,13 +343,13 @@ def _strides(a, b):
 def _forward(x2, a, b, num_groups, paper, out_dtype):
     M, D = x2.shape
     y = torch.empty((M, D), dtype=out_dtype, device=x2.device)
-    conf = settings("group_rational.fwd")
+    conf = _settings("group_rational.fwd")
     esize = max(x2.element_size(), y.element_size())
     VEC = _vec(D // num_groups, esize, None)
     NCH, col_blocks = _chunk_blocks(D, VEC)
     tile = conf["num_warps"] * 32 * max(1, conf["bytes_per_thread"] // esize)
     BLOCK_M = max(1, tile // (NCH * VEC))
-    launch("group_rational.fwd", _group_rational_fwd_kernel, (triton.cdiv(M, BLOCK_M), col_blocks),
+    launch("group_rational.fwd", _group_rational_fwd_kernel, (_cdiv(M, BLOCK_M), col_blocks),
            x2, a, b, y, M, D, D // num_groups, *_strides(a, b), PAPER=paper, BLOCK_M=BLOCK_M, NCH=NCH, VEC=VEC,
            **compile_options(conf))
     return y
@@ -329,7 +359,7 @@ def _backward_settings(x_dtype: torch.dtype, dy_dtype: torch.dtype) -> tuple[str
     """Kernel name and launch settings of the backward (read when the forward runs: autograd runs CUDA backwards on
     its own thread, where the caller's ``tuning()`` blocks are not visible)."""
     name = "group_rational.bwd_16bit" if max(x_dtype.itemsize, dy_dtype.itemsize) == 2 else "group_rational.bwd_fp32"
-    return name, settings(name), settings("group_rational.coef_grad")
+    return name, _settings(name), _settings("group_rational.coef_grad")
 
 
 def _backward(x2, dy2, a, b, num_groups, paper, conf=None):
@@ -341,10 +371,10 @@ def _backward(x2, dy2, a, b, num_groups, paper, conf=None):
     NCH, col_blocks = _chunk_blocks(D, VEC)
     BLOCK_M = max(1, cfg["num_warps"] * 32 * cfg["values_per_thread"] // (NCH * VEC))
     # persistent over rows: about programs_per_sm programs per SM in all, shared among the column blocks
-    programs = max(1, min(triton.cdiv(cfg["programs_per_sm"] * sm_count(x2.device), col_blocks),
-                          triton.cdiv(M, BLOCK_M)))
-    rows_per_program = triton.cdiv(triton.cdiv(M, programs), BLOCK_M) * BLOCK_M
-    programs = triton.cdiv(M, rows_per_program)
+    programs = max(1, min(_cdiv(cfg["programs_per_sm"] * sm_count(x2.device), col_blocks),
+                          _cdiv(M, BLOCK_M)))
+    rows_per_program = _cdiv(_cdiv(M, programs), BLOCK_M) * BLOCK_M
+    programs = _cdiv(M, rows_per_program)
     dx = torch.empty_like(x2)
     part = torch.empty(programs, 10, D // VEC, dtype=torch.float32, device=x2.device)
     launch(name, _group_rational_bwd_kernel, (programs, col_blocks),
@@ -355,7 +385,7 @@ def _backward(x2, dy2, a, b, num_groups, paper, conf=None):
     per_row = (D // VEC) // min(a.shape[0], b.shape[0])
     launch("group_rational.coef_grad", _group_rational_coef_grad_kernel, (10, max(a.shape[0], b.shape[0])),
            part, b, da, db, programs, D // VEC, a.shape[0], b.shape[0], PAPER=paper, BLOCK_P=cconf["BLOCK_P"],
-           BLOCK_K=min(cconf["BLOCK_K"], triton.next_power_of_2(per_row)), **compile_options(cconf))
+           BLOCK_K=min(cconf["BLOCK_K"], _next_pow2(per_row)), **compile_options(cconf))
     return dx, da, db
 
 
