@@ -23,7 +23,8 @@ Ladder: ``group_rational_reference`` (readable math, autograd) -> Triton forward
 ``GroupRationalFunction`` -> ``group_rational`` (public op: checks its arguments with ``validate.py``, dispatches
 per call, see ``dispatch.py``; launch settings ``group_rational.*`` in ``launch.py``).
 The backward kernel keeps the ten coefficient-gradient sums of its tile in registers over all the rows it
-visits and writes one partial per program and column; the host sums those partials (no atomics).
+visits and writes one partial per program and chunk of columns; a second small kernel sums those partials per
+coefficient (no atomics: the gradients are the same bits on every run).
 """
 
 from __future__ import annotations
