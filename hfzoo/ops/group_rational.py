@@ -35,7 +35,7 @@ import torch
 
 from .launch import TUNE_ENV, _tuning, compile_options, launch, settings, sm_count
 from .triton_shim import tl, triton
-from .validate import check_tensor, kernel_dtype_problem, pick_backend
+from .validate import KERNEL_DTYPES, REFERENCE_DTYPES, check_tensor, kernel_dtype_problem, pick_backend
 
 NUM_NUMERATOR = 6     # a_0 .. a_5
 NUM_DENOMINATOR = 4   # b_0 .. b_3 (multiplying x^1 .. x^4)
@@ -401,7 +401,8 @@ class GroupRationalFunction(torch.autograd.Function):
         y = _forward(x2, a, b, num_groups, paper, out_dtype)
         ctx.save_for_backward(x2, a, b)
         ctx.shape, ctx.num_groups, ctx.paper = shape, num_groups, paper
-        ctx.conf = _backward_settings(x2.dtype, out_dtype)
+        # backward settings read here, where the caller's tuning() blocks are visible (not needed without grad)
+        ctx.conf = _backward_settings(x2.dtype, out_dtype) if any(ctx.needs_input_grad[:3]) else None
         return y.reshape(shape)
 
     @staticmethod
@@ -459,11 +460,12 @@ def group_rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.
         torch.Size([2, 5, 64])
     """
     _check(x, numerator, denominator, num_groups, denominator_form)
-    if out_dtype is not None and out_dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
-        raise TypeError(f"group_rational: out_dtype must be a floating dtype, got {out_dtype!r}")
+    if out_dtype is not None and out_dtype not in REFERENCE_DTYPES:
+        raise TypeError(f"group_rational: out_dtype must be one of {REFERENCE_DTYPES}, got {out_dtype!r}")
     tensors = (x, numerator, denominator)
-    problem = kernel_dtype_problem(*tensors) or (kernel_dtype_problem(torch.empty(0, dtype=out_dtype))
-                                                 if out_dtype is not None else None)
+    problem = kernel_dtype_problem(*tensors)
+    if problem is None and out_dtype is not None and out_dtype not in KERNEL_DTYPES:
+        problem = f"the Triton kernels write float32, float16 or bfloat16, not out_dtype={out_dtype}"
     if pick_backend("group_rational", tensors, backend, problem) == "reference" or x.numel() == 0:
         return group_rational_reference(x, numerator, denominator, num_groups, denominator_form, out_dtype)
     return GroupRationalFunction.apply(x, numerator, denominator, num_groups, denominator_form, out_dtype or x.dtype)
