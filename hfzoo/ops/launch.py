@@ -105,7 +105,7 @@ DEFAULTS: dict[str, dict] = {
     # 16-byte load, 1 = single columns), prefetch (load the next row block before computing the current one).
     # coef_grad: the tile [BLOCK_P programs, BLOCK_K chunks] with which the per-program partials are summed.
     "group_rational.fwd": {"bytes_per_thread": 32, "num_warps": 4,
-                           "interpreted": {"bytes_per_thread": 32, "num_warps": 4}},
+                           "interpreted": {"bytes_per_thread": 64, "num_warps": 2}},
     "group_rational.bwd_fp32": {"values_per_thread": 8, "num_warps": 8, "programs_per_sm": 8, "max_chunk": None,
                                 "prefetch": True,
                                 "interpreted": {"values_per_thread": 8, "num_warps": 4, "programs_per_sm": 2}},
