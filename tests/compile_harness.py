@@ -163,16 +163,16 @@ def _group_rational_cases():
             y = group_rational(x, a, b, num_groups=G, denominator_form=form, backend="triton")
             torch.autograd.grad(y.float().sum(), (x, a, b))
 
-    # default settings (coefficient sums folded over 8 bf16 / 4 fp32 columns), and without folding
+    # default settings (chunks of 8 bf16 / 4 fp32 columns), and single-column chunks
     return [lambda: run(64, 768, 8, torch.bfloat16, "released"), lambda: run(50, 96, 4, torch.float32, "paper"),
             lambda: run(64, 768, 8, torch.bfloat16, "released", 1), lambda: run(50, 96, 4, torch.float32, "paper", 1)]
 
 
 # Launches that crash Triton's own compiler (not our kernels' fault), with the Triton versions seen crashing:
-# Triton 3.9's LLVM lowering segfaults (make_llir) on the group-rational backward when it folds the coefficient
-# sums over adjacent columns (CHUNK > 1: tl.reshape then tl.sum over the fold axis); CHUNK = 1 compiles, and
+# Triton 3.9's LLVM lowering segfaults (make_llir) on the group-rational backward when a chunk holds several
+# columns (VEC > 1: tl.sum over the in-thread chunk axis of a 3-D tile); VEC = 1 compiles, and
 # Triton 3.6 (the GPU machine) compiles and runs both (tests/test_group_rational.py GPU tests).
-KNOWN_CRASHES = [("_group_rational_bwd_kernel", lambda kw: kw["CHUNK"] > 1, ("3.9.",))]
+KNOWN_CRASHES = [("_group_rational_bwd_kernel", lambda kw: kw["VEC"] > 1, ("3.9.",))]
 
 
 def known_crash(fn, kwargs, any_version: bool = False) -> bool:

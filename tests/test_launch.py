@@ -32,9 +32,9 @@ def test_is_interpreted_reads_the_flag(monkeypatch):
 
 def test_settings_layers_in_order(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert settings("group_rational.fwd") == {"bytes_per_thread": 64, "num_warps": 8}
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter overlay
     assert settings("group_rational.fwd") == {"bytes_per_thread": 32, "num_warps": 4}
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter overlay
+    assert settings("group_rational.fwd") == {"bytes_per_thread": 64, "num_warps": 2}
     # shape defaults beat the table, the environment beats both, tuning() blocks beat the environment
     assert settings("gla.fwd_o", BV=64)["BV"] == 64
     monkeypatch.setenv("HFZOO_TUNE", json.dumps({"gla.fwd_o": {"BV": 32, "num_warps": 2}}))

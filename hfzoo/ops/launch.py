@@ -99,18 +99,21 @@ DEFAULTS: dict[str, dict] = {
     # programs per SM, each walks its rows and writes one partial weight gradient.
     "rmsnorm.fwd": {"tile": 4096, "max_rows": 16, "num_warps": 4},
     "rmsnorm.bwd": {"tile": 4096, "max_rows": 16, "num_warps": 4, "programs_per_sm": 4},
-    # group_rational.py, measured by `benchmarks/kat.py sweep` on an H200 at (64000, 768) (benchmarks/NOTES.md).
-    # fwd: bytes of x per thread per tile. bwd (per element size of x): values per thread per row block,
-    # programs per SM, max_chunk (columns folded in the coefficient sums; None = one 16-byte load, 1 = no
-    # folding), prefetch (load the next row block before computing the current one).
-    "group_rational.fwd": {"bytes_per_thread": 64, "num_warps": 8,
-                           "interpreted": {"bytes_per_thread": 32, "num_warps": 4}},
+    # group_rational.py (benchmarks/NOTES.md). fwd: bytes of x per thread per tile. bwd (per element size of the
+    # wider of x and dy): values per thread per row block, programs per SM (persistent over rows), max_chunk (columns
+    # per chunk, the unit whose coefficients a thread holds once and whose sums stay in the thread; None = one
+    # 16-byte load, 1 = single columns), prefetch (load the next row block before computing the current one).
+    # coef_grad: the tile [BLOCK_P programs, BLOCK_K chunks] with which the per-program partials are summed.
+    "group_rational.fwd": {"bytes_per_thread": 32, "num_warps": 4,
+                           "interpreted": {"bytes_per_thread": 64, "num_warps": 2}},
     "group_rational.bwd_fp32": {"values_per_thread": 8, "num_warps": 8, "programs_per_sm": 8, "max_chunk": None,
                                 "prefetch": True,
                                 "interpreted": {"values_per_thread": 8, "num_warps": 4, "programs_per_sm": 2}},
     "group_rational.bwd_16bit": {"values_per_thread": 16, "num_warps": 4, "programs_per_sm": 8, "max_chunk": None,
                                  "prefetch": True,
                                  "interpreted": {"values_per_thread": 8, "num_warps": 4, "programs_per_sm": 2}},
+    "group_rational.coef_grad": {"BLOCK_P": 64, "BLOCK_K": 64, "num_warps": 8,
+                                 "interpreted": {"BLOCK_P": 4, "BLOCK_K": 4}},
     # nearest_code.py: autotuned over these (key: power-of-two buckets of N and K, and D). Shared memory decides
     # the lists (H200: 227 KB per block); fp32 tiles are twice as large and "tf32x3" keeps split copies, so the
     # fp32 list is smaller and ends with a config that fits in any case.
