@@ -37,10 +37,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import contextvars
 import functools
 import json
 import os
+import threading
 
 import torch
 
@@ -169,7 +169,28 @@ DEFAULTS: dict[str, dict] = {
     "gla.bwd_dqk": {},
 }
 
-_tuning: contextvars.ContextVar[tuple] = contextvars.ContextVar("hfzoo_tuning", default=())
+class _TuningBlocks:
+    """The active ``tuning()`` blocks, process-wide rather than per thread: autograd runs CUDA backward passes on
+    a thread of its own, which a per-thread (context variable) setting made in the caller's thread would not reach,
+    so a sweep would time the backward kernels' defaults every time."""
+
+    def __init__(self):
+        self._blocks: tuple = ()
+        self._lock = threading.Lock()
+
+    def get(self) -> tuple:
+        return self._blocks
+
+    def push(self, block: dict) -> None:
+        with self._lock:
+            self._blocks = self._blocks + (block,)
+
+    def remove(self, block: dict) -> None:
+        with self._lock:
+            self._blocks = tuple(b for b in self._blocks if b is not block)
+
+
+_tuning = _TuningBlocks()
 
 
 def _check_overrides(overrides, source: str) -> dict[str, dict]:
@@ -216,15 +237,17 @@ def settings(kernel: str, **shape_defaults) -> dict:
 def tuning(overrides: dict[str, dict]):
     """Override launch settings inside a block: ``with tuning({"gla.fwd_o": {"num_warps": 8}}): ...``.
 
-    Blocks nest (the innermost wins per key) and are per thread/task (a context variable), so a sweep
-    never leaves modified globals behind, even when a candidate raises.
+    Blocks nest (the innermost wins per key) and are undone on exit, also when a candidate raises, so a sweep
+    never leaves modified settings behind. They hold process-wide, so they reach the backward kernels that
+    autograd launches from its own thread; sweeps are meant to run one at a time.
     """
     _check_overrides(overrides, "tuning()")
-    token = _tuning.set(_tuning.get() + ({k: dict(v) for k, v in overrides.items()},))
+    block = {k: dict(v) for k, v in overrides.items()}
+    _tuning.push(block)
     try:
         yield
     finally:
-        _tuning.reset(token)
+        _tuning.remove(block)
 
 
 def compile_options(conf: dict) -> dict:
