@@ -8,7 +8,12 @@ the reference) and `rational_kat_cu` (the released Triton kernel, loaded from `.
 present: a copy of its public `kat_rational/rational_triton.py`, used only for this comparison).
 Bytes counted: forward reads x and writes y; backward reads x and dy and writes dx (the coefficient-gradient
 partials, under 3 MB, are left out). Whole model: KAT-S vs ViT-S (same model with a GELU MLP) training steps
-(forward, backward, fused AdamW) under bf16 autocast, batch 128, 224 px.
+(forward, backward, fused AdamW) under bf16 autocast, batch 128, 224 px; and inference (eval, no_grad, bf16
+autocast) at batch 256.
+
+Parts (arguments; default `rational model`): `rational` (all contenders), `rational-hfzoo`, `model` (KAT, ViT, the
+eager-rational KAT; training and inference), `model-kat`, `sweep` (launch settings first, then the rest with the
+best ones).
 """
 
 import importlib.util
@@ -97,18 +102,39 @@ def bench_rational_dtype(res: Results, dt, kat_cu, compiled, coldstart=True):
             ms = bench_ms(lambda y=y: backward(y), warmup=5 if slow else 10, rep=20 if slow else 50)
             res.add(f"bwd {case}", cname, "ms", ms)
             res.add(f"bwd {case}", cname, "GB/s", 3 * nbytes / ms / 1e6)
+            if not slow:   # GPU time alone (the rows above include the host's time to issue the call)
+                for kind, f, nb in (("fwd", fn, 2 * nbytes), ("bwd", lambda y=y: backward(y), 3 * nbytes)):
+                    ms = device_ms(f)
+                    res.add(f"{kind}-device {case}", cname, "ms", ms)
+                    res.add(f"{kind}-device {case}", cname, "GB/s", nb / ms / 1e6)
         except Exception:
             traceback.print_exc()
+
+
+def device_ms(fn, n: int = 20) -> float:
+    """GPU milliseconds per call of ``fn``: the summed durations of the CUDA kernels it launches (torch.profiler),
+    without the gaps in which the GPU waits for the host. do_bench times a call from its first to its last kernel,
+    so where issuing a call takes the host longer than the GPU needs to run it (as for a backward through autograd
+    on the H200 machine's host: 0.35-0.75 ms to issue against 0.14-0.26 ms of kernels), it measures the host."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            fn()
+        torch.cuda.synchronize()
+    total_us = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type.name == "CUDA")
+    return total_us / n / 1e3
 
 
 # Launch-setting candidates (hfzoo.ops.launch.DEFAULTS["group_rational.*"]), measured by
 # `python benchmarks/kat.py sweep` inside hfzoo.ops.launch.tuning() blocks (nothing global is modified).
 FWD_SWEEP = [dict(bytes_per_thread=64, num_warps=8), dict(bytes_per_thread=128, num_warps=8),
              dict(bytes_per_thread=128, num_warps=4), dict(bytes_per_thread=256, num_warps=8)]
-BWD_SWEEP = [dict(values_per_thread=v, num_warps=w, programs_per_sm=p, max_chunk=c, prefetch=f)
-             for v, w, p, c, f in [(16, 4, 4, None, False), (16, 4, 4, None, True), (8, 4, 8, None, True),
-                                   (16, 4, 8, None, True), (16, 8, 4, None, True), (32, 4, 4, None, True),
-                                   (8, 8, 8, None, True), (16, 4, 4, 1, True)]]
+BWD_SWEEP = [dict(values_per_thread=v, num_warps=w, programs_per_sm=p, prefetch=f)
+             for v, w, p, f in [(8, 4, 8, True), (8, 4, 8, False), (8, 4, 16, True), (16, 4, 8, True),
+                                (16, 8, 4, False), (8, 8, 8, True), (4, 8, 8, True), (8, 8, 4, False)]]
 
 
 def sweep(res: Results):
@@ -159,7 +185,7 @@ def sweep_dtype(res: Results, dt, best: dict):
             print(f"best {kind} {name}: {best[(kind, name)]}", flush=True)
 
 
-def bench_model(res: Results, only_kat: bool = False, coldstart: bool = True):
+def bench_model(res: Results, only_kat: bool = False, coldstart: bool = True, infer: bool = True):
     B = 128
     pixels = torch.randn(B, 3, 224, 224, device="cuda")
     labels = torch.randint(0, 1000, (B,), device="cuda")
@@ -168,14 +194,35 @@ def bench_model(res: Results, only_kat: bool = False, coldstart: bool = True):
     for cname, cfg, backend in runs[:1] if only_kat else runs:
         bench_model_one(res, cname, cfg, backend, pixels, labels, coldstart)
         torch.cuda.empty_cache()
+    if infer:
+        pixels = torch.randn(2 * B, 3, 224, 224, device="cuda")
+        for cname, cfg, backend in runs[:1] if only_kat else runs[:2]:
+            bench_infer_one(res, cname, cfg, backend, pixels)
+            torch.cuda.empty_cache()
+
+
+def _model(cfg):
+    from hfzoo.models.kat import KATConfig, KATForImageClassification
+
+    torch.manual_seed(0)
+    return KATForImageClassification(KATConfig.from_preset("kat_small", num_labels=1000, **cfg)).cuda()
+
+
+def _time_steps(step, n=10, warmup=3) -> float:
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n
 
 
 def bench_model_one(res: Results, cname, cfg, backend, pixels, labels, coldstart=True):
-    from hfzoo.models.kat import KATConfig, KATForImageClassification
     from hfzoo.ops.dispatch import use_backend
 
-    torch.manual_seed(0)
-    model = KATForImageClassification(KATConfig.from_preset("kat_small", num_labels=1000, **cfg)).cuda().train()
+    model = _model(cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
     def step():
@@ -187,17 +234,29 @@ def bench_model_one(res: Results, cname, cfg, backend, pixels, labels, coldstart
 
     if cname == "hfzoo_kat" and coldstart:
         res.add("coldstart KAT-S train step bs128 bf16", cname, "s", first_call_s(step))
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    n, t0 = 10, time.perf_counter()
-    for _ in range(n):
-        step()
-    torch.cuda.synchronize()
-    dt = (time.perf_counter() - t0) / n
+    dt = _time_steps(step)
     case = "train step KAT-S/ViT-S bs128 224px bf16"
     res.add(case, cname, "ms", dt * 1e3)
     res.add(case, cname, "images/s", len(pixels) / dt)
+    if backend == "triton":   # the GPU's share of the step (kernel durations): where wall time > this, the host bounds
+        res.add(f"{case} GPU kernels", cname, "ms", device_ms(step, n=3))
+
+
+def bench_infer_one(res: Results, cname, cfg, backend, pixels):
+    """Inference: the classifier's forward under bf16 autocast and no_grad (eval mode), batch 256."""
+    from hfzoo.ops.dispatch import use_backend
+
+    model = _model(cfg).eval()
+
+    def step():
+        with torch.no_grad(), use_backend(backend), torch.autocast("cuda", dtype=torch.bfloat16):
+            model(pixel_values=pixels)
+
+    dt = _time_steps(step, n=20)
+    case = "infer KAT-S/ViT-S bs256 224px bf16"
+    res.add(case, cname, "ms", dt * 1e3)
+    res.add(case, cname, "images/s", len(pixels) / dt)
+    res.add(f"{case} GPU kernels", cname, "ms", device_ms(step, n=3))
 
 
 def main():

@@ -1,17 +1,22 @@
 """MosaicBERT vs HF BERT and ModernBERT: a BERT-base MLM training step on a half-padded batch. GPU only.
 
-    PYTHONPATH=. HFZOO_BENCH_OUT=out python benchmarks/mosaicbert.py
+    PYTHONPATH=. HFZOO_BENCH_OUT=out python benchmarks/mosaicbert.py          # the results JSON
+    PYTHONPATH=. HFZOO_BENCH_OUT=out python benchmarks/mosaicbert.py profile  # top CUDA kernels + bwd configs
 
 Workload (as in ARCHITECTURE.md): bf16 weights, batch 32 x 512 with lengths uniform in 64..512 (about 45%
 padding), 30% of the real tokens masked; one step = forward + loss + backward (no optimizer).
-Throughput counts real (non-padding) tokens. Then the attention alone: hfzoo's varlen ALiBi kernel vs
+Throughput counts real (non-padding) tokens. Inference: the encoder alone (no head), eval mode, no grad, the same
+batch (case ``infer encoder ...``, real tokens/s). Then the attention alone: hfzoo's varlen ALiBi kernel vs
 SDPA over the padded batch with a materialized ALiBi + padding bias, and (last, because it compiles)
 PyTorch FlexAttention with an ALiBi score_mod and a document block mask over the same packed tokens.
 """
 
+import gc
 import importlib.util
 import os
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -64,9 +69,21 @@ def build(name):
     return model.to(device=DEV, dtype=DT).train()
 
 
+def encoder_fn(model, batch):
+    """The bare encoder of each model (no MLM head), as a fill-mask/embedding user runs it: eval, no grad."""
+    encoder = getattr(model, "bert", None) or model.model
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+
+    @torch.no_grad()
+    def forward():
+        return encoder(**inputs)
+    return forward
+
+
 def bench_models(res, lengths, batch):
     real = int(lengths.sum())
     case = f"mlm step B{B} S{S} len{LO}-{HI} bf16"
+    infer_case = f"infer encoder B{B} S{S} len{LO}-{HI} bf16"
     print(f"real tokens {real} of {B * S} ({100 * (1 - real / (B * S)):.0f}% padding)")
     names = ["hfzoo", "hfzoo_ffn2048", "hf_bert", "modernbert", "modernbert_sparse"]
     if importlib.util.find_spec("flash_attn") is not None:
@@ -88,6 +105,15 @@ def bench_models(res, lengths, batch):
         res.add(case, name, "ms", ms)
         res.add(case, name, "tokens/s", real / ms * 1e3)
         res.add(case, name, "GB", torch.cuda.max_memory_allocated() / 1e9)
+        if name != "modernbert_sparse":  # same encoder as modernbert
+            for p in model.parameters():
+                p.grad = None
+            model.eval()
+            fwd = encoder_fn(model, batch)
+            fwd()
+            ms = bench_ms(fwd, warmup=100, rep=600)
+            res.add(infer_case, name, "ms", ms)
+            res.add(infer_case, name, "tokens/s", real / ms * 1e3)
         del model, step
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -115,6 +141,31 @@ def pad_qkv(qkv, lengths):
     out = qkv.new_zeros(B, S, 3, H, D)
     out[mask] = qkv.detach()
     return [t.transpose(1, 2).contiguous().requires_grad_() for t in out.unbind(2)]  # 3 x [B, H, S, D]
+
+
+def graphed(fn):
+    """``fn`` captured once into a CUDA graph (after warm-up calls that compile and autotune); returns its replay."""
+    from hfzoo.ops.validate import trusted
+
+    with trusted():  # no host read of cu_seqlens inside the capture
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+    return graph.replay
+
+
+def bench_graphed(res, total, cu, qkv, slopes, do, case):
+    """hfzoo's fwd+bwd replayed from a CUDA graph: the kernels' device time without the host's launch cost
+    (informative, contender ``hfzoo_cudagraph``; the op is timed as a user calls it in ``bench_attention``).
+    Last in the run: a failed capture must not disturb the other measurements."""
+    hz = lambda: torch.autograd.grad(varlen_alibi_attention_qkvpacked(qkv, cu, HI, slopes), qkv, do)
+    res.add(case.replace("attention", "fwdbwd attention"), "hfzoo_cudagraph", "ms", bench_ms(graphed(hz), 100, 500))
 
 
 def bench_attention(res, lengths):
@@ -184,11 +235,74 @@ def bench_flex(res, lengths, total, cu, qkv, slopes, do, case):
     print(f"flex_attention vs hfzoo relative RMS difference: {((out - ref).norm() / ref.norm()).item():.2e}")
 
 
+def profile(out_dir: Path, steps: int = 5):
+    """Top 25 CUDA kernels of the MLM step for hfzoo and hf_bert (torch.profiler), the step's wall time against
+    its summed kernel time (a step far longer than its kernels is launch/host bound), and the attention
+    backward's time under each of its launch configs."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from hfzoo.ops.launch import DEFAULTS, tuning
+
+    lengths, batch = make_batch()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = []
+    for name in ("hfzoo", "hf_bert"):
+        torch.manual_seed(0)
+        model = build(name)
+        step = step_fn(model, batch)
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                step()
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - t0) / steps * 1e3
+        events = prof.key_averages()
+        kernels = [e for e in events if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
+        kernel_ms = sum(e.self_device_time_total for e in kernels) / steps / 1e3  # kernels only: no double count
+        n_kernels = sum(e.count for e in kernels)
+        table = events.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=70)
+        text = (f"== {name}: step wall {wall:.2f} ms, summed device time {kernel_ms:.2f} ms/step, "
+                f"{n_kernels / steps:.0f} kernel launches/step\n{table}")
+        print(text, flush=True)
+        report.append(text)
+        del model, step
+        torch.cuda.empty_cache()
+    (out_dir / "profile_mosaicbert.txt").write_text("\n".join(report))
+
+    # the attention backward under each launch config (autotuning picks among these)
+    total, cu, qkv, slopes = attention_inputs(lengths)
+    do = torch.randn(total, H, D, device=DEV, dtype=DT)
+    candidates = DEFAULTS["varlen_alibi.bwd"]["configs"] + [  # the tuned list, then a few others to learn from
+        {"BLOCK": 64, "STEP": 32, "SPLIT": True, "num_warps": 4, "num_stages": 3},
+        {"BLOCK": 128, "STEP": 32, "SPLIT": True, "num_warps": 4, "num_stages": 5},
+        {"BLOCK": 128, "STEP": 64, "SPLIT": True, "num_warps": 8, "num_stages": 2}]
+    for i, conf in enumerate(candidates):
+        with tuning({"varlen_alibi.bwd": {"configs": [conf]}}):
+            fb = lambda: torch.autograd.grad(varlen_alibi_attention_qkvpacked(qkv, cu, HI, slopes), qkv, do)
+            try:
+                ms = bench_ms(fb, 50, 300)
+                print(f"attention fwdbwd with bwd config {i} {conf}: {ms:.4f} ms", flush=True)
+            except Exception as e:
+                print(f"attention bwd config {i} {conf} failed: {type(e).__name__}: {e}", flush=True)
+
+
 def main():
+    gc.collect()
+    if sys.argv[1:] == ["profile"]:
+        profile(Path(os.environ.get("HFZOO_BENCH_OUT", "benchmarks/results")))
+        return
     res = Results("mosaicbert")
     lengths, batch = make_batch()
     bench_models(res, lengths, batch)
     res.save(plot_metric="tokens/s")
+    gc.collect()  # the model contenders' garbage is not collected inside the attention timings
     args = bench_attention(res, lengths)
     res.save(plot_metric="tokens/s")
     if os.environ.get("HFZOO_BENCH_FLEX", "1") == "1":
@@ -196,6 +310,11 @@ def main():
             bench_flex(res, lengths, *args)
         except Exception as e:  # report, keep the rest
             print(f"flex_attention failed: {type(e).__name__}: {e}")
+    res.save(plot_metric="tokens/s")
+    try:
+        bench_graphed(res, *args)
+    except Exception as e:  # report, keep the rest
+        print(f"hfzoo_cudagraph failed: {type(e).__name__}: {e}")
     print(res.save(plot_metric="tokens/s"))
 
 

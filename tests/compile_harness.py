@@ -2,6 +2,7 @@
 
     python tests/compile_harness.py [--cubin] [--only KERNEL] [--skip KERNEL] [--skip-known-crashes |
                                     --only-known-crashes] [gla] [rmsnorm] [group_rational] [nearest_code] [varlen_alibi]
+                                    [mosaicbert_ops]
 
 Triton's interpreter (the CPU tests) runs kernels as Python and so misses what only the compiler checks:
 types of loop-carried values, layouts, shared-memory limits. Here the op runs on CPU tensors with kernel
@@ -162,16 +163,16 @@ def _group_rational_cases():
             y = group_rational(x, a, b, num_groups=G, denominator_form=form, backend="triton")
             torch.autograd.grad(y.float().sum(), (x, a, b))
 
-    # default settings (coefficient sums folded over 8 bf16 / 4 fp32 columns), and without folding
+    # default settings (chunks of 8 bf16 / 4 fp32 columns), and single-column chunks
     return [lambda: run(64, 768, 8, torch.bfloat16, "released"), lambda: run(50, 96, 4, torch.float32, "paper"),
             lambda: run(64, 768, 8, torch.bfloat16, "released", 1), lambda: run(50, 96, 4, torch.float32, "paper", 1)]
 
 
 # Launches that crash Triton's own compiler (not our kernels' fault), with the Triton versions seen crashing:
-# Triton 3.9's LLVM lowering segfaults (make_llir) on the group-rational backward when it folds the coefficient
-# sums over adjacent columns (CHUNK > 1: tl.reshape then tl.sum over the fold axis); CHUNK = 1 compiles, and
+# Triton 3.9's LLVM lowering segfaults (make_llir) on the group-rational backward when a chunk holds several
+# columns (VEC > 1: tl.sum over the in-thread chunk axis of a 3-D tile); VEC = 1 compiles, and
 # Triton 3.6 (the GPU machine) compiles and runs both (tests/test_group_rational.py GPU tests).
-KNOWN_CRASHES = [("_group_rational_bwd_kernel", lambda kw: kw["CHUNK"] > 1, ("3.9.",))]
+KNOWN_CRASHES = [("_group_rational_bwd_kernel", lambda kw: kw["VEC"] > 1, ("3.9.",))]
 
 
 def known_crash(fn, kwargs, any_version: bool = False) -> bool:
@@ -211,8 +212,26 @@ def _varlen_alibi_cases():
     return [lambda: run([5, 70, 200], 12, 64, torch.bfloat16), lambda: run([33], 2, 32, torch.float16)]
 
 
+def _mosaicbert_ops_cases():
+    from hfzoo.ops.geglu import geglu
+    from hfzoo.ops.softmax_cross_entropy import softmax_cross_entropy
+
+    def run_geglu(N, I, dtype, p):
+        x = torch.randn(N, 2 * I, dtype=dtype, requires_grad=True)
+        torch.autograd.grad(geglu(x, p, backend="triton").float().sum(), x)
+
+    def run_ce(N, C, dtype):
+        logits = torch.randn(N, C, dtype=dtype, requires_grad=True)
+        loss = softmax_cross_entropy(logits, torch.randint(0, C, (N,)), backend="triton")
+        torch.autograd.grad(loss.sum(), logits)
+
+    return [lambda: run_geglu(64, 3072, torch.bfloat16, 0.1), lambda: run_geglu(5, 100, torch.float32, 0.0),
+            lambda: run_ce(8, 30522, torch.bfloat16), lambda: run_ce(3, 100, torch.float32)]
+
+
 CASES = {"gla": _gla_cases, "rmsnorm": _rmsnorm_cases, "group_rational": _group_rational_cases,
-         "nearest_code": _nearest_code_cases, "varlen_alibi": _varlen_alibi_cases}
+         "nearest_code": _nearest_code_cases, "varlen_alibi": _varlen_alibi_cases,
+         "mosaicbert_ops": _mosaicbert_ops_cases}
 
 
 def _launch_key(fn, args, kwargs):

@@ -81,6 +81,23 @@ def test_kernel_path_matches_reference_with_gradients():
     assert grads[0]["kat.layers.0.mlp.act1.weight_denominator"].abs().sum() > 0   # b = 0 still learns
 
 
+def test_rational_writes_the_autocast_dtype():
+    # Under autocast the rational's output is what fc1 would cast it to; its gradient w.r.t. x stays fp32.
+    from hfzoo.models.kat.modeling_kat import KATRational
+
+    torch.manual_seed(0)
+    act = KATRational(32, num_groups=4, init_name="swish")
+    x = torch.randn(3, 5, 32, requires_grad=True)
+    with use_backend("reference"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = act(x)
+        plain = act(x)
+    assert y.dtype == torch.bfloat16 and plain.dtype == torch.float32
+    assert rel_err(y, plain) < 1e-2
+    (gx,) = torch.autograd.grad(y.float().sum(), x)
+    assert gx.dtype == torch.float32
+
+
 def test_save_load_auto_classes_and_gradient_checkpointing(tmp_path):
     torch.manual_seed(0)
     model = KATForImageClassification(tiny()).eval()

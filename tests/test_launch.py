@@ -32,9 +32,9 @@ def test_is_interpreted_reads_the_flag(monkeypatch):
 
 def test_settings_layers_in_order(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert settings("group_rational.fwd") == {"bytes_per_thread": 64, "num_warps": 8}
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter overlay
     assert settings("group_rational.fwd") == {"bytes_per_thread": 32, "num_warps": 4}
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the interpreter overlay
+    assert settings("group_rational.fwd") == {"bytes_per_thread": 64, "num_warps": 2}
     # shape defaults beat the table, the environment beats both, tuning() blocks beat the environment
     assert settings("gla.fwd_o", BV=64)["BV"] == 64
     monkeypatch.setenv("HFZOO_TUNE", json.dumps({"gla.fwd_o": {"BV": 32, "num_warps": 2}}))
@@ -104,3 +104,19 @@ def test_ops_count_their_launches_and_reference_launches_nothing():
         with count_launches() as n:
             rms_norm_gated(x, backend="triton").sum().backward()
         assert n == {"rmsnorm.fwd": 1, "rmsnorm.bwd": 1}
+
+
+def test_tuning_reaches_other_threads():
+    # autograd launches CUDA backward kernels from its own thread: a tuning() block must hold there too
+    import threading
+
+    seen = {}
+    with tuning({"rmsnorm.bwd": {"num_warps": 1}}):
+        worker = threading.Thread(target=lambda: seen.update(inside=settings("rmsnorm.bwd")))
+        worker.start()
+        worker.join()
+    worker = threading.Thread(target=lambda: seen.update(after=settings("rmsnorm.bwd")))
+    worker.start()
+    worker.join()
+    assert seen["inside"]["num_warps"] == 1
+    assert seen["after"]["num_warps"] == DEFAULTS["rmsnorm.bwd"]["num_warps"]

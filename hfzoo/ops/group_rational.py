@@ -23,16 +23,19 @@ Ladder: ``group_rational_reference`` (readable math, autograd) -> Triton forward
 ``GroupRationalFunction`` -> ``group_rational`` (public op: checks its arguments with ``validate.py``, dispatches
 per call, see ``dispatch.py``; launch settings ``group_rational.*`` in ``launch.py``).
 The backward kernel keeps the ten coefficient-gradient sums of its tile in registers over all the rows it
-visits and writes one partial per program and column; the host sums those partials (no atomics).
+visits and writes one partial per program and chunk of columns; a second small kernel sums those partials per
+coefficient (no atomics: the gradients are the same bits on every run).
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 
-from .launch import compile_options, launch, settings, sm_count
+from .launch import TUNE_ENV, _tuning, compile_options, launch, settings, sm_count
 from .triton_shim import tl, triton
-from .validate import check_tensor, kernel_dtype_problem, pick_backend
+from .validate import KERNEL_DTYPES, REFERENCE_DTYPES, check_tensor, kernel_dtype_problem, pick_backend
 
 NUM_NUMERATOR = 6     # a_0 .. a_5
 NUM_DENOMINATOR = 4   # b_0 .. b_3 (multiplying x^1 .. x^4)
@@ -63,8 +66,10 @@ def _abs_pos(v: torch.Tensor) -> torch.Tensor:
 
 
 def group_rational_reference(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
-                             num_groups: int, denominator_form: str = "released") -> torch.Tensor:
-    """Plain PyTorch definition (differentiable through autograd); computes in fp32, returns ``x.dtype``."""
+                             num_groups: int, denominator_form: str = "released",
+                             out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Plain PyTorch definition (differentiable through autograd); computes in fp32, returns ``out_dtype``
+    (default ``x.dtype``)."""
     D = x.shape[-1]
     xf = x.float().reshape(*x.shape[:-1], num_groups, D // num_groups)   # [..., G, D/G]
     a = numerator.float().expand(num_groups, NUM_NUMERATOR)              # [G, 6]
@@ -86,190 +91,244 @@ def group_rational_reference(x: torch.Tensor, numerator: torch.Tensor, denominat
         for i in range(2, -1, -1):
             t = t * xf + b[:, i]
         q = 1.0 + _abs_pos(t * xf)
-    return (p / q).reshape(x.shape).to(x.dtype)
+    return (p / q).reshape(x.shape).to(out_dtype or x.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------
-# Triton kernels. x is viewed as [M, D] (rows = flattened leading dims). A tile is BLOCK_M rows x BLOCK_C
-# columns; each column knows its group (col // DG) and loads that group's ten coefficients once per tile.
-# A_STRIDE / B_STRIDE are 0 when one coefficient row is shared by all groups.
+# Triton kernels. x is viewed as [M, D] (rows = flattened leading dims) and its columns as D // VEC chunks of
+# VEC adjacent columns, VEC a power of two dividing the group size (so a chunk never straddles two groups) and
+# at most one 16-byte load wide. A tile is [NCH chunks, BLOCK_M rows, VEC columns]: each thread holds whole
+# chunks, so the ten coefficients are loaded once per chunk (one register each, not one per column) and sums
+# over a chunk stay inside a thread. Chunks come first because Triton lays threads out along the leading axis
+# among those of equal contiguity: this way a warp reads 32 adjacent chunks of one row (512 contiguous bytes in
+# bf16) instead of one 16-byte chunk from each of 32 rows. A_STRIDE / B_STRIDE are 0 when one coefficient row is
+# shared by all groups.
 
 
 @triton.jit
-def _load_coefficients(A, B, cols, cmask, DG, A_STRIDE, B_STRIDE):
-    g = cols // DG
-    a0 = tl.load(A + g * A_STRIDE + 0, mask=cmask, other=0.0).to(tl.float32)
-    a1 = tl.load(A + g * A_STRIDE + 1, mask=cmask, other=0.0).to(tl.float32)
-    a2 = tl.load(A + g * A_STRIDE + 2, mask=cmask, other=0.0).to(tl.float32)
-    a3 = tl.load(A + g * A_STRIDE + 3, mask=cmask, other=0.0).to(tl.float32)
-    a4 = tl.load(A + g * A_STRIDE + 4, mask=cmask, other=0.0).to(tl.float32)
-    a5 = tl.load(A + g * A_STRIDE + 5, mask=cmask, other=0.0).to(tl.float32)
-    b0 = tl.load(B + g * B_STRIDE + 0, mask=cmask, other=0.0).to(tl.float32)
-    b1 = tl.load(B + g * B_STRIDE + 1, mask=cmask, other=0.0).to(tl.float32)
-    b2 = tl.load(B + g * B_STRIDE + 2, mask=cmask, other=0.0).to(tl.float32)
-    b3 = tl.load(B + g * B_STRIDE + 3, mask=cmask, other=0.0).to(tl.float32)
+def _chunk_coefficients(A, B, chunk, kmask, VEC: tl.constexpr, DG, A_STRIDE, B_STRIDE):
+    """The ten coefficients of each chunk's group as [NCH, 1, 1] fp32 tensors."""
+    g = (chunk * VEC) // DG
+    a0 = tl.load(A + g * A_STRIDE + 0, mask=kmask, other=0.0).to(tl.float32)[:, None, None]
+    a1 = tl.load(A + g * A_STRIDE + 1, mask=kmask, other=0.0).to(tl.float32)[:, None, None]
+    a2 = tl.load(A + g * A_STRIDE + 2, mask=kmask, other=0.0).to(tl.float32)[:, None, None]
+    a3 = tl.load(A + g * A_STRIDE + 3, mask=kmask, other=0.0).to(tl.float32)[:, None, None]
+    a4 = tl.load(A + g * A_STRIDE + 4, mask=kmask, other=0.0).to(tl.float32)[:, None, None]
+    a5 = tl.load(A + g * A_STRIDE + 5, mask=kmask, other=0.0).to(tl.float32)[:, None, None]
+    b0 = tl.load(B + g * B_STRIDE + 0, mask=kmask, other=0.0).to(tl.float32)[:, None, None]
+    b1 = tl.load(B + g * B_STRIDE + 1, mask=kmask, other=0.0).to(tl.float32)[:, None, None]
+    b2 = tl.load(B + g * B_STRIDE + 2, mask=kmask, other=0.0).to(tl.float32)[:, None, None]
+    b3 = tl.load(B + g * B_STRIDE + 3, mask=kmask, other=0.0).to(tl.float32)[:, None, None]
     return a0, a1, a2, a3, a4, a5, b0, b1, b2, b3
 
 
 @triton.jit
-def _group_rational_fwd_kernel(X, A, B, Y, M, D, DG, A_STRIDE, B_STRIDE,
-                               PAPER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+def _group_rational_fwd_kernel(X, A, B, Y, M, D, DG, A_STRIDE, B_STRIDE, PAPER: tl.constexpr,
+                               BLOCK_M: tl.constexpr, NCH: tl.constexpr, VEC: tl.constexpr):
+    chunk = tl.program_id(1) * NCH + tl.arange(0, NCH)
+    kmask = chunk < D // VEC
+    a0, a1, a2, a3, a4, a5, c0, c1, c2, c3 = _chunk_coefficients(A, B, chunk, kmask, VEC, DG, A_STRIDE, B_STRIDE)
+    if not PAPER:
+        c0, c1, c2, c3 = tl.abs(c0), tl.abs(c1), tl.abs(c2), tl.abs(c3)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < D
-    a0, a1, a2, a3, a4, a5, b0, b1, b2, b3 = _load_coefficients(A, B, cols, cmask, DG, A_STRIDE, B_STRIDE)
-    mask = (rows[:, None] < M) & cmask[None, :]
-    offs = rows[:, None].to(tl.int64) * D + cols[None, :]
+    cols = chunk[:, None, None] * VEC + tl.arange(0, VEC)[None, None, :]           # [NCH, 1, VEC]
+    mask = (rows < M)[None, :, None] & kmask[:, None, None]
+    offs = rows[None, :, None].to(tl.int64) * D + cols
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
-    p = a5[None, :] * x + a4[None, :]
-    p = p * x + a3[None, :]
-    p = p * x + a2[None, :]
-    p = p * x + a1[None, :]
-    p = p * x + a0[None, :]
+    p = ((((a5 * x + a4) * x + a3) * x + a2) * x + a1) * x + a0
     if PAPER:
-        t = b3[None, :] * x + b2[None, :]
-        t = t * x + b1[None, :]
-        t = t * x + b0[None, :]
-        q = 1.0 + tl.abs(t * x)
+        t = (((c3 * x + c2) * x + c1) * x + c0) * x
+        q = 1.0 + tl.abs(t)
     else:
-        ax = tl.abs(x)
-        q = tl.abs(b3)[None, :] * ax + tl.abs(b2)[None, :]
-        q = q * ax + tl.abs(b1)[None, :]
-        q = q * ax + tl.abs(b0)[None, :]
-        q = 1.0 + q * ax
+        w = tl.abs(x)
+        q = 1.0 + (((c3 * w + c2) * w + c1) * w + c0) * w
     tl.store(Y + offs, (p / q).to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _fold(t, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, CHUNK: tl.constexpr):
-    """[BLOCK_M, BLOCK_C] -> [BLOCK_M, BLOCK_C // CHUNK]: sum runs of CHUNK adjacent columns (same group)."""
-    if CHUNK > 1:
-        t = tl.sum(tl.reshape(t, [BLOCK_M, BLOCK_C // CHUNK, CHUNK]), axis=2)
-    return t
-
-
-@triton.jit
-def _bwd_tile(x, dy, a0, a1, a2, a3, a4, a5, c0, c1, c2, c3, PAPER: tl.constexpr):
-    """dx and the ten per-element coefficient-gradient terms of one [BLOCK_M, BLOCK_C] tile.
-
-    a_i are the numerator and c_i the denominator coefficients ([1, BLOCK_C] each; c_i = |b_i| for the
-    released form). Terms: dL/da_k = gp x^k, then dL/dc_k = gq dQ/dc_k, with gp = dy / Q, gq = -gp P / Q.
-    """
-    x2 = x * x
-    x3 = x2 * x
-    x4 = x2 * x2
-    p = a0 + a1 * x + a2 * x2 + a3 * x3 + a4 * x4 + a5 * x4 * x
-    dp = a1 + 2.0 * a2 * x + 3.0 * a3 * x2 + 4.0 * a4 * x3 + 5.0 * a5 * x4
-    if PAPER:
-        # Q = 1 + |T|, T = c0 x + c1 x^2 + c2 x^3 + c3 x^4; dQ/dc_i = s x^{i+1}, s = sign(T), sign(0) = +1
-        t = c0 * x + c1 * x2 + c2 * x3 + c3 * x4
-        s = tl.where(t < 0, -1.0, 1.0)
-        q = 1.0 + tl.abs(t)
-        dq = s * (c0 + 2.0 * c1 * x + 3.0 * c2 * x2 + 4.0 * c3 * x3)
-        u1 = s * x
-        u2 = s * x2
-        u3 = s * x3
-        u4 = s * x4
-    else:
-        # Q = 1 + sum c_i |x|^{i+1}; dQ/dc_i = |x|^{i+1}; d|x|/dx = sign(x), sign(0) = +1
-        s = tl.where(x < 0, -1.0, 1.0)
-        ax = tl.abs(x)
-        ax3 = x2 * ax
-        q = 1.0 + c0 * ax + c1 * x2 + c2 * ax3 + c3 * x4
-        dq = s * (c0 + 2.0 * c1 * ax + 3.0 * c2 * x2 + 4.0 * c3 * ax3)
-        u1 = ax
-        u2 = x2
-        u3 = ax3
-        u4 = x4
-    rq = 1.0 / q               # one division per element
-    gp = dy * rq               # dL/dP
-    gq = -gp * p * rq          # dL/dQ
-    dx = gp * dp + gq * dq
-    return dx, gp, gp * x, gp * x2, gp * x3, gp * x4, gp * x4 * x, gq * u1, gq * u2, gq * u3, gq * u4
-
-
-@triton.jit
 def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, M, D, DG, A_STRIDE, B_STRIDE, rows_per_program,
-                               PAPER: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-                               CHUNK: tl.constexpr, PREFETCH: tl.constexpr):
-    # Program (i, j) walks rows [i * rows_per_program, (i + 1) * rows_per_program) of column block j.
-    # The ten coefficient-gradient terms are folded over runs of CHUNK adjacent columns (CHUNK divides the
-    # group size, so a run never straddles two groups; with CHUNK = the values one thread loads at once the
-    # fold stays inside a thread) and accumulated in ten [BLOCK_M, BLOCK_C // CHUNK] register tiles, which are
-    # reduced over rows once at the end: PART[i, k, chunk] for k = 0..9 (a_0..a_5, then the b terms).
+                               PAPER: tl.constexpr, BLOCK_M: tl.constexpr, NCH: tl.constexpr, VEC: tl.constexpr,
+                               PREFETCH: tl.constexpr):
+    # Program (i, j) walks rows [i * rows_per_program, (i + 1) * rows_per_program) of chunk block j. Per element:
+    #   dx = gp * (P' - y Q'),  gp = dy / Q (= dL/dP),  gq = -gp y (= dL/dQ),  y = P / Q
+    # and the ten coefficient-gradient terms gp x^k (k = 0..5) and gq dQ/dc_k (k = 0..3). Those are summed over
+    # the chunk inside the thread and accumulated in ten [NCH, BLOCK_M] register tiles, reduced over rows once at
+    # the end: PART[i, k, chunk]. The coefficient-gradient kernel below sums PART over programs and groups.
+    # Released form: c_k = |b_k|, Q = 1 + sum c_k |x|^(k+1) (the chain through |b| is taken there too).
+    # Paper form: Q = 1 + |T|, T = sum b_k x^(k+1). Both: sign(0) = +1.
     # With PREFETCH, the next row block's x and dy are loaded before the current one is computed.
     pid_m = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    cmask = cols < D
-    a0, a1, a2, a3, a4, a5, b0, b1, b2, b3 = _load_coefficients(A, B, cols, cmask, DG, A_STRIDE, B_STRIDE)
-    if PAPER:
-        c0, c1, c2, c3 = b0, b1, b2, b3
-    else:
-        c0, c1, c2, c3 = tl.abs(b0), tl.abs(b1), tl.abs(b2), tl.abs(b3)
-    a0, a1, a2, a3, a4, a5 = a0[None, :], a1[None, :], a2[None, :], a3[None, :], a4[None, :], a5[None, :]
-    c0, c1, c2, c3 = c0[None, :], c1[None, :], c2[None, :], c3[None, :]
-    ga0 = tl.zeros([BLOCK_M, BLOCK_C // CHUNK], dtype=tl.float32)
-    ga1 = tl.zeros([BLOCK_M, BLOCK_C // CHUNK], dtype=tl.float32)
-    ga2 = tl.zeros([BLOCK_M, BLOCK_C // CHUNK], dtype=tl.float32)
-    ga3 = tl.zeros([BLOCK_M, BLOCK_C // CHUNK], dtype=tl.float32)
-    ga4 = tl.zeros([BLOCK_M, BLOCK_C // CHUNK], dtype=tl.float32)
-    ga5 = tl.zeros([BLOCK_M, BLOCK_C // CHUNK], dtype=tl.float32)
-    gb0 = tl.zeros([BLOCK_M, BLOCK_C // CHUNK], dtype=tl.float32)
-    gb1 = tl.zeros([BLOCK_M, BLOCK_C // CHUNK], dtype=tl.float32)
-    gb2 = tl.zeros([BLOCK_M, BLOCK_C // CHUNK], dtype=tl.float32)
-    gb3 = tl.zeros([BLOCK_M, BLOCK_C // CHUNK], dtype=tl.float32)
+    NC = D // VEC
+    chunk = tl.program_id(1) * NCH + tl.arange(0, NCH)
+    kmask = chunk < NC
+    a0, a1, a2, a3, a4, a5, c0, c1, c2, c3 = _chunk_coefficients(A, B, chunk, kmask, VEC, DG, A_STRIDE, B_STRIDE)
+    if not PAPER:
+        c0, c1, c2, c3 = tl.abs(c0), tl.abs(c1), tl.abs(c2), tl.abs(c3)
+    # derivative coefficients, once per chunk: P' = sum k a_k x^(k-1); d(w H(w))/dw with H = sum c_k w^k
+    e1, e2, e3, e4 = 2.0 * a2, 3.0 * a3, 4.0 * a4, 5.0 * a5
+    f1, f2, f3 = 2.0 * c1, 3.0 * c2, 4.0 * c3
+    cols = chunk[:, None, None] * VEC + tl.arange(0, VEC)[None, None, :]           # [NCH, 1, VEC]
+    cmask = kmask[:, None, None]
+    ga0 = tl.zeros([NCH, BLOCK_M], dtype=tl.float32)
+    ga1 = tl.zeros([NCH, BLOCK_M], dtype=tl.float32)
+    ga2 = tl.zeros([NCH, BLOCK_M], dtype=tl.float32)
+    ga3 = tl.zeros([NCH, BLOCK_M], dtype=tl.float32)
+    ga4 = tl.zeros([NCH, BLOCK_M], dtype=tl.float32)
+    ga5 = tl.zeros([NCH, BLOCK_M], dtype=tl.float32)
+    gc0 = tl.zeros([NCH, BLOCK_M], dtype=tl.float32)
+    gc1 = tl.zeros([NCH, BLOCK_M], dtype=tl.float32)
+    gc2 = tl.zeros([NCH, BLOCK_M], dtype=tl.float32)
+    gc3 = tl.zeros([NCH, BLOCK_M], dtype=tl.float32)
     start = pid_m * rows_per_program
     end = tl.minimum(start + rows_per_program, M)
     if PREFETCH:
         rows = start + tl.arange(0, BLOCK_M)
-        mask = (rows < end)[:, None] & cmask[None, :]
-        offs = rows[:, None].to(tl.int64) * D + cols[None, :]
+        mask = (rows < end)[None, :, None] & cmask
+        offs = rows[None, :, None].to(tl.int64) * D + cols
         x_next = tl.load(X + offs, mask=mask, other=0.0)
         dy_next = tl.load(DY + offs, mask=mask, other=0.0)
     for r0 in range(start, start + rows_per_program, BLOCK_M):
         rows = r0 + tl.arange(0, BLOCK_M)
-        mask = (rows < end)[:, None] & cmask[None, :]
-        offs = rows[:, None].to(tl.int64) * D + cols[None, :]
+        mask = (rows < end)[None, :, None] & cmask
+        offs = rows[None, :, None].to(tl.int64) * D + cols
         if PREFETCH:
             x = x_next.to(tl.float32)
             dy = dy_next.to(tl.float32)
-            nmask = (rows + BLOCK_M < end)[:, None] & cmask[None, :]
+            nmask = (rows + BLOCK_M < end)[None, :, None] & cmask
             x_next = tl.load(X + offs + BLOCK_M * D, mask=nmask, other=0.0)
             dy_next = tl.load(DY + offs + BLOCK_M * D, mask=nmask, other=0.0)
         else:
             x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
             dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)   # 0 outside: no contribution
-        dx, t0, t1, t2, t3, t4, t5, t6, t7, t8, t9 = _bwd_tile(x, dy, a0, a1, a2, a3, a4, a5, c0, c1, c2, c3,
-                                                              PAPER)
-        tl.store(DX + offs, dx.to(DX.dtype.element_ty), mask=mask)
-        ga0 += _fold(t0, BLOCK_M, BLOCK_C, CHUNK)
-        ga1 += _fold(t1, BLOCK_M, BLOCK_C, CHUNK)
-        ga2 += _fold(t2, BLOCK_M, BLOCK_C, CHUNK)
-        ga3 += _fold(t3, BLOCK_M, BLOCK_C, CHUNK)
-        ga4 += _fold(t4, BLOCK_M, BLOCK_C, CHUNK)
-        ga5 += _fold(t5, BLOCK_M, BLOCK_C, CHUNK)
-        gb0 += _fold(t6, BLOCK_M, BLOCK_C, CHUNK)
-        gb1 += _fold(t7, BLOCK_M, BLOCK_C, CHUNK)
-        gb2 += _fold(t8, BLOCK_M, BLOCK_C, CHUNK)
-        gb3 += _fold(t9, BLOCK_M, BLOCK_C, CHUNK)
-    NC = D // CHUNK
-    chunks = tl.program_id(1) * (BLOCK_C // CHUNK) + tl.arange(0, BLOCK_C // CHUNK)
-    kmask = chunks < NC
-    base = PART + pid_m.to(tl.int64) * 10 * NC + chunks
-    tl.store(base + 0 * NC, tl.sum(ga0, axis=0), mask=kmask)
-    tl.store(base + 1 * NC, tl.sum(ga1, axis=0), mask=kmask)
-    tl.store(base + 2 * NC, tl.sum(ga2, axis=0), mask=kmask)
-    tl.store(base + 3 * NC, tl.sum(ga3, axis=0), mask=kmask)
-    tl.store(base + 4 * NC, tl.sum(ga4, axis=0), mask=kmask)
-    tl.store(base + 5 * NC, tl.sum(ga5, axis=0), mask=kmask)
-    tl.store(base + 6 * NC, tl.sum(gb0, axis=0), mask=kmask)
-    tl.store(base + 7 * NC, tl.sum(gb1, axis=0), mask=kmask)
-    tl.store(base + 8 * NC, tl.sum(gb2, axis=0), mask=kmask)
-    tl.store(base + 9 * NC, tl.sum(gb3, axis=0), mask=kmask)
+        p = ((((a5 * x + a4) * x + a3) * x + a2) * x + a1) * x + a0
+        dp = (((e4 * x + e3) * x + e2) * x + e1) * x + a1
+        if PAPER:
+            w = x
+        else:
+            w = tl.abs(x)
+        t = (((c3 * w + c2) * w + c1) * w + c0) * w       # T(w)
+        dt = ((f3 * w + f2) * w + f1) * w + c0             # T'(w)
+        if PAPER:
+            s = tl.where(t < 0, -1.0, 1.0)                 # dQ/dx = sign(T) T'(x), dQ/db_k = sign(T) x^(k+1)
+            q = 1.0 + tl.abs(t)
+        else:
+            s = tl.where(x < 0, -1.0, 1.0)                 # dQ/dx = sign(x) T'(|x|), dQ/dc_k = |x|^(k+1)
+            q = 1.0 + t
+        rq = 1.0 / q
+        y = p * rq
+        gp = dy * rq
+        tl.store(DX + offs, (gp * (dp - y * (s * dt))).to(DX.dtype.element_ty), mask=mask)
+        gq = -gp * y
+        if PAPER:
+            gq = gq * s
+        u = gp
+        ga0 += tl.sum(u, axis=2)
+        u = u * x
+        ga1 += tl.sum(u, axis=2)
+        u = u * x
+        ga2 += tl.sum(u, axis=2)
+        u = u * x
+        ga3 += tl.sum(u, axis=2)
+        u = u * x
+        ga4 += tl.sum(u, axis=2)
+        u = u * x
+        ga5 += tl.sum(u, axis=2)
+        v = gq * w
+        gc0 += tl.sum(v, axis=2)
+        v = v * w
+        gc1 += tl.sum(v, axis=2)
+        v = v * w
+        gc2 += tl.sum(v, axis=2)
+        v = v * w
+        gc3 += tl.sum(v, axis=2)
+    base = PART + pid_m.to(tl.int64) * 10 * NC + chunk
+    tl.store(base + 0 * NC, tl.sum(ga0, axis=1), mask=kmask)
+    tl.store(base + 1 * NC, tl.sum(ga1, axis=1), mask=kmask)
+    tl.store(base + 2 * NC, tl.sum(ga2, axis=1), mask=kmask)
+    tl.store(base + 3 * NC, tl.sum(ga3, axis=1), mask=kmask)
+    tl.store(base + 4 * NC, tl.sum(ga4, axis=1), mask=kmask)
+    tl.store(base + 5 * NC, tl.sum(ga5, axis=1), mask=kmask)
+    tl.store(base + 6 * NC, tl.sum(gc0, axis=1), mask=kmask)
+    tl.store(base + 7 * NC, tl.sum(gc1, axis=1), mask=kmask)
+    tl.store(base + 8 * NC, tl.sum(gc2, axis=1), mask=kmask)
+    tl.store(base + 9 * NC, tl.sum(gc3, axis=1), mask=kmask)
 
 
-def _column_block(D: int) -> int:
-    return min(256, triton.next_power_of_2(D))
+@triton.jit
+def _group_rational_coef_grad_kernel(PART, B, DA, DB, P, NC, A_ROWS, B_ROWS, PAPER: tl.constexpr,
+                                     BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+    # Program (k, r): the gradient of coefficient k (0..5: a_k, 6..9: b_(k-6)) of coefficient row r, the sum of
+    # PART[:, k, chunks of row r] (a row's chunks are contiguous: its group, or all of them for a shared row).
+    # Released form: the kernel above differentiated w.r.t. |b|; times sign(b) with sign(0) = +1.
+    k = tl.program_id(0)
+    r = tl.program_id(1)
+    nrows = tl.where(k < 6, A_ROWS, B_ROWS)
+    if r < nrows:
+        per_row = NC // nrows
+        acc = tl.zeros([BLOCK_P, BLOCK_K], dtype=tl.float32)
+        for p0 in range(0, P, BLOCK_P):
+            ps = p0 + tl.arange(0, BLOCK_P)
+            for j0 in range(0, per_row, BLOCK_K):
+                js = j0 + tl.arange(0, BLOCK_K)
+                offs = ps[:, None].to(tl.int64) * 10 * NC + k * NC + r * per_row + js[None, :]
+                acc += tl.load(PART + offs, mask=(ps < P)[:, None] & (js < per_row)[None, :], other=0.0)
+        total = tl.sum(tl.sum(acc, axis=1), axis=0)
+        if k < 6:
+            tl.store(DA + r * 6 + k, total.to(DA.dtype.element_ty))
+        else:
+            if not PAPER:
+                bk = tl.load(B + r * 4 + (k - 6)).to(tl.float32)
+                total = tl.where(bk < 0, -total, total)
+            tl.store(DB + r * 4 + (k - 6), total.to(DB.dtype.element_ty))
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(int(n) - 1, 0).bit_length()
+
+
+# (host code uses these two rather than triton.cdiv / triton.next_power_of_2, which are constexpr functions whose
+# per-call wrapper costs several microseconds: this op runs 24 times per KAT-S step, forward and backward.)
+
+
+_SETTINGS: dict = {}
+
+
+def _settings(name: str) -> dict:
+    """``launch.settings(name)``, remembered while no ``tuning()`` block is active (then one dict lookup instead of
+    a copy of the table entry and three environment reads, three times per forward). A ``tuning()`` block, a new
+    ``HFZOO_TUNE`` or a change of ``TRITON_INTERPRET`` is seen at once. The dict returned is shared: read only."""
+    if _tuning.get():
+        return settings(name)
+    key = (name, os.environ.get(TUNE_ENV), os.environ.get("TRITON_INTERPRET"))
+    conf = _SETTINGS.get(key)
+    if conf is None:
+        conf = _SETTINGS[key] = settings(name)
+    return conf
+
+
+def _vec(group_size: int, element_size: int, max_vec: int | None) -> int:
+    """Columns per chunk: the largest power of two <= one 16-byte load (or max_vec) that divides the group size."""
+    limit = max_vec or max(1, 16 // element_size)
+    c = 1
+    while c * 2 <= limit and group_size % (c * 2) == 0:
+        c *= 2
+    return c
+
+
+def _chunk_blocks(D: int, VEC: int, block_c: int = 256) -> tuple[int, int]:
+    """(NCH, column blocks): chunks per tile (a power of two, at most block_c columns) and tiles across D.
+
+    Halves the tile while more than 1/8 of the last tile would be masked (D = 384 in fp32: 3 tiles of 32 chunks,
+    not 2 of 64 with the second half idle)."""
+    nc = D // VEC
+    nch = max(1, min(_next_pow2(nc), block_c // VEC))
+    while nch > 8 and (_cdiv(nc, nch) * nch - nc) * 8 > nc:
+        nch //= 2
+    return nch, _cdiv(nc, nch)
 
 
 def _strides(a, b):
@@ -277,87 +336,81 @@ def _strides(a, b):
     return (NUM_NUMERATOR if a.shape[0] > 1 else 0), (NUM_DENOMINATOR if b.shape[0] > 1 else 0)
 
 
-# Launch settings: launch.DEFAULTS["group_rational.fwd" / "group_rational.bwd_fp32" / "group_rational.bwd_16bit"]
-# (the best of `benchmarks/kat.py sweep` on an H200; small tiles under the interpreter).
+# Launch settings: launch.DEFAULTS["group_rational.fwd" / ".bwd_fp32" / ".bwd_16bit" / ".coef_grad"] (measured with
+# `benchmarks/kat.py sweep` on an H200; small tiles under the interpreter). The backward's settings follow the
+# widest of x and dy (fp32 x with a bf16 dy, as under autocast, takes the fp32 settings).
 
 
-def _bwd_settings(element_size: int) -> dict:
-    return settings("group_rational.bwd_16bit" if element_size == 2 else "group_rational.bwd_fp32")
-
-
-def _forward(x2, a, b, num_groups, paper):
+def _forward(x2, a, b, num_groups, paper, out_dtype):
     M, D = x2.shape
-    y = torch.empty_like(x2)
-    BLOCK_C = _column_block(D)
-    conf = settings("group_rational.fwd")
-    tile = conf["num_warps"] * 32 * max(1, conf["bytes_per_thread"] // x2.element_size())
-    BLOCK_M = max(1, tile // BLOCK_C)
-    grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(D, BLOCK_C))
-    launch("group_rational.fwd", _group_rational_fwd_kernel, grid,
-                  x2, a, b, y, M, D, D // num_groups, *_strides(a, b), PAPER=paper, BLOCK_M=BLOCK_M,
-                  BLOCK_C=BLOCK_C, **compile_options(conf))
+    y = torch.empty((M, D), dtype=out_dtype, device=x2.device)
+    conf = _settings("group_rational.fwd")
+    esize = max(x2.element_size(), y.element_size())
+    VEC = _vec(D // num_groups, esize, None)
+    NCH, col_blocks = _chunk_blocks(D, VEC)
+    tile = conf["num_warps"] * 32 * max(1, conf["bytes_per_thread"] // esize)
+    BLOCK_M = max(1, tile // (NCH * VEC))
+    launch("group_rational.fwd", _group_rational_fwd_kernel, (_cdiv(M, BLOCK_M), col_blocks),
+           x2, a, b, y, M, D, D // num_groups, *_strides(a, b), PAPER=paper, BLOCK_M=BLOCK_M, NCH=NCH, VEC=VEC,
+           **compile_options(conf))
     return y
 
 
-def _chunk(group_size: int, element_size: int, max_chunk: int | None) -> int:
-    limit = max_chunk or max(1, 16 // element_size)
-    c = 1
-    while c * 2 <= limit and group_size % (c * 2) == 0:
-        c *= 2
-    return c
+def _backward_settings(x_dtype: torch.dtype, dy_dtype: torch.dtype) -> tuple[str, dict, dict]:
+    """Kernel name and launch settings of the backward (read when the forward runs: autograd runs CUDA backwards on
+    its own thread, where the caller's ``tuning()`` blocks are not visible)."""
+    name = "group_rational.bwd_16bit" if max(x_dtype.itemsize, dy_dtype.itemsize) == 2 else "group_rational.bwd_fp32"
+    return name, _settings(name), _settings("group_rational.coef_grad")
 
 
-def _backward(x2, dy2, a, b, num_groups, paper):
+def _backward(x2, dy2, a, b, num_groups, paper, conf=None):
+    """dx (x's dtype), d numerator, d denominator (the coefficients' dtypes): two launches, no host reductions."""
     M, D = x2.shape
     DG = D // num_groups
-    dx = torch.empty_like(x2)
-    cfg = _bwd_settings(x2.element_size())
-    CHUNK = _chunk(DG, x2.element_size(), cfg["max_chunk"])
-    BLOCK_C = max(_column_block(D), CHUNK)
-    BLOCK_M = max(1, cfg["num_warps"] * 32 * cfg["values_per_thread"] // BLOCK_C)
-    col_blocks = triton.cdiv(D, BLOCK_C)
+    name, cfg, cconf = conf or _backward_settings(x2.dtype, dy2.dtype)
+    VEC = _vec(DG, max(x2.element_size(), dy2.element_size()), cfg["max_chunk"])
+    NCH, col_blocks = _chunk_blocks(D, VEC)
+    BLOCK_M = max(1, cfg["num_warps"] * 32 * cfg["values_per_thread"] // (NCH * VEC))
     # persistent over rows: about programs_per_sm programs per SM in all, shared among the column blocks
-    programs = max(1, min(triton.cdiv(cfg["programs_per_sm"] * sm_count(x2.device), col_blocks),
-                          triton.cdiv(M, BLOCK_M)))
-    rows_per_program = triton.cdiv(triton.cdiv(M, programs), BLOCK_M) * BLOCK_M
-    programs = triton.cdiv(M, rows_per_program)
-    part = torch.empty(programs, 10, D // CHUNK, dtype=torch.float32, device=x2.device)
-    launch(f"group_rational.bwd_{'16bit' if x2.element_size() == 2 else 'fp32'}",
-                  _group_rational_bwd_kernel, (programs, col_blocks),
-                  x2, dy2, a, b, dx, part, M, D, DG, *_strides(a, b), rows_per_program,
-                  PAPER=paper, BLOCK_M=BLOCK_M, BLOCK_C=BLOCK_C, CHUNK=CHUNK, PREFETCH=bool(cfg["prefetch"]),
-                  **compile_options(cfg))
-    per_group = part.sum(0).view(10, num_groups, DG // CHUNK).sum(-1)       # [10, G]
-    da = per_group[:NUM_NUMERATOR].t()                                       # [G, 6]
-    db = per_group[NUM_NUMERATOR:].t()                                       # [G, 4]
-    if a.shape[0] == 1:
-        da = da.sum(0, keepdim=True)
-    if b.shape[0] == 1:
-        db = db.sum(0, keepdim=True)
-    if not paper:   # the kernel differentiated w.r.t. |b|; chain through |.| with sign(0) = +1
-        db = db * _sign_pos(b.float())
+    programs = max(1, min(_cdiv(cfg["programs_per_sm"] * sm_count(x2.device), col_blocks),
+                          _cdiv(M, BLOCK_M)))
+    rows_per_program = _cdiv(_cdiv(M, programs), BLOCK_M) * BLOCK_M
+    programs = _cdiv(M, rows_per_program)
+    dx = torch.empty_like(x2)
+    part = torch.empty(programs, 10, D // VEC, dtype=torch.float32, device=x2.device)
+    launch(name, _group_rational_bwd_kernel, (programs, col_blocks),
+           x2, dy2, a, b, dx, part, M, D, DG, *_strides(a, b), rows_per_program,
+           PAPER=paper, BLOCK_M=BLOCK_M, NCH=NCH, VEC=VEC, PREFETCH=bool(cfg["prefetch"]), **compile_options(cfg))
+    da = torch.empty_like(a)
+    db = torch.empty_like(b)
+    per_row = (D // VEC) // min(a.shape[0], b.shape[0])
+    launch("group_rational.coef_grad", _group_rational_coef_grad_kernel, (10, max(a.shape[0], b.shape[0])),
+           part, b, da, db, programs, D // VEC, a.shape[0], b.shape[0], PAPER=paper, BLOCK_P=cconf["BLOCK_P"],
+           BLOCK_K=min(cconf["BLOCK_K"], _next_pow2(per_row)), **compile_options(cconf))
     return dx, da, db
 
 
 class GroupRationalFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, numerator, denominator, num_groups, denominator_form):
+    def forward(ctx, x, numerator, denominator, num_groups, denominator_form, out_dtype):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).contiguous()
         a = numerator.contiguous()
         b = denominator.contiguous()
         paper = denominator_form == "paper"
-        y = _forward(x2, a, b, num_groups, paper)
+        y = _forward(x2, a, b, num_groups, paper, out_dtype)
         ctx.save_for_backward(x2, a, b)
         ctx.shape, ctx.num_groups, ctx.paper = shape, num_groups, paper
+        # backward settings read here, where the caller's tuning() blocks are visible (not needed without grad)
+        ctx.conf = _backward_settings(x2.dtype, out_dtype) if any(ctx.needs_input_grad[:3]) else None
         return y.reshape(shape)
 
     @staticmethod
     def backward(ctx, dy):
         x2, a, b = ctx.saved_tensors
         dy2 = dy.reshape(x2.shape).contiguous()
-        dx, da, db = _backward(x2, dy2, a, b, ctx.num_groups, ctx.paper)
-        return dx.reshape(ctx.shape), da.to(a.dtype), db.to(b.dtype), None, None
+        dx, da, db = _backward(x2, dy2, a, b, ctx.num_groups, ctx.paper, ctx.conf)
+        return dx.reshape(ctx.shape), da, db, None, None, None
 
 
 def _check(x, numerator, denominator, num_groups, denominator_form):
@@ -379,7 +432,8 @@ def _check(x, numerator, denominator, num_groups, denominator_form):
 
 
 def group_rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, num_groups: int = 8,
-                   denominator_form: str = "released", backend: str | None = None) -> torch.Tensor:
+                   denominator_form: str = "released", backend: str | None = None,
+                   out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Apply ``P(x) / Q(x)`` with coefficients per group of contiguous channels of the last dimension.
 
     Args:
@@ -391,9 +445,12 @@ def group_rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.
         denominator_form: ``"released"`` (``Q = 1 + sum |b_i| |x|^(i+1)``, the released kernels and
             checkpoints) or ``"paper"`` (``Q = 1 + |sum b_i x^(i+1)|``). See the module docstring.
         backend: ``"triton"``, ``"reference"`` or None (choose per ``hfzoo.ops.dispatch``).
+        out_dtype: dtype of the result (fp32, fp16 or bf16; default ``x.dtype``). Under autocast a model passes the
+            autocast dtype, so the next matmul needs no cast pass (its input would be cast to it anyway); the
+            gradient of ``x`` keeps ``x``'s dtype.
 
     Returns:
-        A tensor of ``x``'s shape and dtype, computed in fp32. Differentiable in all three tensors.
+        A tensor of ``x``'s shape and ``out_dtype``, computed in fp32. Differentiable in all three tensors.
 
     Example::
 
@@ -403,8 +460,12 @@ def group_rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.
         torch.Size([2, 5, 64])
     """
     _check(x, numerator, denominator, num_groups, denominator_form)
+    if out_dtype is not None and out_dtype not in REFERENCE_DTYPES:
+        raise TypeError(f"group_rational: out_dtype must be one of {REFERENCE_DTYPES}, got {out_dtype!r}")
     tensors = (x, numerator, denominator)
     problem = kernel_dtype_problem(*tensors)
+    if problem is None and out_dtype is not None and out_dtype not in KERNEL_DTYPES:
+        problem = f"the Triton kernels write float32, float16 or bfloat16, not out_dtype={out_dtype}"
     if pick_backend("group_rational", tensors, backend, problem) == "reference" or x.numel() == 0:
-        return group_rational_reference(x, numerator, denominator, num_groups, denominator_form)
-    return GroupRationalFunction.apply(x, numerator, denominator, num_groups, denominator_form)
+        return group_rational_reference(x, numerator, denominator, num_groups, denominator_form, out_dtype)
+    return GroupRationalFunction.apply(x, numerator, denominator, num_groups, denominator_form, out_dtype or x.dtype)

@@ -37,10 +37,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import contextvars
 import functools
 import json
 import os
+import threading
 
 import torch
 
@@ -99,18 +99,21 @@ DEFAULTS: dict[str, dict] = {
     # programs per SM, each walks its rows and writes one partial weight gradient.
     "rmsnorm.fwd": {"tile": 4096, "max_rows": 16, "num_warps": 4},
     "rmsnorm.bwd": {"tile": 4096, "max_rows": 16, "num_warps": 4, "programs_per_sm": 4},
-    # group_rational.py, measured by `benchmarks/kat.py sweep` on an H200 at (64000, 768) (benchmarks/NOTES.md).
-    # fwd: bytes of x per thread per tile. bwd (per element size of x): values per thread per row block,
-    # programs per SM, max_chunk (columns folded in the coefficient sums; None = one 16-byte load, 1 = no
-    # folding), prefetch (load the next row block before computing the current one).
-    "group_rational.fwd": {"bytes_per_thread": 64, "num_warps": 8,
-                           "interpreted": {"bytes_per_thread": 32, "num_warps": 4}},
+    # group_rational.py (benchmarks/NOTES.md). fwd: bytes of x per thread per tile. bwd (per element size of the
+    # wider of x and dy): values per thread per row block, programs per SM (persistent over rows), max_chunk (columns
+    # per chunk, the unit whose coefficients a thread holds once and whose sums stay in the thread; None = one
+    # 16-byte load, 1 = single columns), prefetch (load the next row block before computing the current one).
+    # coef_grad: the tile [BLOCK_P programs, BLOCK_K chunks] with which the per-program partials are summed.
+    "group_rational.fwd": {"bytes_per_thread": 32, "num_warps": 4,
+                           "interpreted": {"bytes_per_thread": 64, "num_warps": 2}},
     "group_rational.bwd_fp32": {"values_per_thread": 8, "num_warps": 8, "programs_per_sm": 8, "max_chunk": None,
                                 "prefetch": True,
                                 "interpreted": {"values_per_thread": 8, "num_warps": 4, "programs_per_sm": 2}},
     "group_rational.bwd_16bit": {"values_per_thread": 16, "num_warps": 4, "programs_per_sm": 8, "max_chunk": None,
                                  "prefetch": True,
                                  "interpreted": {"values_per_thread": 8, "num_warps": 4, "programs_per_sm": 2}},
+    "group_rational.coef_grad": {"BLOCK_P": 64, "BLOCK_K": 64, "num_warps": 8,
+                                 "interpreted": {"BLOCK_P": 4, "BLOCK_K": 4}},
     # nearest_code.py: scores passes autotuned over these (key: power-of-two buckets of N and K, D and the pass's
     # switches). Every config compiles without spills in its loop (sm_90 SASS) and fits shared memory (227 KB);
     # 256-row tiles halve the codebook's L2 -> SM traffic (the codebook is re-read once per row block); OVERLAP
@@ -154,16 +157,21 @@ DEFAULTS: dict[str, dict] = {
         {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3},
         {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2}],
         "interpreted": {"configs": [{"BLOCK_M": 16, "BLOCK_N": 16}]}},
-    "varlen_alibi.bwd_dkdv": {"configs": [
-        {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 32, "BLOCK_N": 128, "num_warps": 4, "num_stages": 3},
-        {"BLOCK_M": 64, "BLOCK_N": 128, "num_warps": 8, "num_stages": 2}],
-        "interpreted": {"configs": [{"BLOCK_M": 16, "BLOCK_N": 16}]}},
-    "varlen_alibi.bwd_dq": {"configs": [
-        {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2},
-        {"BLOCK_M": 128, "BLOCK_N": 32, "num_warps": 4, "num_stages": 3},
-        {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 2}],
-        "interpreted": {"configs": [{"BLOCK_M": 16, "BLOCK_N": 16}]}},
+    # bwd: one kernel; BLOCK = keys (dK/dV phase) and queries (dQ phase) owned by a program, STEP = the tile it walks
+    # over the sequence with; SPLIT: the two phases in separate programs of the same launch (twice the programs, half
+    # the work each). Mid-round sweep (H200, before SPLIT existed): 128 x 32 with 4 warps beat 64 x 64, 128 x 64,
+    # 64 x 32 and 8-warp variants clearly. Under the interpreter BLOCK != STEP so tests cross both kinds of tile edge.
+    "varlen_alibi.bwd": {"configs": [
+        {"BLOCK": 128, "STEP": 32, "SPLIT": False, "num_warps": 4, "num_stages": 3},
+        {"BLOCK": 128, "STEP": 32, "SPLIT": True, "num_warps": 4, "num_stages": 3}],
+        "interpreted": {"configs": [{"BLOCK": 32, "STEP": 16, "SPLIT": True}]}},
+    # geglu.py: one row per program, BLOCK of its I outputs (MosaicBERT's GeGLU); elementwise, bandwidth bound.
+    # Mid round (H200, [8993, 2 x 3072] bf16, dropout 0.1, one Philox call per element): fwd 114 us, bwd 130 us.
+    "geglu.fwd": {"BLOCK": 1024, "num_warps": 4, "interpreted": {"BLOCK": 16}},
+    "geglu.bwd": {"BLOCK": 1024, "num_warps": 4, "interpreted": {"BLOCK": 16}},
+    # softmax_cross_entropy.py: one row per program, walking the classes BLOCK at a time.
+    "softmax_ce.fwd": {"BLOCK": 2048, "num_warps": 8, "interpreted": {"BLOCK": 16}},
+    "softmax_ce.bwd": {"BLOCK": 2048, "num_warps": 8, "interpreted": {"BLOCK": 16}},
     # linear_attention.py (LiT's mixer), measured by `benchmarks/lit.py --sweep` on an H200 (LiT-XL, 4 heads of
     # 288, 4096 tokens; benchmarks/results/lit.json rows "hfzoo_tune"): tokens per block BLOCK_N; BLOCK_D tiles
     # both head dims (None: 64, or 32 where 64 pads the head dim by more than 1/8).
@@ -185,7 +193,28 @@ DEFAULTS: dict[str, dict] = {
     "gla.bwd_dqk": {},
 }
 
-_tuning: contextvars.ContextVar[tuple] = contextvars.ContextVar("hfzoo_tuning", default=())
+class _TuningBlocks:
+    """The active ``tuning()`` blocks, process-wide rather than per thread: autograd runs CUDA backward passes on
+    a thread of its own, which a per-thread (context variable) setting made in the caller's thread would not reach,
+    so a sweep would time the backward kernels' defaults every time."""
+
+    def __init__(self):
+        self._blocks: tuple = ()
+        self._lock = threading.Lock()
+
+    def get(self) -> tuple:
+        return self._blocks
+
+    def push(self, block: dict) -> None:
+        with self._lock:
+            self._blocks = self._blocks + (block,)
+
+    def remove(self, block: dict) -> None:
+        with self._lock:
+            self._blocks = tuple(b for b in self._blocks if b is not block)
+
+
+_tuning = _TuningBlocks()
 
 
 def _check_overrides(overrides, source: str) -> dict[str, dict]:
@@ -232,15 +261,17 @@ def settings(kernel: str, **shape_defaults) -> dict:
 def tuning(overrides: dict[str, dict]):
     """Override launch settings inside a block: ``with tuning({"gla.fwd_o": {"num_warps": 8}}): ...``.
 
-    Blocks nest (the innermost wins per key) and are per thread/task (a context variable), so a sweep
-    never leaves modified globals behind, even when a candidate raises.
+    Blocks nest (the innermost wins per key) and are undone on exit, also when a candidate raises, so a sweep
+    never leaves modified settings behind. They hold process-wide, so they reach the backward kernels that
+    autograd launches from its own thread; sweeps are meant to run one at a time.
     """
     _check_overrides(overrides, "tuning()")
-    token = _tuning.set(_tuning.get() + ({k: dict(v) for k, v in overrides.items()},))
+    block = {k: dict(v) for k, v in overrides.items()}
+    _tuning.push(block)
     try:
         yield
     finally:
-        _tuning.reset(token)
+        _tuning.remove(block)
 
 
 def compile_options(conf: dict) -> dict:

@@ -11,8 +11,9 @@ other sequences, so a batch of lengths 64..512 costs only the real tokens' work.
 
 Ladder: ``alibi_slopes`` (the published head slopes) -> ``varlen_alibi_attention_reference`` (the
 definition, plain PyTorch SDPA with a bias over padded groups of sequences) -> Triton kernels (flash-style:
-online softmax in the forward; the backward recomputes the probabilities from the saved log-sum-exp, one
-kernel for dK/dV and one for dQ, no atomics) -> autograd Functions -> ``varlen_alibi_attention`` and
+online softmax in the forward; the backward is one kernel without atomics that recomputes the probabilities
+from the saved log-sum-exp: each program computes dK/dV of one key block and then dQ of the query block with
+the same index) -> autograd Functions -> ``varlen_alibi_attention`` and
 ``varlen_alibi_attention_qkvpacked`` (public: arguments checked by ``validate.py``, dispatching per call, see
 ``dispatch.py``; launch settings ``varlen_alibi.*`` in ``launch.py``).
 
@@ -122,14 +123,18 @@ def varlen_alibi_attention_reference(q, k, v, cu_seqlens, max_seqlen, slopes, so
 # ----------------------------------------------------------------------------------------------------
 # Triton kernels. Grid: (blocks along the longest sequence, sequences, heads). Logits are kept in the
 # log2 domain (scaled by log2(e)) so the kernels use exp2. LSE is saved per token and head ([total, H]).
+#
+# Layout contract (keeps the argument list short: on the GPU machine each kernel argument costs a few us of host
+# time per launch, and this attention runs twice per layer): q, k, v are [total, H, D] with heads D apart and unit
+# last stride (slices of a fused QKV projection qualify; each has its own token stride); O and dO are contiguous
+# [total, H, D]; dq, dk, dv share one token stride (slices of one [total, 3, H, D] buffer). H and D are constexprs.
 
 _LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _alibi_fwd_kernel(Q, K, V, O, LSE, CU, SLOPES, qk_scale,
-                      stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
-                      H, D, SEQ_BUCKET,
+def _alibi_fwd_kernel(Q, K, V, O, LSE, CU, SLOPES, qk_scale, stride_q, stride_k, stride_v, SEQ_BUCKET,
+                      H: tl.constexpr, D: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_m = tl.program_id(0)
     b = tl.program_id(1)
@@ -145,7 +150,7 @@ def _alibi_fwd_kernel(Q, K, V, O, LSE, CU, SLOPES, qk_scale,
     mask_m = offs_m < L
     mask_d = offs_d < D
     rows = (start + offs_m).to(tl.int64)
-    q = tl.load(Q + rows[:, None] * stride_qt + h * stride_qh + offs_d[None, :],
+    q = tl.load(Q + rows[:, None] * stride_q + h * D + offs_d[None, :],
                 mask=mask_m[:, None] & mask_d[None, :], other=0.0)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -154,7 +159,7 @@ def _alibi_fwd_kernel(Q, K, V, O, LSE, CU, SLOPES, qk_scale,
         cols = n0 + offs_n
         mask_n = cols < L
         kv_rows = (start + cols).to(tl.int64)
-        kt = tl.load(K + kv_rows[None, :] * stride_kt + h * stride_kh + offs_d[:, None],
+        kt = tl.load(K + kv_rows[None, :] * stride_k + h * D + offs_d[:, None],
                      mask=mask_n[None, :] & mask_d[:, None], other=0.0)
         s = tl.dot(q, kt) * qk_scale
         s = s - slope * tl.abs(offs_m[:, None] - cols[None, :]).to(tl.float32)
@@ -163,121 +168,139 @@ def _alibi_fwd_kernel(Q, K, V, O, LSE, CU, SLOPES, qk_scale,
         p = tl.math.exp2(s - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + kv_rows[:, None] * stride_vt + h * stride_vh + offs_d[None, :],
+        v = tl.load(V + kv_rows[:, None] * stride_v + h * D + offs_d[None, :],
                     mask=mask_n[:, None] & mask_d[None, :], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
         m_i = m_new
     acc = acc / l_i[:, None]
-    tl.store(O + rows[:, None] * stride_ot + h * stride_oh + offs_d[None, :], acc.to(O.dtype.element_ty),
+    tl.store(O + rows[:, None] * (H * D) + h * D + offs_d[None, :], acc.to(O.dtype.element_ty),
              mask=mask_m[:, None] & mask_d[None, :])
     tl.store(LSE + rows * H + h, m_i + tl.math.log2(l_i), mask=mask_m)
 
 
 @triton.jit
-def _alibi_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, CU, SLOPES, qk_scale, sm_scale,
-                           stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-                           stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
-                           H, D, SEQ_BUCKET,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    # One program owns BLOCK_N keys and walks over every query block of its sequence.
-    pid_n = tl.program_id(0)
-    b = tl.program_id(1)
-    h = tl.program_id(2)
-    start = tl.load(CU + b)
-    L = tl.load(CU + b + 1) - start
-    if pid_n * BLOCK_N >= L:
-        return
-    slope = tl.load(SLOPES + h).to(tl.float32) * 1.4426950408889634
-    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
+def _alibi_bwd_dkdv(Q, K, V, O, DO, LSE, DK, DV, start, L, blk, h, slope, qk_scale, stride_q, stride_k, stride_v,
+                    stride_g, H: tl.constexpr, D: tl.constexpr,
+                    BLOCK: tl.constexpr, STEP: tl.constexpr, BLOCK_D: tl.constexpr):
+    # dK, dV of keys [blk*BLOCK, (blk+1)*BLOCK), walking all queries of the sequence in STEP tiles.
+    offs_b = blk * BLOCK + tl.arange(0, BLOCK)
+    offs_s = tl.arange(0, STEP)
     offs_d = tl.arange(0, BLOCK_D)
-    mask_n = cols < L
     mask_d = offs_d < D
-    kv_rows = (start + cols).to(tl.int64)
-    kvmask = mask_n[:, None] & mask_d[None, :]
-    k = tl.load(K + kv_rows[:, None] * stride_kt + h * stride_kh + offs_d[None, :], mask=kvmask, other=0.0)
-    v = tl.load(V + kv_rows[:, None] * stride_vt + h * stride_vh + offs_d[None, :], mask=kvmask, other=0.0)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    for m0 in range(0, L, BLOCK_M):
-        qpos = m0 + offs_m
+    rows_b = (start + offs_b).to(tl.int64)
+    bmask = (offs_b < L)[:, None] & mask_d[None, :]
+    k = tl.load(K + rows_b[:, None] * stride_k + h * D + offs_d[None, :], mask=bmask, other=0.0)
+    v = tl.load(V + rows_b[:, None] * stride_v + h * D + offs_d[None, :], mask=bmask, other=0.0)
+    dk = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+    for m0 in range(0, L, STEP):
+        qpos = m0 + offs_s
         mask_m = qpos < L
         rows = (start + qpos).to(tl.int64)
-        qmask = mask_d[:, None] & mask_m[None, :]
-        qt = tl.load(Q + rows[None, :] * stride_qt + h * stride_qh + offs_d[:, None], mask=qmask, other=0.0)
-        dot_ = tl.load(DO + rows[None, :] * stride_dot + h * stride_doh + offs_d[:, None], mask=qmask, other=0.0)
+        smask = mask_m[:, None] & mask_d[None, :]
+        q = tl.load(Q + rows[:, None] * stride_q + h * D + offs_d[None, :], mask=smask, other=0.0)
+        do = tl.load(DO + rows[:, None] * (H * D) + h * D + offs_d[None, :], mask=smask, other=0.0)
+        o = tl.load(O + rows[:, None] * (H * D) + h * D + offs_d[None, :], mask=smask, other=0.0)
         lse = tl.load(LSE + rows * H + h, mask=mask_m, other=0.0)
-        delta = tl.load(DELTA + rows * H + h, mask=mask_m, other=0.0)
-        st = tl.dot(k, qt) * qk_scale  # [BLOCK_N, BLOCK_M], transposed logits
-        st = st - slope * tl.abs(cols[:, None] - qpos[None, :]).to(tl.float32)
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+        st = tl.dot(k, tl.trans(q)) * qk_scale  # [BLOCK, STEP]: logits, keys along rows
+        st = st - slope * tl.abs(offs_b[:, None] - qpos[None, :]).to(tl.float32)
         pt = tl.math.exp2(st - lse[None, :])
         pt = tl.where(mask_m[None, :], pt, 0.0)
-        dv += tl.dot(pt.to(dot_.dtype), tl.trans(dot_))
-        dpt = tl.dot(v, dot_)
+        dv += tl.dot(pt.to(do.dtype), do)
+        dpt = tl.dot(v, tl.trans(do))
         dst = pt * (dpt - delta[None, :])
-        dk += tl.dot(dst.to(qt.dtype), tl.trans(qt))
-    dk = dk * sm_scale
-    tl.store(DK + kv_rows[:, None] * stride_dkt + h * stride_dkh + offs_d[None, :], dk.to(DK.dtype.element_ty),
-             mask=kvmask)
-    tl.store(DV + kv_rows[:, None] * stride_dvt + h * stride_dvh + offs_d[None, :], dv.to(DV.dtype.element_ty),
-             mask=kvmask)
+        dk += tl.dot(dst.to(q.dtype), q)
+    sm_scale = qk_scale * 0.6931471805599453  # qk_scale = sm_scale * log2(e)
+    tl.store(DK + rows_b[:, None] * stride_g + h * D + offs_d[None, :], (dk * sm_scale).to(DK.dtype.element_ty),
+             mask=bmask)
+    tl.store(DV + rows_b[:, None] * stride_g + h * D + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=bmask)
 
 
 @triton.jit
-def _alibi_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, CU, SLOPES, qk_scale, sm_scale,
-                         stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
-                         stride_dot, stride_doh, stride_dqt, stride_dqh,
-                         H, D, SEQ_BUCKET,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
-    # One program owns BLOCK_M queries and walks over every key block of its sequence.
-    pid_m = tl.program_id(0)
+def _alibi_bwd_dq(Q, K, V, O, DO, LSE, DQ, start, L, blk, h, slope, qk_scale, stride_q, stride_k, stride_v,
+                  stride_g, H: tl.constexpr, D: tl.constexpr,
+                  BLOCK: tl.constexpr, STEP: tl.constexpr, BLOCK_D: tl.constexpr):
+    # dQ of queries [blk*BLOCK, (blk+1)*BLOCK), walking all keys of the sequence in STEP tiles.
+    offs_b = blk * BLOCK + tl.arange(0, BLOCK)
+    offs_s = tl.arange(0, STEP)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_b = offs_b < L
+    mask_d = offs_d < D
+    rows_b = (start + offs_b).to(tl.int64)
+    bmask = mask_b[:, None] & mask_d[None, :]
+    q = tl.load(Q + rows_b[:, None] * stride_q + h * D + offs_d[None, :], mask=bmask, other=0.0)
+    do = tl.load(DO + rows_b[:, None] * (H * D) + h * D + offs_d[None, :], mask=bmask, other=0.0)
+    o = tl.load(O + rows_b[:, None] * (H * D) + h * D + offs_d[None, :], mask=bmask, other=0.0)
+    lse = tl.load(LSE + rows_b * H + h, mask=mask_b, other=0.0)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
+    dq = tl.zeros([BLOCK, BLOCK_D], dtype=tl.float32)
+    for n0 in range(0, L, STEP):
+        cols = n0 + offs_s
+        mask_n = cols < L
+        kv_rows = (start + cols).to(tl.int64)
+        smask = mask_n[:, None] & mask_d[None, :]
+        kk = tl.load(K + kv_rows[:, None] * stride_k + h * D + offs_d[None, :], mask=smask, other=0.0)
+        vv = tl.load(V + kv_rows[:, None] * stride_v + h * D + offs_d[None, :], mask=smask, other=0.0)
+        s = tl.dot(q, tl.trans(kk)) * qk_scale  # [BLOCK, STEP]
+        s = s - slope * tl.abs(offs_b[:, None] - cols[None, :]).to(tl.float32)
+        p = tl.math.exp2(s - lse[:, None])
+        p = tl.where(mask_n[None, :], p, 0.0)
+        dp = tl.dot(do, tl.trans(vv))
+        ds = p * (dp - delta[:, None])
+        dq += tl.dot(ds.to(kk.dtype), kk)
+    sm_scale = qk_scale * 0.6931471805599453
+    tl.store(DQ + rows_b[:, None] * stride_g + h * D + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
+             mask=bmask)
+
+
+@triton.jit
+def _alibi_bwd_kernel(Q, K, V, O, DO, LSE, DQ, DK, DV, CU, SLOPES, qk_scale, stride_q, stride_k, stride_v, stride_g,
+                      SEQ_BUCKET, H: tl.constexpr, D: tl.constexpr,
+                      BLOCK: tl.constexpr, STEP: tl.constexpr, BLOCK_D: tl.constexpr, SPLIT: tl.constexpr):
+    # The whole backward in one launch, without atomics: dK/dV of a key block and dQ of a query block each have
+    # exactly one program that computes them, recomputing P and dP (7 matmuls per tile pair instead of 5).
+    # SPLIT=False: program (i, b, h) first computes dK/dV of block i of sequence b, head h, then dQ of block i.
+    # SPLIT=True: twice the programs, each doing one of the two (even program 2i: dK/dV of block i; odd 2i + 1:
+    # dQ of block i): half the serial work per program, twice the programs in flight -- short sequences are
+    # latency-bound. delta_i = rowsum(dO_i * O_i) (= sum_j P_ij dP_ij) is computed where it is needed, from the
+    # O and dO tiles (no preprocessing pass).
+    pid = tl.program_id(0)
     b = tl.program_id(1)
     h = tl.program_id(2)
     start = tl.load(CU + b)
     L = tl.load(CU + b + 1) - start
-    if pid_m * BLOCK_M >= L:
-        return
     slope = tl.load(SLOPES + h).to(tl.float32) * 1.4426950408889634
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_m = offs_m < L
-    mask_d = offs_d < D
-    rows = (start + offs_m).to(tl.int64)
-    qmask = mask_m[:, None] & mask_d[None, :]
-    q = tl.load(Q + rows[:, None] * stride_qt + h * stride_qh + offs_d[None, :], mask=qmask, other=0.0)
-    do = tl.load(DO + rows[:, None] * stride_dot + h * stride_doh + offs_d[None, :], mask=qmask, other=0.0)
-    lse = tl.load(LSE + rows * H + h, mask=mask_m, other=0.0)
-    delta = tl.load(DELTA + rows * H + h, mask=mask_m, other=0.0)
-    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    for n0 in range(0, L, BLOCK_N):
-        cols = n0 + offs_n
-        mask_n = cols < L
-        kv_rows = (start + cols).to(tl.int64)
-        tmask = mask_d[:, None] & mask_n[None, :]
-        kt = tl.load(K + kv_rows[None, :] * stride_kt + h * stride_kh + offs_d[:, None], mask=tmask, other=0.0)
-        vt = tl.load(V + kv_rows[None, :] * stride_vt + h * stride_vh + offs_d[:, None], mask=tmask, other=0.0)
-        s = tl.dot(q, kt) * qk_scale
-        s = s - slope * tl.abs(offs_m[:, None] - cols[None, :]).to(tl.float32)
-        p = tl.math.exp2(s - lse[:, None])
-        p = tl.where(mask_n[None, :], p, 0.0)
-        dp = tl.dot(do, vt)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(kt.dtype), tl.trans(kt))
-    dq = dq * sm_scale
-    tl.store(DQ + rows[:, None] * stride_dqt + h * stride_dqh + offs_d[None, :], dq.to(DQ.dtype.element_ty),
-             mask=qmask)
+    if SPLIT:
+        blk = pid // 2
+        if blk * BLOCK >= L:
+            return
+        if pid % 2 == 0:
+            _alibi_bwd_dkdv(Q, K, V, O, DO, LSE, DK, DV, start, L, blk, h, slope, qk_scale, stride_q, stride_k,
+                            stride_v, stride_g, H, D, BLOCK, STEP, BLOCK_D)
+        else:
+            _alibi_bwd_dq(Q, K, V, O, DO, LSE, DQ, start, L, blk, h, slope, qk_scale, stride_q, stride_k, stride_v,
+                          stride_g, H, D, BLOCK, STEP, BLOCK_D)
+    else:
+        if pid * BLOCK >= L:
+            return
+        _alibi_bwd_dkdv(Q, K, V, O, DO, LSE, DK, DV, start, L, pid, h, slope, qk_scale, stride_q, stride_k,
+                        stride_v, stride_g, H, D, BLOCK, STEP, BLOCK_D)
+        _alibi_bwd_dq(Q, K, V, O, DO, LSE, DQ, start, L, pid, h, slope, qk_scale, stride_q, stride_k, stride_v,
+                      stride_g, H, D, BLOCK, STEP, BLOCK_D)
 
 
-# Launch settings: launch.DEFAULTS["varlen_alibi.fwd" / ".bwd_dkdv" / ".bwd_dq"]: short autotune lists keyed on
+# Launch settings: launch.DEFAULTS["varlen_alibi.fwd" / ".bwd"]: short autotune lists keyed on
 # the head-dim block and a power-of-two bucket of the longest sequence (a new batch composition does not tune
 # again); one small fixed tile under the interpreter (block edges are crossed by short test sequences).
 _KEY = ["BLOCK_D", "SEQ_BUCKET"]
 
 
-def _launch(name, kernel, grid_len_key, n_seq, H, max_seqlen, *args, **kwargs):
+def _launch(name, kernel, grid_len_key, n_seq, n_heads, max_seqlen, *args, **kwargs):
     conf = settings(name)
-    grid = lambda meta: (triton.cdiv(max_seqlen, meta[grid_len_key]), n_seq, H)
+    # SPLIT kernels run two programs per block (see _alibi_bwd_kernel)
+    grid = lambda meta: (triton.cdiv(max_seqlen, meta[grid_len_key]) * (2 if meta.get("SPLIT") else 1), n_seq,
+                         n_heads)
     launch(name, kernel, grid, *args, configs=conf["configs"], key=_KEY, **kwargs)
 
 
@@ -289,39 +312,30 @@ def _forward(q, k, v, cu_seqlens, max_seqlen, slopes, scale):
     total, H, D = q.shape
     o = torch.empty(total, H, D, dtype=q.dtype, device=q.device)
     lse = torch.empty(total, H, dtype=torch.float32, device=q.device)
-    n_seq = cu_seqlens.numel() - 1
-    _launch("varlen_alibi.fwd", _alibi_fwd_kernel, "BLOCK_M", n_seq, H, max_seqlen,
-            q, k, v, o, lse, cu_seqlens, slopes, scale * _LOG2E,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), o.stride(0), o.stride(1),
-            H, D, bucket(max_seqlen), BLOCK_D=_block_d(D))
+    _launch("varlen_alibi.fwd", _alibi_fwd_kernel, "BLOCK_M", cu_seqlens.numel() - 1, H, max_seqlen,
+            q, k, v, o, lse, cu_seqlens, slopes, scale * _LOG2E, q.stride(0), k.stride(0), v.stride(0),
+            bucket(max_seqlen), H=H, D=D, BLOCK_D=_block_d(D))
     return o, lse
 
 
-def _backward(q, k, v, o, lse, do, dq, dk, dv, cu_seqlens, max_seqlen, slopes, scale):
+def _backward(q, k, v, o, lse, do, dqkv, cu_seqlens, max_seqlen, slopes, scale):
+    """dq, dk, dv into ``dqkv[:, 0]``, ``[:, 1]``, ``[:, 2]`` (a contiguous ``[total, 3, H, D]`` buffer)."""
     total, H, D = q.shape
-    n_seq = cu_seqlens.numel() - 1
-    delta = (o.float() * do.float()).sum(-1)  # [total, H]: rowsum(dO * O) = sum_j P_ij dP_ij
-    seq_bucket = bucket(max_seqlen)
-    _launch("varlen_alibi.bwd_dkdv", _alibi_bwd_dkdv_kernel, "BLOCK_N", n_seq, H, max_seqlen,
-            q, k, v, do, lse, delta, dk, dv, cu_seqlens, slopes, scale * _LOG2E, scale,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-            do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-            H, D, seq_bucket, BLOCK_D=_block_d(D))
-    _launch("varlen_alibi.bwd_dq", _alibi_bwd_dq_kernel, "BLOCK_M", n_seq, H, max_seqlen,
-            q, k, v, do, lse, delta, dq, cu_seqlens, slopes, scale * _LOG2E, scale,
-            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-            do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
-            H, D, seq_bucket, BLOCK_D=_block_d(D))
+    _launch("varlen_alibi.bwd", _alibi_bwd_kernel, "BLOCK", cu_seqlens.numel() - 1, H, max_seqlen,
+            q, k, v, o, do, lse, dqkv[:, 0], dqkv[:, 1], dqkv[:, 2], cu_seqlens, slopes, scale * _LOG2E,
+            q.stride(0), k.stride(0), v.stride(0), dqkv.stride(0), bucket(max_seqlen), H=H, D=D, BLOCK_D=_block_d(D))
 
 
-def _unit_stride(*tensors):
-    return [t if t.stride(-1) == 1 else t.contiguous() for t in tensors]
+def _head_layout(*tensors):
+    """Each ``[total, H, D]`` tensor with heads D apart and a unit last stride (a copy only where it is not)."""
+    return [t if t.stride(-1) == 1 and (t.shape[1] == 1 or t.stride(1) == t.shape[2]) else t.contiguous()
+            for t in tensors]
 
 
 class VarlenAlibiAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, cu_seqlens, max_seqlen, slopes, scale):
-        q, k, v = _unit_stride(q, k, v)
+        q, k, v = _head_layout(q, k, v)
         o, lse = _forward(q, k, v, cu_seqlens, max_seqlen, slopes, scale)
         ctx.save_for_backward(q, k, v, o, lse, cu_seqlens, slopes)
         ctx.max_seqlen, ctx.scale = max_seqlen, scale
@@ -330,10 +344,10 @@ class VarlenAlibiAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse, cu_seqlens, slopes = ctx.saved_tensors
-        (do,) = _unit_stride(do)
-        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        _backward(q, k, v, o, lse, do, dq, dk, dv, cu_seqlens, ctx.max_seqlen, slopes, ctx.scale)
-        return dq, dk, dv, None, None, None, None
+        total, H, D = q.shape
+        dqkv = torch.empty(total, 3, H, D, dtype=q.dtype, device=q.device)  # one buffer: one gradient stride
+        _backward(q, k, v, o, lse, do.contiguous(), dqkv, cu_seqlens, ctx.max_seqlen, slopes, ctx.scale)
+        return dqkv[:, 0], dqkv[:, 1], dqkv[:, 2], None, None, None, None
 
 
 class VarlenAlibiAttentionQKVPackedFunction(torch.autograd.Function):
@@ -341,7 +355,8 @@ class VarlenAlibiAttentionQKVPackedFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qkv, cu_seqlens, max_seqlen, slopes, scale):
-        (qkv,) = _unit_stride(qkv)
+        if qkv.stride(-1) != 1 or qkv.stride(-2) != qkv.shape[-1]:
+            qkv = qkv.contiguous()
         o, lse = _forward(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, max_seqlen, slopes, scale)
         ctx.save_for_backward(qkv, o, lse, cu_seqlens, slopes)
         ctx.max_seqlen, ctx.scale = max_seqlen, scale
@@ -350,10 +365,9 @@ class VarlenAlibiAttentionQKVPackedFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         qkv, o, lse, cu_seqlens, slopes = ctx.saved_tensors
-        (do,) = _unit_stride(do)
-        dqkv = torch.empty_like(qkv)
-        _backward(qkv[:, 0], qkv[:, 1], qkv[:, 2], o, lse, do, dqkv[:, 0], dqkv[:, 1], dqkv[:, 2],
-                  cu_seqlens, ctx.max_seqlen, slopes, ctx.scale)
+        dqkv = torch.empty(qkv.shape, dtype=qkv.dtype, device=qkv.device)
+        _backward(qkv[:, 0], qkv[:, 1], qkv[:, 2], o, lse, do.contiguous(), dqkv, cu_seqlens, ctx.max_seqlen, slopes,
+                  ctx.scale)
         return dqkv, None, None, None, None
 
 

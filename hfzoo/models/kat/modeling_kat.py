@@ -59,8 +59,13 @@ class KATRational(nn.Module):
             self.weight_denominator.copy_(denominator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Under autocast the result is what the next linear layer would cast it to anyway (the autocast dtype),
+        # written directly: no separate cast pass forward, none for the gradient backward.
+        out_dtype = None
+        if x.dtype == torch.float32 and torch.is_autocast_enabled(x.device.type):
+            out_dtype = torch.get_autocast_dtype(x.device.type)
         return group_rational(x, self.weight_numerator, self.weight_denominator, self.num_groups,
-                              denominator_form=self.denominator)
+                              denominator_form=self.denominator, out_dtype=out_dtype)
 
     def extra_repr(self) -> str:
         return f"groups={self.num_groups}, init={self.init_name}, denominator={self.denominator}"

@@ -33,8 +33,11 @@ from transformers.modeling_outputs import (
 )
 
 from ...layers.losses import classification_loss, cross_entropy
-from ...layers.packing import Packing, packed_documents
+from ...layers.packing import PACKING_KWARGS, Packing, packed_documents
 from ...layers.pretrained_model import HfzooPreTrainedModel
+from ...ops.geglu import geglu
+from ...ops.softmax_cross_entropy import softmax_cross_entropy
+from ...ops.validate import trusted
 from ...ops.varlen_alibi_attention import alibi_slopes, varlen_alibi_attention_qkvpacked
 from .configuration_mosaicbert import MosaicBertConfig
 
@@ -105,21 +108,21 @@ class MosaicBertAttention(nn.Module):
 
 
 class MosaicBertGatedMLP(nn.Module):
-    """GeGLU feed-forward with a post-LN residual: LN(x + Wo(GELU(x Wg) * (x Wl)))."""
+    """GeGLU feed-forward with a post-LN residual: LN(x + Wo(Dropout(GELU(x Wg) * (x Wl)))).
+
+    GELU, product and dropout run as one fused op (``hfzoo.ops.geglu``) on ``gated_layers``' output."""
 
     def __init__(self, config: MosaicBertConfig):
         super().__init__()
         self.intermediate_size = config.intermediate_size
         self.gated_layers = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
-        self.act = nn.GELU(approximate="none")
         self.wo = nn.Linear(config.intermediate_size, config.hidden_size)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states) -> torch.Tensor:
-        gate, lin = self.gated_layers(hidden_states).split(self.intermediate_size, dim=-1)
-        out = self.wo(self.dropout(self.act(gate) * lin))
-        return self.layernorm(out + hidden_states)
+        act = geglu(self.gated_layers(hidden_states), self.dropout.p if self.training else 0.0)
+        return self.layernorm(self.wo(act) + hidden_states)
 
 
 class MosaicBertLayer(GradientCheckpointingLayer):
@@ -236,6 +239,8 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
         ids = input_ids if input_ids is not None else inputs_embeds
         if (input_ids is None) == (inputs_embeds is None) or ids.dim() < 2:
             return None   # encode() reports the bad input
+        if cu_seqlens is None and position_ids is None and not any(k in (kwargs or {}) for k in PACKING_KWARGS):
+            return None   # an ordinary batch (and no host read of the mask to rule packing out)
         B, S = ids.shape[:2]
         return packed_documents(B, S, cu_seqlens=cu_seqlens, position_ids=position_ids,
                                 attention_mask=attention_mask, kwargs=kwargs)
@@ -270,8 +275,10 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
         subset_idx = None
         if subset_mask is not None and not output_hidden_states:
             subset_idx = torch.nonzero(unpadded.pack(subset_mask), as_tuple=False).flatten()
-        hidden, states = self.encoder(hidden, unpadded.cu_seqlens, unpadded.max_seqlen,
-                                      self.alibi_slopes(hidden.device), subset_idx, output_hidden_states)
+        # Packing built these offsets (or checked the caller's): the attention op need not read them back (a sync)
+        with trusted():
+            hidden, states = self.encoder(hidden, unpadded.cu_seqlens, unpadded.max_seqlen,
+                                          self.alibi_slopes(hidden.device), subset_idx, output_hidden_states)
         if subset_mask is not None and subset_idx is None:  # hidden states were asked for: select afterwards
             hidden = hidden.index_select(0, torch.nonzero(unpadded.pack(subset_mask), as_tuple=False).flatten())
         pooled = None
@@ -379,7 +386,7 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
                 return_dict=None, return_full_logits: bool = False, num_items_in_batch=None, cu_seqlens=None,
                 **kwargs) -> MosaicBertMaskedLMOutput:
         packing = self.bert.find_packing(input_ids, inputs_embeds, attention_mask, position_ids, cu_seqlens, kwargs)
-        masked = None
+        masked = positions = None
         if labels is not None:
             shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
             if labels.shape != shape:
@@ -388,14 +395,15 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
             masked = labels != -100
             if attention_mask is not None:
                 masked = masked & attention_mask.bool()
+            # before the encoder: this index needs a host sync, which here costs no idle GPU time
+            positions = torch.nonzero(masked.flatten(), as_tuple=False).flatten()
         out = self.bert.encode(input_ids, attention_mask, token_type_ids, inputs_embeds, subset_mask=masked,
                                output_hidden_states=bool(output_hidden_states), packing=packing)
         logits = self.cls(out.hidden)
-        loss = positions = None
+        loss = None
         if labels is not None:
-            positions = torch.nonzero(masked.flatten(), as_tuple=False).flatten()
             targets = labels.flatten().index_select(0, positions)
-            loss = cross_entropy(logits, targets, num_items_in_batch)
+            loss = _mlm_loss(logits, targets, num_items_in_batch)
             if return_full_logits:
                 B, S = masked.shape
                 full = logits.new_zeros(B * S, logits.shape[-1]).index_copy(0, positions, logits)
@@ -405,6 +413,17 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
         result = MosaicBertMaskedLMOutput(loss=loss, logits=logits, masked_positions=positions,
                                           hidden_states=out.hidden_states)
         return result if return_dict is not False else result.to_tuple()
+
+
+def _mlm_loss(logits, targets, num_items_in_batch=None) -> torch.Tensor:
+    """``layers.losses.cross_entropy``'s reduction (mean over labelled tokens, or sum / ``num_items_in_batch``) over
+    ``softmax_cross_entropy``: fp32 math on the bf16 logits, no fp32 copy of ``[n_labelled, vocab]``."""
+    total = softmax_cross_entropy(logits, targets.to(logits.device)).sum()
+    if num_items_in_batch is not None:
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(total.device)
+        return total / num_items_in_batch
+    return total / (targets != -100).sum().clamp_min(1)
 
 
 def _classifier_head(config: MosaicBertConfig):
