@@ -479,7 +479,9 @@ def _nearest_code_exact(z: torch.Tensor, codebook: torch.Tensor):
     idx, best, thr, flag, cn, hi, lo, counters = _exact_first_pass(z, codebook, conf)
     cnt, count = counters[:n], counters[n:n + 1]
     rows = torch.empty(n, dtype=torch.int32, device=z.device)
-    launch("nearest_code.compact", _compact_kernel, (1,), flag, rows, count, n, BLOCK=1024, num_warps=4)
+    kconf = settings("nearest_code.compact")
+    launch("nearest_code.compact", _compact_kernel, (1,), flag, rows, count, n, BLOCK=kconf["BLOCK"],
+           num_warps=kconf["num_warps"])
     cand = torch.empty(n * maxc, dtype=torch.int32, device=z.device)
     cconf = settings("nearest_code.collect")
     bm, bk = cconf["BLOCK_M"], cconf["BLOCK_K"]
