@@ -17,8 +17,8 @@ How the scores are computed is the ``precision``:
   compute candidates on tensor cores (bf16x3: three bf16 products of a high/low split of both operands, or
   tf32), bound the error of every approximate score rigorously (operand rounding, fp32 accumulation,
   Cauchy-Schwarz; see ``_dot_error``), and settle every row whose runner-up is not certified by the bound in
-  fp64 (products of fp32 values are exact in fp64; the sums' 1e-16 relative error is the only approximation
-  left). The reference computes the same scores in fp64. Adversarial near-ties (scores a few units in the last
+  fp64 (products of fp32 values are exact in fp64; the sums' rounding, at most D * 2^-53 of the sum of the
+  terms' magnitudes, is the only approximation left). The reference computes the same scores in fp64. Adversarial near-ties (scores a few units in the last
   fp32 place apart, where an fp32 computation picks by rounding noise) are decided correctly on both paths.
   16-bit inputs may ask for it too (their products are exact, only the sums need the bound).
 * 16-bit inputs by default: exact products, fp32 accumulation on tensor cores; ``||c_k||^2`` from the same
@@ -62,8 +62,9 @@ def nearest_code_reference(z: torch.Tensor, codebook: torch.Tensor, chunk_elemen
     """Plain PyTorch definition: returns ``(indices int64 [N], scores fp32 [N])`` for ``z [N, D]``.
 
     ``exact=False``: scores in fp32 (``||c||^2`` from ``code_norms``, one fp32 matmul), as the fast kernels define
-    them. ``exact=True``: scores in fp64 (every product of two fp32 values is exact there; the sums carry about
-    1e-16 relative error), i.e. the argmin of the true distances -- what ``precision="exact"`` returns.
+    them. ``exact=True``: scores in fp64 (every product of two fp32 values is exact there; the sums round at
+    about D * 1e-16 of the terms' magnitudes), i.e. the argmin of the true distances up to that rounding -- what
+    ``precision="exact"`` returns.
     Rows are processed in chunks so that at most ``chunk_elements`` scores exist at once (256 MB of fp32 by
     default), which keeps the reference usable at sizes where the full N x K matrix would not fit.
     """
@@ -113,7 +114,7 @@ def nearest_code_reference(z: torch.Tensor, codebook: torch.Tensor, chunk_elemen
 #   3. ``_collect_kernel`` recomputes the approximate scores of listed rows and records every code within
 #      b1 + 2 B_i (up to MAXC per row; the count goes on past MAXC);
 #   4. ``_resolve_kernel`` scores the recorded codes in fp64 (products of fp32 values are exact in fp64, sums
-#      carry 1e-16 relative error) and takes the smallest, lowest index first; rows with more than MAXC
+#      round at about D * 1e-16 of the terms' magnitudes) and takes the smallest, lowest index first; rows with more than MAXC
 #      candidates (many exact ties) or without any (NaN vectors) are scanned against the whole codebook in fp64.
 # Nothing waits for the host: the number of flagged rows stays on the device, later programs check it.
 
