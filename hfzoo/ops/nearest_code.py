@@ -18,8 +18,9 @@ How the scores are computed is the ``precision``:
   tf32), bound the error of every approximate score rigorously (operand rounding, fp32 accumulation,
   Cauchy-Schwarz; see ``_dot_error``), and settle every row whose runner-up is not certified by the bound in
   fp64 (products of fp32 values are exact in fp64; the sums' rounding, at most D * 2^-53 of the sum of the
-  terms' magnitudes, is the only approximation left). The reference computes the same scores in fp64. Adversarial near-ties (scores a few units in the last
-  fp32 place apart, where an fp32 computation picks by rounding noise) are decided correctly on both paths.
+  terms' magnitudes, is the only approximation left). The reference computes the same scores in fp64.
+  Adversarial near-ties (scores a few units in the last fp32 place apart, where an fp32 computation picks by
+  rounding noise) are decided correctly on both paths.
   16-bit inputs may ask for it too (their products are exact, only the sums need the bound).
 * 16-bit inputs by default: exact products, fp32 accumulation on tensor cores; ``||c_k||^2`` from the same
   fp32 expression (``code_norms``) on both paths. Indices agree with the fp32 reference except where two
@@ -114,8 +115,9 @@ def nearest_code_reference(z: torch.Tensor, codebook: torch.Tensor, chunk_elemen
 #   3. ``_collect_kernel`` recomputes the approximate scores of listed rows and records every code within
 #      b1 + 2 B_i (up to MAXC per row; the count goes on past MAXC);
 #   4. ``_resolve_kernel`` scores the recorded codes in fp64 (products of fp32 values are exact in fp64, sums
-#      round at about D * 1e-16 of the terms' magnitudes) and takes the smallest, lowest index first; rows with more than MAXC
-#      candidates (many exact ties) or without any (NaN vectors) are scanned against the whole codebook in fp64.
+#      round at about D * 1e-16 of the terms' magnitudes) and takes the smallest, lowest index first; rows with
+#      more than MAXC candidates (many exact ties) or without any (NaN vectors) are scanned against the whole
+#      codebook in fp64.
 # Nothing waits for the host: the number of flagged rows stays on the device, later programs check it.
 
 
