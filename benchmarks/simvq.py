@@ -19,6 +19,9 @@ losses, straight-through estimator), then a loss on the quantized output; conten
 size, dim, a biased Linear transform, the same two loss terms and weights, rotation trick off).
 
     PYTHONPATH=. HFZOO_BENCH_OUT=/tmp/out python benchmarks/simvq.py [--quick] [--only search|step|sweep]
+
+The step cases need vector_quantize_pytorch 1.32.0 and its pure-Python dependencies (einx, einops, frozendict,
+loguru, torch_einops_utils) importable; without them the vqtorch_simvq rows are skipped with a message.
 """
 
 from __future__ import annotations
