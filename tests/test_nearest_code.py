@@ -319,7 +319,7 @@ def test_gpu_exact_mode_on_adversarial_near_ties(candidates):
     with tuning({"nearest_code.exact": {"candidates": candidates}}):
         got = nearest_code(z, c, backend="triton")
     assert torch.equal(got, want)
-    assert torch.equal(want[:500].cpu(), _oracle_argmin(z[:500].cpu(), c.cpu()))
+    assert torch.equal(want[:100].cpu(), _oracle_argmin(z[:100].cpu(), c.cpu()))
 
 
 @pytest.mark.gpu
