@@ -1,8 +1,7 @@
 """Compile the Triton kernels an op launches for a Hopper GPU (sm_90) on a machine without one.
 
-    python tests/compile_harness.py [--cubin] [--only KERNEL] [--skip KERNEL] [--skip-known-crashes |
-                                    --only-known-crashes] [gla] [rmsnorm] [group_rational] [nearest_code] [varlen_alibi]
-                                    [mosaicbert_ops]
+    python tests/compile_harness.py [--cubin] [--only KERNEL] [--skip KERNEL] [gla] [rmsnorm] [group_rational]
+                                    [nearest_code] [varlen_alibi] [mosaicbert_ops]
 
 Triton's interpreter (the CPU tests) runs kernels as Python and so misses what only the compiler checks:
 types of loop-carried values, layouts, shared-memory limits. Here the op runs on CPU tensors with kernel
@@ -168,20 +167,6 @@ def _group_rational_cases():
             lambda: run(64, 768, 8, torch.bfloat16, "released", 1), lambda: run(50, 96, 4, torch.float32, "paper", 1)]
 
 
-# Launches that crash Triton's own compiler (not our kernels' fault), with the Triton versions seen crashing:
-# Triton 3.9's LLVM lowering segfaults (make_llir) on the group-rational backward when a chunk holds several
-# columns (VEC > 1: tl.sum over the in-thread chunk axis of a 3-D tile); VEC = 1 compiles, and
-# Triton 3.6 (the GPU machine) compiles and runs both (tests/test_group_rational.py GPU tests).
-KNOWN_CRASHES = [("_group_rational_bwd_kernel", lambda kw: kw["VEC"] > 1, ("3.9.",))]
-
-
-def known_crash(fn, kwargs, any_version: bool = False) -> bool:
-    import triton
-
-    return any(fn.__name__ == name and pred(kwargs) and (any_version or triton.__version__.startswith(versions))
-               for name, pred, versions in KNOWN_CRASHES)
-
-
 def _nearest_code_cases():
     from hfzoo.ops.launch import tuning
     from hfzoo.ops.nearest_code import nearest_code
@@ -240,8 +225,7 @@ def _launch_key(fn, args, kwargs):
 
 
 def main(argv):
-    """``compile_harness.py [--cubin] [--only KERNEL]... [--skip KERNEL]... [--skip-known-crashes | --only-known-crashes]
-    OP...``
+    """``compile_harness.py [--cubin] [--only KERNEL]... [--skip KERNEL]... OP...``
 
     ``--only``/``--skip`` select launches by kernel function name (e.g. ``_group_rational_bwd_kernel``).
     """
@@ -255,9 +239,7 @@ def main(argv):
         os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="hfzoo-compile-check-")
         stop_before_ptxas()
     only, skip, names = set(), set(), []
-    skip_known = "--skip-known-crashes" in argv    # leave out KNOWN_CRASHES that apply to this Triton version
-    only_known = "--only-known-crashes" in argv    # compile only the KNOWN_CRASHES launches (any Triton version)
-    it = iter(a for a in argv if a not in ("--skip-known-crashes", "--only-known-crashes"))
+    it = iter(argv)
     for arg in it:
         if arg in ("--only", "--skip"):
             (only if arg == "--only" else skip).add(next(it))
@@ -271,11 +253,6 @@ def main(argv):
                 if key in seen or (only and fn.__name__ not in only) or fn.__name__ in skip:
                     continue
                 seen.add(key)
-                if only_known and not known_crash(fn, kwargs, any_version=True):
-                    continue
-                if skip_known and known_crash(fn, kwargs):
-                    print(f"known-crash {name} {fn.__name__} {kwargs}", flush=True)
-                    continue
                 print(f"compiling {fn.__name__} {kwargs}", flush=True)  # the last line if the compiler crashes
                 try:
                     out = compile_launch(fn, args, dict(kwargs))

@@ -6,7 +6,6 @@ op's launches (one import of torch/Triton/hfzoo instead of one per op).
 """
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,9 +18,6 @@ HARNESS = Path(__file__).with_name("compile_harness.py")
 # distinct kernel launches each op's cases make (kernels x settings); fewer means a launch went missing
 MIN_LAUNCHES = {"gla": 30, "rmsnorm": 4, "nearest_code": 20, "varlen_alibi": 10, "group_rational": 4,
                 "mosaicbert_ops": 8}
-# Triton 3.9's LLVM lowering segfaults on the group-rational backward when a chunk holds several columns
-# (compile_harness.KNOWN_CRASHES); these launches are compiled by their own test below.
-KNOWN_CRASH_VERSION = triton.__version__.startswith("3.9.")
 
 
 def _harness(*args, tmp_path):
@@ -33,21 +29,8 @@ def _harness(*args, tmp_path):
 
 
 def test_kernels_compile_for_hopper(tmp_path):
-    r = _harness("--skip-known-crashes", *MIN_LAUNCHES, tmp_path=tmp_path)
+    r = _harness(*MIN_LAUNCHES, tmp_path=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     compiled = [line.split()[1] for line in r.stdout.splitlines() if line.startswith("ok ")]
     counts = {op: compiled.count(op) for op in MIN_LAUNCHES}
     assert all(counts[op] >= n for op, n in MIN_LAUNCHES.items()), (counts, r.stdout)
-    skipped = [line for line in r.stdout.splitlines() if line.startswith("known-crash ")]
-    # exactly the known launches were left out, and only on the Triton versions they crash
-    assert len(skipped) == (2 if KNOWN_CRASH_VERSION else 0), skipped
-    assert all(re.match(r"known-crash group_rational _group_rational_bwd_kernel .*'VEC': [248]\b", s)
-               for s in skipped), skipped
-
-
-@pytest.mark.xfail(KNOWN_CRASH_VERSION, strict=True,
-                   reason="Triton 3.9 segfaults lowering the group-rational backward with multi-column chunks (VEC > 1)")
-def test_group_rational_backward_with_column_folding_compiles(tmp_path):
-    r = _harness("--only-known-crashes", "group_rational", tmp_path=tmp_path)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert sum(line.startswith("ok group_rational _group_rational_bwd_kernel") for line in r.stdout.splitlines()) == 2
