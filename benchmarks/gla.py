@@ -129,13 +129,49 @@ def _tag(H, K, V, T):
 
 def cold_start(res, name, fn):
     # the first call in this process: compilation (and autotuning, for fla) of the forward and backward; then the
-    # first call at a new length (what a user meets at every new sequence length)
+    # first call at a new length (what a user meets at every new sequence length). For hfzoo also each kernel's
+    # first launch (its compile), measured by synchronising around it.
     (H, K, V) = SHAPES[0]
-    for T in (32 * TOKENS // 256, 32 * TOKENS // 256 + 1000):
-        q, k, v, g = _inputs(1, T, H, K, V, gate="logsigmoid")
-        do = torch.randn_like(v)
-        res.add(f"coldstart fwdbwd T{T} H{H} K{K} V{V}", name, "s",
-                first_call_s(lambda: fn(q, k, v, g)[0].backward(do)))
+    per_kernel = {}
+    restore = _time_first_launches(per_kernel) if name == "hfzoo" else None
+    try:
+        for T in (32 * TOKENS // 256, 32 * TOKENS // 256 + 1000):
+            q, k, v, g = _inputs(1, T, H, K, V, gate="logsigmoid")
+            do = torch.randn_like(v)
+            per_kernel.clear()
+            res.add(f"coldstart fwdbwd T{T} H{H} K{K} V{V}", name, "s",
+                    first_call_s(lambda: fn(q, k, v, g)[0].backward(do)))
+            for kernel, s in per_kernel.items():
+                res.add(f"coldstart fwdbwd T{T} H{H} K{K} V{V} kernel={kernel}", name, "s", s)
+    finally:
+        if restore:
+            restore()
+
+
+def _time_first_launches(out):
+    """Time (synchronised) the first launch of each hfzoo GLA kernel with a new key into ``out``; returns undo."""
+    from hfzoo.ops import gla_chunk
+
+    orig = gla_chunk.launch
+    seen = set()
+
+    def timed(name, kernel, grid, *args, **kwargs):
+        key = (name, tuple(sorted((k, v) for k, v in kwargs.items() if isinstance(v, (bool, int, str)))))
+        if key in seen or DRY:
+            return orig(name, kernel, grid, *args, **kwargs)
+        seen.add(key)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        r = orig(name, kernel, grid, *args, **kwargs)
+        torch.cuda.synchronize()
+        label = name.split(".", 1)[1]
+        if label == "prep":
+            label += "_from_gc" if kwargs.get("FROM_GC") else "_from_g"
+        out[label] = out.get(label, 0.0) + time.perf_counter() - t0
+        return r
+
+    gla_chunk.launch = timed
+    return lambda: setattr(gla_chunk, "launch", orig)
 
 
 def chunk_cases(res, name, fn, lengths, shapes, gates, sdpa=False):
@@ -212,13 +248,15 @@ def accuracy(res, name, fn, gate):
 # Launch settings tried by --sweep, by group (one kernel or a pair each); "default" is the library's setting.
 # Device runs 4 and 6 tried prep 8 warps / BK 32 / 2 warps, scans 8 warps (BV 64/128) and 2 stages, o BV=64 /
 # 4 warps / 1 stage / BK 128, the A kernel with 8 warps, dv BV=64/4 warps, dqk 8 warps / BV=128 / 1 stage
-# (results/gla_sweep.json, NOTES.md). Timed at both ordinary and strong gates (the sub-chunk forms).
+# (results/gla_sweep.json, NOTES.md). Now the dq/dk kernel only: 8 warps, BK 32, and one kernel per intra form
+# ("split": the whole-chunk kernel without the sub-chunk code, and a sub-chunk kernel), at ordinary and strong gates.
 SWEEP = {
-    "A": {"A_w8": {"gla.fwd_A": {"num_warps": 8}}, "A_bk32": {"gla.fwd_A": {"BK": 32}}},
-    "o": {"o_bk128": {"gla.fwd_o": {"BK": 128}}},
-    "dqk": {"dqk_w8": {"gla.bwd_dqk": {"num_warps": 8}}, "dqk_bk32": {"gla.bwd_dqk": {"BK": 32}}},
+    "dqk": {"dqk_w8": {"gla.bwd_dqk": {"num_warps": 8}}, "dqk_bk32": {"gla.bwd_dqk": {"BK": 32}},
+            "dqk_split": {"gla.bwd_dqk": {"split": True}},
+            "dqk_split_w8": {"gla.bwd_dqk": {"split": True, "num_warps": 8}},
+            "dqk_split_bk32": {"gla.bwd_dqk": {"split": True, "BK": 32}}},
 }
-SWEEP_GATES = ("logsigmoid/16", "logsigmoid")
+SWEEP_GATES = ("logsigmoid/16", "logsigmoid", "logsigmoid*2")
 
 
 def sweep(res):
@@ -238,14 +276,11 @@ def sweep(res):
             try:
                 with tuning(tune):
                     t = bench_ms(lambda: chunk_gla(q, k, v, g)[0].backward(do))
-                    with torch.no_grad():
-                        t_f = bench_ms(lambda: chunk_gla(q, k, v, g)[0])
             except Exception as e:
                 print(f"variant {name} failed: {repr(e)[:300]}")
                 t = float("inf")
             else:
                 res.add(f"sweep fwdbwd B{B} T{T} H{H} K{K} V{V} bf16 gate={gate}", f"hfzoo_{name}", "ms", t)
-                res.add(f"sweep fwd B{B} T{T} H{H} K{K} V{V} bf16 gate={gate}", f"hfzoo_{name}", "ms", t_f)
             totals.setdefault((grp, name), []).append((t, tune))
         q = k = v = g = do = None
         _save(res)
@@ -293,40 +328,55 @@ def main():
     ap.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU (interpreter), rows not kept")
     ap.add_argument("--gates", default=",".join(GATES), help="comma-separated gate regimes (GATES)")
     ap.add_argument("--lengths", default=None, help="comma-separated T (default 2048,8192,16384; --quick: 8192)")
+    ap.add_argument("--parts", default="cold,chunk,decode,accuracy",
+                    help="comma-separated parts to run, for hfzoo and fla alike (cold,chunk,decode,accuracy)")
+    ap.add_argument("--name", default=None, help="results file name (default gla, or gla_sweep with --sweep-only)")
     args = ap.parse_args()
     lengths = LENGTHS[1:2] if args.quick else LENGTHS
     if args.lengths and not DRY:
         lengths = [int(t) for t in args.lengths.split(",")]
     gates = args.gates.split(",")
+    parts = set(args.parts.split(","))
+    if parts - {"cold", "chunk", "decode", "accuracy"}:
+        ap.error(f"unknown parts {sorted(parts - {'cold', 'chunk', 'decode', 'accuracy'})}")
     if args.sweep_only:
-        res = Results("gla_dryrun" if DRY else "gla_sweep")
+        res = Results("gla_dryrun" if DRY else (args.name or "gla_sweep"))
         sweep(res)
         print("saved", _save(res))
         return
-    res = Results("gla_dryrun" if DRY else "gla")
+    res = Results("gla_dryrun" if DRY else (args.name or "gla"))
     if os.environ.get("HFZOO_TUNE"):
         print("launch settings from HFZOO_TUNE:", os.environ["HFZOO_TUNE"])
     # hfzoo first, so its rows survive a timeout during fla's autotuning
-    cold_start(res, "hfzoo", chunk_gla)
-    ours = chunk_cases(res, "hfzoo", chunk_gla, lengths, SHAPES, gates, sdpa=True)
-    ours_dec = decode_cases(res, "hfzoo", lambda q, k, v, g, s: fused_recurrent_gla(
-        q, k, v, g, initial_state=s, output_final_state=True))
-    for gate in gates:
-        accuracy(res, "hfzoo", chunk_gla, gate)
+    ours, ours_dec = {}, {}
+    if "cold" in parts:
+        cold_start(res, "hfzoo", chunk_gla)
+    if "chunk" in parts:
+        ours = chunk_cases(res, "hfzoo", chunk_gla, lengths, SHAPES, gates, sdpa=True)
+    if "decode" in parts:
+        ours_dec = decode_cases(res, "hfzoo", lambda q, k, v, g, s: fused_recurrent_gla(
+            q, k, v, g, initial_state=s, output_final_state=True))
+    if "accuracy" in parts:
+        for gate in gates:
+            accuracy(res, "hfzoo", chunk_gla, gate)
     _save(res)
     if args.sweep:  # before fla, whose first call autotunes for minutes
         sweep(res)
     fla_chunk, fla_recurrent = (None, None) if (args.no_fla or DRY) else _fla()
     if fla_chunk is not None:
-        cold_start(res, "fla", fla_chunk)
-        theirs = chunk_cases(res, "fla", fla_chunk, lengths, SHAPES, gates)
-        ratios(res, ours, theirs)
-        theirs_dec = decode_cases(res, "fla", lambda q, k, v, g, s: fla_recurrent(
-            q, k, v, gk=g, initial_state=s, output_final_state=True))
-        for case, t in ours_dec.items():
-            res.add(case, "hfzoo", "x_fla", t / theirs_dec[case])
-        for gate in gates:
-            accuracy(res, "fla", fla_chunk, gate)
+        if "cold" in parts:
+            cold_start(res, "fla", fla_chunk)
+        if "chunk" in parts:
+            theirs = chunk_cases(res, "fla", fla_chunk, lengths, SHAPES, gates)
+            ratios(res, ours, theirs)
+        if "decode" in parts:
+            theirs_dec = decode_cases(res, "fla", lambda q, k, v, g, s: fla_recurrent(
+                q, k, v, gk=g, initial_state=s, output_final_state=True))
+            for case, t in ours_dec.items():
+                res.add(case, "hfzoo", "x_fla", t / theirs_dec[case])
+        if "accuracy" in parts:
+            for gate in gates:
+                accuracy(res, "fla", fla_chunk, gate)
         _save(res)
     print("saved", _save(res))
 

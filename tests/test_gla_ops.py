@@ -98,6 +98,25 @@ def test_chunk_strong_decay(regime):
     _check(q, k, v, g, h0, cu)
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_chunk_dqk_one_kernel_per_form(split):
+    # the backward's dq/dk either as one kernel holding both intra forms or as a pair (the whole-chunk form's
+    # kernel, the sub-chunk forms' kernel; each skips the other's chunks): chunks of every form side by side, two
+    # key blocks (K = 80), sequences ending mid-chunk
+    from hfzoo.ops.launch import tuning
+
+    cu = torch.tensor([0, 37, 150, 163])
+    q, k, v, g, h0 = _inputs(1, 163, 4, 2, 80, 16, N=3, seed=5)
+    g = g * torch.logspace(-1.2, 1.5, 80)[torch.randperm(80, generator=torch.Generator().manual_seed(1))]
+    g[:, 40:] = g[:, 40:] / 64  # the chunks after token 40: whole-chunk form in some key blocks
+    worst = [-float(g[0, c0:min(c0 + 64, e)].sum(0).min()) for s, e in zip(cu[:-1].tolist(), cu[1:].tolist())
+             for c0 in range(s, e, 64)]  # each chunk's strongest column decay
+    assert min(worst) < 80 and _spans(g, cu, 16) > 40, worst  # whole-chunk chunks and exact diagonal blocks
+    with tuning({"gla.bwd_dqk": {"split": split}}), count_launches() as n:
+        _check(q, k, v, g, h0, cu)
+    assert n["gla.bwd_dqk"] == (2 if split else 1)
+
+
 def test_chunk_inference_matches_training_forward():
     # under no_grad the forward keeps no intra-chunk scores for a backward; outputs must not change
     q, k, v, g, h0 = _inputs(2, 70, 2, 2, 16, 32, seed=11)

@@ -399,27 +399,82 @@ def _bwd_dv_kernel(KD, AS, DO, DHS, DV, CU, CI, scale, T, NT,
     tl.store(ptr, acc.to(DV.dtype.element_ty), mask=mt[:, None] & (ov[None, :] < HEAD_V))
 
 
+@triton.jit
+def _dqk_whole(dA, q, k, gc, gl, HALF: tl.constexpr):
+    # intra-chunk dq, dk of one query head, one matmul each, reference point halfway through the chunk's decay
+    eg = tl.exp(gc - 0.5 * gl[None, :])
+    ieg = tl.exp(0.5 * gl[None, :] - gc)
+    dq = tl.dot(_dot_in(dA, HALF), _dot_in(k * ieg, HALF)) * eg
+    dk = tl.dot(tl.trans(_dot_in(dA, HALF)), _dot_in(q * eg, HALF)) * ieg
+    return dq, dk
+
+
+@triton.jit
+def _dqk_sub(dA, q, k, gc, Q, K, GC, tok0, eos, rows, kcol, qcol, ck, nk,
+             H: tl.constexpr, H_KV: tl.constexpr, HEAD_K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+             HALF: tl.constexpr, CLAMP: tl.constexpr):
+    # intra-chunk dq, dk of one query head by sub-chunk matmuls (+ exact diagonal blocks when a sub-chunk decays
+    # beyond e^-CLAMP)
+    blk = rows // BC
+    dq = tl.zeros_like(q)
+    dk = tl.zeros_like(k)
+    r0, r1, r2, r3, span = _sub_refs(GC, tok0, eos, kcol, ck, nk, H_KV * HEAD_K, BC)
+    diag_ok = span <= CLAMP
+    P, Qk = _sub_tiles(gc, blk, r0, r1, r2, r3)
+    qP = q * P
+    kQ = k * Qk
+    dAh = _dot_in(dA, HALF)
+    for J in tl.static_range(BT // BC):
+        M = _sub_row_scale(blk, J, diag_ok, r0, r1, r2, r3, qP, CLAMP)
+        inJ = (blk == J)[:, None]
+        dq += tl.dot(dAh, _dot_in(tl.where(inJ, kQ, 0.0), HALF)) * M * P
+        dk += tl.where(inJ, tl.dot(tl.trans(dAh), _dot_in(qP * M, HALF)) * Qk, 0.0)
+    if not diag_ok:  # diagonal blocks exactly, one offset c inside each sub-chunk at a time
+        for c in range(BC):
+            j, tok_j, m_j = _diag_rows(tok0, eos, rows, c, BC)
+            gc_c = _load_rows(GC, tok_j, m_j, kcol, ck, nk, H_KV * HEAD_K)
+            # e^-|gc - gc_c| is e^(gc_i - gc_j) for every pair i >= j that dA keeps
+            e = tl.exp(-tl.abs(gc - gc_c))
+            # dq_i += dA[i, j] k_j e^(gc_i - gc_j) with j = row c of i's sub-chunk
+            k_c = _load_rows(K, tok_j, m_j, kcol, ck, nk, H_KV * HEAD_K).to(tl.float32)
+            dA_c = tl.sum(tl.where(rows[None, :] == j[:, None], dA, 0.0), axis=1)
+            dq += dA_c[:, None] * k_c * e
+            # dk_j += dA[i, j] q_i e^(gc_i - gc_j) with i = row c of j's sub-chunk
+            q_c = _load_rows(Q, tok_j, m_j, qcol, ck, nk, H * HEAD_K).to(tl.float32)
+            dA_r = tl.sum(tl.where(rows[:, None] == j[None, :], dA, 0.0), axis=0)
+            dk += dA_r[:, None] * q_c * e
+    return dq, dk
+
+
 @triton.jit(do_not_specialize=["T", "NT"])  # a new length compiles nothing
 def _bwd_dqk_kernel(Q, K, V, GC, HS, DO, DHS, DQ, DK, DG, CU, CI, scale, T, NT,
                     H: tl.constexpr, H_KV: tl.constexpr, HEAD_K: tl.constexpr, HEAD_V: tl.constexpr,
                     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                    IS_VARLEN: tl.constexpr, HALF: tl.constexpr, CLAMP: tl.constexpr):
+                    IS_VARLEN: tl.constexpr, HALF: tl.constexpr, CLAMP: tl.constexpr, FORMS: tl.constexpr):
+    # FORMS: 0 = both intra forms, chosen per chunk at run time; 1 = only the chunks that decay by at most
+    # e^-2CLAMP (whole-chunk form), 2 = only the others (sub-chunk forms). 1 and 2 are launched as a pair, so
+    # each kernel holds one form's registers (the ordinary-gate kernel stays small).
     i_k, i_c, i_hk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     GROUP: tl.constexpr = H // H_KV
     i_n, i_t, bos, eos, rows, tok, mt = _chunk_tokens(i_c, CU, CI, T, NT, BT, IS_VARLEN)
     tok0 = bos + i_t * BT
     ck = tl.arange(0, BK)
+    kcol, nk = i_hk * HEAD_K + i_k * BK, HEAD_K - i_k * BK
+    gl = _last_row(GC, bos, eos, i_t, kcol, ck, nk, H_KV * HEAD_K, BT)
+    whole = tl.min(gl) >= -2 * CLAMP  # one matmul per intra term for the whole chunk, else sub-chunks
+    if FORMS == 1:
+        if not whole:
+            return
+    if FORMS == 2:
+        if whole:
+            return
     cv = tl.arange(0, BV)
     ok = i_k * BK + ck
     mk = ok < HEAD_K
-    kcol, nk = i_hk * HEAD_K + i_k * BK, HEAD_K - i_k * BK
     causal = rows[:, None] >= rows[None, :]
     sbase = (i_c.to(tl.int64) * H_KV + i_hk) * HEAD_K * HEAD_V
     k = _load_rows(K, tok, mt, kcol, ck, nk, H_KV * HEAD_K).to(tl.float32)
     gc = _load_rows(GC, tok, mt, kcol, ck, nk, H_KV * HEAD_K)
-    gl = _last_row(GC, bos, eos, i_t, kcol, ck, nk, H_KV * HEAD_K, BT)
-    whole = tl.min(gl) >= -2 * CLAMP  # one matmul per intra term for the whole chunk, else sub-chunks
-    blk = rows // BC
     # through the state after the chunk: dk += (v @ dh_next^T) * e^(gl - gc); hdh = sum_v h * dh_next
     dk = tl.zeros([BT, BK], dtype=tl.float32)
     hdh = tl.zeros([BK], dtype=tl.float32)
@@ -451,37 +506,19 @@ def _bwd_dqk_kernel(Q, K, V, GC, HS, DO, DHS, DQ, DK, DG, CU, CI, scale, T, NT,
             dA += tl.dot(_dot_in(do, HALF), tl.trans(_dot_in(v, HALF)))
         dA = tl.where(causal, dA * scale, 0.0)
         dq = dq * (tl.exp(gc) * scale)
-        if whole:  # reference point halfway through the chunk's decay
-            eg = tl.exp(gc - 0.5 * gl[None, :])
-            ieg = tl.exp(0.5 * gl[None, :] - gc)
-            dq += tl.dot(_dot_in(dA, HALF), _dot_in(k * ieg, HALF)) * eg
-            dk += tl.dot(tl.trans(_dot_in(dA, HALF)), _dot_in(q * eg, HALF)) * ieg
+        if FORMS == 1:
+            dq_i, dk_i = _dqk_whole(dA, q, k, gc, gl, HALF)
+        elif FORMS == 2:
+            dq_i, dk_i = _dqk_sub(dA, q, k, gc, Q, K, GC, tok0, eos, rows, kcol, qcol, ck, nk,
+                                  H, H_KV, HEAD_K, BT, BC, HALF, CLAMP)
         else:
-            r0, r1, r2, r3, span = _sub_refs(GC, tok0, eos, kcol, ck, nk, H_KV * HEAD_K, BC)
-            diag_ok = span <= CLAMP
-            P, Qk = _sub_tiles(gc, blk, r0, r1, r2, r3)
-            qP = q * P
-            kQ = k * Qk
-            dAh = _dot_in(dA, HALF)
-            for J in tl.static_range(BT // BC):
-                M = _sub_row_scale(blk, J, diag_ok, r0, r1, r2, r3, qP, CLAMP)
-                inJ = (blk == J)[:, None]
-                dq += tl.dot(dAh, _dot_in(tl.where(inJ, kQ, 0.0), HALF)) * M * P
-                dk += tl.where(inJ, tl.dot(tl.trans(dAh), _dot_in(qP * M, HALF)) * Qk, 0.0)
-            if not diag_ok:  # diagonal blocks exactly, one offset c inside each sub-chunk at a time
-                for c in range(BC):
-                    j, tok_j, m_j = _diag_rows(tok0, eos, rows, c, BC)
-                    gc_c = _load_rows(GC, tok_j, m_j, kcol, ck, nk, H_KV * HEAD_K)
-                    # e^-|gc - gc_c| is e^(gc_i - gc_j) for every pair i >= j that dA keeps
-                    e = tl.exp(-tl.abs(gc - gc_c))
-                    # dq_i += dA[i, j] k_j e^(gc_i - gc_j) with j = row c of i's sub-chunk
-                    k_c = _load_rows(K, tok_j, m_j, kcol, ck, nk, H_KV * HEAD_K).to(tl.float32)
-                    dA_c = tl.sum(tl.where(rows[None, :] == j[:, None], dA, 0.0), axis=1)
-                    dq += dA_c[:, None] * k_c * e
-                    # dk_j += dA[i, j] q_i e^(gc_i - gc_j) with i = row c of j's sub-chunk
-                    q_c = _load_rows(Q, tok_j, m_j, qcol, ck, nk, H * HEAD_K).to(tl.float32)
-                    dA_r = tl.sum(tl.where(rows[:, None] == j[None, :], dA, 0.0), axis=0)
-                    dk += dA_r[:, None] * q_c * e
+            if whole:
+                dq_i, dk_i = _dqk_whole(dA, q, k, gc, gl, HALF)
+            else:
+                dq_i, dk_i = _dqk_sub(dA, q, k, gc, Q, K, GC, tok0, eos, rows, kcol, qcol, ck, nk,
+                                      H, H_KV, HEAD_K, BT, BC, HALF, CLAMP)
+        dq += dq_i
+        dk += dk_i
         ptr = DQ + tok[:, None] * (H * HEAD_K) + i_h * HEAD_K + ok[None, :]
         tl.store(ptr, dq.to(DQ.dtype.element_ty), mask=mt[:, None] & mk[None, :])
         dgl += q * dq
@@ -615,11 +652,14 @@ def _bwd(q, k, v, gc, A, scale, h0, do, dht, seqs):
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dg = torch.empty(k.shape, dtype=torch.float32, device=k.device)
+    conf = settings("gla.bwd_dqk", split=False)
     BK, BV, opts = _conf("bwd_dqk", K, V)
-    launch("gla.bwd_dqk", _bwd_dqk_kernel, (triton.cdiv(K, BK), seqs.n_chunks, Hkv),
-        q, k, v, gc, h, do, dh, dq, dk, dg, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
-        H=H, H_KV=Hkv, HEAD_K=K, HEAD_V=V, BT=BT, BC=BC, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, HALF=half,
-        CLAMP=CLAMP, **opts)
+    # split: one kernel per intra form (each skips the other form's chunks), else one kernel holding both
+    for forms in ((1, 2) if conf["split"] else (0,)):
+        launch("gla.bwd_dqk", _bwd_dqk_kernel, (triton.cdiv(K, BK), seqs.n_chunks, Hkv),
+            q, k, v, gc, h, do, dh, dq, dk, dg, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
+            H=H, H_KV=Hkv, HEAD_K=K, HEAD_V=V, BT=BT, BC=BC, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, HALF=half,
+            CLAMP=CLAMP, FORMS=forms, **opts)
     return dq, dk, dv, dg, dh0
 
 
