@@ -267,12 +267,15 @@ def accuracy(res, name, fn, gate):
 # Device runs 4 and 6 tried prep 8 warps / BK 32 / 2 warps, scans 8 warps (BV 64/128) and 2 stages, o BV=64 /
 # 4 warps / 1 stage / BK 128, the A kernel with 8 warps, dv BV=64/4 warps, dqk 8 warps / BV=128 / 1 stage
 # (results/gla_sweep.json, NOTES.md). Now the dq/dk kernel only: 8 warps, BK 32, and one kernel per intra form
-# ("split": the whole-chunk kernel without the sub-chunk code, and a sub-chunk kernel), at ordinary and strong gates.
+# ("split": the whole-chunk kernel without the sub-chunk code, and a sub-chunk kernel, "sub_BK" its own key
+# block), at ordinary and strong gates.
 SWEEP = {
     "dqk": {"dqk_w8": {"gla.bwd_dqk": {"num_warps": 8}}, "dqk_bk32": {"gla.bwd_dqk": {"BK": 32}},
             "dqk_split": {"gla.bwd_dqk": {"split": True}},
             "dqk_split_w8": {"gla.bwd_dqk": {"split": True, "num_warps": 8}},
-            "dqk_split_bk32": {"gla.bwd_dqk": {"split": True, "BK": 32}}},
+            "dqk_split_bk32": {"gla.bwd_dqk": {"split": True, "BK": 32}},
+            "dqk_split_sub32": {"gla.bwd_dqk": {"split": True, "sub_BK": 32}},
+            "dqk_split_w8_sub32": {"gla.bwd_dqk": {"split": True, "num_warps": 8, "sub_BK": 32}}},
 }
 SWEEP_GATES = ("logsigmoid/16", "logsigmoid", "logsigmoid*2")
 

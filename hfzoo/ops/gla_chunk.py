@@ -461,7 +461,14 @@ def _bwd_dqk_kernel(Q, K, V, GC, HS, DO, DHS, DQ, DK, DG, CU, CI, scale, T, NT,
     ck = tl.arange(0, BK)
     kcol, nk = i_hk * HEAD_K + i_k * BK, HEAD_K - i_k * BK
     gl = _last_row(GC, bos, eos, i_t, kcol, ck, nk, H_KV * HEAD_K, BT)
-    whole = tl.min(gl) >= -2 * CLAMP  # one matmul per intra term for the whole chunk, else sub-chunks
+    if FORMS == 0:  # one matmul per intra term for the whole chunk, else sub-chunks: per key block
+        whole = tl.min(gl) >= -2 * CLAMP
+    else:  # per chunk over all key columns, so that the pair agrees whatever their key blocks
+        lo = tl.min(gl)
+        for c0 in range(0, HEAD_K, BK):
+            lo = tl.minimum(lo, tl.min(_last_row(GC, bos, eos, i_t, i_hk * HEAD_K + c0, ck, HEAD_K - c0,
+                                                 H_KV * HEAD_K, BT)))
+        whole = lo >= -2 * CLAMP
     if FORMS == 1:
         if not whole:
             return
@@ -652,10 +659,15 @@ def _bwd(q, k, v, gc, A, scale, h0, do, dht, seqs):
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dg = torch.empty(k.shape, dtype=torch.float32, device=k.device)
-    conf = settings("gla.bwd_dqk", split=False)
+    conf = settings("gla.bwd_dqk", split=False, sub_BK=None, sub_num_warps=None)
     BK, BV, opts = _conf("bwd_dqk", K, V)
-    # split: one kernel per intra form (each skips the other form's chunks), else one kernel holding both
-    for forms in ((1, 2) if conf["split"] else (0,)):
+    # split: one kernel per intra form (each skips the other form's chunks; the sub-chunk one may take its own
+    # key block and warps), else one kernel holding both
+    launches = [(0, BK, opts)]
+    if conf["split"]:
+        sub_opts = dict(opts, **({"num_warps": conf["sub_num_warps"]} if conf["sub_num_warps"] else {}))
+        launches = [(1, BK, opts), (2, conf["sub_BK"] or BK, sub_opts)]
+    for forms, BK, opts in launches:
         launch("gla.bwd_dqk", _bwd_dqk_kernel, (triton.cdiv(K, BK), seqs.n_chunks, Hkv),
             q, k, v, gc, h, do, dh, dq, dk, dg, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
             H=H, H_KV=Hkv, HEAD_K=K, HEAD_V=V, BT=BT, BC=BC, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, HALF=half,
