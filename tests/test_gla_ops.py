@@ -117,6 +117,24 @@ def test_chunk_dqk_one_kernel_per_form(split):
     assert n["gla.bwd_dqk"] == (2 if split["split"] else 1)
 
 
+def test_chunk_backward_uses_the_forward_calls_launch_settings():
+    # on a GPU autograd runs the backward on its own thread, where the caller's tuning() blocks are not seen: the
+    # settings in force at the forward call must be the backward's (here: its block has closed before backward)
+    import threading
+
+    from hfzoo.ops.launch import tuning
+
+    q, k, v, g, _ = _inputs(1, 70, 2, 2, 16, 16, seed=12)
+    leaves = [t.requires_grad_() for t in (q, k, v, g)]
+    with tuning({"gla.bwd_dqk": {"split": True}}):
+        o, _ = chunk_gla(*leaves, backend="triton")
+    with count_launches() as n:
+        worker = threading.Thread(target=lambda: o.sum().backward())
+        worker.start()
+        worker.join()
+    assert n["gla.bwd_dqk"] == 2 and all(t.grad is not None for t in leaves)
+
+
 def test_chunk_inference_matches_training_forward():
     # under no_grad the forward keeps no intra-chunk scores for a backward; outputs must not change
     q, k, v, g, h0 = _inputs(2, 70, 2, 2, 16, 32, seed=11)

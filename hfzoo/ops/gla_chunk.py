@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 
 from .gla import _SAFE_LOG_DECAY as CLAMP  # largest log decay a factorised (matmul) form spans
-from .launch import compile_options, launch, settings
+from .launch import compile_options, launch, settings, tuning
 from .triton_shim import tl, triton
 
 BT = 64  # chunk length
@@ -675,6 +675,9 @@ def _bwd(q, k, v, gc, A, scale, h0, do, dht, seqs):
     return dq, dk, dv, dg, dh0
 
 
+_BWD_KERNELS = ("gla.prep", "gla.fwd_h", "gla.bwd_dh", "gla.bwd_dv", "gla.bwd_dqk")
+
+
 class ChunkGLAFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g, scale, h0, output_final_state, cu_seqlens, grad_enabled):
@@ -687,6 +690,9 @@ class ChunkGLAFunction(torch.autograd.Function):
         # the backward needs the cumulated gates, not g itself
         ctx.save_for_backward(q, k, v, gc, A, h0)
         ctx.seqs, ctx.scale, ctx.g_dtype, ctx.final = seqs, scale, g.dtype, output_final_state
+        # the backward's launch settings as they stand now: autograd may run the backward on another thread,
+        # where this call's launch.tuning() blocks (context variables) are not seen
+        ctx.tune = {name: settings(name) for name in _BWD_KERNELS}
         return o, ht
 
     @staticmethod
@@ -694,7 +700,8 @@ class ChunkGLAFunction(torch.autograd.Function):
         q, k, v, gc, A, h0 = ctx.saved_tensors
         do = do.contiguous()
         dht = dht.contiguous() if (dht is not None and ctx.final) else None
-        dq, dk, dv, dg, dh0 = _bwd(q, k, v, gc, A, ctx.scale, h0, do, dht, ctx.seqs)
+        with tuning(ctx.tune):
+            dq, dk, dv, dg, dh0 = _bwd(q, k, v, gc, A, ctx.scale, h0, do, dht, ctx.seqs)
         return dq, dk, dv, dg.to(ctx.g_dtype), None, dh0, None, None, None
 
 
