@@ -280,6 +280,29 @@ SWEEP = {
 SWEEP_GATES = ("logsigmoid/16", "logsigmoid", "logsigmoid*2")
 
 
+# Launch variants timed beside the defaults in every full run (rows "variant fwdbwd ..."): the dq/dk pair of kernels
+# (default) against one kernel holding both intra forms, at ordinary and strong gates.
+VARIANTS = {"hfzoo_dqk_one_kernel": {"gla.bwd_dqk": {"split": False}}}
+
+
+def variant_cases(res):
+    T = LENGTHS[1]
+    for H, K, V in SHAPES:
+        for gate in ("logsigmoid/16", "logsigmoid*2"):
+            B = TOKENS // T
+            q, k, v, g = _inputs(B, T, H, K, V, gate=gate)
+            do = torch.randn_like(v)
+            case = f"variant fwdbwd B{B} T{T} H{H} K{K} V{V} {str(DT)[6:].replace('bfloat16', 'bf16')} gate={gate}"
+            for name, tune in (("hfzoo", {}), *VARIANTS.items()):
+                try:
+                    with tuning(tune):
+                        res.add(case, name, "ms", bench_ms(lambda: chunk_gla(q, k, v, g)[0].backward(do)))
+                except Exception as e:
+                    print(f"variant {name} failed: {repr(e)[:300]}")
+            q = k = v = g = do = None
+            _save(res)
+
+
 def sweep(res):
     """Time each launch variant (fwd+bwd, T=8192, both shapes, SWEEP_GATES); keep, per group, the one with the least total
     time if it beats the default by more than 2%; write the kept settings to gla_tune.json (the HFZOO_TUNE format)."""
@@ -349,8 +372,9 @@ def main():
     ap.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU (interpreter), rows not kept")
     ap.add_argument("--gates", default=",".join(GATES), help="comma-separated gate regimes (GATES)")
     ap.add_argument("--lengths", default=None, help="comma-separated T (default 2048,8192,16384; --quick: 8192)")
-    ap.add_argument("--parts", default="cold,chunk,decode,accuracy",
-                    help="comma-separated parts to run, for hfzoo and fla alike (cold,chunk,decode,accuracy)")
+    ap.add_argument("--parts", default="cold,chunk,decode,accuracy,variants",
+                    help="comma-separated parts to run (cold,chunk,decode,accuracy: hfzoo and fla; variants: hfzoo's "
+                         "launch variants)")
     ap.add_argument("--name", default=None, help="results file name (default gla, or gla_sweep with --sweep-only)")
     ap.add_argument("--cold-here", action="store_true",
                     help="hfzoo's cold start in this process and its Triton cache (default: a fresh process and cache)")
@@ -360,8 +384,9 @@ def main():
         lengths = [int(t) for t in args.lengths.split(",")]
     gates = args.gates.split(",")
     parts = set(args.parts.split(","))
-    if parts - {"cold", "chunk", "decode", "accuracy"}:
-        ap.error(f"unknown parts {sorted(parts - {'cold', 'chunk', 'decode', 'accuracy'})}")
+    known = {"cold", "chunk", "decode", "accuracy", "variants"}
+    if parts - known:
+        ap.error(f"unknown parts {sorted(parts - known)}")
     if args.sweep_only:
         res = Results("gla_dryrun" if DRY else (args.name or "gla_sweep"))
         sweep(res)
@@ -385,6 +410,8 @@ def main():
     if "accuracy" in parts:
         for gate in gates:
             accuracy(res, "hfzoo", chunk_gla, gate)
+    if "variants" in parts:
+        variant_cases(res)
     _save(res)
     if args.sweep:  # before fla, whose first call autotunes for minutes
         sweep(res)
