@@ -281,8 +281,11 @@ SWEEP_GATES = ("logsigmoid/16", "logsigmoid", "logsigmoid*2")
 
 
 # Launch variants timed beside the defaults in every full run (rows "variant fwdbwd ..."): the dq/dk pair of kernels
-# (default) against one kernel holding both intra forms, at ordinary and strong gates.
-VARIANTS = {"hfzoo_dqk_one_kernel": {"gla.bwd_dqk": {"split": False}}}
+# (default: sub-chunk kernel at 8 warps, BK 64) against one kernel holding both intra forms, and the sub-chunk kernel
+# at 4 warps or BK 32, at ordinary and strong gates.
+VARIANTS = {"hfzoo_dqk_one_kernel": {"gla.bwd_dqk": {"split": False}},
+            "hfzoo_dqk_sub_w4": {"gla.bwd_dqk": {"sub_num_warps": 4}},
+            "hfzoo_dqk_sub_bk32": {"gla.bwd_dqk": {"sub_BK": 32}}}
 
 
 def variant_cases(res):

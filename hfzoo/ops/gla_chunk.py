@@ -659,9 +659,10 @@ def _bwd(q, k, v, gc, A, scale, h0, do, dht, seqs):
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dg = torch.empty(k.shape, dtype=torch.float32, device=k.device)
-    # split by default: the whole-chunk kernel then compiles without the sub-chunk code (Triton 3.6, sm_90a: 2040 B
-    # stack / 2860 B spill stores against 2744 / 5356 for the kernel holding both forms; benchmarks/NOTES.md)
-    conf = settings("gla.bwd_dqk", split=True, sub_BK=None, sub_num_warps=None)
+    # split by default: the whole-chunk kernel then compiles without the sub-chunk code, the sub-chunk kernel at 8
+    # warps (Triton 3.6, sm_90a: 2040 B stack / 2860 B spill stores and 776 / 776, against 2744 / 5356 for one
+    # kernel holding both forms; the sub-chunk kernel at 4 warps 2640 / 4272 and 2.6x the compile time; NOTES.md)
+    conf = settings("gla.bwd_dqk", split=True, sub_BK=None, sub_num_warps=8)
     BK, BV, opts = _conf("bwd_dqk", K, V)
     # split: one kernel per intra form (each skips the other form's chunks; the sub-chunk one may take its own
     # key block and warps), else one kernel holding both
