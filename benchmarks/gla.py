@@ -280,12 +280,15 @@ SWEEP = {
 SWEEP_GATES = ("logsigmoid/16", "logsigmoid", "logsigmoid*2")
 
 
-# Launch variants timed beside the defaults in every full run (rows "variant fwdbwd ..."): the dq/dk pair of kernels
-# (default: sub-chunk kernel at 8 warps, BK 64) against one kernel holding both intra forms, and the sub-chunk kernel
-# at 4 warps or BK 32, at ordinary and strong gates.
+# Launch variants timed beside the defaults in every full run (rows "variant fwd ..." / "variant fwdbwd ..."): the
+# pairs of intra-chunk kernels (default: dq/dk's sub-chunk kernel at 8 warps, BK 64; A's pair at 8 warps) against one
+# kernel holding both intra forms, dq/dk's sub-chunk kernel at 4 warps or BK 32, and the mid-round defaults (both
+# intra kernels whole, A at 4 warps), at ordinary and strong gates.
 VARIANTS = {"hfzoo_dqk_one_kernel": {"gla.bwd_dqk": {"split": False}},
             "hfzoo_dqk_sub_w4": {"gla.bwd_dqk": {"sub_num_warps": 4}},
-            "hfzoo_dqk_sub_bk32": {"gla.bwd_dqk": {"sub_BK": 32}}}
+            "hfzoo_dqk_sub_bk32": {"gla.bwd_dqk": {"sub_BK": 32}},
+            "hfzoo_A_one_kernel": {"gla.fwd_A": {"split": False, "num_warps": 4}},
+            "hfzoo_mid_round": {"gla.bwd_dqk": {"split": False}, "gla.fwd_A": {"split": False, "num_warps": 4}}}
 
 
 def variant_cases(res):
@@ -300,6 +303,8 @@ def variant_cases(res):
                 try:
                     with tuning(tune):
                         res.add(case, name, "ms", bench_ms(lambda: chunk_gla(q, k, v, g)[0].backward(do)))
+                        with torch.no_grad():
+                            res.add(case.replace("fwdbwd", "fwd", 1), name, "ms", bench_ms(lambda: chunk_gla(q, k, v, g)[0]))
                 except Exception as e:
                     print(f"variant {name} failed: {repr(e)[:300]}")
             q = k = v = g = do = None

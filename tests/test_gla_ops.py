@@ -100,9 +100,10 @@ def test_chunk_strong_decay(regime):
 
 @pytest.mark.parametrize("split", [{"split": False}, {"split": True}, {"split": True, "sub_BK": 16}])
 def test_chunk_dqk_one_kernel_per_form(split):
-    # the backward's dq/dk either as one kernel holding both intra forms or as a pair (the whole-chunk form's
-    # kernel, the sub-chunk forms' kernel; each skips the other's chunks): chunks of every form side by side, two
-    # key blocks (K = 80), sequences ending mid-chunk; the sub-chunk kernel with its own key block
+    # the intra-chunk kernels (A in the forward, dq/dk in the backward) either as one kernel holding both intra
+    # forms or as a pair (the whole-chunk form's kernel, the sub-chunk forms' kernel; each skips the other's
+    # chunks): chunks of every form side by side, two key blocks (K = 80), sequences ending mid-chunk; the
+    # sub-chunk dq/dk kernel with its own key block
     from hfzoo.ops.launch import tuning
 
     cu = torch.tensor([0, 37, 150, 163])
@@ -112,9 +113,9 @@ def test_chunk_dqk_one_kernel_per_form(split):
     worst = [-float(g[0, c0:min(c0 + 64, e)].sum(0).min()) for s, e in zip(cu[:-1].tolist(), cu[1:].tolist())
              for c0 in range(s, e, 64)]  # each chunk's strongest column decay
     assert min(worst) < 80 and _spans(g, cu, 16) > 40, worst  # whole-chunk chunks and exact diagonal blocks
-    with tuning({"gla.bwd_dqk": split}), count_launches() as n:
+    with tuning({"gla.bwd_dqk": split, "gla.fwd_A": {"split": split["split"]}}), count_launches() as n:
         _check(q, k, v, g, h0, cu)
-    assert n["gla.bwd_dqk"] == (2 if split["split"] else 1)
+    assert n["gla.bwd_dqk"] == n["gla.fwd_A"] == (2 if split["split"] else 1)
 
 
 def test_chunk_backward_uses_the_forward_calls_launch_settings():

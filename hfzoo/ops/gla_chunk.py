@@ -250,13 +250,26 @@ def _fwd_h_kernel(KD, V, GC, HS, H0, HT, CU, CO, T, NT,
 @triton.jit(do_not_specialize=["T", "NT"])  # a new length compiles nothing
 def _fwd_A_kernel(Q, K, GC, AS, CU, CI, T, NT,
                   H: tl.constexpr, H_KV: tl.constexpr, HEAD_K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                  BK: tl.constexpr, IS_VARLEN: tl.constexpr, HALF: tl.constexpr, CLAMP: tl.constexpr):
-    # the intra-chunk scores once per chunk and head (causal, unscaled, matmul dtype)
+                  BK: tl.constexpr, IS_VARLEN: tl.constexpr, HALF: tl.constexpr, CLAMP: tl.constexpr,
+                  FORMS: tl.constexpr):
+    # the intra-chunk scores once per chunk and head (causal, unscaled, matmul dtype). FORMS as in _bwd_dqk_kernel:
+    # 0 = both forms (per key block at run time), 1 / 2 = only the chunks of the whole-chunk / sub-chunk form
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_hk = i_h // (H // H_KV)
     i_n, i_t, bos, eos, rows, tok, mt = _chunk_tokens(i_c, CU, CI, T, NT, BT, IS_VARLEN)
     tok0 = bos + i_t * BT
     ck = tl.arange(0, BK)
+    if FORMS != 0:  # the chunk's form, decided over all key columns (as the dq/dk pair decides it)
+        lo = tl.min(_last_row(GC, bos, eos, i_t, i_hk * HEAD_K, ck, HEAD_K, H_KV * HEAD_K, BT))
+        for c0 in range(BK, HEAD_K, BK):
+            lo = tl.minimum(lo, tl.min(_last_row(GC, bos, eos, i_t, i_hk * HEAD_K + c0, ck, HEAD_K - c0,
+                                                 H_KV * HEAD_K, BT)))
+        if FORMS == 1:
+            if lo < -2 * CLAMP:
+                return
+        if FORMS == 2:
+            if lo >= -2 * CLAMP:
+                return
     A = tl.zeros([BT, BT], dtype=tl.float32)
     for k0 in range(0, HEAD_K, BK):
         qcol, kcol, nk = i_h * HEAD_K + k0, i_hk * HEAD_K + k0, HEAD_K - k0
@@ -264,29 +277,50 @@ def _fwd_A_kernel(Q, K, GC, AS, CU, CI, T, NT,
         k = _load_rows(K, tok, mt, kcol, ck, nk, H_KV * HEAD_K).to(tl.float32)
         gc = _load_rows(GC, tok, mt, kcol, ck, nk, H_KV * HEAD_K)
         gl = _last_row(GC, bos, eos, i_t, kcol, ck, nk, H_KV * HEAD_K, BT)
-        if tl.min(gl) >= -2 * CLAMP:  # one matmul for the whole chunk, reference point halfway (gl / 2)
-            A += tl.dot(_dot_in(q * tl.exp(gc - 0.5 * gl[None, :]), HALF),
-                        tl.trans(_dot_in(k * tl.exp(0.5 * gl[None, :] - gc), HALF)))
-        else:  # sub-chunks: one matmul per key sub-chunk (_sub_row_scale)
-            r0, r1, r2, r3, span = _sub_refs(GC, tok0, eos, kcol, ck, nk, H_KV * HEAD_K, BC)
-            diag_ok = span <= CLAMP
-            blk = rows // BC
-            P, Qk = _sub_tiles(gc, blk, r0, r1, r2, r3)
-            qP = q * P
-            kQ = k * Qk
-            for J in tl.static_range(BT // BC):
-                M = _sub_row_scale(blk, J, diag_ok, r0, r1, r2, r3, qP, CLAMP)
-                kJ = tl.where((blk == J)[:, None], kQ, 0.0)
-                A += tl.dot(_dot_in(qP * M, HALF), tl.trans(_dot_in(kJ, HALF)))
-            if not diag_ok:  # diagonal blocks exactly: e^(gc_i - gc_j) elementwise, one key offset at a time
-                for c in range(BC):
-                    j, tok_j, m_j = _diag_rows(tok0, eos, rows, c, BC)
-                    k_c = _load_rows(K, tok_j, m_j, kcol, ck, nk, H_KV * HEAD_K).to(tl.float32)
-                    gc_c = _load_rows(GC, tok_j, m_j, kcol, ck, nk, H_KV * HEAD_K)
-                    a = tl.sum(q * k_c * tl.exp(tl.minimum(gc - gc_c, 0.0)), axis=1)
-                    A += tl.where(rows[None, :] == j[:, None], a[:, None], 0.0)
+        if FORMS == 1:
+            A += _a_whole(q, k, gc, gl, HALF)
+        elif FORMS == 2:
+            A += _a_sub(q, k, gc, K, GC, tok0, eos, rows, kcol, ck, nk, H_KV, HEAD_K, BT, BC, HALF, CLAMP)
+        else:
+            if tl.min(gl) >= -2 * CLAMP:
+                A += _a_whole(q, k, gc, gl, HALF)
+            else:
+                A += _a_sub(q, k, gc, K, GC, tok0, eos, rows, kcol, ck, nk, H_KV, HEAD_K, BT, BC, HALF, CLAMP)
     A = tl.where(rows[:, None] >= rows[None, :], A, 0.0)
     tl.store(AS + tok[:, None] * (H * BT) + i_h * BT + rows[None, :], A.to(AS.dtype.element_ty), mask=mt[:, None])
+
+
+@triton.jit
+def _a_whole(q, k, gc, gl, HALF: tl.constexpr):
+    # one matmul for the whole chunk, reference point halfway (gl / 2)
+    return tl.dot(_dot_in(q * tl.exp(gc - 0.5 * gl[None, :]), HALF),
+                  tl.trans(_dot_in(k * tl.exp(0.5 * gl[None, :] - gc), HALF)))
+
+
+@triton.jit
+def _a_sub(q, k, gc, K, GC, tok0, eos, rows, kcol, ck, nk, H_KV: tl.constexpr, HEAD_K: tl.constexpr,
+           BT: tl.constexpr, BC: tl.constexpr, HALF: tl.constexpr, CLAMP: tl.constexpr):
+    # intra-chunk scores of one key block by sub-chunks: one matmul per key sub-chunk (_sub_row_scale), the
+    # diagonal blocks exactly when a sub-chunk decays beyond e^-CLAMP
+    A = tl.zeros([BT, BT], dtype=tl.float32)
+    r0, r1, r2, r3, span = _sub_refs(GC, tok0, eos, kcol, ck, nk, H_KV * HEAD_K, BC)
+    diag_ok = span <= CLAMP
+    blk = rows // BC
+    P, Qk = _sub_tiles(gc, blk, r0, r1, r2, r3)
+    qP = q * P
+    kQ = k * Qk
+    for J in tl.static_range(BT // BC):
+        M = _sub_row_scale(blk, J, diag_ok, r0, r1, r2, r3, qP, CLAMP)
+        kJ = tl.where((blk == J)[:, None], kQ, 0.0)
+        A += tl.dot(_dot_in(qP * M, HALF), tl.trans(_dot_in(kJ, HALF)))
+    if not diag_ok:  # diagonal blocks exactly: e^(gc_i - gc_j) elementwise, one key offset at a time
+        for c in range(BC):
+            j, tok_j, m_j = _diag_rows(tok0, eos, rows, c, BC)
+            k_c = _load_rows(K, tok_j, m_j, kcol, ck, nk, H_KV * HEAD_K).to(tl.float32)
+            gc_c = _load_rows(GC, tok_j, m_j, kcol, ck, nk, H_KV * HEAD_K)
+            a = tl.sum(q * k_c * tl.exp(tl.minimum(gc - gc_c, 0.0)), axis=1)
+            A += tl.where(rows[None, :] == j[:, None], a[:, None], 0.0)
+    return A
 
 
 @triton.jit(do_not_specialize=["T", "NT"])  # a new length compiles nothing
@@ -575,7 +609,7 @@ def _conf(kernel, K, V=None):
     wide = 8 if V >= 128 else 4
     shape = {"prep": dict(BK=_p2(K), num_warps=4),                 # gates cumsum and decayed keys
              "fwd_h": dict(BK=_p2(K), BV=_p2(V), num_warps=4),     # state scan (forward, and recomputed)
-             "fwd_A": dict(BK=_p2(K), num_warps=4),                # intra-chunk scores
+             "fwd_A": dict(BK=_p2(K), num_warps=8),                # intra-chunk scores (both kernels of the pair)
              "fwd_o": dict(BK=_p2(K), BV=_p2(V, hi=128), num_warps=wide),
              "bwd_dh": dict(BK=_p2(K), BV=_p2(V), num_warps=4),    # reverse state-gradient scan
              "bwd_dv": dict(BK=_p2(K), BV=_p2(V, hi=128), num_warps=wide),
@@ -627,8 +661,17 @@ def _fwd(q, k, v, g, scale, h0, seqs, want_ht):
     # (faster on the H200 also for a single value block: benchmarks/NOTES.md, sweeps of runs 4 and 6)
     A = torch.empty(B, T, H, BT, dtype=_state_dtype(v.dtype), device=v.device)
     BK, _, opts = _conf("fwd_A", K)
-    launch("gla.fwd_A", _fwd_A_kernel, (seqs.n_chunks, H), q, k, gc, A, seqs.cu, seqs.ci, seqs.T, seqs.NT, H=H, H_KV=Hkv, HEAD_K=K,
-                                      BT=BT, BC=BC, BK=BK, IS_VARLEN=seqs.varlen, HALF=half, CLAMP=CLAMP, **opts)
+    # split (default): one kernel per intra form, as the backward's dq/dk, both at 8 warps (Triton 3.6, sm_90a: the
+    # whole-chunk kernel 206 registers, no spill; the sub-chunk one 304 B spill stores; against 516 B for one kernel
+    # holding both at 4 warps, the mid-round default; benchmarks/NOTES.md)
+    conf = settings("gla.fwd_A", split=True, sub_num_warps=None)
+    launches = [(0, opts)]
+    if conf["split"]:
+        launches = [(1, opts), (2, dict(opts, **({"num_warps": conf["sub_num_warps"]} if conf["sub_num_warps"] else {})))]
+    for forms, o in launches:
+        launch("gla.fwd_A", _fwd_A_kernel, (seqs.n_chunks, H), q, k, gc, A, seqs.cu, seqs.ci, seqs.T, seqs.NT,
+               H=H, H_KV=Hkv, HEAD_K=K, BT=BT, BC=BC, BK=BK, IS_VARLEN=seqs.varlen, HALF=half, CLAMP=CLAMP,
+               FORMS=forms, **o)
     o = torch.empty(B, T, H, V, dtype=v.dtype, device=v.device)
     BK, BV, opts = _conf("fwd_o", K, V)
     launch("gla.fwd_o", _fwd_o_kernel, (triton.cdiv(V, BV), seqs.n_chunks, H),
