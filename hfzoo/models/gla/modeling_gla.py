@@ -320,6 +320,8 @@ class GLAModel(GLAPreTrainedModel):
             cu_seqlens=cu_seqlens, kwargs=kwargs)
 
         hidden_states = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        if attention_mask is not None and packing is None and bool(attention_mask.bool().all()):
+            attention_mask = None  # no padding (generate's usual mask): checked once here, not once per layer
         all_hidden = () if output_hidden_states else None
         for layer in self.layers:
             if output_hidden_states:
