@@ -37,6 +37,9 @@ ap.add_argument("--parallel", type=int, default=0, help="run this many parts sid
 ap.add_argument("--seconds", type=float, default=300.0, help="with --parallel: time limit of the whole")
 ap.add_argument("--what", default="kernels,train2048,generate,train1024")
 ap.add_argument("--dry-run", action="store_true", help="the CPU check of gla_model.py's --dry-run (hidden 32)")
+if len(sys.argv) == 1:  # e.g. benchmarks/run_all.py, which runs every script here: not a benchmark, no device time
+    print(__doc__.split("\n\n")[0] + "\nNothing to do without arguments; see --help.")
+    sys.exit(0)
 args = ap.parse_args()
 if args.dry_run:
     os.environ.setdefault("TRITON_INTERPRET", "1")
