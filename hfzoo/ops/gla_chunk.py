@@ -24,11 +24,14 @@ and key block at run time:
 Kernels (grid in brackets):
   _prep      [K/BK, chunks, Hkv]   gc and kd (the backward rebuilds kd from the saved gc)
   _fwd_h     [K/BK, V/BV, N*Hkv]   sequential over chunks: states before each chunk, final state
-  _fwd_A     [chunks, H]           A (causal, unscaled, matmul dtype), used by the output and kept for dv
+  _fwd_A     [chunks, H]           A (causal, unscaled, matmul dtype), used by the output and kept for dv; launched
+                                   as a pair (FORMS 1 and 2: the whole-chunk form's chunks, then the others)
   _fwd_o     [V/BV, chunks, H]     output
   _bwd_dh    [K/BK, V/BV, N*Hkv]   reverse scan: state gradients after each chunk, d initial state
   _bwd_dv    [V/BV, chunks, Hkv]   dv = kd @ dh + A^T @ do (summed over the query heads of a group)
-  _bwd_dqk   [K/BK, chunks, Hkv]   dq, dk, dg (the later tokens' share of dg from sum_v h_next * dh_next)
+  _bwd_dqk   [K/BK, chunks, Hkv]   dq, dk, dg (the later tokens' share of dg from sum_v h_next * dh_next); a pair too
+The pairs keep the sub-chunk code out of the ordinary-gate kernel (its registers; benchmarks/NOTES.md, version 4);
+one kernel holding both forms remains available (settings ``split: False``).
 The two scans load the next chunk's tiles while the current one computes. The backward recomputes the
 chunk states instead of keeping them from the forward.
 
