@@ -185,6 +185,8 @@ def _time_first_launches(out):
         label = name.split(".", 1)[1]
         if label == "prep":
             label += "_from_gc" if kwargs.get("FROM_GC") else "_from_g"
+        if kwargs.get("FORMS"):  # the pairs of intra-chunk kernels: 1 whole-chunk form, 2 sub-chunk forms
+            label += "_whole" if kwargs["FORMS"] == 1 else "_sub"
         out[label] = out.get(label, 0.0) + time.perf_counter() - t0
         return r
 
