@@ -283,14 +283,15 @@ SWEEP_GATES = ("logsigmoid/16", "logsigmoid", "logsigmoid*2")
 
 
 # Launch variants timed beside the defaults in every full run (rows "variant fwd ..." / "variant fwdbwd ..."): the
-# pairs of intra-chunk kernels (default: dq/dk's sub-chunk kernel at 8 warps, BK 64; A's pair at 8 warps) against one
-# kernel holding both intra forms, dq/dk's sub-chunk kernel at 4 warps or BK 32, and the mid-round defaults (both
-# intra kernels whole, A at 4 warps), at ordinary and strong gates.
+# dq/dk pair (default; its sub-chunk kernel at 8 warps, BK 64) against one kernel holding both intra forms (the
+# mid-round default) and its sub-chunk kernel at 4 warps or BK 32; the forward's A as a pair too (both at 8 warps,
+# or the sub-chunk one only), at ordinary and strong gates.
 VARIANTS = {"hfzoo_dqk_one_kernel": {"gla.bwd_dqk": {"split": False}},
             "hfzoo_dqk_sub_w4": {"gla.bwd_dqk": {"sub_num_warps": 4}},
             "hfzoo_dqk_sub_bk32": {"gla.bwd_dqk": {"sub_BK": 32}},
-            "hfzoo_A_one_kernel": {"gla.fwd_A": {"split": False, "num_warps": 4}},
-            "hfzoo_mid_round": {"gla.bwd_dqk": {"split": False}, "gla.fwd_A": {"split": False, "num_warps": 4}}}
+            "hfzoo_A_split_w8": {"gla.fwd_A": {"split": True, "num_warps": 8}},
+            "hfzoo_A_split_sub_w8": {"gla.fwd_A": {"split": True, "sub_num_warps": 8}},
+            "hfzoo_mid_round": {"gla.bwd_dqk": {"split": False}}}
 
 
 def variant_cases(res):

@@ -24,14 +24,15 @@ and key block at run time:
 Kernels (grid in brackets):
   _prep      [K/BK, chunks, Hkv]   gc and kd (the backward rebuilds kd from the saved gc)
   _fwd_h     [K/BK, V/BV, N*Hkv]   sequential over chunks: states before each chunk, final state
-  _fwd_A     [chunks, H]           A (causal, unscaled, matmul dtype), used by the output and kept for dv; launched
-                                   as a pair (FORMS 1 and 2: the whole-chunk form's chunks, then the others)
+  _fwd_A     [chunks, H]           A (causal, unscaled, matmul dtype), used by the output and kept for dv; as a
+                                   pair with ``split`` (FORMS 1 and 2: the whole-chunk form's chunks, then the others)
   _fwd_o     [V/BV, chunks, H]     output
   _bwd_dh    [K/BK, V/BV, N*Hkv]   reverse scan: state gradients after each chunk, d initial state
   _bwd_dv    [V/BV, chunks, Hkv]   dv = kd @ dh + A^T @ do (summed over the query heads of a group)
-  _bwd_dqk   [K/BK, chunks, Hkv]   dq, dk, dg (the later tokens' share of dg from sum_v h_next * dh_next); a pair too
-The pairs keep the sub-chunk code out of the ordinary-gate kernel (its registers; benchmarks/NOTES.md, version 4);
-one kernel holding both forms remains available (settings ``split: False``).
+  _bwd_dqk   [K/BK, chunks, Hkv]   dq, dk, dg (the later tokens' share of dg from sum_v h_next * dh_next); a pair by
+                                   default
+The dq/dk pair keeps the sub-chunk code out of the ordinary-gate kernel (its registers; benchmarks/NOTES.md,
+version 4); one kernel holding both forms remains available (settings ``split: False``).
 The two scans load the next chunk's tiles while the current one computes. The backward recomputes the
 chunk states instead of keeping them from the forward.
 
@@ -612,7 +613,7 @@ def _conf(kernel, K, V=None):
     wide = 8 if V >= 128 else 4
     shape = {"prep": dict(BK=_p2(K), num_warps=4),                 # gates cumsum and decayed keys
              "fwd_h": dict(BK=_p2(K), BV=_p2(V), num_warps=4),     # state scan (forward, and recomputed)
-             "fwd_A": dict(BK=_p2(K), num_warps=8),                # intra-chunk scores (both kernels of the pair)
+             "fwd_A": dict(BK=_p2(K), num_warps=4),                # intra-chunk scores
              "fwd_o": dict(BK=_p2(K), BV=_p2(V, hi=128), num_warps=wide),
              "bwd_dh": dict(BK=_p2(K), BV=_p2(V), num_warps=4),    # reverse state-gradient scan
              "bwd_dv": dict(BK=_p2(K), BV=_p2(V, hi=128), num_warps=wide),
@@ -664,10 +665,9 @@ def _fwd(q, k, v, g, scale, h0, seqs, want_ht):
     # (faster on the H200 also for a single value block: benchmarks/NOTES.md, sweeps of runs 4 and 6)
     A = torch.empty(B, T, H, BT, dtype=_state_dtype(v.dtype), device=v.device)
     BK, _, opts = _conf("fwd_A", K)
-    # split (default): one kernel per intra form, as the backward's dq/dk, both at 8 warps (Triton 3.6, sm_90a: the
-    # whole-chunk kernel 206 registers, no spill; the sub-chunk one 304 B spill stores; against 516 B for one kernel
-    # holding both at 4 warps, the mid-round default; benchmarks/NOTES.md)
-    conf = settings("gla.fwd_A", split=True, sub_num_warps=None)
+    # one kernel holding both intra forms by default (measured: the mid-round run); the pair as in the backward's
+    # dq/dk is an option (split; benchmarks/gla.py's variant rows time it at 8 warps; benchmarks/NOTES.md)
+    conf = settings("gla.fwd_A", split=False, sub_num_warps=None)
     launches = [(0, opts)]
     if conf["split"]:
         launches = [(1, opts), (2, dict(opts, **({"num_warps": conf["sub_num_warps"]} if conf["sub_num_warps"] else {})))]
