@@ -129,13 +129,69 @@ def _tag(H, K, V, T):
 
 def cold_start(res, name, fn):
     # the first call in this process: compilation (and autotuning, for fla) of the forward and backward; then the
-    # first call at a new length (what a user meets at every new sequence length)
+    # first call at a new length (what a user meets at every new sequence length). For hfzoo also each kernel's
+    # first launch (its compile), measured by synchronising around it.
     (H, K, V) = SHAPES[0]
-    for T in (32 * TOKENS // 256, 32 * TOKENS // 256 + 1000):
-        q, k, v, g = _inputs(1, T, H, K, V, gate="logsigmoid")
-        do = torch.randn_like(v)
-        res.add(f"coldstart fwdbwd T{T} H{H} K{K} V{V}", name, "s",
-                first_call_s(lambda: fn(q, k, v, g)[0].backward(do)))
+    per_kernel = {}
+    restore = _time_first_launches(per_kernel) if name == "hfzoo" else None
+    try:
+        for T in (32 * TOKENS // 256, 32 * TOKENS // 256 + 1000):
+            q, k, v, g = _inputs(1, T, H, K, V, gate="logsigmoid")
+            do = torch.randn_like(v)
+            per_kernel.clear()
+            res.add(f"coldstart fwdbwd T{T} H{H} K{K} V{V}", name, "s",
+                    first_call_s(lambda: fn(q, k, v, g)[0].backward(do)))
+            for kernel, s in per_kernel.items():
+                res.add(f"coldstart fwdbwd T{T} H{H} K{K} V{V} kernel={kernel}", name, "s", s)
+    finally:
+        if restore:
+            restore()
+
+
+def cold_start_fresh(res):
+    """hfzoo's cold start in a new process with an empty Triton cache (this process's cache may hold its kernels
+    already, e.g. from the GPU tests); its rows are added to ``res``."""
+    import json
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, TRITON_CACHE_DIR=os.path.join(tmp, "cache"), HFZOO_BENCH_OUT=tmp)
+        cmd = [sys.executable, os.path.abspath(__file__), "--parts", "cold", "--no-fla", "--cold-here",
+               "--name", "gla_cold"] + (["--dry-run"] if DRY else [])
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        print(proc.stdout[-3000:], proc.stderr[-3000:] if proc.returncode else "", flush=True)
+        path = os.path.join(tmp, "gla_dryrun.json" if DRY else "gla_cold.json")
+        if not DRY and os.path.exists(path):
+            for row in json.load(open(path))["rows"]:
+                res.add(**row)
+
+
+def _time_first_launches(out):
+    """Time (synchronised) the first launch of each hfzoo GLA kernel with a new key into ``out``; returns undo."""
+    from hfzoo.ops import gla_chunk
+
+    orig = gla_chunk.launch
+    seen = set()
+
+    def timed(name, kernel, grid, *args, **kwargs):
+        key = (name, tuple(sorted((k, v) for k, v in kwargs.items() if isinstance(v, (bool, int, str)))))
+        if key in seen or DRY:
+            return orig(name, kernel, grid, *args, **kwargs)
+        seen.add(key)
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        r = orig(name, kernel, grid, *args, **kwargs)
+        torch.cuda.synchronize()
+        label = name.split(".", 1)[1]
+        if label == "prep":
+            label += "_from_gc" if kwargs.get("FROM_GC") else "_from_g"
+        if kwargs.get("FORMS"):  # the pairs of intra-chunk kernels: 1 whole-chunk form, 2 sub-chunk forms
+            label += "_whole" if kwargs["FORMS"] == 1 else "_sub"
+        out[label] = out.get(label, 0.0) + time.perf_counter() - t0
+        return r
+
+    gla_chunk.launch = timed
+    return lambda: setattr(gla_chunk, "launch", orig)
 
 
 def chunk_cases(res, name, fn, lengths, shapes, gates, sdpa=False):
@@ -212,13 +268,50 @@ def accuracy(res, name, fn, gate):
 # Launch settings tried by --sweep, by group (one kernel or a pair each); "default" is the library's setting.
 # Device runs 4 and 6 tried prep 8 warps / BK 32 / 2 warps, scans 8 warps (BV 64/128) and 2 stages, o BV=64 /
 # 4 warps / 1 stage / BK 128, the A kernel with 8 warps, dv BV=64/4 warps, dqk 8 warps / BV=128 / 1 stage
-# (results/gla_sweep.json, NOTES.md). Timed at both ordinary and strong gates (the sub-chunk forms).
+# (results/gla_sweep.json, NOTES.md). Now the dq/dk kernel only: 8 warps, BK 32, and one kernel per intra form
+# ("split": the whole-chunk kernel without the sub-chunk code, and a sub-chunk kernel, "sub_BK" its own key
+# block), at ordinary and strong gates.
 SWEEP = {
-    "A": {"A_w8": {"gla.fwd_A": {"num_warps": 8}}, "A_bk32": {"gla.fwd_A": {"BK": 32}}},
-    "o": {"o_bk128": {"gla.fwd_o": {"BK": 128}}},
-    "dqk": {"dqk_w8": {"gla.bwd_dqk": {"num_warps": 8}}, "dqk_bk32": {"gla.bwd_dqk": {"BK": 32}}},
+    "dqk": {"dqk_w8": {"gla.bwd_dqk": {"num_warps": 8}}, "dqk_bk32": {"gla.bwd_dqk": {"BK": 32}},
+            "dqk_split": {"gla.bwd_dqk": {"split": True}},
+            "dqk_split_w8": {"gla.bwd_dqk": {"split": True, "num_warps": 8}},
+            "dqk_split_bk32": {"gla.bwd_dqk": {"split": True, "BK": 32}},
+            "dqk_split_sub32": {"gla.bwd_dqk": {"split": True, "sub_BK": 32}},
+            "dqk_split_w8_sub32": {"gla.bwd_dqk": {"split": True, "num_warps": 8, "sub_BK": 32}}},
 }
-SWEEP_GATES = ("logsigmoid/16", "logsigmoid")
+SWEEP_GATES = ("logsigmoid/16", "logsigmoid", "logsigmoid*2")
+
+
+# Launch variants timed beside the defaults in every full run (rows "variant fwd ..." / "variant fwdbwd ..."): the
+# dq/dk pair (default; its sub-chunk kernel at 8 warps, BK 64) against one kernel holding both intra forms (the
+# mid-round default) and its sub-chunk kernel at 4 warps or BK 32; the forward's A as a pair too (both at 8 warps,
+# or the sub-chunk one only), at ordinary and strong gates.
+VARIANTS = {"hfzoo_dqk_one_kernel": {"gla.bwd_dqk": {"split": False}},
+            "hfzoo_dqk_sub_w4": {"gla.bwd_dqk": {"sub_num_warps": 4}},
+            "hfzoo_dqk_sub_bk32": {"gla.bwd_dqk": {"sub_BK": 32}},
+            "hfzoo_A_split_w8": {"gla.fwd_A": {"split": True, "num_warps": 8}},
+            "hfzoo_A_split_sub_w8": {"gla.fwd_A": {"split": True, "sub_num_warps": 8}},
+            "hfzoo_mid_round": {"gla.bwd_dqk": {"split": False}}}
+
+
+def variant_cases(res):
+    T = LENGTHS[1]
+    for H, K, V in SHAPES:
+        for gate in ("logsigmoid/16", "logsigmoid*2"):
+            B = TOKENS // T
+            q, k, v, g = _inputs(B, T, H, K, V, gate=gate)
+            do = torch.randn_like(v)
+            case = f"variant fwdbwd B{B} T{T} H{H} K{K} V{V} {str(DT)[6:].replace('bfloat16', 'bf16')} gate={gate}"
+            for name, tune in (("hfzoo", {}), *VARIANTS.items()):
+                try:
+                    with tuning(tune):
+                        res.add(case, name, "ms", bench_ms(lambda: chunk_gla(q, k, v, g)[0].backward(do)))
+                        with torch.no_grad():
+                            res.add(case.replace("fwdbwd", "fwd", 1), name, "ms", bench_ms(lambda: chunk_gla(q, k, v, g)[0]))
+                except Exception as e:
+                    print(f"variant {name} failed: {repr(e)[:300]}")
+            q = k = v = g = do = None
+            _save(res)
 
 
 def sweep(res):
@@ -238,14 +331,11 @@ def sweep(res):
             try:
                 with tuning(tune):
                     t = bench_ms(lambda: chunk_gla(q, k, v, g)[0].backward(do))
-                    with torch.no_grad():
-                        t_f = bench_ms(lambda: chunk_gla(q, k, v, g)[0])
             except Exception as e:
                 print(f"variant {name} failed: {repr(e)[:300]}")
                 t = float("inf")
             else:
                 res.add(f"sweep fwdbwd B{B} T{T} H{H} K{K} V{V} bf16 gate={gate}", f"hfzoo_{name}", "ms", t)
-                res.add(f"sweep fwd B{B} T{T} H{H} K{K} V{V} bf16 gate={gate}", f"hfzoo_{name}", "ms", t_f)
             totals.setdefault((grp, name), []).append((t, tune))
         q = k = v = g = do = None
         _save(res)
@@ -293,40 +383,64 @@ def main():
     ap.add_argument("--dry-run", action="store_true", help="toy sizes on the CPU (interpreter), rows not kept")
     ap.add_argument("--gates", default=",".join(GATES), help="comma-separated gate regimes (GATES)")
     ap.add_argument("--lengths", default=None, help="comma-separated T (default 2048,8192,16384; --quick: 8192)")
+    ap.add_argument("--parts", default="cold,chunk,decode,accuracy,variants",
+                    help="comma-separated parts to run (cold,chunk,decode,accuracy: hfzoo and fla; variants: hfzoo's "
+                         "launch variants)")
+    ap.add_argument("--name", default=None, help="results file name (default gla, or gla_sweep with --sweep-only)")
+    ap.add_argument("--cold-here", action="store_true",
+                    help="hfzoo's cold start in this process and its Triton cache (default: a fresh process and cache)")
     args = ap.parse_args()
     lengths = LENGTHS[1:2] if args.quick else LENGTHS
     if args.lengths and not DRY:
         lengths = [int(t) for t in args.lengths.split(",")]
     gates = args.gates.split(",")
+    parts = set(args.parts.split(","))
+    known = {"cold", "chunk", "decode", "accuracy", "variants"}
+    if parts - known:
+        ap.error(f"unknown parts {sorted(parts - known)}")
     if args.sweep_only:
-        res = Results("gla_dryrun" if DRY else "gla_sweep")
+        res = Results("gla_dryrun" if DRY else (args.name or "gla_sweep"))
         sweep(res)
         print("saved", _save(res))
         return
-    res = Results("gla_dryrun" if DRY else "gla")
+    res = Results("gla_dryrun" if DRY else (args.name or "gla"))
     if os.environ.get("HFZOO_TUNE"):
         print("launch settings from HFZOO_TUNE:", os.environ["HFZOO_TUNE"])
     # hfzoo first, so its rows survive a timeout during fla's autotuning
-    cold_start(res, "hfzoo", chunk_gla)
-    ours = chunk_cases(res, "hfzoo", chunk_gla, lengths, SHAPES, gates, sdpa=True)
-    ours_dec = decode_cases(res, "hfzoo", lambda q, k, v, g, s: fused_recurrent_gla(
-        q, k, v, g, initial_state=s, output_final_state=True))
-    for gate in gates:
-        accuracy(res, "hfzoo", chunk_gla, gate)
+    ours, ours_dec = {}, {}
+    if "cold" in parts:
+        if args.cold_here:
+            cold_start(res, "hfzoo", chunk_gla)
+        else:
+            cold_start_fresh(res)
+    if "chunk" in parts:
+        ours = chunk_cases(res, "hfzoo", chunk_gla, lengths, SHAPES, gates, sdpa=True)
+    if "decode" in parts:
+        ours_dec = decode_cases(res, "hfzoo", lambda q, k, v, g, s: fused_recurrent_gla(
+            q, k, v, g, initial_state=s, output_final_state=True))
+    if "accuracy" in parts:
+        for gate in gates:
+            accuracy(res, "hfzoo", chunk_gla, gate)
+    if "variants" in parts:
+        variant_cases(res)
     _save(res)
     if args.sweep:  # before fla, whose first call autotunes for minutes
         sweep(res)
     fla_chunk, fla_recurrent = (None, None) if (args.no_fla or DRY) else _fla()
     if fla_chunk is not None:
-        cold_start(res, "fla", fla_chunk)
-        theirs = chunk_cases(res, "fla", fla_chunk, lengths, SHAPES, gates)
-        ratios(res, ours, theirs)
-        theirs_dec = decode_cases(res, "fla", lambda q, k, v, g, s: fla_recurrent(
-            q, k, v, gk=g, initial_state=s, output_final_state=True))
-        for case, t in ours_dec.items():
-            res.add(case, "hfzoo", "x_fla", t / theirs_dec[case])
-        for gate in gates:
-            accuracy(res, "fla", fla_chunk, gate)
+        if "cold" in parts:
+            cold_start(res, "fla", fla_chunk)
+        if "chunk" in parts:
+            theirs = chunk_cases(res, "fla", fla_chunk, lengths, SHAPES, gates)
+            ratios(res, ours, theirs)
+        if "decode" in parts:
+            theirs_dec = decode_cases(res, "fla", lambda q, k, v, g, s: fla_recurrent(
+                q, k, v, gk=g, initial_state=s, output_final_state=True))
+            for case, t in ours_dec.items():
+                res.add(case, "hfzoo", "x_fla", t / theirs_dec[case])
+        if "accuracy" in parts:
+            for gate in gates:
+                accuracy(res, "fla", fla_chunk, gate)
         _save(res)
     print("saved", _save(res))
 

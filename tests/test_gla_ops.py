@@ -98,6 +98,44 @@ def test_chunk_strong_decay(regime):
     _check(q, k, v, g, h0, cu)
 
 
+@pytest.mark.parametrize("split", [{"split": False}, {"split": True}, {"split": True, "sub_BK": 16}])
+def test_chunk_dqk_one_kernel_per_form(split):
+    # the intra-chunk kernels (A in the forward, dq/dk in the backward) either as one kernel holding both intra
+    # forms or as a pair (the whole-chunk form's kernel, the sub-chunk forms' kernel; each skips the other's
+    # chunks): chunks of every form side by side, two key blocks (K = 80), sequences ending mid-chunk; the
+    # sub-chunk dq/dk kernel with its own key block
+    from hfzoo.ops.launch import tuning
+
+    cu = torch.tensor([0, 37, 150, 163])
+    q, k, v, g, h0 = _inputs(1, 163, 4, 2, 80, 16, N=3, seed=5)
+    g = g * torch.logspace(-1.2, 1.5, 80)[torch.randperm(80, generator=torch.Generator().manual_seed(1))]
+    g[:, 40:] = g[:, 40:] / 64  # the chunks after token 40: whole-chunk form in some key blocks
+    worst = [-float(g[0, c0:min(c0 + 64, e)].sum(0).min()) for s, e in zip(cu[:-1].tolist(), cu[1:].tolist())
+             for c0 in range(s, e, 64)]  # each chunk's strongest column decay
+    assert min(worst) < 80 and _spans(g, cu, 16) > 40, worst  # whole-chunk chunks and exact diagonal blocks
+    with tuning({"gla.bwd_dqk": split, "gla.fwd_A": {"split": split["split"]}}), count_launches() as n:
+        _check(q, k, v, g, h0, cu)
+    assert n["gla.bwd_dqk"] == n["gla.fwd_A"] == (2 if split["split"] else 1)
+
+
+def test_chunk_backward_uses_the_forward_calls_launch_settings():
+    # on a GPU autograd runs the backward on its own thread, where the caller's tuning() blocks are not seen: the
+    # settings in force at the forward call must be the backward's (here: its block has closed before backward)
+    import threading
+
+    from hfzoo.ops.launch import tuning
+
+    q, k, v, g, _ = _inputs(1, 70, 2, 2, 16, 16, seed=12)
+    leaves = [t.requires_grad_() for t in (q, k, v, g)]
+    with tuning({"gla.bwd_dqk": {"split": True}}):
+        o, _ = chunk_gla(*leaves, backend="triton")
+    with count_launches() as n:
+        worker = threading.Thread(target=lambda: o.sum().backward())
+        worker.start()
+        worker.join()
+    assert n["gla.bwd_dqk"] == 2 and all(t.grad is not None for t in leaves)
+
+
 def test_chunk_inference_matches_training_forward():
     # under no_grad the forward keeps no intra-chunk scores for a backward; outputs must not change
     q, k, v, g, h0 = _inputs(2, 70, 2, 2, 16, 32, seed=11)

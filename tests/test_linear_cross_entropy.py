@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from helpers import rel_err
 
-from hfzoo.ops.linear_cross_entropy import linear_cross_entropy
+from hfzoo.ops.linear_cross_entropy import cross_entropy, linear_cross_entropy
 
 
 def _data(N=10, D=16, V=50, seed=0, dtype=torch.float32, ignore=True):
@@ -122,3 +122,79 @@ def test_gla_model_fused_loss_matches_its_logits_loss():
     model.eval()
     model.config.fuse_linear_cross_entropy = True
     assert model(input_ids=ids, labels=labels).logits is not None  # evaluation keeps transformers' outputs
+
+
+# cross_entropy: the same loss from logits that exist (GLAForCausalLM's default loss), chunked over rows
+
+
+@pytest.mark.parametrize("chunk", [3, 64])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "items"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_cross_entropy_matches_torch(chunk, reduction, dtype):
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(11, 40, generator=gen) * 3).to(dtype)
+    t = torch.randint(0, 40, (11,), generator=gen)
+    t[::4] = -100
+    kw = {"reduction": "sum"} if reduction == "sum" else {}
+    if reduction == "items":
+        kw = {"num_items_in_batch": 13}
+    upstream = torch.tensor(0.7)  # a scaled loss (e.g. gradient accumulation) reaches the gradient
+    results = []
+    for fn in (lambda x: cross_entropy(x, t, chunk_size=chunk, **kw),
+               lambda x: F.cross_entropy(x.float(), t, reduction="sum") / (
+                   13 if reduction == "items" else 1 if reduction == "sum" else (t != -100).sum())):
+        leaf = x.detach().clone().requires_grad_()
+        before = leaf.detach().clone()
+        loss = fn(leaf)
+        (grad,) = torch.autograd.grad(loss * upstream, leaf)
+        assert torch.equal(leaf.detach(), before)  # the logits are not overwritten
+        assert grad.dtype == dtype
+        results.append((loss, grad))
+    (a, ga), (b, gb) = results
+    assert rel_err(a, b) < 1e-6
+    assert rel_err(ga.float(), gb.float()) < (1e-6 if dtype == torch.float32 else 8e-3)
+
+
+def test_chunked_cross_entropy_without_grad_and_bad_inputs():
+    x, t = torch.randn(5, 7), torch.randint(0, 7, (5,))
+    with torch.no_grad():
+        assert torch.allclose(cross_entropy(x.requires_grad_(), t, chunk_size=2), F.cross_entropy(x, t))
+    with pytest.raises(TypeError, match="target"):
+        cross_entropy(x, t.float())
+    with pytest.raises(ValueError, match="shape"):
+        cross_entropy(x, t[:4])
+    with pytest.raises(ValueError, match="reduction"):
+        cross_entropy(x, t, reduction="none")
+
+
+def test_gla_model_default_loss_is_transformers_causal_lm_loss():
+    # GLAForCausalLM's default loss (chunked, from its logits) gives transformers' ForCausalLMLoss and every
+    # gradient, with and without num_items_in_batch; shift_labels goes through transformers' own loss
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    from hfzoo.models.gla.configuration_gla import GLAConfig
+    from hfzoo.models.gla.modeling_gla import GLAForCausalLM
+
+    torch.manual_seed(0)
+    model = GLAForCausalLM(GLAConfig(vocab_size=64, hidden_size=32, num_heads=2, num_hidden_layers=2)).train()
+    ids = torch.randint(0, 64, (2, 21))
+    labels = ids.clone()
+    labels[1, :6] = -100
+    for extra in ({}, {"num_items_in_batch": torch.tensor(37)}):
+        results = []
+        for ours in (True, False):
+            model.zero_grad()
+            if ours:
+                out = model(input_ids=ids, labels=labels, **extra)
+                loss = out.loss
+                assert out.logits is not None and out.logits.shape == (2, 21, 64)
+            else:
+                loss = ForCausalLMLoss(model(input_ids=ids).logits, labels, 64, **extra)
+            loss.backward()
+            results.append([loss.detach()] + [p.grad.clone() for p in model.parameters()])
+        for a, b in zip(*results):
+            assert rel_err(a, b) < 1e-5
+    shift = F.pad(labels[:, 1:], (0, 1), value=-100)
+    with torch.no_grad():
+        assert rel_err(model(input_ids=ids, labels=labels, shift_labels=shift).loss,
+                       model(input_ids=ids, labels=labels).loss) < 1e-6

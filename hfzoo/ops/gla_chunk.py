@@ -24,11 +24,15 @@ and key block at run time:
 Kernels (grid in brackets):
   _prep      [K/BK, chunks, Hkv]   gc and kd (the backward rebuilds kd from the saved gc)
   _fwd_h     [K/BK, V/BV, N*Hkv]   sequential over chunks: states before each chunk, final state
-  _fwd_A     [chunks, H]           A (causal, unscaled, matmul dtype), used by the output and kept for dv
+  _fwd_A     [chunks, H]           A (causal, unscaled, matmul dtype), used by the output and kept for dv; as a
+                                   pair with ``split`` (FORMS 1 and 2: the whole-chunk form's chunks, then the others)
   _fwd_o     [V/BV, chunks, H]     output
   _bwd_dh    [K/BK, V/BV, N*Hkv]   reverse scan: state gradients after each chunk, d initial state
   _bwd_dv    [V/BV, chunks, Hkv]   dv = kd @ dh + A^T @ do (summed over the query heads of a group)
-  _bwd_dqk   [K/BK, chunks, Hkv]   dq, dk, dg (the later tokens' share of dg from sum_v h_next * dh_next)
+  _bwd_dqk   [K/BK, chunks, Hkv]   dq, dk, dg (the later tokens' share of dg from sum_v h_next * dh_next); a pair by
+                                   default
+The dq/dk pair keeps the sub-chunk code out of the ordinary-gate kernel (its registers; benchmarks/NOTES.md,
+version 4); one kernel holding both forms remains available (settings ``split: False``).
 The two scans load the next chunk's tiles while the current one computes. The backward recomputes the
 chunk states instead of keeping them from the forward.
 
@@ -42,7 +46,7 @@ from __future__ import annotations
 import torch
 
 from .gla import _SAFE_LOG_DECAY as CLAMP  # largest log decay a factorised (matmul) form spans
-from .launch import compile_options, launch, settings
+from .launch import compile_options, launch, settings, tuning
 from .triton_shim import tl, triton
 
 BT = 64  # chunk length
@@ -250,13 +254,26 @@ def _fwd_h_kernel(KD, V, GC, HS, H0, HT, CU, CO, T, NT,
 @triton.jit(do_not_specialize=["T", "NT"])  # a new length compiles nothing
 def _fwd_A_kernel(Q, K, GC, AS, CU, CI, T, NT,
                   H: tl.constexpr, H_KV: tl.constexpr, HEAD_K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                  BK: tl.constexpr, IS_VARLEN: tl.constexpr, HALF: tl.constexpr, CLAMP: tl.constexpr):
-    # the intra-chunk scores once per chunk and head (causal, unscaled, matmul dtype)
+                  BK: tl.constexpr, IS_VARLEN: tl.constexpr, HALF: tl.constexpr, CLAMP: tl.constexpr,
+                  FORMS: tl.constexpr):
+    # the intra-chunk scores once per chunk and head (causal, unscaled, matmul dtype). FORMS as in _bwd_dqk_kernel:
+    # 0 = both forms (per key block at run time), 1 / 2 = only the chunks of the whole-chunk / sub-chunk form
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_hk = i_h // (H // H_KV)
     i_n, i_t, bos, eos, rows, tok, mt = _chunk_tokens(i_c, CU, CI, T, NT, BT, IS_VARLEN)
     tok0 = bos + i_t * BT
     ck = tl.arange(0, BK)
+    if FORMS != 0:  # the chunk's form, decided over all key columns (as the dq/dk pair decides it)
+        lo = tl.min(_last_row(GC, bos, eos, i_t, i_hk * HEAD_K, ck, HEAD_K, H_KV * HEAD_K, BT))
+        for c0 in range(BK, HEAD_K, BK):
+            lo = tl.minimum(lo, tl.min(_last_row(GC, bos, eos, i_t, i_hk * HEAD_K + c0, ck, HEAD_K - c0,
+                                                 H_KV * HEAD_K, BT)))
+        if FORMS == 1:
+            if lo < -2 * CLAMP:
+                return
+        if FORMS == 2:
+            if lo >= -2 * CLAMP:
+                return
     A = tl.zeros([BT, BT], dtype=tl.float32)
     for k0 in range(0, HEAD_K, BK):
         qcol, kcol, nk = i_h * HEAD_K + k0, i_hk * HEAD_K + k0, HEAD_K - k0
@@ -264,29 +281,50 @@ def _fwd_A_kernel(Q, K, GC, AS, CU, CI, T, NT,
         k = _load_rows(K, tok, mt, kcol, ck, nk, H_KV * HEAD_K).to(tl.float32)
         gc = _load_rows(GC, tok, mt, kcol, ck, nk, H_KV * HEAD_K)
         gl = _last_row(GC, bos, eos, i_t, kcol, ck, nk, H_KV * HEAD_K, BT)
-        if tl.min(gl) >= -2 * CLAMP:  # one matmul for the whole chunk, reference point halfway (gl / 2)
-            A += tl.dot(_dot_in(q * tl.exp(gc - 0.5 * gl[None, :]), HALF),
-                        tl.trans(_dot_in(k * tl.exp(0.5 * gl[None, :] - gc), HALF)))
-        else:  # sub-chunks: one matmul per key sub-chunk (_sub_row_scale)
-            r0, r1, r2, r3, span = _sub_refs(GC, tok0, eos, kcol, ck, nk, H_KV * HEAD_K, BC)
-            diag_ok = span <= CLAMP
-            blk = rows // BC
-            P, Qk = _sub_tiles(gc, blk, r0, r1, r2, r3)
-            qP = q * P
-            kQ = k * Qk
-            for J in tl.static_range(BT // BC):
-                M = _sub_row_scale(blk, J, diag_ok, r0, r1, r2, r3, qP, CLAMP)
-                kJ = tl.where((blk == J)[:, None], kQ, 0.0)
-                A += tl.dot(_dot_in(qP * M, HALF), tl.trans(_dot_in(kJ, HALF)))
-            if not diag_ok:  # diagonal blocks exactly: e^(gc_i - gc_j) elementwise, one key offset at a time
-                for c in range(BC):
-                    j, tok_j, m_j = _diag_rows(tok0, eos, rows, c, BC)
-                    k_c = _load_rows(K, tok_j, m_j, kcol, ck, nk, H_KV * HEAD_K).to(tl.float32)
-                    gc_c = _load_rows(GC, tok_j, m_j, kcol, ck, nk, H_KV * HEAD_K)
-                    a = tl.sum(q * k_c * tl.exp(tl.minimum(gc - gc_c, 0.0)), axis=1)
-                    A += tl.where(rows[None, :] == j[:, None], a[:, None], 0.0)
+        if FORMS == 1:
+            A += _a_whole(q, k, gc, gl, HALF)
+        elif FORMS == 2:
+            A += _a_sub(q, k, gc, K, GC, tok0, eos, rows, kcol, ck, nk, H_KV, HEAD_K, BT, BC, HALF, CLAMP)
+        else:
+            if tl.min(gl) >= -2 * CLAMP:
+                A += _a_whole(q, k, gc, gl, HALF)
+            else:
+                A += _a_sub(q, k, gc, K, GC, tok0, eos, rows, kcol, ck, nk, H_KV, HEAD_K, BT, BC, HALF, CLAMP)
     A = tl.where(rows[:, None] >= rows[None, :], A, 0.0)
     tl.store(AS + tok[:, None] * (H * BT) + i_h * BT + rows[None, :], A.to(AS.dtype.element_ty), mask=mt[:, None])
+
+
+@triton.jit
+def _a_whole(q, k, gc, gl, HALF: tl.constexpr):
+    # one matmul for the whole chunk, reference point halfway (gl / 2)
+    return tl.dot(_dot_in(q * tl.exp(gc - 0.5 * gl[None, :]), HALF),
+                  tl.trans(_dot_in(k * tl.exp(0.5 * gl[None, :] - gc), HALF)))
+
+
+@triton.jit
+def _a_sub(q, k, gc, K, GC, tok0, eos, rows, kcol, ck, nk, H_KV: tl.constexpr, HEAD_K: tl.constexpr,
+           BT: tl.constexpr, BC: tl.constexpr, HALF: tl.constexpr, CLAMP: tl.constexpr):
+    # intra-chunk scores of one key block by sub-chunks: one matmul per key sub-chunk (_sub_row_scale), the
+    # diagonal blocks exactly when a sub-chunk decays beyond e^-CLAMP
+    A = tl.zeros([BT, BT], dtype=tl.float32)
+    r0, r1, r2, r3, span = _sub_refs(GC, tok0, eos, kcol, ck, nk, H_KV * HEAD_K, BC)
+    diag_ok = span <= CLAMP
+    blk = rows // BC
+    P, Qk = _sub_tiles(gc, blk, r0, r1, r2, r3)
+    qP = q * P
+    kQ = k * Qk
+    for J in tl.static_range(BT // BC):
+        M = _sub_row_scale(blk, J, diag_ok, r0, r1, r2, r3, qP, CLAMP)
+        kJ = tl.where((blk == J)[:, None], kQ, 0.0)
+        A += tl.dot(_dot_in(qP * M, HALF), tl.trans(_dot_in(kJ, HALF)))
+    if not diag_ok:  # diagonal blocks exactly: e^(gc_i - gc_j) elementwise, one key offset at a time
+        for c in range(BC):
+            j, tok_j, m_j = _diag_rows(tok0, eos, rows, c, BC)
+            k_c = _load_rows(K, tok_j, m_j, kcol, ck, nk, H_KV * HEAD_K).to(tl.float32)
+            gc_c = _load_rows(GC, tok_j, m_j, kcol, ck, nk, H_KV * HEAD_K)
+            a = tl.sum(q * k_c * tl.exp(tl.minimum(gc - gc_c, 0.0)), axis=1)
+            A += tl.where(rows[None, :] == j[:, None], a[:, None], 0.0)
+    return A
 
 
 @triton.jit(do_not_specialize=["T", "NT"])  # a new length compiles nothing
@@ -399,27 +437,89 @@ def _bwd_dv_kernel(KD, AS, DO, DHS, DV, CU, CI, scale, T, NT,
     tl.store(ptr, acc.to(DV.dtype.element_ty), mask=mt[:, None] & (ov[None, :] < HEAD_V))
 
 
+@triton.jit
+def _dqk_whole(dA, q, k, gc, gl, HALF: tl.constexpr):
+    # intra-chunk dq, dk of one query head, one matmul each, reference point halfway through the chunk's decay
+    eg = tl.exp(gc - 0.5 * gl[None, :])
+    ieg = tl.exp(0.5 * gl[None, :] - gc)
+    dq = tl.dot(_dot_in(dA, HALF), _dot_in(k * ieg, HALF)) * eg
+    dk = tl.dot(tl.trans(_dot_in(dA, HALF)), _dot_in(q * eg, HALF)) * ieg
+    return dq, dk
+
+
+@triton.jit
+def _dqk_sub(dA, q, k, gc, Q, K, GC, tok0, eos, rows, kcol, qcol, ck, nk,
+             H: tl.constexpr, H_KV: tl.constexpr, HEAD_K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+             HALF: tl.constexpr, CLAMP: tl.constexpr):
+    # intra-chunk dq, dk of one query head by sub-chunk matmuls (+ exact diagonal blocks when a sub-chunk decays
+    # beyond e^-CLAMP)
+    blk = rows // BC
+    dq = tl.zeros_like(q)
+    dk = tl.zeros_like(k)
+    r0, r1, r2, r3, span = _sub_refs(GC, tok0, eos, kcol, ck, nk, H_KV * HEAD_K, BC)
+    diag_ok = span <= CLAMP
+    P, Qk = _sub_tiles(gc, blk, r0, r1, r2, r3)
+    qP = q * P
+    kQ = k * Qk
+    dAh = _dot_in(dA, HALF)
+    for J in tl.static_range(BT // BC):
+        M = _sub_row_scale(blk, J, diag_ok, r0, r1, r2, r3, qP, CLAMP)
+        inJ = (blk == J)[:, None]
+        dq += tl.dot(dAh, _dot_in(tl.where(inJ, kQ, 0.0), HALF)) * M * P
+        dk += tl.where(inJ, tl.dot(tl.trans(dAh), _dot_in(qP * M, HALF)) * Qk, 0.0)
+    if not diag_ok:  # diagonal blocks exactly, one offset c inside each sub-chunk at a time
+        for c in range(BC):
+            j, tok_j, m_j = _diag_rows(tok0, eos, rows, c, BC)
+            gc_c = _load_rows(GC, tok_j, m_j, kcol, ck, nk, H_KV * HEAD_K)
+            # e^-|gc - gc_c| is e^(gc_i - gc_j) for every pair i >= j that dA keeps
+            e = tl.exp(-tl.abs(gc - gc_c))
+            # dq_i += dA[i, j] k_j e^(gc_i - gc_j) with j = row c of i's sub-chunk
+            k_c = _load_rows(K, tok_j, m_j, kcol, ck, nk, H_KV * HEAD_K).to(tl.float32)
+            dA_c = tl.sum(tl.where(rows[None, :] == j[:, None], dA, 0.0), axis=1)
+            dq += dA_c[:, None] * k_c * e
+            # dk_j += dA[i, j] q_i e^(gc_i - gc_j) with i = row c of j's sub-chunk
+            q_c = _load_rows(Q, tok_j, m_j, qcol, ck, nk, H * HEAD_K).to(tl.float32)
+            dA_r = tl.sum(tl.where(rows[:, None] == j[None, :], dA, 0.0), axis=0)
+            dk += dA_r[:, None] * q_c * e
+    return dq, dk
+
+
 @triton.jit(do_not_specialize=["T", "NT"])  # a new length compiles nothing
 def _bwd_dqk_kernel(Q, K, V, GC, HS, DO, DHS, DQ, DK, DG, CU, CI, scale, T, NT,
                     H: tl.constexpr, H_KV: tl.constexpr, HEAD_K: tl.constexpr, HEAD_V: tl.constexpr,
                     BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                    IS_VARLEN: tl.constexpr, HALF: tl.constexpr, CLAMP: tl.constexpr):
+                    IS_VARLEN: tl.constexpr, HALF: tl.constexpr, CLAMP: tl.constexpr, FORMS: tl.constexpr):
+    # FORMS: 0 = both intra forms, chosen per chunk at run time; 1 = only the chunks that decay by at most
+    # e^-2CLAMP (whole-chunk form), 2 = only the others (sub-chunk forms). 1 and 2 are launched as a pair, so
+    # each kernel holds one form's registers (the ordinary-gate kernel stays small).
     i_k, i_c, i_hk = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     GROUP: tl.constexpr = H // H_KV
     i_n, i_t, bos, eos, rows, tok, mt = _chunk_tokens(i_c, CU, CI, T, NT, BT, IS_VARLEN)
     tok0 = bos + i_t * BT
     ck = tl.arange(0, BK)
+    kcol, nk = i_hk * HEAD_K + i_k * BK, HEAD_K - i_k * BK
+    gl = _last_row(GC, bos, eos, i_t, kcol, ck, nk, H_KV * HEAD_K, BT)
+    if FORMS == 0:  # one matmul per intra term for the whole chunk, else sub-chunks: per key block
+        whole = tl.min(gl) >= -2 * CLAMP
+    else:  # per chunk over all key columns, so that the pair agrees whatever their key blocks
+        lo = tl.min(gl)
+        for c0 in range(0, HEAD_K, BK):
+            lo = tl.minimum(lo, tl.min(_last_row(GC, bos, eos, i_t, i_hk * HEAD_K + c0, ck, HEAD_K - c0,
+                                                 H_KV * HEAD_K, BT)))
+        whole = lo >= -2 * CLAMP
+    if FORMS == 1:
+        if not whole:
+            return
+    if FORMS == 2:
+        if whole:
+            return
     cv = tl.arange(0, BV)
     ok = i_k * BK + ck
     mk = ok < HEAD_K
-    kcol, nk = i_hk * HEAD_K + i_k * BK, HEAD_K - i_k * BK
     causal = rows[:, None] >= rows[None, :]
     sbase = (i_c.to(tl.int64) * H_KV + i_hk) * HEAD_K * HEAD_V
     k = _load_rows(K, tok, mt, kcol, ck, nk, H_KV * HEAD_K).to(tl.float32)
     gc = _load_rows(GC, tok, mt, kcol, ck, nk, H_KV * HEAD_K)
-    gl = _last_row(GC, bos, eos, i_t, kcol, ck, nk, H_KV * HEAD_K, BT)
-    whole = tl.min(gl) >= -2 * CLAMP  # one matmul per intra term for the whole chunk, else sub-chunks
-    blk = rows // BC
     # through the state after the chunk: dk += (v @ dh_next^T) * e^(gl - gc); hdh = sum_v h * dh_next
     dk = tl.zeros([BT, BK], dtype=tl.float32)
     hdh = tl.zeros([BK], dtype=tl.float32)
@@ -451,37 +551,19 @@ def _bwd_dqk_kernel(Q, K, V, GC, HS, DO, DHS, DQ, DK, DG, CU, CI, scale, T, NT,
             dA += tl.dot(_dot_in(do, HALF), tl.trans(_dot_in(v, HALF)))
         dA = tl.where(causal, dA * scale, 0.0)
         dq = dq * (tl.exp(gc) * scale)
-        if whole:  # reference point halfway through the chunk's decay
-            eg = tl.exp(gc - 0.5 * gl[None, :])
-            ieg = tl.exp(0.5 * gl[None, :] - gc)
-            dq += tl.dot(_dot_in(dA, HALF), _dot_in(k * ieg, HALF)) * eg
-            dk += tl.dot(tl.trans(_dot_in(dA, HALF)), _dot_in(q * eg, HALF)) * ieg
+        if FORMS == 1:
+            dq_i, dk_i = _dqk_whole(dA, q, k, gc, gl, HALF)
+        elif FORMS == 2:
+            dq_i, dk_i = _dqk_sub(dA, q, k, gc, Q, K, GC, tok0, eos, rows, kcol, qcol, ck, nk,
+                                  H, H_KV, HEAD_K, BT, BC, HALF, CLAMP)
         else:
-            r0, r1, r2, r3, span = _sub_refs(GC, tok0, eos, kcol, ck, nk, H_KV * HEAD_K, BC)
-            diag_ok = span <= CLAMP
-            P, Qk = _sub_tiles(gc, blk, r0, r1, r2, r3)
-            qP = q * P
-            kQ = k * Qk
-            dAh = _dot_in(dA, HALF)
-            for J in tl.static_range(BT // BC):
-                M = _sub_row_scale(blk, J, diag_ok, r0, r1, r2, r3, qP, CLAMP)
-                inJ = (blk == J)[:, None]
-                dq += tl.dot(dAh, _dot_in(tl.where(inJ, kQ, 0.0), HALF)) * M * P
-                dk += tl.where(inJ, tl.dot(tl.trans(dAh), _dot_in(qP * M, HALF)) * Qk, 0.0)
-            if not diag_ok:  # diagonal blocks exactly, one offset c inside each sub-chunk at a time
-                for c in range(BC):
-                    j, tok_j, m_j = _diag_rows(tok0, eos, rows, c, BC)
-                    gc_c = _load_rows(GC, tok_j, m_j, kcol, ck, nk, H_KV * HEAD_K)
-                    # e^-|gc - gc_c| is e^(gc_i - gc_j) for every pair i >= j that dA keeps
-                    e = tl.exp(-tl.abs(gc - gc_c))
-                    # dq_i += dA[i, j] k_j e^(gc_i - gc_j) with j = row c of i's sub-chunk
-                    k_c = _load_rows(K, tok_j, m_j, kcol, ck, nk, H_KV * HEAD_K).to(tl.float32)
-                    dA_c = tl.sum(tl.where(rows[None, :] == j[:, None], dA, 0.0), axis=1)
-                    dq += dA_c[:, None] * k_c * e
-                    # dk_j += dA[i, j] q_i e^(gc_i - gc_j) with i = row c of j's sub-chunk
-                    q_c = _load_rows(Q, tok_j, m_j, qcol, ck, nk, H * HEAD_K).to(tl.float32)
-                    dA_r = tl.sum(tl.where(rows[:, None] == j[None, :], dA, 0.0), axis=0)
-                    dk += dA_r[:, None] * q_c * e
+            if whole:
+                dq_i, dk_i = _dqk_whole(dA, q, k, gc, gl, HALF)
+            else:
+                dq_i, dk_i = _dqk_sub(dA, q, k, gc, Q, K, GC, tok0, eos, rows, kcol, qcol, ck, nk,
+                                      H, H_KV, HEAD_K, BT, BC, HALF, CLAMP)
+        dq += dq_i
+        dk += dk_i
         ptr = DQ + tok[:, None] * (H * HEAD_K) + i_h * HEAD_K + ok[None, :]
         tl.store(ptr, dq.to(DQ.dtype.element_ty), mask=mt[:, None] & mk[None, :])
         dgl += q * dq
@@ -583,8 +665,16 @@ def _fwd(q, k, v, g, scale, h0, seqs, want_ht):
     # (faster on the H200 also for a single value block: benchmarks/NOTES.md, sweeps of runs 4 and 6)
     A = torch.empty(B, T, H, BT, dtype=_state_dtype(v.dtype), device=v.device)
     BK, _, opts = _conf("fwd_A", K)
-    launch("gla.fwd_A", _fwd_A_kernel, (seqs.n_chunks, H), q, k, gc, A, seqs.cu, seqs.ci, seqs.T, seqs.NT, H=H, H_KV=Hkv, HEAD_K=K,
-                                      BT=BT, BC=BC, BK=BK, IS_VARLEN=seqs.varlen, HALF=half, CLAMP=CLAMP, **opts)
+    # one kernel holding both intra forms by default (measured: the mid-round run); the pair as in the backward's
+    # dq/dk is an option (split; benchmarks/gla.py's variant rows time it at 8 warps; benchmarks/NOTES.md)
+    conf = settings("gla.fwd_A", split=False, sub_num_warps=None)
+    launches = [(0, opts)]
+    if conf["split"]:
+        launches = [(1, opts), (2, dict(opts, **({"num_warps": conf["sub_num_warps"]} if conf["sub_num_warps"] else {})))]
+    for forms, o in launches:
+        launch("gla.fwd_A", _fwd_A_kernel, (seqs.n_chunks, H), q, k, gc, A, seqs.cu, seqs.ci, seqs.T, seqs.NT,
+               H=H, H_KV=Hkv, HEAD_K=K, BT=BT, BC=BC, BK=BK, IS_VARLEN=seqs.varlen, HALF=half, CLAMP=CLAMP,
+               FORMS=forms, **o)
     o = torch.empty(B, T, H, V, dtype=v.dtype, device=v.device)
     BK, BV, opts = _conf("fwd_o", K, V)
     launch("gla.fwd_o", _fwd_o_kernel, (triton.cdiv(V, BV), seqs.n_chunks, H),
@@ -615,12 +705,26 @@ def _bwd(q, k, v, gc, A, scale, h0, do, dht, seqs):
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dg = torch.empty(k.shape, dtype=torch.float32, device=k.device)
+    # split by default: the whole-chunk kernel then compiles without the sub-chunk code, the sub-chunk kernel at 8
+    # warps (Triton 3.6, sm_90a: 2040 B stack / 2860 B spill stores and 776 / 776, against 2744 / 5356 for one
+    # kernel holding both forms; the sub-chunk kernel at 4 warps 2640 / 4272 and 2.6x the compile time; NOTES.md)
+    conf = settings("gla.bwd_dqk", split=True, sub_BK=None, sub_num_warps=8)
     BK, BV, opts = _conf("bwd_dqk", K, V)
-    launch("gla.bwd_dqk", _bwd_dqk_kernel, (triton.cdiv(K, BK), seqs.n_chunks, Hkv),
-        q, k, v, gc, h, do, dh, dq, dk, dg, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
-        H=H, H_KV=Hkv, HEAD_K=K, HEAD_V=V, BT=BT, BC=BC, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, HALF=half,
-        CLAMP=CLAMP, **opts)
+    # split: one kernel per intra form (each skips the other form's chunks; the sub-chunk one may take its own
+    # key block and warps), else one kernel holding both
+    launches = [(0, BK, opts)]
+    if conf["split"]:
+        sub_opts = dict(opts, **({"num_warps": conf["sub_num_warps"]} if conf["sub_num_warps"] else {}))
+        launches = [(1, BK, opts), (2, conf["sub_BK"] or BK, sub_opts)]
+    for forms, BK, opts in launches:
+        launch("gla.bwd_dqk", _bwd_dqk_kernel, (triton.cdiv(K, BK), seqs.n_chunks, Hkv),
+            q, k, v, gc, h, do, dh, dq, dk, dg, seqs.cu, seqs.ci, scale, seqs.T, seqs.NT,
+            H=H, H_KV=Hkv, HEAD_K=K, HEAD_V=V, BT=BT, BC=BC, BK=BK, BV=BV, IS_VARLEN=seqs.varlen, HALF=half,
+            CLAMP=CLAMP, FORMS=forms, **opts)
     return dq, dk, dv, dg, dh0
+
+
+_BWD_KERNELS = ("gla.prep", "gla.fwd_h", "gla.bwd_dh", "gla.bwd_dv", "gla.bwd_dqk")
 
 
 class ChunkGLAFunction(torch.autograd.Function):
@@ -635,6 +739,9 @@ class ChunkGLAFunction(torch.autograd.Function):
         # the backward needs the cumulated gates, not g itself
         ctx.save_for_backward(q, k, v, gc, A, h0)
         ctx.seqs, ctx.scale, ctx.g_dtype, ctx.final = seqs, scale, g.dtype, output_final_state
+        # the backward's launch settings as they stand now: autograd may run the backward on another thread,
+        # where this call's launch.tuning() blocks (context variables) are not seen
+        ctx.tune = {name: settings(name) for name in _BWD_KERNELS}
         return o, ht
 
     @staticmethod
@@ -642,7 +749,8 @@ class ChunkGLAFunction(torch.autograd.Function):
         q, k, v, gc, A, h0 = ctx.saved_tensors
         do = do.contiguous()
         dht = dht.contiguous() if (dht is not None and ctx.final) else None
-        dq, dk, dv, dg, dh0 = _bwd(q, k, v, gc, A, ctx.scale, h0, do, dht, ctx.seqs)
+        with tuning(ctx.tune):
+            dq, dk, dv, dg, dh0 = _bwd(q, k, v, gc, A, ctx.scale, h0, do, dht, ctx.seqs)
         return dq, dk, dv, dg.to(ctx.g_dtype), None, dh0, None, None, None
 
 

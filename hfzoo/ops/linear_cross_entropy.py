@@ -28,14 +28,20 @@ def _chunk_loss(h, weight, bias, target, ignore_index):
     logits = (h @ weight.t()).float()
     if bias is not None:
         logits = logits + bias.float()
+    return _logits_loss(logits, target, ignore_index)
+
+
+def _logits_loss(logits, target, ignore_index):
+    """Loss sum and its gradient for fp32 ``logits`` that this function may overwrite (the gradient is made in them)."""
     valid = target != ignore_index
     safe = torch.where(valid, target, 0)
     lse = torch.logsumexp(logits, dim=-1)
     picked = logits.gather(1, safe[:, None])[:, 0]
     loss = torch.where(valid, lse - picked, 0.0).sum()
-    grad = torch.softmax(logits, dim=-1)
+    # softmax - one_hot, in place in the logits (no second [chunk, V] fp32 tensor; lse is reused)
+    grad = logits.sub_(lse[:, None]).exp_()
     grad[torch.arange(len(safe), device=grad.device), safe] -= 1.0
-    grad = grad * valid[:, None]
+    grad.mul_(valid[:, None])
     return loss, grad
 
 
@@ -53,8 +59,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             total += loss
             if dh is not None:
                 dh[s:s + chunk_size] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
-            if dw is not None:
-                dw += grad.t() @ h.float()
+            if dw is not None:  # in the matmul dtype (fp32 operands would run ~10x slower), summed in fp32
+                dw += (grad.to(h.dtype).t() @ h).float()
             if db is not None:
                 db += grad.sum(0)
         ctx.save_for_backward(*(x if x is not None else torch.empty(0) for x in (dh, dw, db)))
@@ -71,6 +77,68 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for has, g, dt in zip(ctx.has, saved, ctx.dtypes):
             out.append((g.float() * scale).to(dt) if has else None)
         return out[0], out[1], out[2], None, None, None, None, None
+
+
+class _CrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, target, ignore_index, divisor, chunk_size, need_grad):
+        total = torch.zeros((), dtype=torch.float32, device=logits.device)
+        grad = torch.empty_like(logits) if need_grad else None
+        for s in range(0, logits.shape[0], chunk_size):
+            x = logits[s:s + chunk_size].to(torch.float32, copy=True)
+            loss, g = _logits_loss(x, target[s:s + chunk_size], ignore_index)
+            total += loss
+            if grad is not None:  # d(loss)/d(logits), divided in fp32 before the cast to the logits' dtype
+                grad[s:s + chunk_size] = g.div_(divisor)
+        ctx.save_for_backward(grad if grad is not None else torch.empty(0))
+        ctx.chunk_size = chunk_size
+        return total / divisor
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (grad,) = ctx.saved_tensors
+        out = torch.empty_like(grad)
+        for s in range(0, grad.shape[0], ctx.chunk_size):  # scaled in fp32, a chunk at a time
+            out[s:s + ctx.chunk_size] = grad[s:s + ctx.chunk_size].float() * grad_out
+        return out, None, None, None, None, None
+
+
+def _divisor(target, ignore_index, reduction, num_items_in_batch, device):
+    # a 0-d fp32 tensor on the device (no host sync): 1, num_items_in_batch, or the count of the counted targets
+    if reduction == "sum":
+        return torch.ones((), dtype=torch.float32, device=device)
+    if num_items_in_batch is not None:
+        return torch.as_tensor(num_items_in_batch, dtype=torch.float32).to(device)
+    return (target != ignore_index).sum().clamp_min(1).float()
+
+
+def cross_entropy(logits, target, ignore_index=-100, reduction="mean", num_items_in_batch=None, chunk_size=4096):
+    """``cross_entropy(logits.float(), target)`` without an fp32 copy of all the logits: chunked over rows.
+
+    Each chunk of ``chunk_size`` rows is made fp32, reduced to its loss and turned into its gradient at once; the
+    gradient is kept in ``logits``' dtype for the backward (what autograd would cast it to anyway). Reductions as
+    ``linear_cross_entropy``. ``logits`` ``[N, C]`` (any float dtype), ``target`` ``[N]`` integer classes.
+
+    Example::
+
+        >>> x, t = torch.randn(10, 50), torch.randint(0, 50, (10,))
+        >>> torch.allclose(cross_entropy(x, t, chunk_size=4), torch.nn.functional.cross_entropy(x, t))
+        True
+    """
+    name = "cross_entropy"
+    check_tensor(name, "logits", logits, dims=2)
+    if not isinstance(target, torch.Tensor) or target.is_floating_point() or target.is_complex():
+        raise TypeError(f"{name}: target must be an integer tensor of class indices")
+    if tuple(target.shape) != (logits.shape[0],):
+        raise ValueError(f"{name}: target must have shape {(logits.shape[0],)}; got {tuple(target.shape)}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"{name}: reduction must be 'mean' or 'sum'; got {reduction!r}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"{name}: chunk_size must be a positive int; got {chunk_size!r}")
+    target = target.to(device=logits.device, dtype=torch.long)
+    divisor = _divisor(target, ignore_index, reduction, num_items_in_batch, logits.device)
+    need = torch.is_grad_enabled() and logits.requires_grad
+    return _CrossEntropy.apply(logits, target, ignore_index, divisor, chunk_size, need)
 
 
 def linear_cross_entropy(hidden, weight, target, bias=None, ignore_index=-100, reduction="mean",
@@ -118,12 +186,7 @@ def linear_cross_entropy(hidden, weight, target, bias=None, ignore_index=-100, r
         raise ValueError(f"{_NAME}: chunk_size must be a positive int; got {chunk_size!r}")
     hidden = hidden.reshape(-1, hidden.shape[-1]).contiguous()
     target = target.reshape(-1).to(device=hidden.device, dtype=torch.long)
-    if reduction == "sum":
-        divisor = 1.0
-    elif num_items_in_batch is not None:
-        divisor = float(num_items_in_batch)
-    else:
-        divisor = float(max(int((target != ignore_index).sum()), 1))
+    divisor = _divisor(target, ignore_index, reduction, num_items_in_batch, hidden.device)
     need = (hidden.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
     need = need if torch.is_grad_enabled() else (False, False, False)
     return _LinearCrossEntropy.apply(hidden, weight, bias, target, ignore_index, divisor, chunk_size, need)

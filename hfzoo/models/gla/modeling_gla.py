@@ -44,6 +44,7 @@ from ...layers.recurrent_lm import RecurrentCausalLMMixin, logits_slice, recurre
 from ...layers.rotary import apply_rotary, rope_inv_freq
 from ...layers.short_conv import ShortConvolution
 from ...ops.gla import chunk_gla, fused_recurrent_gla
+from ...ops.linear_cross_entropy import cross_entropy as chunked_cross_entropy
 from ...ops.linear_cross_entropy import linear_cross_entropy
 from .cache_gla import GLACache
 from .configuration_gla import GLAConfig
@@ -319,6 +320,8 @@ class GLAModel(GLAPreTrainedModel):
             cu_seqlens=cu_seqlens, kwargs=kwargs)
 
         hidden_states = self.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        if attention_mask is not None and packing is None and bool(attention_mask.bool().all()):
+            attention_mask = None  # no padding (generate's usual mask): checked once here, not once per layer
         all_hidden = () if output_hidden_states else None
         for layer in self.layers:
             if output_hidden_states:
@@ -334,6 +337,11 @@ class GLAModel(GLAPreTrainedModel):
         if not return_dict:
             return tuple(x for x in (hidden_states, cache, all_hidden) if x is not None)
         return output_with_cache(BaseModelOutputWithPast, cache, last_hidden_state=hidden_states, hidden_states=all_hidden)
+
+
+def _default_causal_lm_loss(model) -> bool:
+    # the model's loss_function is transformers' ForCausalLMLoss (not one a user or loss_type put in its place)
+    return getattr(model.loss_function, "__name__", None) == "ForCausalLMLoss"
 
 
 class GLAForCausalLM(RecurrentCausalLMMixin, GLAPreTrainedModel, GenerationMixin):
@@ -365,7 +373,13 @@ class GLAForCausalLM(RecurrentCausalLMMixin, GLAPreTrainedModel, GenerationMixin
         else:
             logits = self.lm_head(hidden_states[:, keep, :])
         if labels is not None and loss is None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            if _default_causal_lm_loss(self) and "shift_labels" not in kwargs and logits.shape[1] == labels.shape[-1]:
+                # transformers' causal-LM loss, chunked: no fp32 copy of all the logits, no fp32 gradient of them
+                target = F.pad(labels[..., 1:], (0, 1), value=-100).to(logits.device)  # next-token targets
+                loss = chunked_cross_entropy(logits.flatten(0, -2), target.flatten(),
+                                             num_items_in_batch=kwargs.get("num_items_in_batch"))
+            else:
+                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         cache = cache_of(outputs)
         if not return_dict:
             out = tuple(x for x in (logits, cache, outputs.hidden_states) if x is not None)
