@@ -14,9 +14,8 @@ weights (``hfzoo.convert.fla_gla``), bf16 weights, no autocast.
 
 Cases and contenders (results in ``gla_model.json``):
 * ``train h<hidden> L<layers> B<b> T<t>``: forward with labels + backward, no optimizer step; metrics ``ms`` and
-  ``peak_gb`` (peak allocated above the model and inputs). ``hfzoo`` (its default loss: cross-entropy over the
-  logits in row chunks, no fp32 copy of them all), ``hfzoo_full_logits_loss`` (transformers' ``ForCausalLMLoss``
-  on the same model: the full fp32 logits), ``hfzoo_fused_ce`` (the same model with ``fuse_linear_cross_entropy``:
+  ``peak_gb`` (peak allocated above the model and inputs). ``hfzoo`` (its default loss, transformers'
+  ``ForCausalLMLoss`` on the full logits), ``hfzoo_fused_ce`` (the same model with ``fuse_linear_cross_entropy``:
   ``hfzoo.ops.linear_cross_entropy``, no full logits),
   ``fla`` (its default fused cross-entropy) and ``fla_unfused`` (``fuse_cross_entropy=False``).
 * ``generate B<b> prompt<p> new<n>``: greedy ``generate`` of exactly n new tokens after a p-token prompt at the
@@ -116,13 +115,6 @@ def fused_ce_loss(model, ids, labels):
         model.config.fuse_linear_cross_entropy = False
 
 
-def full_logits_loss(model, ids, labels):
-    """hfzoo's model with transformers' own ``ForCausalLMLoss`` (fp32 copy of all the logits), as the model did
-    before its default loss was chunked: passing ``shift_labels`` takes that path."""
-    shift = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
-    return model(input_ids=ids, labels=labels, shift_labels=shift).loss
-
-
 def _ratio(res, case, metric, ours="hfzoo", theirs="fla"):
     pick = {r["contender"]: r["value"] for r in res.rows if r["case"] == case and r["metric"] == metric}
     if pick.get(ours) and pick.get(theirs):
@@ -135,8 +127,7 @@ def train_cases(res, hidden, ms, save, contenders):
         torch.manual_seed(1)
         ids = torch.randint(3, VOCAB, (B, T), device=DEV)
         steps = {"hfzoo": lambda: ms["hfzoo"](input_ids=ids, labels=ids).loss.backward(),
-                 "hfzoo_fused_ce": lambda: fused_ce_loss(ms["hfzoo"], ids, ids).backward(),
-                 "hfzoo_full_logits_loss": lambda: full_logits_loss(ms["hfzoo"], ids, ids).backward()}
+                 "hfzoo_fused_ce": lambda: fused_ce_loss(ms["hfzoo"], ids, ids).backward()}
         steps.update({name: (lambda m=m: m(input_ids=ids, labels=ids).loss.backward())
                       for name, m in ms.items() if name != "hfzoo"})
         for name, step in steps.items():
@@ -158,7 +149,6 @@ def train_cases(res, hidden, ms, save, contenders):
                     m.zero_grad(set_to_none=True)
                 with torch.no_grad():  # (the fused path needs training mode, which the models are in)
                     loss = (fused_ce_loss(ms["hfzoo"], ids, ids) if name == "hfzoo_fused_ce" else
-                            full_logits_loss(ms["hfzoo"], ids, ids) if name == "hfzoo_full_logits_loss" else
                             ms[name](input_ids=ids, labels=ids).loss).item()
                 res.add(case, name, "loss", loss)
             except Exception as e:
@@ -238,7 +228,7 @@ def main():
     # every hfzoo row first, fla's after them: fla's kernels compile and autotune for minutes on a fresh machine,
     # and a time limit must not cost hfzoo's rows. The models are rebuilt per hidden size (same seed, same
     # weights; fla's model is built in both passes, as hfzoo's weights are converted from it).
-    passes = [("hfzoo", "hfzoo_fused_ce", "hfzoo_full_logits_loss")] + ([] if args.no_fla else [("fla", "fla_unfused")])
+    passes = [("hfzoo", "hfzoo_fused_ce")] + ([] if args.no_fla else [("fla", "fla_unfused")])
     for contenders in passes:
         for hidden in todo:
             ms = models(hidden, want_fla=not args.no_fla)

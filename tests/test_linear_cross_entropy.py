@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from helpers import rel_err
 
-from hfzoo.ops.linear_cross_entropy import cross_entropy, linear_cross_entropy
+from hfzoo.ops.linear_cross_entropy import linear_cross_entropy
 
 
 def _data(N=10, D=16, V=50, seed=0, dtype=torch.float32, ignore=True):
@@ -124,52 +124,9 @@ def test_gla_model_fused_loss_matches_its_logits_loss():
     assert model(input_ids=ids, labels=labels).logits is not None  # evaluation keeps transformers' outputs
 
 
-# cross_entropy: the same loss from logits that exist (GLAForCausalLM's default loss), chunked over rows
-
-
-@pytest.mark.parametrize("chunk", [3, 64])
-@pytest.mark.parametrize("reduction", ["mean", "sum", "items"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_chunked_cross_entropy_matches_torch(chunk, reduction, dtype):
-    gen = torch.Generator().manual_seed(3)
-    x = (torch.randn(11, 40, generator=gen) * 3).to(dtype)
-    t = torch.randint(0, 40, (11,), generator=gen)
-    t[::4] = -100
-    kw = {"reduction": "sum"} if reduction == "sum" else {}
-    if reduction == "items":
-        kw = {"num_items_in_batch": 13}
-    upstream = torch.tensor(0.7)  # a scaled loss (e.g. gradient accumulation) reaches the gradient
-    results = []
-    for fn in (lambda x: cross_entropy(x, t, chunk_size=chunk, **kw),
-               lambda x: F.cross_entropy(x.float(), t, reduction="sum") / (
-                   13 if reduction == "items" else 1 if reduction == "sum" else (t != -100).sum())):
-        leaf = x.detach().clone().requires_grad_()
-        before = leaf.detach().clone()
-        loss = fn(leaf)
-        (grad,) = torch.autograd.grad(loss * upstream, leaf)
-        assert torch.equal(leaf.detach(), before)  # the logits are not overwritten
-        assert grad.dtype == dtype
-        results.append((loss, grad))
-    (a, ga), (b, gb) = results
-    assert rel_err(a, b) < 1e-6
-    assert rel_err(ga.float(), gb.float()) < (1e-6 if dtype == torch.float32 else 8e-3)
-
-
-def test_chunked_cross_entropy_without_grad_and_bad_inputs():
-    x, t = torch.randn(5, 7), torch.randint(0, 7, (5,))
-    with torch.no_grad():
-        assert torch.allclose(cross_entropy(x.requires_grad_(), t, chunk_size=2), F.cross_entropy(x, t))
-    with pytest.raises(TypeError, match="target"):
-        cross_entropy(x, t.float())
-    with pytest.raises(ValueError, match="shape"):
-        cross_entropy(x, t[:4])
-    with pytest.raises(ValueError, match="reduction"):
-        cross_entropy(x, t, reduction="none")
-
-
 def test_gla_model_default_loss_is_transformers_causal_lm_loss():
-    # GLAForCausalLM's default loss (chunked, from its logits) gives transformers' ForCausalLMLoss and every
-    # gradient, with and without num_items_in_batch; shift_labels goes through transformers' own loss
+    # GLAForCausalLM's default loss is transformers' ForCausalLMLoss on its logits, with every gradient, with and
+    # without num_items_in_batch; shift_labels is honoured
     from transformers.loss.loss_utils import ForCausalLMLoss
 
     from hfzoo.models.gla.configuration_gla import GLAConfig

@@ -11,7 +11,7 @@ computed in the forward pass when any input needs one, kept, and scaled by the i
 Semantics are ``torch.nn.functional.cross_entropy(hidden @ weight.T + bias, target, ignore_index=...)`` in fp32
 with ``reduction="mean"`` (over the targets that are not ``ignore_index``), ``"sum"``, or ``"sum"`` divided by a
 given ``num_items_in_batch`` (transformers' gradient-accumulation convention). Shifting labels for next-token
-prediction is the caller's job, as with ``cross_entropy``.
+prediction is the caller's job, as with ``torch.nn.functional.cross_entropy``.
 """
 
 from __future__ import annotations
@@ -79,30 +79,6 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return out[0], out[1], out[2], None, None, None, None, None
 
 
-class _CrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, target, ignore_index, divisor, chunk_size, need_grad):
-        total = torch.zeros((), dtype=torch.float32, device=logits.device)
-        grad = torch.empty_like(logits) if need_grad else None
-        for s in range(0, logits.shape[0], chunk_size):
-            x = logits[s:s + chunk_size].to(torch.float32, copy=True)
-            loss, g = _logits_loss(x, target[s:s + chunk_size], ignore_index)
-            total += loss
-            if grad is not None:  # d(loss)/d(logits), divided in fp32 before the cast to the logits' dtype
-                grad[s:s + chunk_size] = g.div_(divisor)
-        ctx.save_for_backward(grad if grad is not None else torch.empty(0))
-        ctx.chunk_size = chunk_size
-        return total / divisor
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        (grad,) = ctx.saved_tensors
-        out = torch.empty_like(grad)
-        for s in range(0, grad.shape[0], ctx.chunk_size):  # scaled in fp32, a chunk at a time
-            out[s:s + ctx.chunk_size] = grad[s:s + ctx.chunk_size].float() * grad_out
-        return out, None, None, None, None, None
-
-
 def _divisor(target, ignore_index, reduction, num_items_in_batch, device):
     # a 0-d fp32 tensor on the device (no host sync): 1, num_items_in_batch, or the count of the counted targets
     if reduction == "sum":
@@ -110,35 +86,6 @@ def _divisor(target, ignore_index, reduction, num_items_in_batch, device):
     if num_items_in_batch is not None:
         return torch.as_tensor(num_items_in_batch, dtype=torch.float32).to(device)
     return (target != ignore_index).sum().clamp_min(1).float()
-
-
-def cross_entropy(logits, target, ignore_index=-100, reduction="mean", num_items_in_batch=None, chunk_size=4096):
-    """``cross_entropy(logits.float(), target)`` without an fp32 copy of all the logits: chunked over rows.
-
-    Each chunk of ``chunk_size`` rows is made fp32, reduced to its loss and turned into its gradient at once; the
-    gradient is kept in ``logits``' dtype for the backward (what autograd would cast it to anyway). Reductions as
-    ``linear_cross_entropy``. ``logits`` ``[N, C]`` (any float dtype), ``target`` ``[N]`` integer classes.
-
-    Example::
-
-        >>> x, t = torch.randn(10, 50), torch.randint(0, 50, (10,))
-        >>> torch.allclose(cross_entropy(x, t, chunk_size=4), torch.nn.functional.cross_entropy(x, t))
-        True
-    """
-    name = "cross_entropy"
-    check_tensor(name, "logits", logits, dims=2)
-    if not isinstance(target, torch.Tensor) or target.is_floating_point() or target.is_complex():
-        raise TypeError(f"{name}: target must be an integer tensor of class indices")
-    if tuple(target.shape) != (logits.shape[0],):
-        raise ValueError(f"{name}: target must have shape {(logits.shape[0],)}; got {tuple(target.shape)}")
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"{name}: reduction must be 'mean' or 'sum'; got {reduction!r}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"{name}: chunk_size must be a positive int; got {chunk_size!r}")
-    target = target.to(device=logits.device, dtype=torch.long)
-    divisor = _divisor(target, ignore_index, reduction, num_items_in_batch, logits.device)
-    need = torch.is_grad_enabled() and logits.requires_grad
-    return _CrossEntropy.apply(logits, target, ignore_index, divisor, chunk_size, need)
 
 
 def linear_cross_entropy(hidden, weight, target, bias=None, ignore_index=-100, reduction="mean",
