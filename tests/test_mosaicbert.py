@@ -194,6 +194,18 @@ def test_gpu_bf16_unpadded_matches_reference_backend():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+def _autocast_steps(model, ids, mask, labels, backend, dtype):
+    """(loss, flat gradients) of one MLM step under autocast to ``dtype``, with ``backend`` and then the reference."""
+    results = []
+    for b in (backend, "reference"):
+        model.zero_grad()
+        with use_backend(b), torch.autocast(ids.device.type, dtype=dtype):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        results.append((loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+    return results
+
+
 def test_autocast_training_step_agrees_between_backends():
     """fp32 parameters under fp16 autocast on the CPU: the kernels (interpreter, forced) take the half-precision
     projections autocast produces and agree with the reference ops in loss and gradients."""
@@ -206,14 +218,7 @@ def test_autocast_training_step_agrees_between_backends():
                                        vocab_size=100)).train()
     ids, mask = batch([20, 7, 33], vocab=100)
     labels = ids.masked_fill(torch.rand(ids.shape) > 0.3, -100).masked_fill(~mask.bool(), -100)
-    results = []
-    for backend in ("triton", "reference"):
-        model.zero_grad()
-        with use_backend(backend), torch.autocast("cpu", dtype=torch.float16):
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        results.append((loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
-    (loss, grads), (ref_loss, ref_grads) = results
+    (loss, grads), (ref_loss, ref_grads) = _autocast_steps(model, ids, mask, labels, "triton", torch.float16)
     assert abs(loss.item() - ref_loss.item()) < 1e-3 * abs(ref_loss.item())
     assert rel_err(grads, ref_grads) < 1e-3
 
@@ -228,14 +233,7 @@ def test_gpu_autocast_training_step_matches_reference_backend():
     ids, mask = batch([100, 37, 250], vocab=1000)
     ids, mask = ids.cuda(), mask.cuda()
     labels = ids.masked_fill(torch.rand(ids.shape, device="cuda") > 0.3, -100).masked_fill(~mask.bool(), -100)
-    results = []
-    for backend in ("auto", "reference"):
-        model.zero_grad()
-        with use_backend(backend), torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        results.append((loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
-    (loss, grads), (ref_loss, ref_grads) = results
+    (loss, grads), (ref_loss, ref_grads) = _autocast_steps(model, ids, mask, labels, "auto", torch.bfloat16)
     assert loss.dtype == torch.float32 and torch.isfinite(grads).all()
     assert abs(loss.item() - ref_loss.item()) < 2e-2 * abs(ref_loss.item())
     assert rel_err(grads, ref_grads) < 5e-2

@@ -47,8 +47,9 @@ def _keep_mask(seed, p, row, cb, I: tl.constexpr, BLOCK: tl.constexpr):
     return tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), [BLOCK]) >= p
 
 
-@triton.jit(do_not_specialize=["seed"])  # a new seed compiles nothing
-def _geglu_fwd_kernel(X, Y, seed, p, I: tl.constexpr, DROPOUT: tl.constexpr, BLOCK: tl.constexpr):
+@triton.jit
+def _gate_and_linear(X, I: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's row and column block, and its gate and linear halves of ``X`` (``[rows, 2 * I]``) in fp32."""
     row = tl.program_id(0)
     cb = tl.program_id(1)
     cols = cb * BLOCK + tl.arange(0, BLOCK)
@@ -56,6 +57,12 @@ def _geglu_fwd_kernel(X, Y, seed, p, I: tl.constexpr, DROPOUT: tl.constexpr, BLO
     x_row = X + row.to(tl.int64) * (2 * I)
     g = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
     lin = tl.load(x_row + I + cols, mask=mask, other=0.0).to(tl.float32)
+    return row, cb, cols, mask, g, lin
+
+
+@triton.jit(do_not_specialize=["seed"])  # a new seed compiles nothing
+def _geglu_fwd_kernel(X, Y, seed, p, I: tl.constexpr, DROPOUT: tl.constexpr, BLOCK: tl.constexpr):
+    row, cb, cols, mask, g, lin = _gate_and_linear(X, I, BLOCK)
     y = 0.5 * g * (1.0 + tl.math.erf(g * 0.7071067811865476)) * lin
     if DROPOUT:
         y = tl.where(_keep_mask(seed, p, row, cb, I, BLOCK), y / (1.0 - p), 0.0)
@@ -64,13 +71,7 @@ def _geglu_fwd_kernel(X, Y, seed, p, I: tl.constexpr, DROPOUT: tl.constexpr, BLO
 
 @triton.jit(do_not_specialize=["seed"])
 def _geglu_bwd_kernel(X, DY, DX, seed, p, I: tl.constexpr, DROPOUT: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    cb = tl.program_id(1)
-    cols = cb * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < I
-    x_row = X + row.to(tl.int64) * (2 * I)
-    g = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
-    lin = tl.load(x_row + I + cols, mask=mask, other=0.0).to(tl.float32)
+    row, cb, cols, mask, g, lin = _gate_and_linear(X, I, BLOCK)
     dy = tl.load(DY + row.to(tl.int64) * I + cols, mask=mask, other=0.0).to(tl.float32)
     if DROPOUT:
         dy = tl.where(_keep_mask(seed, p, row, cb, I, BLOCK), dy / (1.0 - p), 0.0)
