@@ -120,3 +120,15 @@ def test_tuning_reaches_other_threads():
     worker.join()
     assert seen["inside"]["num_warps"] == 1
     assert seen["after"]["num_warps"] == DEFAULTS["rmsnorm.bwd"]["num_warps"]
+
+
+def test_remembered_settings_follow_the_environment_and_stay_private(monkeypatch):
+    first = settings("rmsnorm.fwd")
+    first["num_warps"] = 99  # the caller's copy, not the remembered merge
+    assert settings("rmsnorm.fwd")["num_warps"] == DEFAULTS["rmsnorm.fwd"]["num_warps"]
+    monkeypatch.setenv("HFZOO_TUNE", json.dumps({"rmsnorm.fwd": {"num_warps": 2}}))
+    assert settings("rmsnorm.fwd")["num_warps"] == 2
+    monkeypatch.delenv("HFZOO_TUNE")
+    assert settings("rmsnorm.fwd")["num_warps"] == DEFAULTS["rmsnorm.fwd"]["num_warps"]
+    assert settings("gla.fwd_o", BV=64)["BV"] == 64 and settings("gla.fwd_o", BV=32)["BV"] == 32
+    assert settings("gla.fwd_o", configs=[{"BV": 16}])["configs"] == [{"BV": 16}]  # unhashable: merged each call

@@ -29,11 +29,9 @@ coefficient (no atomics: the gradients are the same bits on every run).
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-from .launch import TUNE_ENV, _tuning, compile_options, launch, settings, sm_count
+from .launch import compile_options, launch, settings, sm_count
 from .triton_shim import tl, triton
 from .validate import KERNEL_DTYPES, REFERENCE_DTYPES, check_tensor, kernel_dtype_problem, pick_backend
 
@@ -294,22 +292,6 @@ def _next_pow2(n: int) -> int:
 # per-call wrapper costs several microseconds: this op runs 24 times per KAT-S step, forward and backward.)
 
 
-_SETTINGS: dict = {}
-
-
-def _settings(name: str) -> dict:
-    """``launch.settings(name)``, remembered while no ``tuning()`` block is active (then one dict lookup instead of
-    a copy of the table entry and three environment reads, three times per forward). A ``tuning()`` block, a new
-    ``HFZOO_TUNE`` or a change of ``TRITON_INTERPRET`` is seen at once. The dict returned is shared: read only."""
-    if _tuning.get():
-        return settings(name)
-    key = (name, os.environ.get(TUNE_ENV), os.environ.get("TRITON_INTERPRET"))
-    conf = _SETTINGS.get(key)
-    if conf is None:
-        conf = _SETTINGS[key] = settings(name)
-    return conf
-
-
 def _vec(group_size: int, element_size: int, max_vec: int | None) -> int:
     """Columns per chunk: the largest power of two <= one 16-byte load (or max_vec) that divides the group size."""
     limit = max_vec or max(1, 16 // element_size)
@@ -344,7 +326,7 @@ def _strides(a, b):
 def _forward(x2, a, b, num_groups, paper, out_dtype):
     M, D = x2.shape
     y = torch.empty((M, D), dtype=out_dtype, device=x2.device)
-    conf = _settings("group_rational.fwd")
+    conf = settings("group_rational.fwd")
     esize = max(x2.element_size(), y.element_size())
     VEC = _vec(D // num_groups, esize, None)
     NCH, col_blocks = _chunk_blocks(D, VEC)
@@ -360,7 +342,7 @@ def _backward_settings(x_dtype: torch.dtype, dy_dtype: torch.dtype) -> tuple[str
     """Kernel name and launch settings of the backward (read when the forward runs: autograd runs CUDA backwards on
     its own thread, where the caller's ``tuning()`` blocks are not visible)."""
     name = "group_rational.bwd_16bit" if max(x_dtype.itemsize, dy_dtype.itemsize) == 2 else "group_rational.bwd_fp32"
-    return name, _settings(name), _settings("group_rational.coef_grad")
+    return name, settings(name), settings("group_rational.coef_grad")
 
 
 def _backward(x2, dy2, a, b, num_groups, paper, conf=None):

@@ -236,11 +236,31 @@ def _env_overrides(raw: str) -> dict[str, dict]:
     return _check_overrides(parsed, f"environment variable {TUNE_ENV}")
 
 
+_merged: dict = {}
+
+
 def settings(kernel: str, **shape_defaults) -> dict:
     """Launch settings of ``kernel`` (``"<op>.<kernel>"``): defaults, then overrides (see the module docstring).
 
-    Returns a fresh dict the caller may modify.
+    Returns a fresh dict the caller may modify (its nested values, e.g. config lists, are shared: replace them
+    rather than change them in place). Outside ``tuning()`` blocks the merge is remembered per kernel, shape
+    defaults, ``HFZOO_TUNE`` and interpreter flag, so an op pays one lookup per launch.
     """
+    if not _tuning.get():
+        try:
+            key = (kernel, os.environ.get(TUNE_ENV), is_interpreted(), tuple(sorted(shape_defaults.items())))
+            hit = _merged.get(key)
+        except TypeError:  # an unhashable shape default: merge every time
+            key = hit = None
+        if hit is None:
+            hit = _merge(kernel, shape_defaults)
+            if key is not None:
+                _merged[key] = hit
+        return dict(hit)
+    return _merge(kernel, shape_defaults)
+
+
+def _merge(kernel: str, shape_defaults: dict) -> dict:
     try:
         base = DEFAULTS[kernel]
     except KeyError:
