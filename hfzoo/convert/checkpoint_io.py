@@ -139,6 +139,21 @@ def cast_floats(state: dict, config, dtype: str) -> dict:
     return state
 
 
+def assign_on_meta(model_class, config, state: dict):
+    """``model_class(config)`` built on the meta device with ``state``'s tensors assigned in place (no copy, no
+    random init), the output embedding re-tied to the input one when ``config.tie_word_embeddings``. Returns the
+    model and the names of the parameters and buffers ``state`` left on the meta device."""
+    import torch
+
+    with torch.device("meta"):
+        model = model_class(config)
+    model.load_state_dict(state, strict=False, assign=True)
+    if getattr(config, "tie_word_embeddings", False):
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
+    leftover = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
+    return model, leftover
+
+
 def add_dtype_argument(parser) -> None:
     """The ``--dtype`` option of converters whose weights ``cast_floats`` casts."""
     parser.add_argument("--dtype", choices=["keep", "float32", "bfloat16", "float16"], default="keep",

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..hub.progress import say
 from .checkpoint_io import (
     add_dtype_argument,
+    assign_on_meta,
     cast_floats,
     load_folder_weights,
     read_checkpoint_folder,
@@ -101,7 +102,6 @@ def convert_state_dict(state_dict: dict, config) -> dict:
 
 def convert(source, output, *, overwrite: bool = False, dtype: str = "keep") -> Path:
     """Convert the fla GLA checkpoint folder ``source`` into an hfzoo folder ``output`` (written atomically)."""
-    import torch
 
     from ..models.gla.modeling_gla import GLAForCausalLM
 
@@ -114,12 +114,7 @@ def convert(source, output, *, overwrite: bool = False, dtype: str = "keep") -> 
     state = convert_state_dict(state, config)
     state = cast_floats(state, config, dtype)
 
-    with torch.device("meta"):
-        model = GLAForCausalLM(config)
-    model.load_state_dict(state, strict=False, assign=True)
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.model.embeddings.weight
-    leftover = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
+    model, leftover = assign_on_meta(GLAForCausalLM, config, state)
     buffers = dict(model.named_buffers())
     for name in leftover:   # non-persistent buffers (rotary inv_freq) are recomputed, not read
         if name in buffers:

@@ -21,6 +21,7 @@ from pathlib import Path
 from ..hub.progress import say
 from .checkpoint_io import (
     add_dtype_argument,
+    assign_on_meta,
     cast_floats,
     load_folder_weights,
     read_checkpoint_folder,
@@ -118,7 +119,6 @@ def convert_state_dict(state_dict: dict, config) -> dict:
 
 def convert(source, output, *, overwrite: bool = False, dtype: str = "keep") -> Path:
     """Convert the MoM ``mom_gla`` checkpoint folder ``source`` into an hfzoo folder ``output`` (atomically)."""
-    import torch
 
     from ..models.mom.modeling_mom import MoMForCausalLM
 
@@ -129,12 +129,7 @@ def convert(source, output, *, overwrite: bool = False, dtype: str = "keep") -> 
     state = convert_state_dict(state, config)
     state = cast_floats(state, config, dtype)
 
-    with torch.device("meta"):
-        model = MoMForCausalLM(config)
-    model.load_state_dict(state, strict=False, assign=True)
-    if config.tie_word_embeddings:
-        model.lm_head.weight = model.model.embeddings.weight
-    leftover = [n for n, p in model.named_parameters() if p.is_meta]
+    model, leftover = assign_on_meta(MoMForCausalLM, config, state)
     if leftover:
         raise ValueError(f"parameters left unset by the checkpoint: {leftover}")
     say(f"{SOURCE}: writing {output}")
