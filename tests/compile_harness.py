@@ -2,6 +2,7 @@
 
     python tests/compile_harness.py [--cubin] [--only KERNEL] [--skip KERNEL] [gla] [rmsnorm] [group_rational]
                                     [nearest_code] [varlen_alibi] [mosaicbert_ops]
+                                    [linear_attention]
 
 Triton's interpreter (the CPU tests) runs kernels as Python and so misses what only the compiler checks:
 types of loop-carried values, layouts, shared-memory limits. Here the op runs on CPU tensors with kernel
@@ -214,9 +215,26 @@ def _mosaicbert_ops_cases():
             lambda: run_ce(8, 30522, torch.bfloat16), lambda: run_ce(3, 100, torch.float32)]
 
 
+def _linear_attention_cases():
+    from hfzoo.ops.linear_attention import linear_attention
+
+    def run(B, N, H, D, dtype, conv):
+        q, k, v = (torch.randn(B, N, H, D, dtype=dtype, requires_grad=True) for _ in range(3))
+        kw = {}
+        if conv:
+            side = int(N ** 0.5)
+            kw = dict(conv_weight=torch.randn(D, 1, 5, 5, requires_grad=True), conv_bias=torch.randn(D),
+                      grid=(side, side))
+        o = linear_attention(q, k, v, backend="triton", **kw)
+        torch.autograd.grad(o.float().sum(), (q, k, v))
+
+    # LiT's shapes (head dim 72 of DiT-XL, 16-bit) with the fused depthwise conv, and fp32 without it
+    return [lambda: run(2, 64, 4, 72, torch.bfloat16, True), lambda: run(1, 50, 2, 32, torch.float32, False)]
+
+
 CASES = {"gla": _gla_cases, "rmsnorm": _rmsnorm_cases, "group_rational": _group_rational_cases,
          "nearest_code": _nearest_code_cases, "varlen_alibi": _varlen_alibi_cases,
-         "mosaicbert_ops": _mosaicbert_ops_cases}
+         "mosaicbert_ops": _mosaicbert_ops_cases, "linear_attention": _linear_attention_cases}
 
 
 def _launch_key(fn, args, kwargs):
