@@ -87,17 +87,37 @@ def _relu_cast(x):
 
 
 @triton.jit
-def _la_state_kernel(K, V, S, Z, s_kb, s_kn, s_kh, s_vb, s_vn, s_vh, N, H, DK, DV, tokens_per_split,
-                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
+def _state_program(H, DV, tokens_per_split, BLOCK_D: tl.constexpr):
+    # A state-sum program (grid: Dk x Dv tiles, B*H, token splits): its batch*head, batch, head, Dv tile index,
+    # first token, and Dk / Dv columns.
     n_v = tl.cdiv(DV, BLOCK_D)
-    ik = tl.program_id(0) // n_v
     iv = tl.program_id(0) % n_v
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    start = tl.program_id(2) * tokens_per_split
-    dk = ik * BLOCK_D + tl.arange(0, BLOCK_D)
+    dk = (tl.program_id(0) // n_v) * BLOCK_D + tl.arange(0, BLOCK_D)
     dv = iv * BLOCK_D + tl.arange(0, BLOCK_D)
+    return bh, bh // H, bh % H, iv, tl.program_id(2) * tokens_per_split, dk, dv
+
+
+@triton.jit
+def _load_rows(base, rows, rmask, s_n, cols, n_cols):
+    # the [rows, cols] tile of a token-major tensor, zero outside the tokens and columns
+    return tl.load(base + rows[:, None].to(tl.int64) * s_n + cols[None, :],
+                   mask=rmask[:, None] & (cols[None, :] < n_cols), other=0.0)
+
+
+@triton.jit
+def _add_state(S, Z, bh, iv, dk, dv, DK, DV, acc, zacc):
+    # add a program's [Dk, Dv] state tile and (once per Dk tile) its [Dk] vector into the fp32 sums
+    smask = (dk[:, None] < DK) & (dv[None, :] < DV)
+    tl.atomic_add(S + bh.to(tl.int64) * DK * DV + dk[:, None] * DV + dv[None, :], acc, mask=smask)
+    if iv == 0:
+        tl.atomic_add(Z + bh * DK + dk, zacc, mask=dk < DK)
+
+
+@triton.jit
+def _la_state_kernel(K, V, S, Z, s_kb, s_kn, s_kh, s_vb, s_vn, s_vh, N, H, DK, DV, tokens_per_split,
+                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
+    bh, b, h, iv, start, dk, dv = _state_program(H, DV, tokens_per_split, BLOCK_D)
     k_base = K + b.to(tl.int64) * s_kb + h * s_kh
     v_base = V + b.to(tl.int64) * s_vb + h * s_vh
     acc = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
@@ -105,17 +125,11 @@ def _la_state_kernel(K, V, S, Z, s_kb, s_kn, s_kh, s_vb, s_vn, s_vh, N, H, DK, D
     for n0 in range(start, start + tokens_per_split, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N)
         rmask = rows < N
-        k = tl.load(k_base + rows[:, None].to(tl.int64) * s_kn + dk[None, :],
-                    mask=rmask[:, None] & (dk[None, :] < DK), other=0.0)
-        v = tl.load(v_base + rows[:, None].to(tl.int64) * s_vn + dv[None, :],
-                    mask=rmask[:, None] & (dv[None, :] < DV), other=0.0)
-        k = _relu_cast(k)
+        k = _relu_cast(_load_rows(k_base, rows, rmask, s_kn, dk, DK))
+        v = _load_rows(v_base, rows, rmask, s_vn, dv, DV)
         acc += tl.dot(tl.trans(k), v, input_precision=PREC)
         zacc += tl.sum(k.to(tl.float32), axis=0)
-    smask = (dk[:, None] < DK) & (dv[None, :] < DV)
-    tl.atomic_add(S + bh.to(tl.int64) * DK * DV + dk[:, None] * DV + dv[None, :], acc, mask=smask)
-    if iv == 0:
-        tl.atomic_add(Z + bh * DK + dk, zacc, mask=dk < DK)
+    _add_state(S, Z, bh, iv, dk, dv, DK, DV, acc, zacc)
 
 
 @triton.jit
@@ -202,15 +216,7 @@ def _la_bwd_delta_kernel(O, DO, DEN, DDEN, s_gb, s_gn, s_gh, N, H, DV,
 @triton.jit
 def _la_bwd_state_kernel(Q, DO, DEN, DDEN, DS, DZ, s_qb, s_qn, s_qh, s_gb, s_gn, s_gh, N, H, DK, DV,
                          tokens_per_split, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
-    n_v = tl.cdiv(DV, BLOCK_D)
-    ik = tl.program_id(0) // n_v
-    iv = tl.program_id(0) % n_v
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    start = tl.program_id(2) * tokens_per_split
-    dk = ik * BLOCK_D + tl.arange(0, BLOCK_D)
-    dv = iv * BLOCK_D + tl.arange(0, BLOCK_D)
+    bh, b, h, iv, start, dk, dv = _state_program(H, DV, tokens_per_split, BLOCK_D)
     q_base = Q + b.to(tl.int64) * s_qb + h * s_qh
     g_base = DO + b.to(tl.int64) * s_gb + h * s_gh
     acc = tl.zeros([BLOCK_D, BLOCK_D], dtype=tl.float32)
@@ -218,20 +224,14 @@ def _la_bwd_state_kernel(Q, DO, DEN, DDEN, DS, DZ, s_qb, s_qn, s_qh, s_gb, s_gn,
     for n0 in range(start, start + tokens_per_split, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N)
         rmask = rows < N
-        a = tl.load(q_base + rows[:, None].to(tl.int64) * s_qn + dk[None, :],
-                    mask=rmask[:, None] & (dk[None, :] < DK), other=0.0)
-        a = _relu_cast(a)
-        g = tl.load(g_base + rows[:, None].to(tl.int64) * s_gn + dv[None, :],
-                    mask=rmask[:, None] & (dv[None, :] < DV), other=0.0)
+        a = _relu_cast(_load_rows(q_base, rows, rmask, s_qn, dk, DK))
+        g = _load_rows(g_base, rows, rmask, s_gn, dv, DV)
         den = tl.load(DEN + bh.to(tl.int64) * N + rows, mask=rmask, other=1.0)
         dden = tl.load(DDEN + bh.to(tl.int64) * N + rows, mask=rmask, other=0.0)
         gs = (g.to(tl.float32) / den[:, None]).to(a.dtype)
         acc += tl.dot(tl.trans(a), gs, input_precision=PREC)
         zacc += tl.sum(a.to(tl.float32) * dden[:, None], axis=0)
-    smask = (dk[:, None] < DK) & (dv[None, :] < DV)
-    tl.atomic_add(DS + bh.to(tl.int64) * DK * DV + dk[:, None] * DV + dv[None, :], acc, mask=smask)
-    if iv == 0:
-        tl.atomic_add(DZ + bh * DK + dk, zacc, mask=dk < DK)
+    _add_state(DS, DZ, bh, iv, dk, dv, DK, DV, acc, zacc)
 
 
 @triton.jit
