@@ -1,6 +1,7 @@
 """The plumbing every recurrent language model shares around its layers.
 
-``recurrent_forward_inputs`` checks a base model's inputs and decides its cache and packing (a cache continues
+``RecurrentBackboneMixin`` is the base model's trunk (embeddings, blocks, final norm) and its embedding
+accessors; ``recurrent_forward_inputs`` checks a base model's inputs and decides its cache and packing (a cache continues
 sequences; packed documents take none; gradient checkpointing keeps none). ``RecurrentCausalLMMixin`` is the
 causal-LM head's part that does not depend on the model: embedding accessors (the head is ``lm_head``, the
 base model ``model`` with ``embeddings``), no default ``DynamicCache`` from ``generate()``, and the call of the
@@ -10,9 +11,37 @@ base model with the packing keywords passed through.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
+from .norms import GatedRMSNorm
 from .packing import PACKING_KWARGS, packed_documents
 from .recurrent_cache import pick_cache
+
+
+class RecurrentBackboneMixin:
+    """Put it before the model's ``PreTrainedModel`` base in a recurrent base model (``XModel``): the trunk
+    ``embeddings -> layers -> norm`` built by ``_init_trunk`` (parameter names as the checkpoints have them), the
+    input-embedding accessors, and the ``output_hidden_states`` / ``return_dict`` defaults of a forward."""
+
+    def _init_trunk(self, config, block_class) -> None:
+        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
+        self.layers = nn.ModuleList([block_class(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = GatedRMSNorm(config.hidden_size, config.norm_eps)
+        self.gradient_checkpointing = False
+
+    def get_input_embeddings(self):
+        return self.embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings = value
+
+    def _output_flags(self, output_hidden_states, return_dict) -> tuple[bool, bool]:
+        """``(output_hidden_states, return_dict)`` with the config's defaults filled in."""
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        if return_dict is None:
+            return_dict = getattr(self.config, "return_dict", True)
+        return output_hidden_states, return_dict
 
 
 def recurrent_forward_inputs(model, cache_class, *, input_ids, inputs_embeds, attention_mask, position_ids,

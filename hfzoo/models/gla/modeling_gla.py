@@ -40,7 +40,12 @@ from ...layers.norms import GatedRMSNorm
 from ...layers.packing import PACKING_KWARGS, Packing
 from ...layers.pretrained_model import HfzooPreTrainedModel
 from ...layers.recurrent_cache import cache_of, output_with_cache
-from ...layers.recurrent_lm import RecurrentCausalLMMixin, logits_slice, recurrent_forward_inputs
+from ...layers.recurrent_lm import (
+    RecurrentBackboneMixin,
+    RecurrentCausalLMMixin,
+    logits_slice,
+    recurrent_forward_inputs,
+)
 from ...layers.rotary import apply_rotary, rope_inv_freq
 from ...layers.short_conv import ShortConvolution
 from ...ops.gla import chunk_gla, fused_recurrent_gla
@@ -288,20 +293,11 @@ class GLAPreTrainedModel(HfzooPreTrainedModel):
             init.copy_(module.inv_freq, rope_inv_freq(module.head_dim, theta))
 
 
-class GLAModel(GLAPreTrainedModel):
+class GLAModel(RecurrentBackboneMixin, GLAPreTrainedModel):
     def __init__(self, config: GLAConfig):
         super().__init__(config)
-        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size, config.pad_token_id)
-        self.layers = nn.ModuleList([GLABlock(config, i) for i in range(config.num_hidden_layers)])
-        self.norm = GLARMSNorm(config.hidden_size, config.norm_eps)
-        self.gradient_checkpointing = False
+        self._init_trunk(config, GLABlock)
         self.post_init()
-
-    def get_input_embeddings(self):
-        return self.embeddings
-
-    def set_input_embeddings(self, value):
-        self.embeddings = value
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, use_cache=None, output_hidden_states=None, return_dict=None, cache=None,
@@ -310,9 +306,7 @@ class GLAModel(GLAPreTrainedModel):
         them): pass ``cu_seqlens`` (``[N + 1]`` offsets over the ``batch * length`` tokens; also accepted as
         ``cu_seq_lens_q``), or ``position_ids`` that restart at 0 at each document. Each document then runs as
         if alone; no cache is kept."""
-        output_hidden_states = (output_hidden_states if output_hidden_states is not None
-                                else self.config.output_hidden_states)
-        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        output_hidden_states, return_dict = self._output_flags(output_hidden_states, return_dict)
         B, T, cache, packing = recurrent_forward_inputs(
             self, GLACache, input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
             position_ids=position_ids, past_key_values=past_key_values, cache=cache, use_cache=use_cache,
