@@ -23,9 +23,9 @@ def test_streaming_yields_growing_prefixes_and_caps_long_prompts():
 
 
 def test_generation_settings_are_clamped():
-    assert gla_demo._generation_kwargs(0.0, 0.9, 10_000) == {"do_sample": False,
+    assert gla_demo.generation_kwargs(0.0, 0.9, 10_000) == {"do_sample": False,
                                                              "max_new_tokens": gla_demo.MAX_NEW_TOKENS}
-    sampled = gla_demo._generation_kwargs(0.7, 0.0, 0)
+    sampled = gla_demo.generation_kwargs(0.7, 0.0, 0)
     assert sampled["do_sample"] and sampled["top_p"] == pytest.approx(0.05) and sampled["max_new_tokens"] == 1
 
 

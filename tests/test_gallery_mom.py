@@ -27,9 +27,9 @@ def test_routing_view_names_the_topk_memories_of_every_token():
 
 
 def test_generation_settings_are_clamped():
-    assert mom_demo._generation_kwargs(0.0, 0.9, 10_000) == {"do_sample": False,
+    assert mom_demo.generation_kwargs(0.0, 0.9, 10_000) == {"do_sample": False,
                                                              "max_new_tokens": mom_demo.MAX_NEW_TOKENS}
-    sampled = mom_demo._generation_kwargs(0.7, 0.0, 0)
+    sampled = mom_demo.generation_kwargs(0.7, 0.0, 0)
     assert sampled["do_sample"] and sampled["top_p"] == pytest.approx(0.05) and sampled["max_new_tokens"] == 1
 
 

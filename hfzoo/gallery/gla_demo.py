@@ -13,10 +13,9 @@ import threading
 import torch
 
 from ..registry import checkpoint_path
+from .text_generation import MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, generation_kwargs, prompt_ids
 
 CHECKPOINT = checkpoint_path("tiny-gla")
-MAX_PROMPT_TOKENS = 256     # longer prompts keep their last tokens
-MAX_NEW_TOKENS = 200
 EXAMPLES = ["The for statement is used to", "A class definition defines", "Exceptions are raised when"]
 
 
@@ -35,26 +34,17 @@ def load():
     return tokenizer, model
 
 
-def _generation_kwargs(temperature: float, top_p: float, max_new_tokens: int) -> dict:
-    max_new_tokens = int(min(max(1, max_new_tokens), MAX_NEW_TOKENS))
-    if temperature <= 0:
-        return {"do_sample": False, "max_new_tokens": max_new_tokens}
-    return {"do_sample": True, "temperature": float(temperature), "top_p": float(min(max(top_p, 0.05), 1.0)),
-            "max_new_tokens": max_new_tokens}
-
-
 def stream_continuation(prompt: str, temperature: float = 0.8, top_p: float = 0.9, max_new_tokens: int = 64,
                         seed: int | None = None):
     """Yield the prompt followed by a growing continuation (one yield per decoded piece)."""
     from transformers import TextIteratorStreamer
 
     tokenizer, model = load()
-    ids = tokenizer(prompt or "", return_tensors="pt")["input_ids"][:, -MAX_PROMPT_TOKENS:]
-    ids = torch.cat([torch.tensor([[tokenizer.bos_token_id]]), ids], dim=1)
+    ids = prompt_ids(tokenizer, prompt)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=120)
     kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
                   pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                  **_generation_kwargs(temperature, top_p, max_new_tokens))
+                  **generation_kwargs(temperature, top_p, max_new_tokens))
     errors = []
 
     def run():

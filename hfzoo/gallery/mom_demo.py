@@ -12,10 +12,9 @@ import functools
 import torch
 
 from ..registry import checkpoint_path
+from .text_generation import MAX_NEW_TOKENS, MAX_PROMPT_TOKENS, generation_kwargs, prompt_ids
 
 CHECKPOINT = checkpoint_path("tiny-mom")
-MAX_PROMPT_TOKENS = 256     # longer prompts keep their last tokens
-MAX_NEW_TOKENS = 200
 EXAMPLES = ["The for statement is used to", "A class definition defines", "Exceptions are raised when"]
 
 
@@ -31,29 +30,16 @@ def load():
     return tokenizer, model
 
 
-def _generation_kwargs(temperature: float, top_p: float, max_new_tokens: int) -> dict:
-    max_new_tokens = int(min(max(1, max_new_tokens), MAX_NEW_TOKENS))
-    if temperature <= 0:
-        return {"do_sample": False, "max_new_tokens": max_new_tokens}
-    return {"do_sample": True, "temperature": float(temperature), "top_p": float(min(max(top_p, 0.05), 1.0)),
-            "max_new_tokens": max_new_tokens}
-
-
-def _prompt_ids(tokenizer, prompt: str) -> torch.Tensor:
-    ids = tokenizer(prompt or "", return_tensors="pt")["input_ids"][:, -MAX_PROMPT_TOKENS:]
-    return torch.cat([torch.tensor([[tokenizer.bos_token_id]]), ids], dim=1)
-
-
 def continue_text(prompt: str, temperature: float = 0.0, top_p: float = 0.9, max_new_tokens: int = 32,
                   seed: int | None = 0) -> str:
     """The prompt (its last ``MAX_PROMPT_TOKENS`` tokens) followed by the model's continuation."""
     tokenizer, model = load()
-    ids = _prompt_ids(tokenizer, prompt)
+    ids = prompt_ids(tokenizer, prompt)
     if seed is not None:
         torch.manual_seed(seed)
     with torch.no_grad():
         out = model.generate(ids, attention_mask=torch.ones_like(ids), pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.eos_token_id, **_generation_kwargs(temperature, top_p,
+                             eos_token_id=tokenizer.eos_token_id, **generation_kwargs(temperature, top_p,
                                                                                        max_new_tokens))
     return tokenizer.decode(out[0, 1:], skip_special_tokens=True)
 
@@ -63,7 +49,7 @@ def routes(text: str, layer: int = 0) -> list[tuple[str, str]]:
     tokenizer, model = load()
     if not 0 <= layer < model.config.num_hidden_layers:
         raise ValueError(f"layer must be in [0, {model.config.num_hidden_layers}); got {layer}")
-    ids = _prompt_ids(tokenizer, text)
+    ids = prompt_ids(tokenizer, text)
     with torch.no_grad():
         hidden = model.model(ids, output_hidden_states=True, use_cache=False).hidden_states[layer]
         block = model.model.layers[layer]
