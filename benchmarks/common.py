@@ -41,6 +41,21 @@ def peak_gb(fn) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 1e9
 
 
+def wall_s(fn) -> float:
+    """Wall seconds of one call of ``fn()`` (no synchronisation: for the CPU dry runs)."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def timers(dry: bool, **bench_kwargs):
+    """``(bench_ms, first_call_s, peak_gb)``: the GPU measures above (``bench_kwargs`` go to ``bench_ms``), or for
+    a CPU dry run, one wall-clock call each and a peak of 0."""
+    if dry:
+        return (lambda fn: 1e3 * wall_s(fn)), wall_s, (lambda fn: (fn(), 0.0)[1])
+    return (lambda fn: bench_ms(fn, **bench_kwargs)), first_call_s, peak_gb
+
+
 class Results:
     """Collects rows ``{case, contender, metric, value}`` and writes ``results/<name>.json`` (+ PNG)."""
 

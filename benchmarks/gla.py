@@ -45,15 +45,7 @@ else:
     SHAPES, LENGTHS, DECODE = [(16, 128, 128), (4, 256, 512)], [2048, 8192, 16384], (4, 256, 512)
 
 
-def _wall(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-bench_ms = (lambda fn: 1e3 * _wall(fn)) if DRY else common.bench_ms
-first_call_s = _wall if DRY else common.first_call_s
-peak_gb = (lambda fn: (fn(), 0.0)[1]) if DRY else common.peak_gb
+bench_ms, first_call_s, peak_gb = common.timers(DRY)
 _OUT = tempfile.mkdtemp() if DRY else None
 
 

@@ -59,14 +59,7 @@ else:
     TRAIN, GEN = [(4, 4096)], [(1, 2048, 256), (64, 2048, 256)]
 
 
-def _wall(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-bench_ms = (lambda fn: 1e3 * _wall(fn)) if DRY else (lambda fn: common.bench_ms(fn, warmup=3, rep=20))
-peak_gb = (lambda fn: (fn(), 0.0)[1]) if DRY else common.peak_gb
+bench_ms, _, peak_gb = common.timers(DRY, warmup=3, rep=20)
 
 
 def fla_config(hidden):
@@ -181,7 +174,7 @@ def generate_cases(res, hidden, ms, save, contenders):
                 if not DRY:
                     torch.cuda.synchronize()
                 print(f"{case} {name}: warm-up {time.perf_counter() - t0:.1f} s", flush=True)
-                s = _wall(lambda: (gen(N), None if DRY else torch.cuda.synchronize()))
+                s = common.wall_s(lambda: (gen(N), None if DRY else torch.cuda.synchronize()))
                 res.add(case, name, "tokens/s", B * N / s, hidden=hidden, layers=LAYERS)
             except Exception as e:
                 print(f"{case} {name} failed: {repr(e)[:300]}")

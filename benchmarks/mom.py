@@ -21,7 +21,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 DRY = "--dry-run" in sys.argv
 if DRY:
@@ -48,15 +47,7 @@ else:
     LAYER_CASES, TRAIN_CASES, NEW_T = [(8, 2048), (2, 8192)], [(8, 2048), (2, 8192)], 3000
 
 
-def _wall(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-bench_ms = (lambda fn: 1e3 * _wall(fn)) if DRY else common.bench_ms
-first_call_s = _wall if DRY else common.first_call_s
-peak_gb = (lambda fn: (fn(), 0.0)[1]) if DRY else common.peak_gb
+bench_ms, first_call_s, peak_gb = common.timers(DRY)
 
 
 class LoopGLABackend(GLAMemoryBackend):
