@@ -41,6 +41,21 @@ def peak_gb(fn) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 1e9
 
 
+def seconds_per_step(step, n: int = 10, warmup: int = 3) -> float:
+    """Wall seconds per call of ``step()`` over ``n`` calls after ``warmup`` ones, synchronized: what a training
+    loop sees, host time included (``bench_ms`` reports the GPU's pace)."""
+    import torch
+
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n
+
+
 def wall_s(fn) -> float:
     """Wall seconds of one call of ``fn()`` (no synchronisation: for the CPU dry runs)."""
     t0 = time.perf_counter()

@@ -19,13 +19,12 @@ best ones).
 import importlib.util
 import os
 import sys
-import time
 import traceback
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import Results, bench_ms, first_call_s
+from benchmarks.common import Results, bench_ms, first_call_s, seconds_per_step
 from hfzoo.ops.group_rational import RATIONAL_INITS, group_rational, group_rational_reference
 from hfzoo.ops.launch import settings, tuning
 
@@ -208,17 +207,6 @@ def _model(cfg):
     return KATForImageClassification(KATConfig.from_preset("kat_small", num_labels=1000, **cfg)).cuda()
 
 
-def _time_steps(step, n=10, warmup=3) -> float:
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        step()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n
-
-
 def bench_model_one(res: Results, cname, cfg, backend, pixels, labels, coldstart=True):
     from hfzoo.ops.dispatch import use_backend
 
@@ -234,7 +222,7 @@ def bench_model_one(res: Results, cname, cfg, backend, pixels, labels, coldstart
 
     if cname == "hfzoo_kat" and coldstart:
         res.add("coldstart KAT-S train step bs128 bf16", cname, "s", first_call_s(step))
-    dt = _time_steps(step)
+    dt = seconds_per_step(step)
     case = "train step KAT-S/ViT-S bs128 224px bf16"
     res.add(case, cname, "ms", dt * 1e3)
     res.add(case, cname, "images/s", len(pixels) / dt)
@@ -252,7 +240,7 @@ def bench_infer_one(res: Results, cname, cfg, backend, pixels):
         with torch.no_grad(), use_backend(backend), torch.autocast("cuda", dtype=torch.bfloat16):
             model(pixel_values=pixels)
 
-    dt = _time_steps(step, n=20)
+    dt = seconds_per_step(step, n=20)
     case = "infer KAT-S/ViT-S bs256 224px bf16"
     res.add(case, cname, "ms", dt * 1e3)
     res.add(case, cname, "images/s", len(pixels) / dt)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import Results, bench_ms, first_call_s
+from benchmarks.common import Results, bench_ms, first_call_s, seconds_per_step
 from hfzoo.models.mosaicbert import MosaicBertConfig, MosaicBertForMaskedLM
 from hfzoo.ops.varlen_alibi_attention import alibi_slopes, varlen_alibi_attention_qkvpacked
 
@@ -258,11 +258,7 @@ def profile(out_dir: Path, steps: int = 5):
             for _ in range(steps):
                 step()
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        torch.cuda.synchronize()
-        wall = (time.perf_counter() - t0) / steps * 1e3
+        wall = seconds_per_step(step, n=steps, warmup=0) * 1e3
         events = prof.key_averages()
         kernels = [e for e in events if e.device_type.name == "CUDA" and e.self_device_time_total > 0]
         kernel_ms = sum(e.self_device_time_total for e in kernels) / steps / 1e3  # kernels only: no double count
