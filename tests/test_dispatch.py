@@ -104,3 +104,28 @@ def test_hfzoo_imports_without_triton():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "ok (2, 8)" in out.stdout
+
+
+@pytest.mark.skipif(not dispatch.HAS_TRITON, reason="needs Triton")
+def test_ops_without_gradients_run_their_kernels_without_an_autograd_node():
+    from hfzoo.ops.geglu import geglu
+    from hfzoo.ops.group_rational import group_rational
+    from hfzoo.ops.launch import count_launches, is_interpreted
+
+    if not is_interpreted():
+        pytest.skip("forcing the Triton backend on CPU tensors needs TRITON_INTERPRET=1")
+    torch.manual_seed(0)
+    x = torch.randn(6, 16)
+    a, b = torch.randn(1, 6), torch.randn(8, 4) * 0.1
+    cases = [lambda t: group_rational(t, a, b, 8, backend="triton"),
+             lambda t: rms_norm_gated(t, torch.ones(16), t * 0.5, backend="triton"),
+             lambda t: geglu(t, backend="triton")]
+    for op in cases:
+        xg = x.clone().requires_grad_()
+        with_node = op(xg)
+        assert with_node.grad_fn is not None
+        for mode in (torch.no_grad(), torch.enable_grad()):   # no_grad, and grad mode with nothing to differentiate
+            with mode, count_launches() as n:
+                plain = op(x)
+            assert plain.grad_fn is None and not plain.requires_grad and n.total() >= 1
+            torch.testing.assert_close(plain, with_node.detach(), rtol=0, atol=0)

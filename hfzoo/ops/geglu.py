@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .dispatch import apply_function
 from .launch import launch, settings
 from .triton_shim import tl, triton
 from .validate import check_tensor, kernel_dtype_problem, pick_backend
@@ -141,7 +142,7 @@ def geglu(x: torch.Tensor, dropout_p: float = 0.0, backend: str | None = None) -
     if choice == "reference":
         return geglu_reference(x, float(dropout_p))
     seed = int(torch.randint(0, 2 ** 31 - 1, ())) if dropout_p > 0 else 0  # CPU generator: no device sync
-    return GegluFunction.apply(x, float(dropout_p), seed)
+    return apply_function(GegluFunction, x, float(dropout_p), seed)
 
 
 __all__ = ["GegluFunction", "geglu", "geglu_reference"]

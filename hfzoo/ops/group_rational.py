@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import torch
 
+from .dispatch import apply_function
 from .launch import compile_options, launch, settings, sm_count
 from .triton_shim import tl, triton
 from .validate import KERNEL_DTYPES, REFERENCE_DTYPES, check_tensor, kernel_dtype_problem, pick_backend
@@ -450,4 +451,5 @@ def group_rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.
         problem = f"the Triton kernels write float32, float16 or bfloat16, not out_dtype={out_dtype}"
     if pick_backend("group_rational", tensors, backend, problem) == "reference" or x.numel() == 0:
         return group_rational_reference(x, numerator, denominator, num_groups, denominator_form, out_dtype)
-    return GroupRationalFunction.apply(x, numerator, denominator, num_groups, denominator_form, out_dtype or x.dtype)
+    return apply_function(GroupRationalFunction, x, numerator, denominator, num_groups, denominator_form,
+                          out_dtype or x.dtype)

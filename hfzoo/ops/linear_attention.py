@@ -49,6 +49,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .dispatch import apply_function
 from .launch import compile_options, launch, settings, sm_count
 from .triton_shim import tl, triton
 from .validate import check_shape, check_tensor, kernel_dtype_problem, pick_backend
@@ -513,7 +514,7 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, eps: flo
     problem = kernel_dtype_problem(*tensors)
     if pick_backend("linear_attention", tensors, backend, problem) == "reference" or q.numel() == 0:
         return linear_attention_reference(q, k, v, eps, conv_weight, conv_bias, grid)
-    return LinearAttentionFunction.apply(q, k, v, eps, conv_weight, conv_bias, grid)
+    return apply_function(LinearAttentionFunction, q, k, v, eps, conv_weight, conv_bias, grid)
 
 
 __all__ = ["linear_attention", "linear_attention_reference", "LinearAttentionFunction"]

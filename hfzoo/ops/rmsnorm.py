@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .dispatch import apply_function
 from .launch import bucket, compile_options, launch, persistent_grid, settings
 from .triton_shim import tl, triton
 from .validate import check_shape, check_tensor, kernel_dtype_problem, make_contiguous, pick_backend
@@ -184,4 +185,4 @@ def rms_norm_gated(x: torch.Tensor, weight: torch.Tensor | None = None, gate: to
     if pick_backend(op, tensors, backend, problem, error) == "reference" or x.numel() == 0:
         return rms_norm_gated_reference(x, weight, gate, eps)
     x, weight, gate = make_contiguous(x, weight, gate)
-    return RMSNormGatedFunction.apply(x, weight, gate, float(eps))
+    return apply_function(RMSNormGatedFunction, x, weight, gate, float(eps))

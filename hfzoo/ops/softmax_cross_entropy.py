@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .dispatch import apply_function
 from .launch import launch, settings
 from .triton_shim import tl, triton
 from .validate import check_tensor, kernel_dtype_problem, pick_backend
@@ -139,7 +140,7 @@ def softmax_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_in
         return softmax_cross_entropy_reference(logits, targets, ignore_index)
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
-    return SoftmaxCrossEntropyFunction.apply(logits, targets.contiguous(), int(ignore_index))
+    return apply_function(SoftmaxCrossEntropyFunction, logits, targets.contiguous(), int(ignore_index))
 
 
 __all__ = ["SoftmaxCrossEntropyFunction", "softmax_cross_entropy", "softmax_cross_entropy_reference"]

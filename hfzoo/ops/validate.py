@@ -37,12 +37,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import os
 
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from .dispatch import requested_backend, resolve_backend
+from .launch import getenv
 
 KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 REFERENCE_DTYPES = KERNEL_DTYPES + (torch.float64,)
@@ -86,6 +86,8 @@ def check_shape(op: str, name: str, t: torch.Tensor, expected: tuple, what: str 
 
 def kernel_dtype_problem(*tensors: torch.Tensor) -> str | None:
     """Why the Triton kernels cannot take these tensors' dtypes (None when they can)."""
+    if all(t.dtype in KERNEL_DTYPES for t in tensors if isinstance(t, torch.Tensor)):
+        return None
     bad = sorted({_NAMES.get(t.dtype, str(t.dtype)) for t in tensors
                   if isinstance(t, torch.Tensor) and t.dtype not in KERNEL_DTYPES})
     if bad:
@@ -175,7 +177,7 @@ def check_nonpositive(op: str, name: str, t: torch.Tensor, what: str = "log deca
     """``t <= 0`` everywhere (NaN passes), checked where free (CPU) or when ``HFZOO_CHECK_VALUES=1``."""
     if t.numel() == 0 or not _values_readable(t):
         return
-    if t.is_cuda and os.environ.get(CHECK_VALUES_ENV, "0") in ("", "0"):
+    if t.is_cuda and getenv(CHECK_VALUES_ENV, "0") in ("", "0"):
         return
     if bool((t > 0).any()):
         raise ValueError(f"{op}: {name} must be {what} <= 0 (e.g. logsigmoid(x)); the largest entry is "

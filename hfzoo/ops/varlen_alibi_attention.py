@@ -30,6 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .dispatch import apply_function
 from .launch import bucket, launch, settings
 from .triton_shim import tl, triton
 from .validate import check_cu_seqlens, check_tensor, kernel_dtype_problem, pick_backend
@@ -441,7 +442,7 @@ def varlen_alibi_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else float(softmax_scale)
     if choice == "reference":
         return varlen_alibi_attention_reference(q, k, v, cu, max_seqlen, slopes, scale, dropout_p)
-    return VarlenAlibiAttentionFunction.apply(q, k, v, cu, max_seqlen, slopes, scale)
+    return apply_function(VarlenAlibiAttentionFunction, q, k, v, cu, max_seqlen, slopes, scale)
 
 
 def varlen_alibi_attention_qkvpacked(qkv: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int,
@@ -462,4 +463,4 @@ def varlen_alibi_attention_qkvpacked(qkv: torch.Tensor, cu_seqlens: torch.Tensor
     scale = q.shape[-1] ** -0.5 if softmax_scale is None else float(softmax_scale)
     if choice == "reference":
         return varlen_alibi_attention_reference(q, k, v, cu, max_seqlen, slopes, scale, dropout_p)
-    return VarlenAlibiAttentionQKVPackedFunction.apply(qkv, cu, max_seqlen, slopes, scale)
+    return apply_function(VarlenAlibiAttentionQKVPackedFunction, qkv, cu, max_seqlen, slopes, scale)
