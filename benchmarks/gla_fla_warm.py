@@ -123,6 +123,18 @@ def train(hidden):
         del m
 
 
+def generate_model():
+    """fla's model as ``benchmarks/gla_model.py`` generates with (its default options, the generate cases' hidden
+    size), for ``--what generate`` without the training workload of that size."""
+    import fla.models as fla_models
+
+    from benchmarks import gla_model as gm
+
+    fields = {k: v for k, v in gm.fla_config(gm.GEN_HIDDEN).items() if k != "model_type"}
+    torch.manual_seed(0)
+    return fla_models.GLAForCausalLM(fla_models.GLAConfig(**fields)).to(gm.DEV, gm.DT)
+
+
 def _sync():
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -189,7 +201,10 @@ def main():
                         _log("generate", t0)
             elif what == "kernels":
                 kernels()
-            elif what != "generate":
+            elif what == "generate":
+                if f"train{gm_gen_hidden()}" not in args.what.split(","):   # else done with that model above
+                    generate(generate_model())
+            else:
                 raise ValueError(f"unknown workload {what!r}")
             _log(what, t0)
         except Exception as e:  # keep warming the others
