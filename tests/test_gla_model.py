@@ -196,12 +196,14 @@ def test_kernel_path_matches_reference():
     mask[1, :5] = 0
     with torch.no_grad():
         with use_backend("reference"):
-            ref = model(x, attention_mask=mask).logits
+            ref = model(x, attention_mask=mask, labels=x)
             ref_short = model(x[:, :12], attention_mask=mask[:, :12]).logits
         with use_backend("triton"), count_launches() as launched:
-            out = model(x, attention_mask=mask).logits
+            out = model(x, attention_mask=mask, labels=x)      # the loss too: softmax_cross_entropy's kernel
             short = model(x[:, :12], attention_mask=mask[:, :12]).logits   # ... and short enough for the recurrent one
     assert launched.total() > 0, "no Triton kernel ran"
+    assert launched["softmax_ce.fwd"] == 1 and rel_err(out.loss, ref.loss) < 1e-4
+    out, ref = out.logits, ref.logits
     keep = mask.bool()
     assert rel_err(out[keep], ref[keep]) < 1e-4
     assert rel_err(short[keep[:, :12]], ref_short[keep[:, :12]]) < 1e-4

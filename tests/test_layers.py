@@ -10,7 +10,7 @@ from helpers import rel_err
 from transformers import PreTrainedConfig
 
 from hfzoo.layers.image_inputs import to_pil_image
-from hfzoo.layers.losses import classification_loss, cross_entropy
+from hfzoo.layers.losses import causal_lm_loss, classification_loss, cross_entropy
 from hfzoo.layers.packing import Packing
 from hfzoo.layers.recurrent_cache import RecurrentCache, RecurrentLayerState, pick_cache
 from hfzoo.layers.rotary import apply_rotary, rope_inv_freq
@@ -132,6 +132,71 @@ def test_cross_entropy_means_or_divides_by_num_items_in_batch():
     torch.testing.assert_close(cross_entropy(logits, targets, num_items_in_batch=torch.tensor(10)), total / 10)
     nothing = cross_entropy(logits.requires_grad_(), torch.full((6,), -100))
     assert nothing.item() == 0.0 and nothing.requires_grad
+
+
+def _causal_lm_data(seed=0, B=3, T=9, V=13):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, T, V, generator=gen) * 2
+    labels = torch.randint(0, V, (B, T), generator=gen)
+    labels[0, :4] = -100
+    labels[2, 5] = -100
+    labels[1, -1] = -100
+    return logits, labels
+
+
+@pytest.mark.parametrize("items", [None, 40, "tensor"])
+def test_causal_lm_loss_is_transformers_causal_lm_loss(items):
+    # values and gradients equal transformers' ForCausalLMLoss (labels shifted inside), mean or sum / num_items
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    logits, labels = _causal_lm_data()
+    kw = {} if items is None else {"num_items_in_batch": 40 if items == 40 else torch.tensor(40)}
+    ours = logits.clone().requires_grad_()
+    theirs = logits.clone().requires_grad_()
+    loss = causal_lm_loss(ours, labels, vocab_size=13, **kw)
+    want = ForCausalLMLoss(theirs, labels, 13, **kw)
+    (g,) = torch.autograd.grad(loss, ours)
+    (gw,) = torch.autograd.grad(want, theirs)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g, gw, rtol=1e-6, atol=1e-7)
+    # the shift is the next token's: unshifted labels, or dividing by another count, would give another loss
+    assert not torch.allclose(loss, ForCausalLMLoss(logits, labels, 13, shift_labels=labels, **kw))
+    shift = F.pad(labels[:, 1:], (0, 1), value=-100)
+    torch.testing.assert_close(causal_lm_loss(logits, None, shift_labels=shift, **kw), want)
+    torch.testing.assert_close(causal_lm_loss(logits, labels, shift_labels=shift, **kw), want)
+
+
+def test_causal_lm_loss_kernel_path_matches_transformers():
+    # the same on the Triton kernels (the interpreter on CPU): forward and backward kernels ran
+    from transformers.loss.loss_utils import ForCausalLMLoss
+
+    from hfzoo.ops.launch import count_launches
+
+    logits, labels = _causal_lm_data(seed=1)
+    ours = logits.clone().requires_grad_()
+    with count_launches() as n:
+        loss = causal_lm_loss(ours, labels, num_items_in_batch=torch.tensor(30))
+        (g,) = torch.autograd.grad(loss, ours)
+    assert n["softmax_ce.fwd"] == 1 and n["softmax_ce.bwd"] == 1
+    theirs = logits.clone().requires_grad_()
+    want = ForCausalLMLoss(theirs, labels, 13, num_items_in_batch=torch.tensor(30))
+    (gw,) = torch.autograd.grad(want, theirs)
+    assert rel_err(loss, want) < 1e-6 and rel_err(g, gw) < 1e-6
+
+
+def test_causal_lm_loss_without_counted_targets_and_bad_labels():
+    logits, labels = _causal_lm_data()
+    labels[:, 1:] = -100                          # every target ignored (the first label is never a target)
+    ours = logits.clone().requires_grad_()
+    loss = causal_lm_loss(ours, labels)           # ForCausalLMLoss gives NaN here; the helper, like cross_entropy, 0
+    (g,) = torch.autograd.grad(loss, ours)
+    assert loss.item() == 0.0 and torch.count_nonzero(g) == 0
+    assert causal_lm_loss(logits, labels, num_items_in_batch=5).item() == 0.0
+    with pytest.raises(ValueError, match="labels must have one entry per row"):
+        causal_lm_loss(logits[:, -1:], labels)   # logits cut by logits_to_keep: labels are the caller's concern
+    with pytest.raises(ValueError, match="labels or shift_labels"):
+        causal_lm_loss(logits)
 
 
 @pytest.mark.parametrize("problem", ["regression", "single_label_classification", "multi_label_classification"])

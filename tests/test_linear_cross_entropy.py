@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from helpers import rel_err
 
+from hfzoo.ops.launch import count_launches
 from hfzoo.ops.linear_cross_entropy import linear_cross_entropy
 
 
@@ -119,6 +120,16 @@ def test_gla_model_fused_loss_matches_its_logits_loss():
             results.append([out.loss.detach()] + [p.grad.clone() for p in model.parameters()])
         for a, b in zip(*results):
             assert rel_err(a, b) < 1e-5
+    # pre-shifted labels (transformers' shift_labels) take the place of labels on both paths
+    shift = torch.randint(0, 64, (2, 21))
+    shift[0, 3:9] = -100
+    with torch.no_grad():
+        losses = []
+        for fused in (True, False):
+            model.config.fuse_linear_cross_entropy = fused
+            losses.append(model(input_ids=ids, labels=labels, shift_labels=shift).loss)
+        assert rel_err(losses[0], losses[1]) < 1e-6
+        assert rel_err(losses[0], model(input_ids=ids, labels=labels).loss) > 1e-3
     model.eval()
     model.config.fuse_linear_cross_entropy = True
     assert model(input_ids=ids, labels=labels).logits is not None  # evaluation keeps transformers' outputs
@@ -155,3 +166,82 @@ def test_gla_model_default_loss_is_transformers_causal_lm_loss():
     with torch.no_grad():
         assert rel_err(model(input_ids=ids, labels=labels, shift_labels=shift).loss,
                        model(input_ids=ids, labels=labels).loss) < 1e-6
+
+
+# --- the kernel path (softmax_cross_entropy's kernels on each chunk's logits; the interpreter on CPU) ------------
+
+
+def _kernel_data(dtype, N=37, D=16, V=50, seed=1):
+    h, w, b, t = _data(N=N, D=D, V=V, seed=seed, dtype=dtype, ignore=False)
+    t[::5] = -100
+    t[8:16] = -100   # with chunk_size 8: the second chunk has no counted target
+    return h, w, b, t
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "items"])
+def test_kernel_path_matches_reference(dtype, reduction):
+    # 37 tokens in chunks of 8 (the last one partial), ignored targets and an all-ignored chunk; loss and the
+    # gradients of hidden, weight and bias against the reference path and against full fp64 logits
+    h, w, b, t = _kernel_data(dtype)
+    kw = {"sum": {"reduction": "sum"}, "items": {"num_items_in_batch": 50}}.get(reduction, {})
+
+    def run(backend):
+        return _grads(lambda h, w, b: linear_cross_entropy(h, w, t, bias=b, chunk_size=8, backend=backend, **kw),
+                      h, w, b)
+
+    with count_launches() as n:
+        ours = run("triton")
+    assert n == {"softmax_ce.fwd": 5, "softmax_ce.bwd": 5}   # one of each per chunk
+    ref = run("reference")
+
+    def exact(h, w, b):
+        total = F.cross_entropy(h.double() @ w.double().T + b.double(), t, reduction="sum")
+        return total / {"mean": (t != -100).sum(), "sum": 1, "items": 50}[reduction]
+
+    want = _grads(exact, h, w, b)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2   # bf16: logits and softmax - one_hot rounded to bf16
+    assert ours[0].dtype == torch.float32 and [g.dtype for g in ours[1:]] == [dtype] * 3
+    for a, r, e in zip(ours, ref, want):
+        assert rel_err(a, r) < tol and rel_err(a, e) < tol
+    assert torch.count_nonzero(ours[1][8:16]) == 0   # the all-ignored chunk's hidden states get no gradient
+
+
+def test_kernel_path_all_ignored_no_grad_and_empty():
+    h, w, b, t = _kernel_data(torch.float32)
+    t[:] = -100
+    loss, dh, dw, db = _grads(lambda h, w, b: linear_cross_entropy(h, w, t, bias=b, chunk_size=8, backend="triton"),
+                              h, w, b)
+    assert loss.item() == 0.0 and all(torch.count_nonzero(g) == 0 for g in (dh, dw, db))
+    h, w, b, t = _kernel_data(torch.float32)
+    with count_launches() as n, torch.no_grad():   # no gradient wanted: the forward kernel alone
+        out = linear_cross_entropy(h, w, t, bias=b, chunk_size=8, backend="triton")
+    assert n == {"softmax_ce.fwd": 5}
+    assert rel_err(out, F.cross_entropy(h @ w.T + b, t)) < 1e-6
+    empty = linear_cross_entropy(h[:0], w, t[:0], chunk_size=8, backend="triton")
+    assert empty.item() == 0.0
+
+
+def test_backend_choice():
+    h, w, b, t = _kernel_data(torch.float32)
+    with count_launches() as n:
+        linear_cross_entropy(h, w, t, bias=b)           # auto on CPU: the reference
+    assert n.total() == 0
+    with pytest.raises(TypeError, match="float64"):
+        linear_cross_entropy(h.double(), w.double(), t, backend="triton")
+    with pytest.raises(TypeError, match="one dtype"):
+        linear_cross_entropy(h, w, t, bias=b.bfloat16(), backend="triton")
+    # fp64 runs the reference in fp64
+    hd, wd = h.double(), w.double()
+    assert rel_err(linear_cross_entropy(hd, wd, t), F.cross_entropy(hd @ wd.T, t)) < 1e-12
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_kernel_path_gpu_16bit(dtype):
+    h, w, b, t = (x.cuda() for x in _data(N=3000, D=256, V=5003, dtype=dtype))
+    got = _grads(lambda h, w, b: linear_cross_entropy(h, w, t, bias=b, chunk_size=1024), h, w, b)
+    want = _grads(lambda h, w, b: F.cross_entropy((h @ w.T + b).float(), t), h.float(), w.float(), b.float())
+    assert [g.dtype for g in got[1:]] == [dtype] * 3
+    for a, r in zip(got, want):
+        assert rel_err(a, r) < 2e-2

@@ -221,6 +221,9 @@ def test_forward_without_labels_tuple_outputs_and_training_loss_with_aux():
     lm = model.loss_function(logits=acc.logits, labels=labels, vocab_size=VOCAB, num_items_in_batch=items)
     torch.testing.assert_close(acc.loss, lm + (3 * rows[0] + 6 * rows[1]) / 18)
     torch.testing.assert_close(out.aux_loss, rows.mean())    # no padding: every row has 7 tokens
+    # pre-shifted labels (transformers' shift_labels) take the place of labels, balance weights included
+    shift = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+    torch.testing.assert_close(model(x, labels=x, shift_labels=shift).loss, out.loss)   # labels then unused
 
 
 @pytest.mark.parametrize("side", ["left", "right"])

@@ -7,7 +7,12 @@ import torch.nn.functional as F
 from helpers import rel_err
 
 from hfzoo.ops.launch import count_launches
-from hfzoo.ops.softmax_cross_entropy import softmax_cross_entropy, softmax_cross_entropy_reference
+from hfzoo.ops.softmax_cross_entropy import (
+    softmax_cross_entropy,
+    softmax_cross_entropy_bwd,
+    softmax_cross_entropy_fwd,
+    softmax_cross_entropy_reference,
+)
 
 
 def _check(N, C, dtype, device, tol, ignore=()):
@@ -48,6 +53,27 @@ def test_scalar_reduction_gradient_and_extreme_logits():
     (g,) = torch.autograd.grad(loss.sum() / 2, logits)
     (gr,) = torch.autograd.grad(ref.sum() / 2, logits)
     assert torch.allclose(g, gr, atol=1e-6)
+
+
+def test_launchers_write_given_buffers_and_the_gradient_in_place():
+    # what linear_cross_entropy does with a chunk: forward into slices of larger buffers, then the backward with
+    # one dloss for every row (stride 0) written over the logits themselves
+    torch.manual_seed(0)
+    logits = 3 * torch.randn(7, 37)
+    targets = torch.tensor([0, 36, -100, 5, 17, -100, 2])
+    loss, lse = torch.full((10,), 7.0), torch.full((10,), 7.0)
+    softmax_cross_entropy_fwd(logits, targets, -100, loss=loss[2:9], lse=lse[1:8])
+    assert (loss[:2] == 7).all() and (loss[9:] == 7).all() and (lse[0] == 7) and (lse[8:] == 7).all()
+    assert rel_err(loss[2:9], softmax_cross_entropy_reference(logits, targets)) < 1e-6
+    assert rel_err(lse[1:8], torch.logsumexp(logits, -1)) < 1e-6
+    lf = logits.clone().requires_grad_()
+    (want,) = torch.autograd.grad(softmax_cross_entropy_reference(lf, targets).sum(), lf)
+    buf = logits.clone()
+    out = softmax_cross_entropy_bwd(buf, targets, lse[1:8], torch.ones(1).expand(7), -100, dlogits=buf)
+    assert out.data_ptr() == buf.data_ptr() and rel_err(buf, want) < 1e-6
+    assert (buf[2] == 0).all() and (buf[5] == 0).all()
+    with pytest.raises(ValueError, match="unit column stride"):
+        softmax_cross_entropy_fwd(logits.t(), targets[:1].expand(37).contiguous(), -100)
 
 
 def test_out_of_range_target_gives_nan_not_a_wild_read():

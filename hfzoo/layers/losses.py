@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..ops.softmax_cross_entropy import softmax_cross_entropy
+
 
 def _divide(total: torch.Tensor, num_items_in_batch) -> torch.Tensor:
     if torch.is_tensor(num_items_in_batch):
@@ -25,6 +27,48 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, num_items_in_batc
     logits = logits.float()
     targets = targets.to(logits.device)
     total = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+    if num_items_in_batch is not None:
+        return _divide(total, num_items_in_batch)
+    return total / (targets != ignore_index).sum().clamp_min(1)
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor | None = None, num_items_in_batch=None,
+                   ignore_index: int = -100, shift_labels: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    """Next-token cross-entropy of a causal LM: transformers' ``ForCausalLMLoss`` without an fp32 copy of the logits.
+
+    Args:
+        logits: ``[..., T, V]`` in any float dtype (the lm_head's; bf16 stays bf16). Used whole: when they were
+            cut by ``logits_to_keep``, matching labels are the caller's concern, as in transformers.
+        labels: ``[..., T]`` token ids, ``ignore_index`` where nothing is to be predicted. Shifted as transformers
+            does: padded with one ``ignore_index`` on the right and taken from position 1, so the logits at
+            position ``t`` predict ``labels[t + 1]`` and the last position predicts nothing (no ``logits[:, :-1]``
+            copy is made).
+        num_items_in_batch: when given (an int or a tensor on any device: the Trainer's count of labelled tokens
+            over the accumulated batch), the loss is the sum divided by it; else the mean over counted targets.
+        shift_labels: ``[..., T]`` labels already shifted (as transformers' ``shift_labels``, e.g. under context
+            parallelism); when given, ``labels`` is not used.
+        kwargs: ignored (``vocab_size`` and the like, which transformers' loss functions take).
+
+    Returns:
+        A 0-d fp32 tensor (fp64 for fp64 logits). With no counted target the mean is 0 with a gradient path (as
+        ``cross_entropy`` above; ``ForCausalLMLoss`` gives NaN there); everything else as ``ForCausalLMLoss``.
+
+    Each row's loss is ``hfzoo.ops.softmax_cross_entropy``: on CUDA its kernels read the 16-bit logits with fp32
+    math in registers and write the gradient in the logits' dtype; on the CPU the reference
+    (``F.cross_entropy`` in fp32, ``ForCausalLMLoss``'s numbers).
+    """
+    what = "shift_labels"
+    if shift_labels is None:
+        if labels is None:
+            raise ValueError("causal_lm_loss: pass labels or shift_labels")
+        what = "labels"
+        shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    logits = logits.reshape(-1, logits.shape[-1])  # a view of contiguous logits
+    if shift_labels.numel() != logits.shape[0]:  # transformers flattens both; so do we
+        raise ValueError(f"causal_lm_loss: {what} must have one entry per row of logits ({logits.shape[0]}); got "
+                         f"shape {tuple(shift_labels.shape)}")
+    targets = shift_labels.reshape(-1).to(logits.device)
+    total = softmax_cross_entropy(logits, targets, ignore_index=ignore_index).sum()
     if num_items_in_batch is not None:
         return _divide(total, num_items_in_batch)
     return total / (targets != ignore_index).sum().clamp_min(1)
@@ -58,4 +102,4 @@ def classification_loss(config, logits: torch.Tensor, labels: torch.Tensor, num_
     return total / max(labels.numel(), 1)
 
 
-__all__ = ["classification_loss", "cross_entropy"]
+__all__ = ["causal_lm_loss", "classification_loss", "cross_entropy"]

@@ -11,8 +11,10 @@ Semantics: ``F.cross_entropy(logits.float(), targets, ignore_index=ignore_index,
 loss per row, 0 (and no gradient) where the target is ``ignore_index``. A target outside ``[0, C)`` that is
 not ``ignore_index`` gives a NaN loss on the kernel path (the reference raises), never a read out of bounds.
 
-Ladder: ``softmax_cross_entropy_reference`` -> Triton kernels -> ``SoftmaxCrossEntropyFunction`` ->
-``softmax_cross_entropy`` (public; launch settings ``softmax_ce.*`` in ``launch.py``).
+Ladder: ``softmax_cross_entropy_reference`` -> Triton kernels -> their launchers ``softmax_cross_entropy_fwd`` /
+``softmax_cross_entropy_bwd`` (also used by ``linear_cross_entropy``, whose backward writes the gradient in place
+of a chunk's logits) -> ``SoftmaxCrossEntropyFunction`` -> ``softmax_cross_entropy`` (public; launch settings
+``softmax_ce.*`` in ``launch.py``).
 """
 
 from __future__ import annotations
@@ -82,15 +84,53 @@ def _ce_bwd_kernel(LOGITS, TARGETS, LSE, DLOSS, DLOGITS, C, stride, stride_dloss
         tl.store(out + cols, d.to(DLOGITS.dtype.element_ty), mask=mask)
 
 
+def softmax_cross_entropy_fwd(logits, targets, ignore_index, loss=None, lse=None):
+    """Launch the forward kernel: ``(loss [N], lse [N])`` (fp32) of ``logits [N, C]`` against ``targets [N]``.
+
+    ``logits`` must have unit column stride, ``targets`` (int64 or int32), ``loss`` and ``lse`` must be contiguous;
+    ``loss``/``lse`` may be given (e.g. slices of larger buffers), else they are allocated. For callers that
+    manage their own buffers (``linear_cross_entropy``); ``softmax_cross_entropy`` is the public op.
+    """
+    N, C = logits.shape
+    _check_rows("logits", logits)
+    loss = torch.empty(N, dtype=torch.float32, device=logits.device) if loss is None else loss
+    lse = torch.empty(N, dtype=torch.float32, device=logits.device) if lse is None else lse
+    if N > 0:
+        launch("softmax_ce.fwd", _ce_fwd_kernel, (N,), logits, targets, loss, lse, C, logits.stride(0),
+               ignore_index, configs=[settings("softmax_ce.fwd")])
+    return loss, lse
+
+
+def softmax_cross_entropy_bwd(logits, targets, lse, dloss, ignore_index, dlogits=None):
+    """Launch the backward kernel: ``dlogits [N, C] = (softmax(logits) - one_hot(targets)) * dloss[:, None]``, 0 in
+    rows whose target is ``ignore_index``; written in ``dlogits``' dtype and returned.
+
+    ``dloss [N]`` may have any stride, 0 included (one value for every row: ``torch.ones(1).expand(N)``).
+    ``dlogits`` may be ``logits`` itself (the gradient then replaces the logits in place): each program owns one
+    row and reads each tile of it before writing that tile. Allocated like ``logits`` when not given.
+    """
+    N, C = logits.shape
+    dlogits = torch.empty_like(logits) if dlogits is None else dlogits
+    _check_rows("logits", logits)
+    _check_rows("dlogits", dlogits)
+    if N > 0:
+        launch("softmax_ce.bwd", _ce_bwd_kernel, (N,), logits, targets, lse, dloss, dlogits, C,
+               logits.stride(0), dloss.stride(0), dlogits.stride(0), ignore_index,
+               configs=[settings("softmax_ce.bwd")])
+    return dlogits
+
+
+def _check_rows(name, t):
+    # the kernels walk each row with unit stride
+    if t.dim() != 2 or (t.shape[1] > 1 and t.stride(1) != 1):
+        raise ValueError(f"softmax_cross_entropy: {name} must be [N, C] with unit column stride; got shape "
+                         f"{tuple(t.shape)}, strides {t.stride()}")
+
+
 class SoftmaxCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, ignore_index):
-        N, C = logits.shape
-        loss = torch.empty(N, dtype=torch.float32, device=logits.device)
-        lse = torch.empty(N, dtype=torch.float32, device=logits.device)
-        if N > 0:
-            launch("softmax_ce.fwd", _ce_fwd_kernel, (N,), logits, targets, loss, lse, C, logits.stride(0),
-                   ignore_index, configs=[settings("softmax_ce.fwd")])
+        loss, lse = softmax_cross_entropy_fwd(logits, targets, ignore_index)
         ctx.save_for_backward(logits, targets, lse)
         ctx.ignore_index = ignore_index
         return loss
@@ -98,13 +138,7 @@ class SoftmaxCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dloss):
         logits, targets, lse = ctx.saved_tensors
-        N, C = logits.shape
-        dlogits = torch.empty_like(logits)
-        if N > 0:
-            launch("softmax_ce.bwd", _ce_bwd_kernel, (N,), logits, targets, lse, dloss, dlogits, C,
-                   logits.stride(0), dloss.stride(0), dlogits.stride(0), ctx.ignore_index,
-                   configs=[settings("softmax_ce.bwd")])
-        return dlogits, None, None
+        return softmax_cross_entropy_bwd(logits, targets, lse, dloss, ctx.ignore_index), None, None
 
 
 def softmax_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100,
@@ -143,4 +177,5 @@ def softmax_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_in
     return apply_function(SoftmaxCrossEntropyFunction, logits, targets.contiguous(), int(ignore_index))
 
 
-__all__ = ["SoftmaxCrossEntropyFunction", "softmax_cross_entropy", "softmax_cross_entropy_reference"]
+__all__ = ["SoftmaxCrossEntropyFunction", "softmax_cross_entropy", "softmax_cross_entropy_bwd",
+           "softmax_cross_entropy_fwd", "softmax_cross_entropy_reference"]

@@ -34,7 +34,7 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
 )
 
-from ...layers.losses import classification_loss
+from ...layers.losses import causal_lm_loss, classification_loss
 from ...layers.mlp import SwiGLUMLP
 from ...layers.norms import GatedRMSNorm
 from ...layers.packing import PACKING_KWARGS, Packing
@@ -354,17 +354,19 @@ class GLAForCausalLM(RecurrentCausalLMMixin, GLAPreTrainedModel, GenerationMixin
         keep = logits_slice(logits_to_keep)
         loss = logits = None
         if labels is not None and self.training and self.config.fuse_linear_cross_entropy:
-            # the loss straight from the hidden states, chunked: the full fp32 logits are never made
-            target = F.pad(labels[..., 1:], (0, 1), value=-100).to(hidden_states.device)  # next-token targets
-            loss = linear_cross_entropy(hidden_states[:, keep, :], self.lm_head.weight, target,
+            # the loss straight from the hidden states, chunked over tokens: all the logits are never made
+            target = kwargs.get("shift_labels")
+            if target is None:
+                target = F.pad(labels[..., 1:], (0, 1), value=-100)  # next-token targets
+            loss = linear_cross_entropy(hidden_states[:, keep, :], self.lm_head.weight,
+                                        target.to(hidden_states.device),
                                         num_items_in_batch=kwargs.get("num_items_in_batch"))
         else:
             logits = self.lm_head(hidden_states[:, keep, :])
         if labels is not None and loss is None:
-            # transformers' loss on the full logits: on the H200 this step was 58.0 ms / 12.4 GB against 66.6 ms /
-            # 9.7 GB for a row-chunked loss over the same logits (benchmarks/NOTES.md); fuse_linear_cross_entropy
-            # is the memory-lean path (8.0 GB)
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            # transformers' causal-LM loss on the logits as returned (lm_head's dtype): per-row cross-entropy with
+            # fp32 math in the kernel's registers on CUDA, no fp32 copy of the logits or of their gradient
+            loss = causal_lm_loss(logits, labels, **kwargs)
         cache = cache_of(outputs)
         if not return_dict:
             out = tuple(x for x in (logits, cache, outputs.hidden_states) if x is not None)

@@ -36,6 +36,7 @@ from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from ...layers.losses import causal_lm_loss
 from ...layers.mlp import SwiGLUMLP
 from ...layers.norms import GatedRMSNorm
 from ...layers.packing import Packing
@@ -462,10 +463,12 @@ class MoMForCausalLM(RecurrentCausalLMMixin, MoMPreTrainedModel, GenerationMixin
         aux_loss = outputs.aux_loss
         loss = None
         if labels is not None:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            loss = causal_lm_loss(logits, labels, **kwargs)  # transformers' causal-LM loss, no fp32 logits copy
             if self.training and outputs.aux_loss_per_row is not None:
                 rows = outputs.aux_loss_per_row
-                counted = (labels[..., 1:] != -100).sum(-1).to(rows.device, rows.dtype)       # [B]
+                targets = kwargs.get("shift_labels")                                           # the LM loss's
+                targets = labels[..., 1:] if targets is None else targets
+                counted = (targets != -100).sum(-1).to(rows.device, rows.dtype)                # [B]
                 items = kwargs.get("num_items_in_batch")
                 total = counted.sum().clamp_min(1.0) if items is None else torch.as_tensor(items, device=rows.device)
                 loss = loss + (rows * counted).sum() / total
