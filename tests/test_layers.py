@@ -268,3 +268,59 @@ def test_one_image_rule():
         to_pil_image("not an image")
     with pytest.raises(ValueError, match="shape"):
         to_pil_image(np.zeros((2, 2, 2, 2)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swiglu_mlp_keeps_less_for_backward_with_the_eager_numbers(dtype):
+    from hfzoo.layers.mlp import SwiGLUDownFunction, SwiGLUMLP
+
+    torch.manual_seed(0)
+    mlp = SwiGLUMLP(16, 40).to(dtype)
+    x = torch.randn(3, 7, 16, dtype=dtype, requires_grad=True)
+    dy = torch.randn(3, 7, 16, dtype=dtype)
+
+    def eager(m, t):
+        return m.down_proj(F.silu(m.gate_proj(t)) * m.up_proj(t))
+
+    out = mlp(x)
+    assert type(out.grad_fn).__name__ == SwiGLUDownFunction.__name__ + "Backward"
+    kept = {t.data_ptr() for t in out.grad_fn.saved_tensors}
+    grads = torch.autograd.grad(out, (x, *mlp.parameters()), dy)
+    ref = eager(mlp, x)
+    ref_grads = torch.autograd.grad(ref, (x, *mlp.parameters()), dy)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)   # the same ops in the same order
+    for g, r in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(g, r, **tol)
+    assert len(kept) == 3   # what the backward kept: gate, up and the weight, not the activation or the product
+    # inference, a frozen path and a wrapped down projection use the eager form
+    with torch.no_grad():
+        torch.testing.assert_close(mlp(x), ref.detach(), rtol=0, atol=0)
+    handle = mlp.down_proj.register_forward_hook(lambda *a: None)
+    assert type(mlp(x).grad_fn).__name__ != SwiGLUDownFunction.__name__ + "Backward"
+    handle.remove()
+
+
+def test_swiglu_mlp_keeps_loras_on_the_down_projection():
+    import peft
+
+    from hfzoo.layers.mlp import SwiGLUMLP
+
+    torch.manual_seed(0)
+
+    class Wrap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = SwiGLUMLP(16, 32)
+
+        def forward(self, x):
+            return self.mlp(x)
+
+    model = peft.get_peft_model(Wrap(), peft.LoraConfig(r=4, target_modules=["down_proj"], init_lora_weights=False))
+    x = torch.randn(5, 16)
+    lora_down = model.base_model.model.mlp.down_proj
+    mlp = model.base_model.model.mlp
+    expected = lora_down(F.silu(mlp.gate_proj(x)) * mlp.up_proj(x))
+    torch.testing.assert_close(model(x), expected)
+    with model.disable_adapter():
+        assert not torch.allclose(model(x), expected)   # the adapter changes the output, and is applied above
