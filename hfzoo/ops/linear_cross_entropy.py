@@ -113,7 +113,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 else:
                     dh[s:s + n] = (grad.to(weight.dtype) @ weight).to(hidden.dtype)
             if dw is not None:  # in the matmul dtype (fp32 operands would run ~10x slower), summed in fp32
-                dw += (grad.to(h.dtype).t() @ h).to(acc)
+                dw.add_(grad.to(h.dtype).t() @ h)   # the add reads the 16-bit product: no fp32 copy of it
             if db is not None:
                 db += grad.sum(0, dtype=acc)
         if kernels:
