@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import Results  # noqa: E402
+from benchmarks.common import Results, seconds_per_step  # noqa: E402
 from hfzoo.ops import launch as L  # noqa: E402
 
 
@@ -40,17 +40,6 @@ def host_us(fn, n=3000):
     us = (time.perf_counter() - t0) / n * 1e6
     torch.cuda.synchronize()
     return us
-
-
-def wall_ms(fn, n, warmup=3):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / n * 1e3
 
 
 def _k12():
@@ -99,7 +88,7 @@ def ab(res: Results, case: str, fn, n: int, rounds: int = 3):
     for r in range(rounds):   # interleaved: off, on, off, on, ...
         for on in (False, True):
             with L.fast_launch(on):
-                res.add(case, "fast_on" if on else "fast_off", "ms", wall_ms(fn, n), round=r)
+                res.add(case, "fast_on" if on else "fast_off", "ms", 1e3 * seconds_per_step(fn, n=n), round=r)
 
 
 def _kat(res: Results, name: str, cfg: dict, px, lab):
