@@ -290,3 +290,14 @@ def test_autotuned_launches_reuse_the_autotuners_pick(fake_runtime, monkeypatch)
     assert len(tuned_calls) == 3
     assert k.compiled == 1 and k.log[0][3] == {"BLOCK": 32, "num_warps": 4}
     assert k.log[1] == ("fast", 2, 1, 1, 1234, "fn", "meta", None, None, None, x, 48, 1.0, 32, True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU driver")
+def test_fast_launch_steps_aside_without_a_gpu_driver(monkeypatch):
+    # the sm_90 compile check runs real (not interpreted) kernels on a CPU machine: Triton's path must be taken
+    monkeypatch.setattr(launch, "_fast_runtime", [])
+    monkeypatch.setattr(launch, "_fast_kernels", {})
+    monkeypatch.setattr(launch, "_FAST_SUPPORTED", True)
+    k = _FakeKernel()
+    assert not launch._launch_fast(k, (1,), (torch.zeros(4), 32, 1.0), {"BLOCK": 16})
+    assert launch._FAST_SUPPORTED is False and k.compiled == 0

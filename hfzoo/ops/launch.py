@@ -467,10 +467,15 @@ def _launch_fast(kernel, grid, args, kwargs):
     names, constexpr, defaults = facts
     n = len(args)
     if not _fast_runtime:
-        from triton import knobs
-        from triton.runtime import driver
+        global _FAST_SUPPORTED
+        try:
+            from triton import knobs
+            from triton.runtime import driver
 
-        _fast_runtime.extend([driver.active.get_current_device, driver.active.get_current_stream, knobs.runtime])
+            _fast_runtime.extend([driver.active.get_current_device, driver.active.get_current_stream, knobs.runtime])
+        except Exception:   # no GPU driver (e.g. compiling kernels for a GPU on a CPU machine): Triton's path only
+            _FAST_SUPPORTED = False
+            return False
     get_device, get_stream, rt = _fast_runtime
     if not _hooks_idle(rt):
         return False
