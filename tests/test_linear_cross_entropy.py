@@ -130,6 +130,12 @@ def test_gla_model_fused_loss_matches_its_logits_loss():
             losses.append(model(input_ids=ids, labels=labels, shift_labels=shift).loss)
         assert rel_err(losses[0], losses[1]) < 1e-6
         assert rel_err(losses[0], model(input_ids=ids, labels=labels).loss) > 1e-3
+        # another ignore_index (transformers' loss kwarg) marks the same tokens on both paths
+        other = torch.where(labels == -100, torch.full_like(labels, -1), labels)
+        for fused in (True, False):
+            model.config.fuse_linear_cross_entropy = fused
+            got = model(input_ids=ids, labels=other, ignore_index=-1).loss
+            assert rel_err(got, model(input_ids=ids, labels=labels).loss) < 1e-6
     model.eval()
     model.config.fuse_linear_cross_entropy = True
     assert model(input_ids=ids, labels=labels).logits is not None  # evaluation keeps transformers' outputs

@@ -224,6 +224,9 @@ def test_forward_without_labels_tuple_outputs_and_training_loss_with_aux():
     # pre-shifted labels (transformers' shift_labels) take the place of labels, balance weights included
     shift = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
     torch.testing.assert_close(model(x, labels=x, shift_labels=shift).loss, out.loss)   # labels then unused
+    # another ignore_index marks the same tokens for the LM loss and the balance weights
+    other = torch.where(labels == -100, torch.full_like(labels, -1), labels)
+    torch.testing.assert_close(model(x, labels=other, ignore_index=-1).loss, out.loss)
 
 
 @pytest.mark.parametrize("side", ["left", "right"])

@@ -355,11 +355,12 @@ class GLAForCausalLM(RecurrentCausalLMMixin, GLAPreTrainedModel, GenerationMixin
         loss = logits = None
         if labels is not None and self.training and self.config.fuse_linear_cross_entropy:
             # the loss straight from the hidden states, chunked over tokens: all the logits are never made
+            ignore = kwargs.get("ignore_index", -100)
             target = kwargs.get("shift_labels")
             if target is None:
-                target = F.pad(labels[..., 1:], (0, 1), value=-100)  # next-token targets
+                target = F.pad(labels[..., 1:], (0, 1), value=ignore)  # next-token targets
             loss = linear_cross_entropy(hidden_states[:, keep, :], self.lm_head.weight,
-                                        target.to(hidden_states.device),
+                                        target.to(hidden_states.device), ignore_index=ignore,
                                         num_items_in_batch=kwargs.get("num_items_in_batch"))
         else:
             logits = self.lm_head(hidden_states[:, keep, :])

@@ -468,7 +468,8 @@ class MoMForCausalLM(RecurrentCausalLMMixin, MoMPreTrainedModel, GenerationMixin
                 rows = outputs.aux_loss_per_row
                 targets = kwargs.get("shift_labels")                                           # the LM loss's
                 targets = labels[..., 1:] if targets is None else targets
-                counted = (targets != -100).sum(-1).to(rows.device, rows.dtype)                # [B]
+                ignore = kwargs.get("ignore_index", -100)
+                counted = (targets != ignore).sum(-1).to(rows.device, rows.dtype)              # [B]
                 items = kwargs.get("num_items_in_batch")
                 total = counted.sum().clamp_min(1.0) if items is None else torch.as_tensor(items, device=rows.device)
                 loss = loss + (rows * counted).sum() / total
