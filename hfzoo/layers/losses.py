@@ -20,6 +20,24 @@ def _divide(total: torch.Tensor, num_items_in_batch) -> torch.Tensor:
     return total / num_items_in_batch
 
 
+def _reduce(total: torch.Tensor, targets: torch.Tensor, ignore_index: int, num_items_in_batch) -> torch.Tensor:
+    """A summed loss divided by ``num_items_in_batch`` when given, else by the counted targets (at least 1)."""
+    if num_items_in_batch is not None:
+        return _divide(total, num_items_in_batch)
+    return total / (targets != ignore_index).sum().clamp_min(1)
+
+
+def next_token_targets(labels: torch.Tensor | None, ignore_index: int = -100,
+                       shift_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """The target of each position of a causal LM: ``shift_labels`` when given (transformers' pre-shifted labels),
+    else ``labels`` shifted left by one, with ``ignore_index`` at the last position (same shape as ``labels``)."""
+    if shift_labels is not None:
+        return shift_labels
+    if labels is None:
+        raise ValueError("causal_lm_loss: pass labels or shift_labels")
+    return F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+
+
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, num_items_in_batch=None,
                   ignore_index: int = -100) -> torch.Tensor:
     """``logits [N, C]`` (any float dtype; computed in fp32), ``targets [N]``. Items whose target is
@@ -27,9 +45,7 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, num_items_in_batc
     logits = logits.float()
     targets = targets.to(logits.device)
     total = F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
-    if num_items_in_batch is not None:
-        return _divide(total, num_items_in_batch)
-    return total / (targets != ignore_index).sum().clamp_min(1)
+    return _reduce(total, targets, ignore_index, num_items_in_batch)
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor | None = None, num_items_in_batch=None,
@@ -57,21 +73,15 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor | None = None, num
     math in registers and write the gradient in the logits' dtype; on the CPU the reference
     (``F.cross_entropy`` in fp32, ``ForCausalLMLoss``'s numbers).
     """
-    what = "shift_labels"
-    if shift_labels is None:
-        if labels is None:
-            raise ValueError("causal_lm_loss: pass labels or shift_labels")
-        what = "labels"
-        shift_labels = F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    what = "labels" if shift_labels is None else "shift_labels"
+    shift_labels = next_token_targets(labels, ignore_index, shift_labels)
     logits = logits.reshape(-1, logits.shape[-1])  # a view of contiguous logits
     if shift_labels.numel() != logits.shape[0]:  # transformers flattens both; so do we
         raise ValueError(f"causal_lm_loss: {what} must have one entry per row of logits ({logits.shape[0]}); got "
                          f"shape {tuple(shift_labels.shape)}")
     targets = shift_labels.reshape(-1).to(logits.device)
     total = softmax_cross_entropy(logits, targets, ignore_index=ignore_index).sum()
-    if num_items_in_batch is not None:
-        return _divide(total, num_items_in_batch)
-    return total / (targets != ignore_index).sum().clamp_min(1)
+    return _reduce(total, targets, ignore_index, num_items_in_batch)
 
 
 def classification_loss(config, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
@@ -102,4 +112,4 @@ def classification_loss(config, logits: torch.Tensor, labels: torch.Tensor, num_
     return total / max(labels.numel(), 1)
 
 
-__all__ = ["causal_lm_loss", "classification_loss", "cross_entropy"]
+__all__ = ["causal_lm_loss", "classification_loss", "cross_entropy", "next_token_targets"]

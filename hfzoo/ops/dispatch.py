@@ -91,13 +91,10 @@ def resolve_backend(*tensors: torch.Tensor, backend: str | None = None, op: str 
                     return "reference"
                 found = True
         return "triton" if found and HAS_TRITON else "reference"
-    reason = triton_unavailable_reason(*tensors)
-    if choice == "triton":
-        if reason is not None:
-            raise RuntimeError(f"{op}: the triton backend was forced but cannot run: {reason}")
-        return "triton"
-    devices = {t.device.type for t in tensors if isinstance(t, torch.Tensor)}
-    return "triton" if reason is None and devices == {"cuda"} else "reference"
+    reason = triton_unavailable_reason(*tensors)   # "triton" was forced
+    if reason is not None:
+        raise RuntimeError(f"{op}: the triton backend was forced but cannot run: {reason}")
+    return "triton"
 
 
 class _NoGradContext:

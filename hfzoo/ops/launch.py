@@ -408,6 +408,9 @@ def _triton_version_ok() -> bool:
     return (3, 6) <= (major, minor) <= (3, 9)
 
 
+_FAST_SUPPORTED = HAS_TRITON and _triton_version_ok()   # False for good once Triton finds no GPU driver
+
+
 @contextlib.contextmanager
 def fast_launch(enabled: bool):
     """Turn the fast launch path on or off inside a block (process-wide; for tests and A/B timing)."""
@@ -464,10 +467,10 @@ def _launch_fast(kernel, grid, args, kwargs):
     facts = _kernel_facts(kernel)
     if not facts:
         return False
+    global _FAST_SUPPORTED
     names, constexpr, defaults = facts
     n = len(args)
     if not _fast_runtime:
-        global _FAST_SUPPORTED
         try:
             from triton import knobs
             from triton.runtime import driver
@@ -564,9 +567,6 @@ def launch(name: str, kernel, grid, *args, configs=None, key=None, **kwargs):
     return kernel[grid](*args, **kwargs)
 
 
-_FAST_SUPPORTED = HAS_TRITON and _triton_version_ok()
-
-
 __all__ = ["DEFAULTS", "FAST_LAUNCH_ENV", "INTERPRETER_SM_COUNT", "TUNE_ENV", "bucket", "compile_options",
-           "count_launches", "fast_launch", "getenv", "is_interpreted", "launch", "launch_counts", "note_launch", "persistent_grid", "settings",
-           "sm_count", "tuning"]
+           "count_launches", "fast_launch", "getenv", "is_interpreted", "launch", "launch_counts", "note_launch",
+           "persistent_grid", "settings", "sm_count", "tuning"]

@@ -34,7 +34,7 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
 )
 
-from ...layers.losses import causal_lm_loss, classification_loss
+from ...layers.losses import causal_lm_loss, classification_loss, next_token_targets
 from ...layers.mlp import SwiGLUMLP
 from ...layers.norms import GatedRMSNorm
 from ...layers.packing import PACKING_KWARGS, Packing
@@ -356,9 +356,7 @@ class GLAForCausalLM(RecurrentCausalLMMixin, GLAPreTrainedModel, GenerationMixin
         if labels is not None and self.training and self.config.fuse_linear_cross_entropy:
             # the loss straight from the hidden states, chunked over tokens: all the logits are never made
             ignore = kwargs.get("ignore_index", -100)
-            target = kwargs.get("shift_labels")
-            if target is None:
-                target = F.pad(labels[..., 1:], (0, 1), value=ignore)  # next-token targets
+            target = next_token_targets(labels, ignore, kwargs.get("shift_labels"))
             loss = linear_cross_entropy(hidden_states[:, keep, :], self.lm_head.weight,
                                         target.to(hidden_states.device), ignore_index=ignore,
                                         num_items_in_batch=kwargs.get("num_items_in_batch"))

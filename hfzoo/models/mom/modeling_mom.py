@@ -36,7 +36,7 @@ from transformers.generation import GenerationMixin
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from ...layers.losses import causal_lm_loss
+from ...layers.losses import causal_lm_loss, next_token_targets
 from ...layers.mlp import SwiGLUMLP
 from ...layers.norms import GatedRMSNorm
 from ...layers.packing import Packing
@@ -466,9 +466,8 @@ class MoMForCausalLM(RecurrentCausalLMMixin, MoMPreTrainedModel, GenerationMixin
             loss = causal_lm_loss(logits, labels, **kwargs)  # transformers' causal-LM loss, no fp32 logits copy
             if self.training and outputs.aux_loss_per_row is not None:
                 rows = outputs.aux_loss_per_row
-                targets = kwargs.get("shift_labels")                                           # the LM loss's
-                targets = labels[..., 1:] if targets is None else targets
                 ignore = kwargs.get("ignore_index", -100)
+                targets = next_token_targets(labels, ignore, kwargs.get("shift_labels"))        # the LM loss's
                 counted = (targets != ignore).sum(-1).to(rows.device, rows.dtype)              # [B]
                 items = kwargs.get("num_items_in_batch")
                 total = counted.sum().clamp_min(1.0) if items is None else torch.as_tensor(items, device=rows.device)
