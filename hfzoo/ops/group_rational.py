@@ -145,9 +145,9 @@ def _group_rational_fwd_kernel(X, A, B, Y, M, D, DG, A_STRIDE, B_STRIDE, PAPER: 
 
 
 @triton.jit
-def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, M, D, DG, A_STRIDE, B_STRIDE, rows_per_program,
+def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, Y, M, D, DG, A_STRIDE, B_STRIDE, rows_per_program,
                                PAPER: tl.constexpr, BLOCK_M: tl.constexpr, NCH: tl.constexpr, VEC: tl.constexpr,
-                               PREFETCH: tl.constexpr):
+                               PREFETCH: tl.constexpr, STORE_Y: tl.constexpr):
     # Program (i, j) walks rows [i * rows_per_program, (i + 1) * rows_per_program) of chunk block j. Per element:
     #   dx = gp * (P' - y Q'),  gp = dy / Q (= dL/dP),  gq = -gp y (= dL/dQ),  y = P / Q
     # and the ten coefficient-gradient terms gp x^k (k = 0..5) and gq dQ/dc_k (k = 0..3). Those are summed over
@@ -155,7 +155,8 @@ def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, M, D, DG, A_STRIDE, B_STRI
     # the end: PART[i, k, chunk]. The coefficient-gradient kernel below sums PART over programs and groups.
     # Released form: c_k = |b_k|, Q = 1 + sum c_k |x|^(k+1) (the chain through |b| is taken there too).
     # Paper form: Q = 1 + |T|, T = sum b_k x^(k+1). Both: sign(0) = +1.
-    # With PREFETCH, the next row block's x and dy are loaded before the current one is computed.
+    # With PREFETCH, the next row block's x and dy are loaded before the current one is computed. With STORE_Y, y =
+    # F(x) is written to Y as well (rational_linear's backward needs it for the weight gradient: no extra pass).
     pid_m = tl.program_id(0)
     NC = D // VEC
     chunk = tl.program_id(1) * NCH + tl.arange(0, NCH)
@@ -217,6 +218,8 @@ def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, M, D, DG, A_STRIDE, B_STRI
         y = p * rq
         gp = dy * rq
         tl.store(DX + offs, (gp * (dp - y * (s * dt))).to(DX.dtype.element_ty), mask=mask)
+        if STORE_Y:
+            tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
         gq = -gp * y
         if PAPER:
             gq = gq * s
@@ -346,8 +349,9 @@ def _backward_settings(x_dtype: torch.dtype, dy_dtype: torch.dtype) -> tuple[str
     return name, settings(name), settings("group_rational.coef_grad")
 
 
-def _backward(x2, dy2, a, b, num_groups, paper, conf=None):
-    """dx (x's dtype), d numerator, d denominator (the coefficients' dtypes): two launches, no host reductions."""
+def _backward(x2, dy2, a, b, num_groups, paper, conf=None, y_dtype=None):
+    """dx (x's dtype), d numerator, d denominator (the coefficients' dtypes): two launches, no host reductions.
+    With ``y_dtype``, also F(x) in that dtype (computed anyway): returns (dx, da, db, y)."""
     M, D = x2.shape
     DG = D // num_groups
     name, cfg, cconf = conf or _backward_settings(x2.dtype, dy2.dtype)
@@ -361,16 +365,18 @@ def _backward(x2, dy2, a, b, num_groups, paper, conf=None):
     programs = _cdiv(M, rows_per_program)
     dx = torch.empty_like(x2)
     part = torch.empty(programs, 10, D // VEC, dtype=torch.float32, device=x2.device)
+    y = None if y_dtype is None else torch.empty((M, D), dtype=y_dtype, device=x2.device)
     launch(name, _group_rational_bwd_kernel, (programs, col_blocks),
-           x2, dy2, a, b, dx, part, M, D, DG, *_strides(a, b), rows_per_program,
-           PAPER=paper, BLOCK_M=BLOCK_M, NCH=NCH, VEC=VEC, PREFETCH=bool(cfg["prefetch"]), **compile_options(cfg))
+           x2, dy2, a, b, dx, part, dx if y is None else y, M, D, DG, *_strides(a, b), rows_per_program,
+           PAPER=paper, BLOCK_M=BLOCK_M, NCH=NCH, VEC=VEC, PREFETCH=bool(cfg["prefetch"]), STORE_Y=y is not None,
+           **compile_options(cfg))
     da = torch.empty_like(a)
     db = torch.empty_like(b)
     per_row = (D // VEC) // min(a.shape[0], b.shape[0])
     launch("group_rational.coef_grad", _group_rational_coef_grad_kernel, (10, max(a.shape[0], b.shape[0])),
            part, b, da, db, programs, D // VEC, a.shape[0], b.shape[0], PAPER=paper, BLOCK_P=cconf["BLOCK_P"],
            BLOCK_K=min(cconf["BLOCK_K"], _next_pow2(per_row)), **compile_options(cconf))
-    return dx, da, db
+    return (dx, da, db) if y is None else (dx, da, db, y)
 
 
 class GroupRationalFunction(torch.autograd.Function):

@@ -136,6 +136,20 @@ DEFAULTS: dict[str, dict] = {
                                  "interpreted": {"values_per_thread": 8, "num_warps": 4, "programs_per_sm": 2}},
     "group_rational.coef_grad": {"BLOCK_P": 64, "BLOCK_K": 64, "num_warps": 8,
                                  "interpreted": {"BLOCK_P": 4, "BLOCK_K": 4}},
+    # rational_linear.py: F(x) @ W^T with the group rational in the GEMM's prologue, autotuned (key N, K). fwd: output
+    # tiles BLOCK_M x BN0; fwd_wide (N <= 512, KAT's fc2): one program covers all of N (BN0 + BN1 set by the op), so
+    # the prologue runs once per element. mlp: which of grkan_mlp's two linears use the fused kernel (16-bit only).
+    "rational_linear.fwd": {"configs": [
+        {"BLOCK_M": 128, "BN0": 256, "num_warps": 8, "num_stages": 3},
+        {"BLOCK_M": 128, "BN0": 128, "num_warps": 8, "num_stages": 4},
+        {"BLOCK_M": 128, "BN0": 128, "num_warps": 4, "num_stages": 4}],
+        "interpreted": {"configs": [{"BLOCK_M": 16, "BN0": 32}]}},
+    "rational_linear.fwd_wide": {"configs": [
+        {"BLOCK_M": 64, "num_warps": 8, "num_stages": 3},
+        {"BLOCK_M": 128, "num_warps": 8, "num_stages": 2},
+        {"BLOCK_M": 64, "num_warps": 4, "num_stages": 3}],
+        "interpreted": {"configs": [{"BLOCK_M": 16}]}},
+    "rational_linear.mlp": {"fuse_fc1": True, "fuse_fc2": True},
     # nearest_code.py: scores passes autotuned over these (key: power-of-two buckets of N and K, D and the pass's
     # switches). Every config compiles without spills in its loop (sm_90 SASS) and fits shared memory (227 KB);
     # 256-row tiles halve the codebook's L2 -> SM traffic (the codebook is re-read once per row block); OVERLAP

@@ -1,0 +1,376 @@
+"""A linear layer whose input passes through a group-rational activation first: ``y = F(x) @ W^T + b``.
+
+This is the unit of KAT's GR-KAN MLP (``rational -> fc1 -> rational -> fc2``): ``F`` is
+``hfzoo.ops.group_rational`` (same coefficients, groups, denominator forms), ``W`` an ``[N, K]`` weight.
+
+Forward (Triton): a GEMM whose A operand is ``F(x)`` computed in the prologue -- each ``[BLOCK_M, BLOCK_K]`` tile of
+``x`` is loaded, the rational is evaluated in registers (fp32) and rounded to the matmul dtype, then fed to
+``tl.dot`` -- so ``F(x)`` is never written to memory. Where the K tiles fit inside one group (``DG % BLOCK_K == 0``,
+e.g. KAT-S: groups of 48 and 192 columns) each tile's ten coefficients are ten uniform scalar loads; otherwise they
+are gathered per column. The prologue is recomputed once per column block of the output, so for a narrow output
+(``N <= 512``, KAT's fc2) one program covers all of ``N`` (two accumulators, e.g. 256 + 128 columns) and each
+element of ``x`` goes through the rational once.
+
+Backward: ``dF = dY @ W`` (cuBLAS); then ``group_rational``'s backward kernel on ``(x, dF)`` gives ``dx`` and the
+coefficient gradients and, in the same pass, writes ``F(x)`` (it computes it anyway), which the weight gradient
+``dW = dY^T F(x)`` (cuBLAS) reads. So ``F(x)`` is written once per step (in the backward, not in the forward) and
+never kept between forward and backward; no pass over ``x`` is added for the recompute.
+
+``grkan_mlp`` runs the whole MLP ``fc2(F2(fc1(F1(x))))`` as one autograd node (two fused linears forward, their
+backwards in one ``backward``): fewer autograd nodes and Python per step than four modules, the same kernels.
+
+Precision: the rational in fp32; the matmuls in ``dtype`` = the autocast dtype under autocast, else ``x``'s dtype,
+with fp32 accumulation (fp32 matmuls follow ``torch.backends.cuda.matmul.allow_tf32``); ``W`` and the bias are
+cast to ``dtype`` as ``F.linear`` under autocast does (the kernel adds the bias in fp32 before rounding).
+
+Ladder: ``rational_linear_reference`` / ``grkan_mlp_reference`` (the eager composition) -> Triton forward kernel
+-> ``RationalLinearFunction`` / ``GRKANMLPFunction`` -> ``rational_linear`` / ``grkan_mlp`` (checked with
+``validate.py``, dispatched per call; launch settings ``rational_linear.*`` in ``launch.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from . import group_rational as gr
+from .dispatch import apply_function
+from .launch import launch, settings
+from .triton_shim import tl, triton
+from .validate import check_tensor, kernel_dtype_problem, pick_backend
+
+
+def _matmul_dtype(x: torch.Tensor) -> torch.dtype:
+    """The matmul's dtype: the autocast dtype where autocast is on for x's device, else x's dtype."""
+    if x.dtype.is_floating_point and torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def rational_linear_reference(x, numerator, denominator, weight, bias=None, num_groups: int = 8,
+                              denominator_form: str = "released"):
+    """``F.linear(group_rational(x), weight, bias)`` in plain PyTorch; under autocast the rational writes the
+    autocast dtype (what the linear would cast it to)."""
+    dtype = _matmul_dtype(x)
+    r = gr.group_rational_reference(x, numerator, denominator, num_groups, denominator_form, out_dtype=dtype)
+    return F.linear(r, weight.to(dtype), None if bias is None else bias.to(dtype))
+
+
+def grkan_mlp_reference(x, numerator1, denominator1, weight1, bias1, numerator2, denominator2, weight2, bias2,
+                        num_groups: int = 8, denominator_form: str = "released"):
+    """KAT's GR-KAN MLP ``fc2(F2(fc1(F1(x))))`` in plain PyTorch."""
+    h = rational_linear_reference(x, numerator1, denominator1, weight1, bias1, num_groups, denominator_form)
+    return rational_linear_reference(h, numerator2, denominator2, weight2, bias2, num_groups, denominator_form)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Triton forward: Y[M, N] = F(X[M, K]) @ W[N, K]^T (+ bias). Programs in GROUP_M-row bands of output tiles (the
+# W tiles stay in L2 across a band). An output tile is BN0 columns, or BN0 + BN1 when SPLIT (one program covers
+# a non-power-of-two width such as 384 = 256 + 128 with two accumulators fed by the same prologue).
+
+
+@triton.jit
+def _rational_tile(x, A, B, k0, rk, kmask, A_STRIDE, B_STRIDE, DG: tl.constexpr, BLOCK_K: tl.constexpr,
+                   PAPER: tl.constexpr):
+    """F(x) of a [BLOCK_M, BLOCK_K] fp32 tile whose columns are rk."""
+    if DG % BLOCK_K == 0:   # the tile lies in one group: ten uniform scalar loads
+        g = k0 // DG
+        a0 = tl.load(A + g * A_STRIDE + 0).to(tl.float32)
+        a1 = tl.load(A + g * A_STRIDE + 1).to(tl.float32)
+        a2 = tl.load(A + g * A_STRIDE + 2).to(tl.float32)
+        a3 = tl.load(A + g * A_STRIDE + 3).to(tl.float32)
+        a4 = tl.load(A + g * A_STRIDE + 4).to(tl.float32)
+        a5 = tl.load(A + g * A_STRIDE + 5).to(tl.float32)
+        c0 = tl.load(B + g * B_STRIDE + 0).to(tl.float32)
+        c1 = tl.load(B + g * B_STRIDE + 1).to(tl.float32)
+        c2 = tl.load(B + g * B_STRIDE + 2).to(tl.float32)
+        c3 = tl.load(B + g * B_STRIDE + 3).to(tl.float32)
+    else:                   # gathered per column (masked columns get zero coefficients: F = 0 there)
+        g = rk // DG
+        a0 = tl.load(A + g * A_STRIDE + 0, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        a1 = tl.load(A + g * A_STRIDE + 1, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        a2 = tl.load(A + g * A_STRIDE + 2, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        a3 = tl.load(A + g * A_STRIDE + 3, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        a4 = tl.load(A + g * A_STRIDE + 4, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        a5 = tl.load(A + g * A_STRIDE + 5, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        c0 = tl.load(B + g * B_STRIDE + 0, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        c1 = tl.load(B + g * B_STRIDE + 1, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        c2 = tl.load(B + g * B_STRIDE + 2, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        c3 = tl.load(B + g * B_STRIDE + 3, mask=kmask, other=0.0).to(tl.float32)[None, :]
+    p = ((((a5 * x + a4) * x + a3) * x + a2) * x + a1) * x + a0
+    if PAPER:
+        q = 1.0 + tl.abs((((c3 * x + c2) * x + c1) * x + c0) * x)
+    else:
+        w = tl.abs(x)
+        q = 1.0 + (((tl.abs(c3) * w + tl.abs(c2)) * w + tl.abs(c1)) * w + tl.abs(c0)) * w
+    return tl.fdiv(p, q)
+
+
+@triton.jit
+def _rational_linear_fwd_kernel(X, A, B, W, BIAS, Y, M, N, K, A_STRIDE, B_STRIDE,
+                                DG: tl.constexpr, PAPER: tl.constexpr, HAS_BIAS: tl.constexpr,
+                                PRECISION: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr,
+                                BN0: tl.constexpr, BN1: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    pid = tl.program_id(0)
+    BN: tl.constexpr = BN0 + BN1 * SPLIT
+    num_m = tl.cdiv(M, BLOCK_M)
+    num_n = tl.cdiv(N, BN)
+    band = GROUP_M * num_n
+    first_m = (pid // band) * GROUP_M
+    size_m = tl.minimum(num_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % band) % size_m
+    pid_n = (pid % band) // size_m
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mmask = rm < M
+    xrow = X + rm.to(tl.int64)[:, None] * K
+    rn0 = pid_n * BN + tl.arange(0, BN0)
+    nmask0 = rn0 < N
+    acc0 = tl.zeros([BLOCK_M, BN0], dtype=tl.float32)
+    rn1 = pid_n * BN + BN0 + tl.arange(0, BN1)
+    nmask1 = rn1 < N
+    acc1 = tl.zeros([BLOCK_M, BN1], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        kmask = rk < K
+        x = tl.load(xrow + rk[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0).to(tl.float32)
+        r = _rational_tile(x, A, B, k0, rk, kmask, A_STRIDE, B_STRIDE, DG, BLOCK_K, PAPER).to(W.dtype.element_ty)
+        w0 = tl.load(W + rn0.to(tl.int64)[None, :] * K + rk[:, None], mask=kmask[:, None] & nmask0[None, :],
+                     other=0.0)
+        acc0 = tl.dot(r, w0, acc0, input_precision=PRECISION)
+        if SPLIT:
+            w1 = tl.load(W + rn1.to(tl.int64)[None, :] * K + rk[:, None], mask=kmask[:, None] & nmask1[None, :],
+                         other=0.0)
+            acc1 = tl.dot(r, w1, acc1, input_precision=PRECISION)
+    yrow = Y + rm.to(tl.int64)[:, None] * N
+    if HAS_BIAS:
+        acc0 += tl.load(BIAS + rn0, mask=nmask0, other=0.0).to(tl.float32)[None, :]
+    tl.store(yrow + rn0[None, :], acc0.to(Y.dtype.element_ty), mask=mmask[:, None] & nmask0[None, :])
+    if SPLIT:
+        if HAS_BIAS:
+            acc1 += tl.load(BIAS + rn1, mask=nmask1, other=0.0).to(tl.float32)[None, :]
+        tl.store(yrow + rn1[None, :], acc1.to(Y.dtype.element_ty), mask=mmask[:, None] & nmask1[None, :])
+
+
+def _block_k(group_size: int) -> int:
+    """K tile: the largest power of two <= 64 dividing the group size (one group per tile), else 32 (gathered)."""
+    bk = 64
+    while bk >= 16:
+        if group_size % bk == 0:
+            return bk
+        bk //= 2
+    return 32
+
+
+def _precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def fused_forward(x2, a, b, wc, bias, num_groups: int, paper: bool):
+    """Y = F(x2) @ wc^T (+ bias) in wc's dtype, F(x) evaluated in the GEMM's prologue (one launch)."""
+    M, K = x2.shape
+    N = wc.shape[0]
+    y = torch.empty((M, N), dtype=wc.dtype, device=x2.device)
+    DG = K // num_groups
+    BLOCK_K = _block_k(DG)
+    a_stride, b_stride = gr._strides(a, b)
+    wide = N <= 512   # one program covers all of N: the prologue runs once per element of x
+    if wide:
+        bn0 = max(16, min(256, gr._next_pow2(N)))
+        rest = N - bn0
+        split = rest > 0
+        name = "rational_linear.fwd_wide"
+        fixed = dict(BN0=bn0, BN1=max(16, gr._next_pow2(rest)) if split else 16, SPLIT=split)
+    else:
+        name = "rational_linear.fwd"
+        fixed = dict(BN1=16, SPLIT=False)
+    conf = settings(name)
+
+    def grid(meta):
+        bn = meta["BN0"] + (meta["BN1"] if meta["SPLIT"] else 0)
+        return (gr._cdiv(M, meta["BLOCK_M"]) * gr._cdiv(N, bn),)
+
+    launch(name, _rational_linear_fwd_kernel, grid, x2, a, b, wc, bias if bias is not None else wc, y,
+           M, N, K, a_stride, b_stride, DG=DG, PAPER=paper, HAS_BIAS=bias is not None,
+           PRECISION=_precision(wc.dtype), BLOCK_K=BLOCK_K, GROUP_M=8, **fixed,
+           configs=conf["configs"], key=("N", "K"))
+    return y
+
+
+def _unfused_forward(x2, a, b, wc, bias, num_groups: int, paper: bool):
+    """The same result with F(x) written by group_rational's kernel and the matmul in cuBLAS (two launches)."""
+    r = gr._forward(x2, a, b, num_groups, paper, wc.dtype)
+    return F.linear(r, wc, None if bias is None else bias.to(wc.dtype))
+
+
+def _linear_forward(x2, a, b, wc, bias, num_groups, paper, fuse):
+    return (fused_forward if fuse else _unfused_forward)(x2, a, b, wc, bias, num_groups, paper)
+
+
+def _linear_backward(x2, a, b, wc, w_dtype, bias_dtype, dy2, num_groups, paper, conf, needs):
+    """Gradients of (x, numerator, denominator, weight, bias) given dY (in the matmul dtype); ``needs`` flags."""
+    need_x, need_a, need_b, need_w, need_bias = needs
+    dx = da = db = dw = dbias = None
+    if need_x or need_a or need_b or need_w:
+        dr = dy2 @ wc                                                   # dL/dF(x): [M, K]
+        out = gr._backward(x2, dr, a, b, num_groups, paper, conf, y_dtype=wc.dtype if need_w else None)
+        dx, da, db = out[0], out[1], out[2]
+        if need_w:
+            dw = (dy2.t() @ out[3]).to(w_dtype)                       # F(x) came from the backward kernel
+    if need_bias:
+        dbias = dy2.sum(0, dtype=torch.float32).to(bias_dtype)
+    return dx, da, db, dw, dbias
+
+
+class RationalLinearFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, numerator, denominator, weight, bias, num_groups, denominator_form, dtype):
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).contiguous()
+        a, b = numerator.contiguous(), denominator.contiguous()
+        wc = weight.to(dtype).contiguous()
+        paper = denominator_form == "paper"
+        y = fused_forward(x2, a, b, wc, bias.contiguous() if bias is not None else None, num_groups, paper)
+        if any(ctx.needs_input_grad[:5]):
+            ctx.save_for_backward(x2, a, b, wc)
+            ctx.meta = (shape, num_groups, paper, weight.dtype, None if bias is None else bias.dtype)
+            ctx.conf = gr._backward_settings(x2.dtype, dtype)
+        return y.reshape(*shape[:-1], wc.shape[0])
+
+    @staticmethod
+    def backward(ctx, dy):
+        x2, a, b, wc = ctx.saved_tensors
+        shape, num_groups, paper, w_dtype, bias_dtype = ctx.meta
+        dy2 = dy.reshape(-1, dy.shape[-1]).to(wc.dtype).contiguous()
+        dx, da, db, dw, dbias = _linear_backward(x2, a, b, wc, w_dtype, bias_dtype, dy2, num_groups, paper,
+                                                 ctx.conf, ctx.needs_input_grad[:5])
+        return (None if dx is None else dx.reshape(shape)), da, db, dw, dbias, None, None, None
+
+
+class GRKANMLPFunction(torch.autograd.Function):
+    """``fc2(F2(fc1(F1(x))))`` as one autograd node; ``fuse`` = (fc1 fused, fc2 fused) (else rational kernel +
+    cuBLAS for that layer)."""
+
+    @staticmethod
+    def forward(ctx, x, a1, b1, w1, c1, a2, b2, w2, c2, num_groups, denominator_form, dtype, fuse):
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).contiguous()
+        a1, b1, a2, b2 = a1.contiguous(), b1.contiguous(), a2.contiguous(), b2.contiguous()
+        w1c, w2c = w1.to(dtype).contiguous(), w2.to(dtype).contiguous()
+        paper = denominator_form == "paper"
+        h = _linear_forward(x2, a1, b1, w1c, c1, num_groups, paper, fuse[0])
+        out = _linear_forward(h, a2, b2, w2c, c2, num_groups, paper, fuse[1])
+        if any(ctx.needs_input_grad[:9]):
+            ctx.save_for_backward(x2, h, a1, b1, w1c, a2, b2, w2c)
+            ctx.meta = (shape, num_groups, paper, w1.dtype, w2.dtype, None if c1 is None else c1.dtype,
+                        None if c2 is None else c2.dtype)
+            ctx.confs = (gr._backward_settings(x2.dtype, dtype), gr._backward_settings(dtype, dtype))
+        return out.reshape(*shape[:-1], w2c.shape[0])
+
+    @staticmethod
+    def backward(ctx, dout):
+        x2, h, a1, b1, w1c, a2, b2, w2c = ctx.saved_tensors
+        shape, num_groups, paper, w1_dtype, w2_dtype, c1_dtype, c2_dtype = ctx.meta
+        n = ctx.needs_input_grad
+        dout2 = dout.reshape(-1, dout.shape[-1]).to(w2c.dtype).contiguous()
+        first = any(n[:5])   # anything below fc2's input needs a gradient
+        dh, da2, db2, dw2, dc2 = _linear_backward(h, a2, b2, w2c, w2_dtype, c2_dtype, dout2, num_groups, paper,
+                                                  ctx.confs[1], (first, n[5], n[6], n[7], n[8]))
+        dx = da1 = db1 = dw1 = dc1 = None
+        if first:
+            dx, da1, db1, dw1, dc1 = _linear_backward(x2, a1, b1, w1c, w1_dtype, c1_dtype, dh, num_groups, paper,
+                                                      ctx.confs[0], n[:5])
+        return ((None if dx is None else dx.reshape(shape)), da1, db1, dw1, dc1, da2, db2, dw2, dc2,
+                None, None, None, None)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Public ops
+
+
+def _check_coefficients(op, K, device, numerator, denominator, num_groups, denominator_form):
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1:
+        raise ValueError(f"{op}: num_groups must be a positive int, got {num_groups!r}")
+    if K % num_groups:
+        raise ValueError(f"{op}: the input width {K} must be divisible by num_groups ({num_groups})")
+    for name, t, n in (("numerator", numerator, gr.NUM_NUMERATOR), ("denominator", denominator, gr.NUM_DENOMINATOR)):
+        check_tensor(op, name, t, device=device)
+        if t.dim() != 2 or t.shape[1] != n or t.shape[0] not in (1, num_groups):
+            raise ValueError(f"{op}: {name} must have shape (1, {n}) or ({num_groups}, {n}), got {tuple(t.shape)}")
+    if denominator_form not in gr.DENOMINATORS:
+        raise ValueError(f"{op}: denominator must be one of {gr.DENOMINATORS}, got {denominator_form!r}")
+
+
+def _check_linear(op, x, numerator, denominator, weight, bias, num_groups, denominator_form, K):
+    _check_coefficients(op, K, x.device, numerator, denominator, num_groups, denominator_form)
+    check_tensor(op, "weight", weight, dims=2, device=x.device)
+    if weight.shape[1] != K:
+        raise ValueError(f"{op}: weight must have shape (N, {K}) for an input of width {K}, got {tuple(weight.shape)}")
+    if bias is not None:
+        check_tensor(op, "bias", bias, dims=1, device=x.device)
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"{op}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+
+
+def _kernel_problem(dtype, *tensors):
+    problem = kernel_dtype_problem(*tensors)
+    if problem is None and dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        problem = f"the matmul dtype {dtype} is not one the kernels take"
+    return problem
+
+
+def rational_linear(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, weight: torch.Tensor,
+                    bias: torch.Tensor | None = None, num_groups: int = 8, denominator_form: str = "released",
+                    backend: str | None = None) -> torch.Tensor:
+    """``F.linear(group_rational(x, numerator, denominator, num_groups, denominator_form), weight, bias)``.
+
+    Args:
+        x: ``[..., K]`` activations (fp32, fp16, bf16; fp64 runs the reference).
+        numerator, denominator, num_groups, denominator_form: as in ``hfzoo.ops.group_rational``.
+        weight: ``[N, K]``; bias: ``[N]`` or None.
+        backend: ``"triton"``, ``"reference"`` or None (``hfzoo.ops.dispatch``).
+
+    Returns:
+        ``[..., N]`` in the matmul dtype (the autocast dtype under autocast, else ``x``'s dtype). Differentiable in
+        x, the coefficients, weight and bias.
+    """
+    op = "rational_linear"
+    check_tensor(op, "x", x, dims=(1, None))
+    _check_linear(op, x, numerator, denominator, weight, bias, num_groups, denominator_form, x.shape[-1])
+    dtype = _matmul_dtype(x)
+    tensors = (x, numerator, denominator, weight) + ((bias,) if bias is not None else ())
+    if pick_backend(op, tensors, backend, _kernel_problem(dtype, *tensors)) == "reference" or x.numel() == 0:
+        return rational_linear_reference(x, numerator, denominator, weight, bias, num_groups, denominator_form)
+    return apply_function(RationalLinearFunction, x, numerator, denominator, weight, bias, num_groups,
+                          denominator_form, dtype)
+
+
+def grkan_mlp(x, numerator1, denominator1, weight1, bias1, numerator2, denominator2, weight2, bias2,
+              num_groups: int = 8, denominator_form: str = "released", backend: str | None = None,
+              fuse: tuple[bool, bool] | None = None) -> torch.Tensor:
+    """KAT's GR-KAN MLP ``fc2(F2(fc1(F1(x))))``, ``F1``/``F2`` group-rational activations, as one op.
+
+    ``fuse`` picks, per linear, the fused rational+linear kernel (True) or the rational kernel followed by cuBLAS
+    (False); default ``settings("rational_linear.mlp")`` (``launch.DEFAULTS``; fp32 matmuls never fuse).
+    Same dtypes and autocast behaviour as two ``rational_linear`` calls.
+    """
+    op = "grkan_mlp"
+    check_tensor(op, "x", x, dims=(1, None))
+    _check_linear(op, x, numerator1, denominator1, weight1, bias1, num_groups, denominator_form, x.shape[-1])
+    _check_linear(op, x, numerator2, denominator2, weight2, bias2, num_groups, denominator_form, weight1.shape[0])
+    dtype = _matmul_dtype(x)
+    tensors = tuple(t for t in (x, numerator1, denominator1, weight1, bias1, numerator2, denominator2, weight2,
+                                bias2) if t is not None)
+    if pick_backend(op, tensors, backend, _kernel_problem(dtype, *tensors)) == "reference" or x.numel() == 0:
+        return grkan_mlp_reference(x, numerator1, denominator1, weight1, bias1, numerator2, denominator2, weight2,
+                                   bias2, num_groups, denominator_form)
+    if fuse is None:
+        conf = settings("rational_linear.mlp")
+        fuse = (conf["fuse_fc1"], conf["fuse_fc2"]) if dtype != torch.float32 else (False, False)
+    return apply_function(GRKANMLPFunction, x, numerator1, denominator1, weight1, bias1, numerator2, denominator2,
+                          weight2, bias2, num_groups, denominator_form, dtype, tuple(fuse))
+
+
+__all__ = ["GRKANMLPFunction", "RationalLinearFunction", "grkan_mlp", "grkan_mlp_reference", "rational_linear",
+           "rational_linear_reference"]
