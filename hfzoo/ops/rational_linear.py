@@ -26,6 +26,9 @@ cast to ``dtype`` as ``F.linear`` under autocast does (the kernel adds the bias 
 Ladder: ``rational_linear_reference`` / ``grkan_mlp_reference`` (the eager composition) -> Triton forward kernel
 -> ``RationalLinearFunction`` / ``GRKANMLPFunction`` -> ``rational_linear`` / ``grkan_mlp`` (checked with
 ``validate.py``, dispatched per call; launch settings ``rational_linear.*`` in ``launch.py``).
+
+A narrow output keeps one accumulator per 128-256 columns in registers for all of N: at 64 x 384 that is 96 fp32
+registers per thread (8 warps), which leaves room for K tiles of 16 columns only (sm_90, no spills).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import torch.nn.functional as F
 
 from . import group_rational as gr
 from .dispatch import apply_function
-from .launch import launch, settings
+from .launch import is_interpreted, launch, settings
 from .triton_shim import tl, triton
 from .validate import check_tensor, kernel_dtype_problem, pick_backend
 
@@ -109,7 +112,8 @@ def _rational_tile(x, A, B, k0, rk, kmask, A_STRIDE, B_STRIDE, DG: tl.constexpr,
 @triton.jit
 def _rational_linear_fwd_kernel(X, A, B, W, BIAS, Y, M, N, K, A_STRIDE, B_STRIDE,
                                 DG: tl.constexpr, PAPER: tl.constexpr, HAS_BIAS: tl.constexpr,
-                                PRECISION: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr,
+                                PRECISION: tl.constexpr, DOT_FP32: tl.constexpr, SPLIT: tl.constexpr,
+                                BLOCK_M: tl.constexpr,
                                 BN0: tl.constexpr, BN1: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     pid = tl.program_id(0)
     BN: tl.constexpr = BN0 + BN1 * SPLIT
@@ -136,10 +140,15 @@ def _rational_linear_fwd_kernel(X, A, B, W, BIAS, Y, M, N, K, A_STRIDE, B_STRIDE
         r = _rational_tile(x, A, B, k0, rk, kmask, A_STRIDE, B_STRIDE, DG, BLOCK_K, PAPER).to(W.dtype.element_ty)
         w0 = tl.load(W + rn0.to(tl.int64)[None, :] * K + rk[:, None], mask=kmask[:, None] & nmask0[None, :],
                      other=0.0)
+        if DOT_FP32:   # exact products of the rounded operands (the interpreter's dot reads bf16 as integers)
+            r = r.to(tl.float32)
+            w0 = w0.to(tl.float32)
         acc0 = tl.dot(r, w0, acc0, input_precision=PRECISION)
         if SPLIT:
             w1 = tl.load(W + rn1.to(tl.int64)[None, :] * K + rk[:, None], mask=kmask[:, None] & nmask1[None, :],
                          other=0.0)
+            if DOT_FP32:
+                w1 = w1.to(tl.float32)
             acc1 = tl.dot(r, w1, acc1, input_precision=PRECISION)
     yrow = Y + rm.to(tl.int64)[:, None] * N
     if HAS_BIAS:
@@ -151,18 +160,8 @@ def _rational_linear_fwd_kernel(X, A, B, W, BIAS, Y, M, N, K, A_STRIDE, B_STRIDE
         tl.store(yrow + rn1[None, :], acc1.to(Y.dtype.element_ty), mask=mmask[:, None] & nmask1[None, :])
 
 
-def _block_k(group_size: int) -> int:
-    """K tile: the largest power of two <= 64 dividing the group size (one group per tile), else 32 (gathered)."""
-    bk = 64
-    while bk >= 16:
-        if group_size % bk == 0:
-            return bk
-        bk //= 2
-    return 32
-
-
 def _precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+    if dtype == torch.float32 and (is_interpreted() or not torch.backends.cuda.matmul.allow_tf32):
         return "ieee"
     return "tf32"
 
@@ -173,19 +172,17 @@ def fused_forward(x2, a, b, wc, bias, num_groups: int, paper: bool):
     N = wc.shape[0]
     y = torch.empty((M, N), dtype=wc.dtype, device=x2.device)
     DG = K // num_groups
-    BLOCK_K = _block_k(DG)
     a_stride, b_stride = gr._strides(a, b)
-    wide = N <= 512   # one program covers all of N: the prologue runs once per element of x
-    if wide:
+    wide_conf = settings("rational_linear.fwd_wide")
+    if N <= wide_conf["max_n"]:   # one program covers all of N: the prologue runs once per element of x
         bn0 = max(16, min(256, gr._next_pow2(N)))
         rest = N - bn0
         split = rest > 0
-        name = "rational_linear.fwd_wide"
+        name, conf = "rational_linear.fwd_wide", wide_conf
         fixed = dict(BN0=bn0, BN1=max(16, gr._next_pow2(rest)) if split else 16, SPLIT=split)
     else:
-        name = "rational_linear.fwd"
+        name, conf = "rational_linear.fwd", settings("rational_linear.fwd")
         fixed = dict(BN1=16, SPLIT=False)
-    conf = settings(name)
 
     def grid(meta):
         bn = meta["BN0"] + (meta["BN1"] if meta["SPLIT"] else 0)
@@ -193,7 +190,7 @@ def fused_forward(x2, a, b, wc, bias, num_groups: int, paper: bool):
 
     launch(name, _rational_linear_fwd_kernel, grid, x2, a, b, wc, bias if bias is not None else wc, y,
            M, N, K, a_stride, b_stride, DG=DG, PAPER=paper, HAS_BIAS=bias is not None,
-           PRECISION=_precision(wc.dtype), BLOCK_K=BLOCK_K, GROUP_M=8, **fixed,
+           PRECISION=_precision(wc.dtype), DOT_FP32=wc.dtype == torch.bfloat16 and is_interpreted(), GROUP_M=8, **fixed,
            configs=conf["configs"], key=("N", "K"))
     return y
 
@@ -352,7 +349,8 @@ def grkan_mlp(x, numerator1, denominator1, weight1, bias1, numerator2, denominat
     """KAT's GR-KAN MLP ``fc2(F2(fc1(F1(x))))``, ``F1``/``F2`` group-rational activations, as one op.
 
     ``fuse`` picks, per linear, the fused rational+linear kernel (True) or the rational kernel followed by cuBLAS
-    (False); default ``settings("rational_linear.mlp")`` (``launch.DEFAULTS``; fp32 matmuls never fuse).
+    (False); default ``settings("rational_linear.mlp")`` (``launch.DEFAULTS``; fp32 matmuls fuse only with its
+    ``fuse_fp32``: Triton's fp32 dot is no match for cuBLAS's).
     Same dtypes and autocast behaviour as two ``rational_linear`` calls.
     """
     op = "grkan_mlp"
@@ -367,7 +365,8 @@ def grkan_mlp(x, numerator1, denominator1, weight1, bias1, numerator2, denominat
                                    bias2, num_groups, denominator_form)
     if fuse is None:
         conf = settings("rational_linear.mlp")
-        fuse = (conf["fuse_fc1"], conf["fuse_fc2"]) if dtype != torch.float32 else (False, False)
+        fuse = ((conf["fuse_fc1"], conf["fuse_fc2"]) if dtype != torch.float32 or conf["fuse_fp32"]
+                else (False, False))
     return apply_function(GRKANMLPFunction, x, numerator1, denominator1, weight1, bias1, numerator2, denominator2,
                           weight2, bias2, num_groups, denominator_form, dtype, tuple(fuse))
 
