@@ -145,9 +145,10 @@ def _group_rational_fwd_kernel(X, A, B, Y, M, D, DG, A_STRIDE, B_STRIDE, PAPER: 
 
 
 @triton.jit
-def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, Y, M, D, DG, A_STRIDE, B_STRIDE, rows_per_program,
-                               PAPER: tl.constexpr, BLOCK_M: tl.constexpr, NCH: tl.constexpr, VEC: tl.constexpr,
-                               PREFETCH: tl.constexpr, STORE_Y: tl.constexpr):
+def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, Y, DA, DB, COUNTER, M, D, DG, G, A_STRIDE, B_STRIDE,
+                               rows_per_program, PAPER: tl.constexpr, BLOCK_M: tl.constexpr, NCH: tl.constexpr,
+                               VEC: tl.constexpr, PREFETCH: tl.constexpr, STORE_Y: tl.constexpr, REDUCE: tl.constexpr,
+                               GB: tl.constexpr, GMAX: tl.constexpr, BLOCK_P: tl.constexpr):
     # Program (i, j) walks rows [i * rows_per_program, (i + 1) * rows_per_program) of chunk block j. Per element:
     #   dx = gp * (P' - y Q'),  gp = dy / Q (= dL/dP),  gq = -gp y (= dL/dQ),  y = P / Q
     # and the ten coefficient-gradient terms gp x^k (k = 0..5) and gq dQ/dc_k (k = 0..3). Those are summed over
@@ -243,17 +244,114 @@ def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, Y, M, D, DG, A_STRIDE, B_S
         gc2 += tl.sum(v, axis=2)
         v = v * w
         gc3 += tl.sum(v, axis=2)
-    base = PART + pid_m.to(tl.int64) * 10 * NC + chunk
-    tl.store(base + 0 * NC, tl.sum(ga0, axis=1), mask=kmask)
-    tl.store(base + 1 * NC, tl.sum(ga1, axis=1), mask=kmask)
-    tl.store(base + 2 * NC, tl.sum(ga2, axis=1), mask=kmask)
-    tl.store(base + 3 * NC, tl.sum(ga3, axis=1), mask=kmask)
-    tl.store(base + 4 * NC, tl.sum(ga4, axis=1), mask=kmask)
-    tl.store(base + 5 * NC, tl.sum(ga5, axis=1), mask=kmask)
-    tl.store(base + 6 * NC, tl.sum(gc0, axis=1), mask=kmask)
-    tl.store(base + 7 * NC, tl.sum(gc1, axis=1), mask=kmask)
-    tl.store(base + 8 * NC, tl.sum(gc2, axis=1), mask=kmask)
-    tl.store(base + 9 * NC, tl.sum(gc3, axis=1), mask=kmask)
+    s0, s1, s2 = tl.sum(ga0, axis=1), tl.sum(ga1, axis=1), tl.sum(ga2, axis=1)
+    s3, s4, s5 = tl.sum(ga3, axis=1), tl.sum(ga4, axis=1), tl.sum(ga5, axis=1)
+    s6, s7, s8, s9 = tl.sum(gc0, axis=1), tl.sum(gc1, axis=1), tl.sum(gc2, axis=1), tl.sum(gc3, axis=1)
+    if REDUCE == 0:   # per-program partials PART[i, k, chunk], summed by _group_rational_coef_grad_kernel
+        base = PART + pid_m.to(tl.int64) * 10 * NC + chunk
+        tl.store(base + 0 * NC, s0, mask=kmask)
+        tl.store(base + 1 * NC, s1, mask=kmask)
+        tl.store(base + 2 * NC, s2, mask=kmask)
+        tl.store(base + 3 * NC, s3, mask=kmask)
+        tl.store(base + 4 * NC, s4, mask=kmask)
+        tl.store(base + 5 * NC, s5, mask=kmask)
+        tl.store(base + 6 * NC, s6, mask=kmask)
+        tl.store(base + 7 * NC, s7, mask=kmask)
+        tl.store(base + 8 * NC, s8, mask=kmask)
+        tl.store(base + 9 * NC, s9, mask=kmask)
+    elif REDUCE == 2:   # FlashKAT's scheme: each program atomically adds its sums into fp32 DA / DB (zeroed)
+        g = (chunk * VEC) // DG
+        pa = DA + g * A_STRIDE
+        tl.atomic_add(pa + 0, s0, mask=kmask)
+        tl.atomic_add(pa + 1, s1, mask=kmask)
+        tl.atomic_add(pa + 2, s2, mask=kmask)
+        tl.atomic_add(pa + 3, s3, mask=kmask)
+        tl.atomic_add(pa + 4, s4, mask=kmask)
+        tl.atomic_add(pa + 5, s5, mask=kmask)
+        pb = DB + g * B_STRIDE
+        if not PAPER:   # the chain through |b|, sign(0) = +1
+            sg = B + g * B_STRIDE
+            s6 = tl.where(tl.load(sg + 0, mask=kmask, other=0.0) < 0, -s6, s6)
+            s7 = tl.where(tl.load(sg + 1, mask=kmask, other=0.0) < 0, -s7, s7)
+            s8 = tl.where(tl.load(sg + 2, mask=kmask, other=0.0) < 0, -s8, s8)
+            s9 = tl.where(tl.load(sg + 3, mask=kmask, other=0.0) < 0, -s9, s9)
+        tl.atomic_add(pb + 0, s6, mask=kmask)
+        tl.atomic_add(pb + 1, s7, mask=kmask)
+        tl.atomic_add(pb + 2, s8, mask=kmask)
+        tl.atomic_add(pb + 3, s9, mask=kmask)
+    else:   # REDUCE == 1: per-program sums per group, then the last program to finish adds them up in fixed order
+        pid_c = tl.program_id(1)
+        C = tl.num_programs(1)
+        P = tl.num_programs(0)
+        g_first = (pid_c * NCH * VEC) // DG
+        slot = tl.arange(0, GB)
+        onehot = (((chunk * VEC) // DG - g_first)[:, None] == slot[None, :]) & kmask[:, None]      # [NCH, GB]
+        base = PART + ((pid_m * C + pid_c) * 10).to(tl.int64) * GB + slot
+        tl.store(base + 0 * GB, tl.sum(tl.where(onehot, s0[:, None], 0.0), axis=0))
+        tl.store(base + 1 * GB, tl.sum(tl.where(onehot, s1[:, None], 0.0), axis=0))
+        tl.store(base + 2 * GB, tl.sum(tl.where(onehot, s2[:, None], 0.0), axis=0))
+        tl.store(base + 3 * GB, tl.sum(tl.where(onehot, s3[:, None], 0.0), axis=0))
+        tl.store(base + 4 * GB, tl.sum(tl.where(onehot, s4[:, None], 0.0), axis=0))
+        tl.store(base + 5 * GB, tl.sum(tl.where(onehot, s5[:, None], 0.0), axis=0))
+        tl.store(base + 6 * GB, tl.sum(tl.where(onehot, s6[:, None], 0.0), axis=0))
+        tl.store(base + 7 * GB, tl.sum(tl.where(onehot, s7[:, None], 0.0), axis=0))
+        tl.store(base + 8 * GB, tl.sum(tl.where(onehot, s8[:, None], 0.0), axis=0))
+        tl.store(base + 9 * GB, tl.sum(tl.where(onehot, s9[:, None], 0.0), axis=0))
+        tl.debug_barrier()                                  # every thread's partials are written ...
+        ticket = tl.atomic_add(COUNTER, 1, sem="acq_rel")   # ... before this program is counted
+        if ticket == P * C - 1:
+            _coef_grad_last_program(PART, B, DA, DB, P, C, DG, G, A_STRIDE, B_STRIDE, PAPER, NCH, VEC, GB, GMAX,
+                                    BLOCK_P)
+            tl.atomic_xchg(COUNTER, 0)                      # ready for the next backward
+
+
+@triton.jit
+def _coef_grad_last_program(PART, B, DA, DB, P, C, DG, G, A_STRIDE, B_STRIDE, PAPER: tl.constexpr,
+                            NCH: tl.constexpr, VEC: tl.constexpr, GB: tl.constexpr, GMAX: tl.constexpr,
+                            BLOCK_P: tl.constexpr):
+    """Sum PART[(i, c), k, slot] over programs i for every column block c (in order), file each slot under its group
+    (g_first(c) + slot), then write the gradients: per group, or summed over groups for a shared coefficient row."""
+    KG: tl.constexpr = 16 * GB
+    j = tl.arange(0, KG)
+    jk = j // GB                                             # coefficient 0..9 (10..15: padding)
+    js = j % GB
+    t = tl.arange(0, 16 * GMAX)
+    acc = tl.zeros([16 * GMAX], dtype=tl.float32)            # [k, group] flattened
+    for c in range(0, C):
+        gf = (c * NCH * VEC) // DG
+        valid = (jk < 10) & (gf + js < G)
+        colsum = tl.zeros([KG], dtype=tl.float32)
+        for p0 in range(0, P, BLOCK_P):
+            ps = p0 + tl.arange(0, BLOCK_P)
+            offs = ((ps[:, None] * C + c) * 10).to(tl.int64) * GB + j[None, :]
+            colsum += tl.sum(tl.load(PART + offs, mask=(ps < P)[:, None] & valid[None, :], other=0.0,
+                                     cache_modifier=".cg"), axis=0)
+        target = jk * GMAX + gf + js
+        acc += tl.sum(tl.where((target[:, None] == t[None, :]) & valid[:, None], colsum[:, None], 0.0), axis=0)
+    acc2 = tl.reshape(acc, [16, GMAX])
+    kk = tl.arange(0, 16)[:, None]
+    gg = tl.arange(0, GMAX)[None, :]
+    total = tl.sum(acc2, axis=1)[:, None]                     # summed over groups: [16, 1]
+    # numerator a_k = rows 0..5 of acc2
+    if A_STRIDE == 0:
+        tl.store(DA + kk + 0 * gg, total.to(DA.dtype.element_ty), mask=(kk < 6) & (gg == 0))
+    else:
+        tl.store(DA + gg * 6 + kk, acc2.to(DA.dtype.element_ty), mask=(kk < 6) & (gg < G))
+    # denominator b_k = rows 6..9; released form: times sign(b), sign(0) = +1
+    kb = kk - 6
+    bmask = (kk >= 6) & (kk < 10)
+    if B_STRIDE == 0:
+        val = total + 0.0 * gg
+        rowmask = bmask & (gg == 0)
+        boffs = kb + 0 * gg
+    else:
+        val = acc2
+        rowmask = bmask & (gg < G)
+        boffs = gg * 4 + kb
+    if not PAPER:
+        bk = tl.load(B + boffs, mask=rowmask, other=0.0).to(tl.float32)
+        val = tl.where(bk < 0, -val, val)
+    tl.store(DB + boffs, val.to(DB.dtype.element_ty), mask=rowmask)
 
 
 @triton.jit
@@ -364,19 +462,56 @@ def _backward(x2, dy2, a, b, num_groups, paper, conf=None, y_dtype=None):
     rows_per_program = _cdiv(_cdiv(M, programs), BLOCK_M) * BLOCK_M
     programs = _cdiv(M, rows_per_program)
     dx = torch.empty_like(x2)
-    part = torch.empty(programs, 10, D // VEC, dtype=torch.float32, device=x2.device)
     y = None if y_dtype is None else torch.empty((M, D), dtype=y_dtype, device=x2.device)
+    reduce = cconf["reduce"]
+    NC = D // VEC
+    GB = GMAX = 1
+    if reduce == "kernel":
+        part = torch.empty(programs, 10, NC, dtype=torch.float32, device=x2.device)
+        da, db, counter, mode = dx, dx, dx, 0
+    elif reduce == "atomic":
+        part, counter, mode = dx, dx, 2
+        flat = torch.zeros(a.numel() + b.numel(), dtype=torch.float32, device=x2.device)
+        da, db = flat[:a.numel()].view(a.shape), flat[a.numel():].view(b.shape)
+    elif reduce == "last_program":
+        GB = _next_pow2(_groups_per_block(NCH * VEC, DG, D))
+        GMAX = _next_pow2(num_groups)
+        part = torch.empty(programs * col_blocks * 10 * GB, dtype=torch.float32, device=x2.device)
+        da, db, counter, mode = torch.empty_like(a), torch.empty_like(b), _counter(x2.device), 1
+    else:
+        raise ValueError(f"group_rational: coef_grad reduce must be 'kernel', 'last_program' or 'atomic', "
+                         f"got {reduce!r}")
     launch(name, _group_rational_bwd_kernel, (programs, col_blocks),
-           x2, dy2, a, b, dx, part, dx if y is None else y, M, D, DG, *_strides(a, b), rows_per_program,
-           PAPER=paper, BLOCK_M=BLOCK_M, NCH=NCH, VEC=VEC, PREFETCH=bool(cfg["prefetch"]), STORE_Y=y is not None,
-           **compile_options(cfg))
-    da = torch.empty_like(a)
-    db = torch.empty_like(b)
-    per_row = (D // VEC) // min(a.shape[0], b.shape[0])
-    launch("group_rational.coef_grad", _group_rational_coef_grad_kernel, (10, max(a.shape[0], b.shape[0])),
-           part, b, da, db, programs, D // VEC, a.shape[0], b.shape[0], PAPER=paper, BLOCK_P=cconf["BLOCK_P"],
-           BLOCK_K=min(cconf["BLOCK_K"], _next_pow2(per_row)), **compile_options(cconf))
+           x2, dy2, a, b, dx, part, dx if y is None else y, da, db, counter, M, D, DG, num_groups, *_strides(a, b),
+           rows_per_program, PAPER=paper, BLOCK_M=BLOCK_M, NCH=NCH, VEC=VEC, PREFETCH=bool(cfg["prefetch"]),
+           STORE_Y=y is not None, REDUCE=mode, GB=GB, GMAX=GMAX, BLOCK_P=cconf["BLOCK_P"], **compile_options(cfg))
+    if mode == 0:
+        da = torch.empty_like(a)
+        db = torch.empty_like(b)
+        per_row = NC // min(a.shape[0], b.shape[0])
+        launch("group_rational.coef_grad", _group_rational_coef_grad_kernel, (10, max(a.shape[0], b.shape[0])),
+               part, b, da, db, programs, NC, a.shape[0], b.shape[0], PAPER=paper, BLOCK_P=cconf["BLOCK_P"],
+               BLOCK_K=min(cconf["BLOCK_K"], _next_pow2(per_row)), **compile_options(cconf))
+    elif mode == 2:
+        da, db = da.to(a.dtype), db.to(b.dtype)
     return (dx, da, db) if y is None else (dx, da, db, y)
+
+
+def _groups_per_block(block_cols: int, group_size: int, D: int) -> int:
+    """The most groups that one column block of block_cols columns touches."""
+    return max((min(c + block_cols, D) - 1) // group_size - c // group_size + 1 for c in range(0, D, block_cols))
+
+
+_counters: dict = {}
+
+
+def _counter(device: torch.device) -> torch.Tensor:
+    """A zeroed int32 counter per device and stream for the last-program reduction; the last program resets it."""
+    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
+    t = _counters.get(key)
+    if t is None:
+        t = _counters[key] = torch.zeros(1, dtype=torch.int32, device=device)
+    return t
 
 
 class GroupRationalFunction(torch.autograd.Function):

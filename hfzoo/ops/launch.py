@@ -125,7 +125,10 @@ DEFAULTS: dict[str, dict] = {
     # wider of x and dy): values per thread per row block, programs per SM (persistent over rows), max_chunk (columns
     # per chunk, the unit whose coefficients a thread holds once and whose sums stay in the thread; None = one
     # 16-byte load, 1 = single columns), prefetch (load the next row block before computing the current one).
-    # coef_grad: the tile [BLOCK_P programs, BLOCK_K chunks] with which the per-program partials are summed.
+    # coef_grad: how the coefficient gradients are summed over the backward's programs -- "kernel": partials per
+    # program and chunk, summed by a second kernel on [BLOCK_P programs, BLOCK_K chunks] tiles; "last_program": partials
+    # per program and group, summed in fixed order by the last program to finish (an atomic ticket; one launch, the
+    # same bits every run); "atomic": atomic adds of each program's sums (FlashKAT's scheme; order-dependent bits).
     "group_rational.fwd": {"bytes_per_thread": 32, "num_warps": 4,
                            "interpreted": {"bytes_per_thread": 64, "num_warps": 2}},
     "group_rational.bwd_fp32": {"values_per_thread": 8, "num_warps": 8, "programs_per_sm": 8, "max_chunk": None,
@@ -134,7 +137,7 @@ DEFAULTS: dict[str, dict] = {
     "group_rational.bwd_16bit": {"values_per_thread": 16, "num_warps": 4, "programs_per_sm": 8, "max_chunk": None,
                                  "prefetch": True,
                                  "interpreted": {"values_per_thread": 8, "num_warps": 4, "programs_per_sm": 2}},
-    "group_rational.coef_grad": {"BLOCK_P": 64, "BLOCK_K": 64, "num_warps": 8,
+    "group_rational.coef_grad": {"reduce": "kernel", "BLOCK_P": 64, "BLOCK_K": 64, "num_warps": 8,
                                  "interpreted": {"BLOCK_P": 4, "BLOCK_K": 4}},
     # rational_linear.py: F(x) @ W^T with the group rational in the GEMM's prologue, autotuned (key N, K). fwd: output
     # tiles BLOCK_M x BN0; fwd_wide (N <= max_n, KAT's fc2): one program covers all of N (BN0 + BN1 set by the op), so
