@@ -7,7 +7,9 @@ models, bf16 and fp32. Contenders: `hfzoo` (Triton), `torch_reference` (eager Py
 the reference) and `rational_kat_cu` (the released Triton kernel, loaded from `.ext/rational_kat_cu/` when
 present: a copy of its public `kat_rational/rational_triton.py`, used only for this comparison).
 Bytes counted: forward reads x and writes y; backward reads x and dy and writes dx (the coefficient-gradient
-partials, under 3 MB, are left out). Whole model: KAT-S (`hfzoo_kat`; `hfzoo_kat_modules`: its MLPs module by module) vs ViT-S (same model with a GELU MLP) training steps
+partials, under 3 MB, are left out). Backward variants (rows `bwd ...` only): `hfzoo_two_kernels`,
+`hfzoo_last_program` (the coefficient gradients summed by a second kernel / by the last program to finish, one
+launch) and `flashkat_idea` (each program atomically adds its block sums: FlashKAT's scheme, in our kernel). Whole model: KAT-S (`hfzoo_kat`; `hfzoo_kat_modules`: its MLPs module by module) vs ViT-S (same model with a GELU MLP) training steps
 (forward, backward, fused AdamW) under bf16 autocast, batch 128, 224 px; and inference (eval, no_grad, bf16
 autocast) at batch 256.
 
@@ -97,6 +99,25 @@ def bench_rational_dtype(res: Results, dt, kat_cu, compiled, coldstart=True):
 
     def backward(y):
         return torch.autograd.grad(y, (x, a, b), dy, retain_graph=True)
+
+    # backward variants (rows `bwd ...` / `bwd-device ...` only): how the coefficient gradients are summed over the
+    # kernel's programs -- a second kernel, the last program to finish, or atomic adds (FlashKAT's scheme)
+    variants = {"hfzoo_two_kernels": "kernel", "hfzoo_last_program": "last_program", "flashkat_idea": "atomic"}
+    ref_grads = backward(group_rational_reference(x, a, b, G))
+    for cname, reduce in variants.items():
+        try:
+            with tuning({"group_rational.coef_grad": {"reduce": reduce}}):
+                y = group_rational(x, a, b, G, backend="triton")   # the backward's settings are read here
+            err = max(rel_err(o, r) for o, r in zip(backward(y), ref_grads))
+            ms = bench_ms(lambda y=y: backward(y))
+            res.add(f"bwd {case}", cname, "ms", ms, max_rel_err_vs_reference=err)
+            res.add(f"bwd {case}", cname, "GB/s", 3 * nbytes / ms / 1e6)
+            ms = device_ms(lambda y=y: backward(y))
+            res.add(f"bwd-device {case}", cname, "ms", ms)
+            res.add(f"bwd-device {case}", cname, "GB/s", 3 * nbytes / ms / 1e6)
+        except Exception:
+            traceback.print_exc()
+    del ref_grads
 
     if coldstart:   # first call at this shape: compiles the forward and backward kernels
         res.add(f"coldstart fwdbwd {case}", "hfzoo", "s", first_call_s(lambda: backward(contenders["hfzoo"]())))
@@ -358,6 +379,26 @@ def bench_infer_one(res: Results, cname, cfg, backend, pixels):
     res.add(f"{case} GPU kernels", cname, "ms", device_ms(step, n=3))
 
 
+def kernel_registers(res: Results):
+    """Registers and spills of the compiled KAT kernels in this process (Triton's cache of compiled kernels)."""
+    import hfzoo.ops.group_rational as gr
+    import hfzoo.ops.rational_linear as rl
+
+    for fn in (rl._rational_linear_fwd_kernel, gr._group_rational_fwd_kernel, gr._group_rational_bwd_kernel,
+               gr._group_rational_coef_grad_kernel):
+        for entry in getattr(fn, "device_caches", {}).values():
+            for key, kernel in entry[0].items():
+                try:
+                    kernel._init_handles()
+                    md = kernel.metadata
+                    label = f"{fn.__name__} warps={md.num_warps} stages={md.num_stages} {str(key)[-400:]}"
+                    res.add("registers", label, "regs", float(kernel.n_regs), spills=int(kernel.n_spills),
+                            shared=int(md.shared))
+                    print("registers", kernel.n_regs, "spills", kernel.n_spills, label, flush=True)
+                except Exception:
+                    traceback.print_exc()
+
+
 def main():
     res = Results("kat")
     out = os.environ.get("HFZOO_BENCH_OUT")
@@ -373,6 +414,8 @@ def main():
         res.save(out, plot_metric=None)
     with tuning(overrides):
         run_parts(res, parts, out)
+    if "regs" in parts:
+        kernel_registers(res)
     print(res.save(out, plot_metric="GB/s"))
 
 

@@ -205,6 +205,20 @@ def _linear_forward(x2, a, b, wc, bias, num_groups, paper, fuse):
     return (fused_forward if fuse else _unfused_forward)(x2, a, b, wc, bias, num_groups, paper)
 
 
+_MM_OUT_DTYPE = [True]   # torch.mm(..., out_dtype=) works here (False after the first call where it does not)
+
+
+def _weight_grad(dy2, r, w_dtype):
+    """dW = dY^T F(x) in W's dtype: for fp32 weights and 16-bit operands one cuBLAS call that writes fp32 (no cast
+    pass) where torch has ``mm(..., out_dtype=)`` for the device; else the 16-bit product cast, as autocast does."""
+    if w_dtype == torch.float32 and r.dtype != torch.float32 and r.is_cuda and _MM_OUT_DTYPE[0]:
+        try:
+            return torch.mm(dy2.t(), r, out_dtype=torch.float32)
+        except (RuntimeError, NotImplementedError, TypeError):
+            _MM_OUT_DTYPE[0] = False
+    return (dy2.t() @ r).to(w_dtype)
+
+
 def _linear_backward(x2, a, b, wc, w_dtype, bias_dtype, dy2, num_groups, paper, conf, needs):
     """Gradients of (x, numerator, denominator, weight, bias) given dY (in the matmul dtype); ``needs`` flags."""
     need_x, need_a, need_b, need_w, need_bias = needs
@@ -214,7 +228,7 @@ def _linear_backward(x2, a, b, wc, w_dtype, bias_dtype, dy2, num_groups, paper, 
         out = gr._backward(x2, dr, a, b, num_groups, paper, conf, y_dtype=wc.dtype if need_w else None)
         dx, da, db = out[0], out[1], out[2]
         if need_w:
-            dw = (dy2.t() @ out[3]).to(w_dtype)                       # F(x) came from the backward kernel
+            dw = _weight_grad(dy2, out[3], w_dtype)                     # F(x) came from the backward kernel
     if need_bias:
         dbias = dy2.sum(0, dtype=torch.float32).to(bias_dtype)
     return dx, da, db, dw, dbias
