@@ -179,7 +179,7 @@ def _rational_linear_cases():
                   for p in params]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             y = grkan_mlp(x if autocast else x.to(dtype), *params, num_groups=8, denominator_form=form,
-                          backend="triton", fuse=(True, True))
+                          backend="triton", fuse=(True, True), fuse_backward=(True, True))
         torch.autograd.grad(y.float().sum(), [x] + params)
 
     # KAT-S under autocast (fp32 input of fc1, bf16 matmuls: fc1 N = 1536 tiled, fc2 N = 384 = 256 + 128), fp16 paper

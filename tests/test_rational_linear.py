@@ -121,6 +121,32 @@ def test_grkan_mlp_matches_reference(M, D, H, G, arows, form, fuse):
         assert rel_err(o, r) < 5e-5, (name, rel_err(o, r))
 
 
+@pytest.mark.parametrize("fuse_backward", [(True, True), (False, True)])
+@pytest.mark.parametrize("M,D,H,G,arows,form", MLP_CASES + [(37, 64, 256, 4, 1, "released")])
+def test_grkan_mlp_fused_backward_matches_reference(M, D, H, G, arows, form, fuse_backward):
+    # dF = dY @ W inside the rational's backward kernel (dF never written): groups of 6 and 24 columns take per-column
+    # partials, groups of 16 and 64 one partial per tile
+    inputs = _mlp_inputs(M, D, H, G, arows)
+    with count_launches() as n:
+        out, dy = _run(grkan_mlp, inputs, num_groups=G, denominator_form=form, backend="triton", fuse=(True, True),
+                       fuse_backward=fuse_backward)
+    assert n["rational_linear.bwd"] == sum(fuse_backward) and n["group_rational.bwd_fp32"] == 2 - sum(fuse_backward)
+    ref, _ = _run(grkan_mlp_reference, inputs, dy, num_groups=G, denominator_form=form)
+    names = ("y", "dx", "da1", "db1", "dw1", "dc1", "da2", "db2", "dw2", "dc2")
+    for name, o, r in zip(names, out, ref):
+        assert rel_err(o, r) < 5e-5, (name, rel_err(o, r))
+
+
+def test_rational_linear_fused_backward_setting():
+    inputs = _inputs(29, 48, 33, 8, 8)
+    with tuning({"rational_linear.bwd": {"fused": True}}), count_launches() as n:
+        out, dy = _run(rational_linear, inputs, num_groups=8, backend="triton")
+    assert n["rational_linear.bwd"] == 1 and n["group_rational.bwd_fp32"] == 0
+    ref, _ = _run(rational_linear, inputs, dy, num_groups=8, backend="reference")
+    for name, o, r in zip(NAMES, out, ref):
+        assert rel_err(o, r) < 3e-5, (name, rel_err(o, r))
+
+
 def test_grkan_mlp_only_some_gradients():
     # frozen weights and coefficients (e.g. an adapter elsewhere): only x's gradient is computed
     x, *params = _mlp_inputs(11, 32, 64, 4, 1)
@@ -254,12 +280,13 @@ def test_rational_linear_gpu_autocast_bf16(K, N, form):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("fuse", [(True, True), (False, False)])
-def test_grkan_mlp_gpu_bf16_autocast(fuse):
+@pytest.mark.parametrize("fuse,fuse_backward", [((True, True), (False, False)), ((False, False), (False, False)),
+                                                ((True, True), (True, True))])
+def test_grkan_mlp_gpu_bf16_autocast(fuse, fuse_backward):
     torch.manual_seed(0)
     inputs = [t.cuda() for t in _mlp_inputs(2 * 197 + 5, 384, 1536, 8, 1)]
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        out, dy = _run(grkan_mlp, inputs, num_groups=8, backend="triton", fuse=fuse)
+        out, dy = _run(grkan_mlp, inputs, num_groups=8, backend="triton", fuse=fuse, fuse_backward=fuse_backward)
     ref, _ = _run(grkan_mlp_reference, [t.double() for t in inputs], dy.double(), num_groups=8)
     for name, o, r in zip(("y", "dx", "da1", "db1", "dw1", "dc1", "da2", "db2", "dw2", "dc2"), out, ref):
         assert rel_err(o, r) < 3e-2, (name, rel_err(o, r))

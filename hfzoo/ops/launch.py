@@ -142,19 +142,31 @@ DEFAULTS: dict[str, dict] = {
     # rational_linear.py: F(x) @ W^T with the group rational in the GEMM's prologue, autotuned (key N, K). fwd: output
     # tiles BLOCK_M x BN0; fwd_wide (N <= max_n, KAT's fc2): one program covers all of N (BN0 + BN1 set by the op), so
     # the prologue runs once per element. A K tile inside one group (BLOCK_K dividing the group size) loads its
-    # coefficients as scalars, otherwise per column. sm_90 (Triton 3.9, ptxas -v): every config below compiles without
-    # spills for KAT-S (fc1 K 384 -> N 1536, fc2 1536 -> 384); 64 x 384 with BLOCK_K 32 or 64, or 128 x 384, spill.
-    # mlp: which of grkan_mlp's two linears use the fused kernel, and whether fp32 matmuls do.
+    # coefficients as scalars, otherwise per column. sm_90 (Triton 3.9 on the CPU, ints and pointers specialised as
+    # the JIT does, ptxas -v): every config below compiles without spills for KAT-S (fc1 K 384 -> N 1536: 119-244
+    # registers; fc2 1536 -> 384: 143-249); 128 x 384 with 32-column K tiles spills.
+    # mlp: which of grkan_mlp's two linears use the fused kernels, and whether fp32 matmuls do.
     "rational_linear.fwd": {"configs": [
         {"BLOCK_M": 128, "BN0": 256, "BLOCK_K": 16, "num_warps": 8, "num_stages": 3},
         {"BLOCK_M": 128, "BN0": 128, "BLOCK_K": 16, "num_warps": 8, "num_stages": 4},
+        {"BLOCK_M": 128, "BN0": 256, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3},
         {"BLOCK_M": 128, "BN0": 128, "BLOCK_K": 32, "num_warps": 8, "num_stages": 4}],
         "interpreted": {"configs": [{"BLOCK_M": 16, "BN0": 32, "BLOCK_K": 32}]}},
     "rational_linear.fwd_wide": {"max_n": 512, "configs": [
+        {"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
+        {"BLOCK_M": 64, "BLOCK_K": 32, "num_warps": 8, "num_stages": 4},
         {"BLOCK_M": 64, "BLOCK_K": 16, "num_warps": 8, "num_stages": 4},
-        {"BLOCK_M": 64, "BLOCK_K": 16, "num_warps": 8, "num_stages": 3}],
+        {"BLOCK_M": 128, "BLOCK_K": 16, "num_warps": 8, "num_stages": 3}],
         "interpreted": {"configs": [{"BLOCK_M": 16, "BLOCK_K": 16}]}},
-    "rational_linear.mlp": {"fuse_fc1": True, "fuse_fc2": True, "fuse_fp32": False},
+    # bwd: dF = dY @ W with the rational's backward in the epilogue (dF never written): tile BLOCK_M x BLOCK_K of dF
+    # over BLOCK_N-wide steps of the output features; BLOCK_K the largest power of two <= max_block_k dividing the
+    # group size if >= min_uniform_k (one group per tile: one partial per tile), else max_block_k (per-column
+    # partials). "fused": whether rational_linear's backward uses it (grkan_mlp: mlp.fuse_bwd_fc1 / _fc2).
+    "rational_linear.bwd": {"BLOCK_M": 64, "BLOCK_N": 64, "max_block_k": 64, "min_uniform_k": 32, "num_warps": 8,
+                            "num_stages": 3, "fused": False,
+                            "interpreted": {"BLOCK_M": 16, "BLOCK_N": 16, "max_block_k": 32, "min_uniform_k": 16}},
+    "rational_linear.mlp": {"fuse_fc1": True, "fuse_fc2": True, "fuse_bwd_fc1": False, "fuse_bwd_fc2": False,
+                            "fuse_fp32": False},
     # nearest_code.py: scores passes autotuned over these (key: power-of-two buckets of N and K, D and the pass's
     # switches). Every config compiles without spills in its loop (sm_90 SASS) and fits shared memory (227 KB);
     # 256-row tiles halve the codebook's L2 -> SM traffic (the codebook is re-read once per row block); OVERLAP

@@ -28,7 +28,7 @@ Ladder: ``rational_linear_reference`` / ``grkan_mlp_reference`` (the eager compo
 ``validate.py``, dispatched per call; launch settings ``rational_linear.*`` in ``launch.py``).
 
 A narrow output keeps one accumulator per 128-256 columns in registers for all of N: at 64 x 384 that is 96 fp32
-registers per thread (8 warps), which leaves room for K tiles of 16 columns only (sm_90, no spills).
+registers per thread (8 warps); K tiles of 16-64 columns still fit without spills (sm_90).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from . import group_rational as gr
 from .dispatch import apply_function
-from .launch import is_interpreted, launch, settings
+from .launch import compile_options, is_interpreted, launch, settings
 from .triton_shim import tl, triton
 from .validate import check_tensor, kernel_dtype_problem, pick_backend
 
@@ -160,6 +160,163 @@ def _rational_linear_fwd_kernel(X, A, B, W, BIAS, Y, M, N, K, A_STRIDE, B_STRIDE
         tl.store(yrow + rn1[None, :], acc1.to(Y.dtype.element_ty), mask=mmask[:, None] & nmask1[None, :])
 
 
+@triton.jit
+def _rational_linear_bwd_kernel(DY, W, X, A, B, DX, Y, PART, M, N, K, A_STRIDE, B_STRIDE, NC,
+                                DG: tl.constexpr, PAPER: tl.constexpr, STORE_Y: tl.constexpr,
+                                DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                                BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr):
+    # Program (i, j): dF = DY[rows i] @ W[:, cols j] (the GEMM over the N output features), then in the epilogue the
+    # rational's backward on that tile of x: dx, F(x) (STORE_Y, for the weight gradient) and the ten coefficient-
+    # gradient terms summed over the tile's rows -- over its columns as well when the tile lies in one group
+    # (PART[i, k, j]), else per column (PART[i, k, column]). dF is never written.
+    pid_m = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    mmask = rm < M
+    kmask = rk < K
+    acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+    for n0 in tl.range(0, N, BLOCK_N, num_stages=NUM_STAGES):
+        rn = n0 + tl.arange(0, BLOCK_N)
+        nmask = rn < N
+        dy = tl.load(DY + rm.to(tl.int64)[:, None] * N + rn[None, :], mask=mmask[:, None] & nmask[None, :], other=0.0)
+        w = tl.load(W + rn.to(tl.int64)[:, None] * K + rk[None, :], mask=nmask[:, None] & kmask[None, :], other=0.0)
+        if DOT_FP32:
+            dy = dy.to(tl.float32)
+            w = w.to(tl.float32)
+        acc = tl.dot(dy, w, acc)
+    offs = rm.to(tl.int64)[:, None] * K + rk[None, :]
+    mask = mmask[:, None] & kmask[None, :]
+    x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
+    g_dy = tl.where(mask, acc, 0.0)                       # dL/dF; 0 outside: no contribution
+    UNIFORM: tl.constexpr = DG % BLOCK_K == 0
+    if UNIFORM:
+        g = (pid_k * BLOCK_K) // DG
+        a0 = tl.load(A + g * A_STRIDE + 0).to(tl.float32)
+        a1 = tl.load(A + g * A_STRIDE + 1).to(tl.float32)
+        a2 = tl.load(A + g * A_STRIDE + 2).to(tl.float32)
+        a3 = tl.load(A + g * A_STRIDE + 3).to(tl.float32)
+        a4 = tl.load(A + g * A_STRIDE + 4).to(tl.float32)
+        a5 = tl.load(A + g * A_STRIDE + 5).to(tl.float32)
+        c0 = tl.load(B + g * B_STRIDE + 0).to(tl.float32)
+        c1 = tl.load(B + g * B_STRIDE + 1).to(tl.float32)
+        c2 = tl.load(B + g * B_STRIDE + 2).to(tl.float32)
+        c3 = tl.load(B + g * B_STRIDE + 3).to(tl.float32)
+    else:
+        gv = rk // DG
+        a0 = tl.load(A + gv * A_STRIDE + 0, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        a1 = tl.load(A + gv * A_STRIDE + 1, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        a2 = tl.load(A + gv * A_STRIDE + 2, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        a3 = tl.load(A + gv * A_STRIDE + 3, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        a4 = tl.load(A + gv * A_STRIDE + 4, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        a5 = tl.load(A + gv * A_STRIDE + 5, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        c0 = tl.load(B + gv * B_STRIDE + 0, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        c1 = tl.load(B + gv * B_STRIDE + 1, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        c2 = tl.load(B + gv * B_STRIDE + 2, mask=kmask, other=0.0).to(tl.float32)[None, :]
+        c3 = tl.load(B + gv * B_STRIDE + 3, mask=kmask, other=0.0).to(tl.float32)[None, :]
+    if not PAPER:
+        c0, c1, c2, c3 = tl.abs(c0), tl.abs(c1), tl.abs(c2), tl.abs(c3)
+    p = ((((a5 * x + a4) * x + a3) * x + a2) * x + a1) * x + a0
+    dp = ((((5.0 * a5) * x + 4.0 * a4) * x + 3.0 * a3) * x + 2.0 * a2) * x + a1
+    if PAPER:
+        w_ = x
+    else:
+        w_ = tl.abs(x)
+    t = (((c3 * w_ + c2) * w_ + c1) * w_ + c0) * w_
+    dt = (((4.0 * c3) * w_ + 3.0 * c2) * w_ + 2.0 * c1) * w_ + c0
+    if PAPER:
+        s = tl.where(t < 0, -1.0, 1.0)
+        q = 1.0 + tl.abs(t)
+    else:
+        s = tl.where(x < 0, -1.0, 1.0)
+        q = 1.0 + t
+    rq = 1.0 / q
+    y = p * rq
+    gp = g_dy * rq
+    tl.store(DX + offs, (gp * (dp - y * (s * dt))).to(DX.dtype.element_ty), mask=mask)
+    if STORE_Y:
+        tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
+    gq = -gp * y
+    if PAPER:
+        gq = gq * s
+    base = PART + pid_m.to(tl.int64) * 10 * NC
+    if UNIFORM:   # one partial per tile and coefficient
+        u = gp
+        tl.store(base + 0 * NC + pid_k, tl.sum(tl.sum(u, axis=1), axis=0))
+        u = u * x
+        tl.store(base + 1 * NC + pid_k, tl.sum(tl.sum(u, axis=1), axis=0))
+        u = u * x
+        tl.store(base + 2 * NC + pid_k, tl.sum(tl.sum(u, axis=1), axis=0))
+        u = u * x
+        tl.store(base + 3 * NC + pid_k, tl.sum(tl.sum(u, axis=1), axis=0))
+        u = u * x
+        tl.store(base + 4 * NC + pid_k, tl.sum(tl.sum(u, axis=1), axis=0))
+        u = u * x
+        tl.store(base + 5 * NC + pid_k, tl.sum(tl.sum(u, axis=1), axis=0))
+        v = gq * w_
+        tl.store(base + 6 * NC + pid_k, tl.sum(tl.sum(v, axis=1), axis=0))
+        v = v * w_
+        tl.store(base + 7 * NC + pid_k, tl.sum(tl.sum(v, axis=1), axis=0))
+        v = v * w_
+        tl.store(base + 8 * NC + pid_k, tl.sum(tl.sum(v, axis=1), axis=0))
+        v = v * w_
+        tl.store(base + 9 * NC + pid_k, tl.sum(tl.sum(v, axis=1), axis=0))
+    else:         # one partial per column and coefficient
+        u = gp
+        tl.store(base + 0 * NC + rk, tl.sum(u, axis=0), mask=kmask)
+        u = u * x
+        tl.store(base + 1 * NC + rk, tl.sum(u, axis=0), mask=kmask)
+        u = u * x
+        tl.store(base + 2 * NC + rk, tl.sum(u, axis=0), mask=kmask)
+        u = u * x
+        tl.store(base + 3 * NC + rk, tl.sum(u, axis=0), mask=kmask)
+        u = u * x
+        tl.store(base + 4 * NC + rk, tl.sum(u, axis=0), mask=kmask)
+        u = u * x
+        tl.store(base + 5 * NC + rk, tl.sum(u, axis=0), mask=kmask)
+        v = gq * w_
+        tl.store(base + 6 * NC + rk, tl.sum(v, axis=0), mask=kmask)
+        v = v * w_
+        tl.store(base + 7 * NC + rk, tl.sum(v, axis=0), mask=kmask)
+        v = v * w_
+        tl.store(base + 8 * NC + rk, tl.sum(v, axis=0), mask=kmask)
+        v = v * w_
+        tl.store(base + 9 * NC + rk, tl.sum(v, axis=0), mask=kmask)
+
+
+def fused_backward(x2, a, b, wc, dy2, num_groups: int, paper: bool, need_y: bool):
+    """dx, d numerator, d denominator (and F(x) in wc's dtype when need_y) with dF = dY @ W computed in the same
+    kernel as the rational's backward (dF never written); the coefficient partials summed by group_rational's
+    coefficient kernel. Two launches."""
+    M, K = x2.shape
+    N = wc.shape[0]
+    DG = K // num_groups
+    conf = settings("rational_linear.bwd")
+    bk = 1
+    while bk * 2 <= conf["max_block_k"] and DG % (bk * 2) == 0:
+        bk *= 2
+    BLOCK_K = bk if bk >= conf["min_uniform_k"] else conf["max_block_k"]
+    uniform = DG % BLOCK_K == 0
+    NC = K // BLOCK_K if uniform else K          # partial "chunks": whole tiles, or single columns
+    P = gr._cdiv(M, conf["BLOCK_M"])
+    dx = torch.empty_like(x2)
+    y = torch.empty((M, K), dtype=wc.dtype, device=x2.device) if need_y else None
+    part = torch.empty(P, 10, NC, dtype=torch.float32, device=x2.device)
+    a_stride, b_stride = gr._strides(a, b)
+    launch("rational_linear.bwd", _rational_linear_bwd_kernel, (P, gr._cdiv(K, BLOCK_K)),
+           dy2, wc, x2, a, b, dx, dx if y is None else y, part, M, N, K, a_stride, b_stride, NC,
+           DG=DG, PAPER=paper, STORE_Y=need_y, DOT_FP32=wc.dtype == torch.bfloat16 and is_interpreted(),
+           BLOCK_M=conf["BLOCK_M"], BLOCK_N=conf["BLOCK_N"], BLOCK_K=BLOCK_K, NUM_STAGES=conf["num_stages"],
+           **compile_options(conf))
+    da, db = torch.empty_like(a), torch.empty_like(b)
+    cconf = settings("group_rational.coef_grad")
+    per_row = NC // min(a.shape[0], b.shape[0])
+    launch("group_rational.coef_grad", gr._group_rational_coef_grad_kernel, (10, max(a.shape[0], b.shape[0])),
+           part, b, da, db, P, NC, a.shape[0], b.shape[0], PAPER=paper, BLOCK_P=cconf["BLOCK_P"],
+           BLOCK_K=min(cconf["BLOCK_K"], gr._next_pow2(per_row)), **compile_options(cconf))
+    return dx, da, db, y
+
+
 def _precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and (is_interpreted() or not torch.backends.cuda.matmul.allow_tf32):
         return "ieee"
@@ -219,13 +376,17 @@ def _weight_grad(dy2, r, w_dtype):
     return (dy2.t() @ r).to(w_dtype)
 
 
-def _linear_backward(x2, a, b, wc, w_dtype, bias_dtype, dy2, num_groups, paper, conf, needs):
-    """Gradients of (x, numerator, denominator, weight, bias) given dY (in the matmul dtype); ``needs`` flags."""
+def _linear_backward(x2, a, b, wc, w_dtype, bias_dtype, dy2, num_groups, paper, conf, needs, fuse_bwd=False):
+    """Gradients of (x, numerator, denominator, weight, bias) given dY (in the matmul dtype); ``needs`` flags.
+    ``fuse_bwd``: dF = dY @ W inside the rational's backward kernel (``fused_backward``), else cuBLAS + that kernel."""
     need_x, need_a, need_b, need_w, need_bias = needs
     dx = da = db = dw = dbias = None
     if need_x or need_a or need_b or need_w:
-        dr = dy2 @ wc                                                   # dL/dF(x): [M, K]
-        out = gr._backward(x2, dr, a, b, num_groups, paper, conf, y_dtype=wc.dtype if need_w else None)
+        if fuse_bwd:
+            out = fused_backward(x2, a, b, wc, dy2, num_groups, paper, need_w)
+        else:
+            dr = dy2 @ wc                                               # dL/dF(x): [M, K]
+            out = gr._backward(x2, dr, a, b, num_groups, paper, conf, y_dtype=wc.dtype if need_w else None)
         dx, da, db = out[0], out[1], out[2]
         if need_w:
             dw = _weight_grad(dy2, out[3], w_dtype)                     # F(x) came from the backward kernel
@@ -247,6 +408,7 @@ class RationalLinearFunction(torch.autograd.Function):
             ctx.save_for_backward(x2, a, b, wc)
             ctx.meta = (shape, num_groups, paper, weight.dtype, None if bias is None else bias.dtype)
             ctx.conf = gr._backward_settings(x2.dtype, dtype)
+            ctx.fuse_bwd = settings("rational_linear.bwd")["fused"]
         return y.reshape(*shape[:-1], wc.shape[0])
 
     @staticmethod
@@ -255,13 +417,13 @@ class RationalLinearFunction(torch.autograd.Function):
         shape, num_groups, paper, w_dtype, bias_dtype = ctx.meta
         dy2 = dy.reshape(-1, dy.shape[-1]).to(wc.dtype).contiguous()
         dx, da, db, dw, dbias = _linear_backward(x2, a, b, wc, w_dtype, bias_dtype, dy2, num_groups, paper,
-                                                 ctx.conf, ctx.needs_input_grad[:5])
+                                                 ctx.conf, ctx.needs_input_grad[:5], ctx.fuse_bwd)
         return (None if dx is None else dx.reshape(shape)), da, db, dw, dbias, None, None, None
 
 
 class GRKANMLPFunction(torch.autograd.Function):
-    """``fc2(F2(fc1(F1(x))))`` as one autograd node; ``fuse`` = (fc1 fused, fc2 fused) (else rational kernel +
-    cuBLAS for that layer)."""
+    """``fc2(F2(fc1(F1(x))))`` as one autograd node; ``fuse`` = (fc1 forward fused, fc2 forward fused, fc1 backward
+    fused, fc2 backward fused) (else rational kernel + cuBLAS for that part)."""
 
     @staticmethod
     def forward(ctx, x, a1, b1, w1, c1, a2, b2, w2, c2, num_groups, denominator_form, dtype, fuse):
@@ -277,6 +439,7 @@ class GRKANMLPFunction(torch.autograd.Function):
             ctx.meta = (shape, num_groups, paper, w1.dtype, w2.dtype, None if c1 is None else c1.dtype,
                         None if c2 is None else c2.dtype)
             ctx.confs = (gr._backward_settings(x2.dtype, dtype), gr._backward_settings(dtype, dtype))
+            ctx.fuse_bwd = fuse[2:]
         return out.reshape(*shape[:-1], w2c.shape[0])
 
     @staticmethod
@@ -287,11 +450,11 @@ class GRKANMLPFunction(torch.autograd.Function):
         dout2 = dout.reshape(-1, dout.shape[-1]).to(w2c.dtype).contiguous()
         first = any(n[:5])   # anything below fc2's input needs a gradient
         dh, da2, db2, dw2, dc2 = _linear_backward(h, a2, b2, w2c, w2_dtype, c2_dtype, dout2, num_groups, paper,
-                                                  ctx.confs[1], (first, n[5], n[6], n[7], n[8]))
+                                                  ctx.confs[1], (first, n[5], n[6], n[7], n[8]), ctx.fuse_bwd[1])
         dx = da1 = db1 = dw1 = dc1 = None
         if first:
             dx, da1, db1, dw1, dc1 = _linear_backward(x2, a1, b1, w1c, w1_dtype, c1_dtype, dh, num_groups, paper,
-                                                      ctx.confs[0], n[:5])
+                                                      ctx.confs[0], n[:5], ctx.fuse_bwd[0])
         return ((None if dx is None else dx.reshape(shape)), da1, db1, dw1, dc1, da2, db2, dw2, dc2,
                 None, None, None, None)
 
@@ -359,12 +522,14 @@ def rational_linear(x: torch.Tensor, numerator: torch.Tensor, denominator: torch
 
 def grkan_mlp(x, numerator1, denominator1, weight1, bias1, numerator2, denominator2, weight2, bias2,
               num_groups: int = 8, denominator_form: str = "released", backend: str | None = None,
-              fuse: tuple[bool, bool] | None = None) -> torch.Tensor:
+              fuse: tuple[bool, bool] | None = None, fuse_backward: tuple[bool, bool] | None = None) -> torch.Tensor:
     """KAT's GR-KAN MLP ``fc2(F2(fc1(F1(x))))``, ``F1``/``F2`` group-rational activations, as one op.
 
     ``fuse`` picks, per linear, the fused rational+linear kernel (True) or the rational kernel followed by cuBLAS
     (False); default ``settings("rational_linear.mlp")`` (``launch.DEFAULTS``; fp32 matmuls fuse only with its
-    ``fuse_fp32``: Triton's fp32 dot is no match for cuBLAS's).
+    ``fuse_fp32``: Triton's fp32 dot is no match for cuBLAS's). ``fuse_backward``, per linear: dF = dY @ W inside the
+    rational's backward kernel (``fused_backward``) instead of cuBLAS + that kernel (default: ``fuse_bwd_fc1`` /
+    ``fuse_bwd_fc2`` of the same settings, under the same fp32 rule).
     Same dtypes and autocast behaviour as two ``rational_linear`` calls.
     """
     op = "grkan_mlp"
@@ -377,12 +542,15 @@ def grkan_mlp(x, numerator1, denominator1, weight1, bias1, numerator2, denominat
     if pick_backend(op, tensors, backend, _kernel_problem(dtype, *tensors)) == "reference" or x.numel() == 0:
         return grkan_mlp_reference(x, numerator1, denominator1, weight1, bias1, numerator2, denominator2, weight2,
                                    bias2, num_groups, denominator_form)
-    if fuse is None:
+    if fuse is None or fuse_backward is None:
         conf = settings("rational_linear.mlp")
-        fuse = ((conf["fuse_fc1"], conf["fuse_fc2"]) if dtype != torch.float32 or conf["fuse_fp32"]
-                else (False, False))
+        ok = dtype != torch.float32 or conf["fuse_fp32"]
+        if fuse is None:
+            fuse = (conf["fuse_fc1"], conf["fuse_fc2"]) if ok else (False, False)
+        if fuse_backward is None:
+            fuse_backward = (conf["fuse_bwd_fc1"], conf["fuse_bwd_fc2"]) if ok else (False, False)
     return apply_function(GRKANMLPFunction, x, numerator1, denominator1, weight1, bias1, numerator2, denominator2,
-                          weight2, bias2, num_groups, denominator_form, dtype, tuple(fuse))
+                          weight2, bias2, num_groups, denominator_form, dtype, tuple(fuse) + tuple(fuse_backward))
 
 
 __all__ = ["GRKANMLPFunction", "RationalLinearFunction", "grkan_mlp", "grkan_mlp_reference", "rational_linear",
