@@ -16,7 +16,9 @@ autocast) at batch 256.
 GR-KAN MLP of KAT-S (`mlp`): 128 images x 197 tokens = 25,216 rows, D 384 -> 1536 -> 384, 8 groups, fp32 input (the
 LayerNorm's output) and fp32 parameters under bf16 autocast, as in the training step. Contenders: `hfzoo_fused`
 (`grkan_mlp`, both rationals inside the next matmul's kernel), `hfzoo_fused_fc1` / `hfzoo_fused_fc2` (one of the
-two), `hfzoo_unfused` (the same single autograd node with the rational kernel + cuBLAS), `hfzoo_modules` (KATMLP
+two), `hfzoo_unfused` (the same single autograd node with the rational kernel + cuBLAS), `hfzoo_fused_bwd` /
+`hfzoo_fused_bwd_fc2` (fused forward, and dF = dY @ W computed inside the rational's backward kernel for both linears
+/ for fc2 only), `hfzoo_modules` (KATMLP
 module by module: rational op, nn.Linear, rational op, nn.Linear, as before rational_linear), `vit_gelu_mlp` (ViT-S's
 fc1 -> GELU -> fc2). Cases `mlp fwd ...` (no grad) and `mlp fwdbwd ...` (forward + backward of all parameters and the
 input); metric `ms` (do_bench: host included) and `ms GPU kernels` (torch.profiler's kernel durations). Single
@@ -235,16 +237,18 @@ def bench_mlp(res: Results):
     dy = torch.randn(MLP_TOKENS, MLP_D, device="cuda", dtype=torch.bfloat16)
     a1, a2, f1, f2 = kan.act1, kan.act2, kan.fc1, kan.fc2
 
-    def grkan(fuse):
+    def grkan(fuse, fuse_backward=(False, False)):
         return lambda: grkan_mlp(x, a1.weight_numerator, a1.weight_denominator, f1.weight, f1.bias,
                                  a2.weight_numerator, a2.weight_denominator, f2.weight, f2.bias, num_groups=G,
-                                 fuse=fuse)
+                                 fuse=fuse, fuse_backward=fuse_backward)
 
     modules = KATMLP(cfg).cuda()
     modules.load_state_dict(kan.state_dict())
     modules._fusable = lambda: False   # this instance runs module by module
     contenders = {"hfzoo_fused": grkan((True, True)), "hfzoo_fused_fc1": grkan((True, False)),
                   "hfzoo_fused_fc2": grkan((False, True)), "hfzoo_unfused": grkan((False, False)),
+                  "hfzoo_fused_bwd": grkan((True, True), (True, True)),
+                  "hfzoo_fused_bwd_fc2": grkan((True, True), (False, True)),
                   "hfzoo_modules": lambda: modules(x), "vit_gelu_mlp": lambda: vit(x)}
     params = {n: [x] + list(m.parameters()) for n, m in (("kan", kan), ("modules", modules), ("vit", vit))}
     case = f"KAT-S bs128 ({MLP_TOKENS},{MLP_D}->{MLP_H}) bf16"
@@ -272,7 +276,25 @@ def bench_mlp(res: Results):
                 res.add(f"mlp fwdbwd {case} GPU kernels", cname, "ms", device_ms(fwdbwd))
             except Exception:
                 traceback.print_exc()
+        # launch settings of the fused backward kernel, on fc2 (the wide rational: groups of 192 columns)
+        fn = grkan((True, True), (False, True))
+        for cand in BWD_FUSED_SWEEP:
+            try:
+                with tuning({"rational_linear.bwd": cand}):
+                    def fwdbwd(fn=fn):
+                        return torch.autograd.grad(fn(), params["kan"], dy)
+
+                    ms = device_ms(fwdbwd)
+                res.add(f"sweep rational_linear.bwd mlp fwdbwd {case} GPU kernels",
+                        ",".join(f"{k}={v}" for k, v in cand.items()), "ms", ms)
+            except Exception:
+                traceback.print_exc()
     bench_linears(res)
+
+
+BWD_FUSED_SWEEP = [dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=3),
+                   dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
+                   dict(BLOCK_M=64, BLOCK_N=128, num_warps=8, num_stages=3)]
 
 
 def bench_linears(res: Results):
