@@ -47,7 +47,7 @@ CASES = [  # M, K, N, groups, numerator rows, form, bias
 def test_rational_linear_matches_reference_fp32(M, K, N, G, arows, form, bias):
     inputs = _inputs(M, K, N, G, arows, bias)
     with count_launches() as n:
-        out, dy = _run(rational_linear, inputs, num_groups=G, denominator_form=form, backend="triton")
+        out, dy = _run(rational_linear, inputs, num_groups=G, denominator_form=form, backend="triton", fuse=True)
     fwd = "rational_linear.fwd_wide" if N <= 512 else "rational_linear.fwd"
     assert n[fwd] == 1 and n["group_rational.bwd_fp32"] == 1 and n["group_rational.fwd"] == 0
     ref, _ = _run(rational_linear, inputs, dy, num_groups=G, denominator_form=form, backend="reference")
@@ -57,11 +57,22 @@ def test_rational_linear_matches_reference_fp32(M, K, N, G, arows, form, bias):
         assert rel_err(o, r) < 3e-5, (name, rel_err(o, r))
 
 
+def test_rational_linear_default_is_rational_kernel_then_matmul():
+    # the fused forward is off by default (slower than the rational kernel + cuBLAS on the H200; launch.DEFAULTS)
+    inputs = _inputs(21, 48, 40, 8, 1)
+    with count_launches() as n:
+        out, dy = _run(rational_linear, inputs, num_groups=8, backend="triton")
+    assert n["group_rational.fwd"] == 1 and n["rational_linear.fwd_wide"] == 0
+    ref, _ = _run(rational_linear, inputs, dy, num_groups=8, backend="reference")
+    for name, o, r in zip(NAMES, out, ref):
+        assert rel_err(o, r) < 3e-5, (name, rel_err(o, r))
+
+
 def test_rational_linear_3d_input_and_inference_path():
     x, a, b, w, c = _inputs(2 * 7, 32, 24, 4, 1)
     x3 = x.view(2, 7, 32)
     with torch.no_grad(), count_launches() as n:
-        y = rational_linear(x3, a, b, w, c, num_groups=4, backend="triton")
+        y = rational_linear(x3, a, b, w, c, num_groups=4, backend="triton", fuse=True)
     assert y.shape == (2, 7, 24) and n.total() == 1
     ref = rational_linear(x3, a, b, w, c, num_groups=4, backend="reference")
     assert rel_err(y, ref) < 3e-5
@@ -70,7 +81,7 @@ def test_rational_linear_3d_input_and_inference_path():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_rational_linear_16bit(dtype):
     inputs = _inputs(29, 64, 45, 4, 1, dtype=dtype)
-    out, dy = _run(rational_linear, inputs, num_groups=4, backend="triton")
+    out, dy = _run(rational_linear, inputs, num_groups=4, backend="triton", fuse=True)
     ref, _ = _run(rational_linear, inputs, dy, num_groups=4, backend="reference")
     for name, o, r in zip(NAMES, out, ref):
         assert o.dtype == r.dtype, name
@@ -82,7 +93,7 @@ def test_rational_linear_under_autocast_reads_fp32_and_multiplies_in_bf16():
     # gradients in the parameters' and input's dtypes
     inputs = _inputs(23, 48, 64, 8, 1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out, dy = _run(rational_linear, inputs, num_groups=8, backend="triton")
+        out, dy = _run(rational_linear, inputs, num_groups=8, backend="triton", fuse=True)
         ref, _ = _run(rational_linear, inputs, dy, num_groups=8, backend="reference")
     assert out[0].dtype == torch.bfloat16 and all(g.dtype == torch.float32 for g in out[1:])
     for name, o, r in zip(NAMES, out, ref):
@@ -211,11 +222,17 @@ def test_kat_fused_mlp_matches_module_by_module(monkeypatch, form, shared):
     torch.manual_seed(0)
     model = KATForImageClassification(_tiny(rational_denominator=form, rational_shared_numerator=shared))
     x, labels = torch.randn(3, 1, 8, 8), torch.tensor([1, 5, 9])
-    with tuning({"rational_linear.mlp": {"fuse_fp32": True}}):   # the fused kernels also for fp32 matmuls
+    fused_kernels = {"fuse_fp32": True, "fuse_fc1": True, "fuse_fc2": True}     # fp32 matmuls fused as well
+    with tuning({"rational_linear.mlp": fused_kernels}):
         fused = _grads(model, x, labels)
         eager = _grads(model, x, labels, eager=True, monkeypatch=monkeypatch)
+    default = _grads(model, x, labels)                 # one autograd node, the rational kernel + matmul
     assert fused[2]["rational_linear.fwd_wide"] == 4 and fused[2]["group_rational.fwd"] == 0
     assert eager[2]["rational_linear.fwd_wide"] == 0 and eager[2]["group_rational.fwd"] == 4
+    assert default[2]["rational_linear.fwd_wide"] == 0 and default[2]["group_rational.fwd"] == 4
+    assert rel_err(default[0], eager[0]) < 1e-5
+    for name, g in default[1].items():
+        assert rel_err(g, eager[1][name]) < 1e-4, name
     assert rel_err(fused[0], eager[0]) < 1e-5
     for name, g in fused[1].items():
         assert rel_err(g, eager[1][name]) < 1e-4, name
@@ -229,7 +246,8 @@ def test_kat_mlp_falls_back_for_dropout_adapters_and_hooks():
     x = torch.randn(2, 1, 8, 8)
 
     def launches(model):
-        with count_launches() as n, tuning({"rational_linear.mlp": {"fuse_fp32": True}}):
+        fused_kernels = {"fuse_fp32": True, "fuse_fc1": True, "fuse_fc2": True}
+        with count_launches() as n, tuning({"rational_linear.mlp": fused_kernels}):
             model(pixel_values=x)
         return n["rational_linear.fwd_wide"], n["group_rational.fwd"]
 
@@ -272,7 +290,8 @@ def test_rational_linear_gpu_autocast_bf16(K, N, form):
     w = torch.randn(N, K, device="cuda") / K ** 0.5
     c = torch.randn(N, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        out, dy = _run(rational_linear, (x, a, b, w, c), num_groups=G, denominator_form=form, backend="triton")
+        out, dy = _run(rational_linear, (x, a, b, w, c), num_groups=G, denominator_form=form, backend="triton",
+                       fuse=True)
     ref, _ = _run(rational_linear, (x.double(), a.double(), b.double(), w.double(), c.double()), dy.double(),
                   num_groups=G, denominator_form=form, backend="reference")
     for name, o, r in zip(NAMES, out, ref):

@@ -259,26 +259,33 @@ def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, Y, DA, DB, COUNTER, M, D, 
         tl.store(base + 7 * NC, s7, mask=kmask)
         tl.store(base + 8 * NC, s8, mask=kmask)
         tl.store(base + 9 * NC, s9, mask=kmask)
-    elif REDUCE == 2:   # FlashKAT's scheme: each program atomically adds its sums into fp32 DA / DB (zeroed)
-        g = (chunk * VEC) // DG
-        pa = DA + g * A_STRIDE
-        tl.atomic_add(pa + 0, s0, mask=kmask)
-        tl.atomic_add(pa + 1, s1, mask=kmask)
-        tl.atomic_add(pa + 2, s2, mask=kmask)
-        tl.atomic_add(pa + 3, s3, mask=kmask)
-        tl.atomic_add(pa + 4, s4, mask=kmask)
-        tl.atomic_add(pa + 5, s5, mask=kmask)
-        pb = DB + g * B_STRIDE
+    elif REDUCE == 2:   # FlashKAT's scheme: each program sums its block per group, then atomically adds those sums
+        g_first = (tl.program_id(1) * NCH * VEC) // DG
+        slot = tl.arange(0, GB)
+        onehot = (((chunk * VEC) // DG - g_first)[:, None] == slot[None, :]) & kmask[:, None]      # [NCH, GB]
+        gs = g_first + slot
+        smask = (gs < G) & (tl.sum(onehot.to(tl.int32), axis=0) > 0)
+        pa = DA + gs * A_STRIDE
+        tl.atomic_add(pa + 0, tl.sum(tl.where(onehot, s0[:, None], 0.0), axis=0), mask=smask)
+        tl.atomic_add(pa + 1, tl.sum(tl.where(onehot, s1[:, None], 0.0), axis=0), mask=smask)
+        tl.atomic_add(pa + 2, tl.sum(tl.where(onehot, s2[:, None], 0.0), axis=0), mask=smask)
+        tl.atomic_add(pa + 3, tl.sum(tl.where(onehot, s3[:, None], 0.0), axis=0), mask=smask)
+        tl.atomic_add(pa + 4, tl.sum(tl.where(onehot, s4[:, None], 0.0), axis=0), mask=smask)
+        tl.atomic_add(pa + 5, tl.sum(tl.where(onehot, s5[:, None], 0.0), axis=0), mask=smask)
+        t6 = tl.sum(tl.where(onehot, s6[:, None], 0.0), axis=0)
+        t7 = tl.sum(tl.where(onehot, s7[:, None], 0.0), axis=0)
+        t8 = tl.sum(tl.where(onehot, s8[:, None], 0.0), axis=0)
+        t9 = tl.sum(tl.where(onehot, s9[:, None], 0.0), axis=0)
+        pb = DB + gs * B_STRIDE
         if not PAPER:   # the chain through |b|, sign(0) = +1
-            sg = B + g * B_STRIDE
-            s6 = tl.where(tl.load(sg + 0, mask=kmask, other=0.0) < 0, -s6, s6)
-            s7 = tl.where(tl.load(sg + 1, mask=kmask, other=0.0) < 0, -s7, s7)
-            s8 = tl.where(tl.load(sg + 2, mask=kmask, other=0.0) < 0, -s8, s8)
-            s9 = tl.where(tl.load(sg + 3, mask=kmask, other=0.0) < 0, -s9, s9)
-        tl.atomic_add(pb + 0, s6, mask=kmask)
-        tl.atomic_add(pb + 1, s7, mask=kmask)
-        tl.atomic_add(pb + 2, s8, mask=kmask)
-        tl.atomic_add(pb + 3, s9, mask=kmask)
+            t6 = tl.where(tl.load(B + gs * B_STRIDE + 0, mask=smask, other=0.0) < 0, -t6, t6)
+            t7 = tl.where(tl.load(B + gs * B_STRIDE + 1, mask=smask, other=0.0) < 0, -t7, t7)
+            t8 = tl.where(tl.load(B + gs * B_STRIDE + 2, mask=smask, other=0.0) < 0, -t8, t8)
+            t9 = tl.where(tl.load(B + gs * B_STRIDE + 3, mask=smask, other=0.0) < 0, -t9, t9)
+        tl.atomic_add(pb + 0, t6, mask=smask)
+        tl.atomic_add(pb + 1, t7, mask=smask)
+        tl.atomic_add(pb + 2, t8, mask=smask)
+        tl.atomic_add(pb + 3, t9, mask=smask)
     else:   # REDUCE == 1: per-program sums per group, then the last program to finish adds them up in fixed order
         pid_c = tl.program_id(1)
         C = tl.num_programs(1)
@@ -471,6 +478,7 @@ def _backward(x2, dy2, a, b, num_groups, paper, conf=None, y_dtype=None):
         da, db, counter, mode = dx, dx, dx, 0
     elif reduce == "atomic":
         part, counter, mode = dx, dx, 2
+        GB = _next_pow2(_groups_per_block(NCH * VEC, DG, D))
         flat = torch.zeros(a.numel() + b.numel(), dtype=torch.float32, device=x2.device)
         da, db = flat[:a.numel()].view(a.shape), flat[a.numel():].view(b.shape)
     elif reduce == "last_program":

@@ -145,8 +145,9 @@ DEFAULTS: dict[str, dict] = {
     # coefficients as scalars, otherwise per column. sm_90 (Triton 3.9 on the CPU, ints and pointers specialised as
     # the JIT does, ptxas -v): every config below compiles without spills for KAT-S (fc1 K 384 -> N 1536: 119-244
     # registers; fc2 1536 -> 384: 143-249); 128 x 384 with 32-column K tiles spills.
-    # mlp: which of grkan_mlp's two linears use the fused kernels, and whether fp32 matmuls do.
-    "rational_linear.fwd": {"configs": [
+    # fwd.fused: whether rational_linear() uses the fused forward (else the rational kernel + cuBLAS). mlp: which of
+    # grkan_mlp's two linears use the fused kernels, and whether fp32 matmuls do.
+    "rational_linear.fwd": {"fused": False, "configs": [
         {"BLOCK_M": 128, "BN0": 256, "BLOCK_K": 16, "num_warps": 8, "num_stages": 3},
         {"BLOCK_M": 128, "BN0": 128, "BLOCK_K": 16, "num_warps": 8, "num_stages": 4},
         {"BLOCK_M": 128, "BN0": 256, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3},
@@ -165,7 +166,10 @@ DEFAULTS: dict[str, dict] = {
     "rational_linear.bwd": {"BLOCK_M": 64, "BLOCK_N": 64, "max_block_k": 64, "min_uniform_k": 32, "num_warps": 8,
                             "num_stages": 3, "fused": False,
                             "interpreted": {"BLOCK_M": 16, "BLOCK_N": 16, "max_block_k": 32, "min_uniform_k": 16}},
-    "rational_linear.mlp": {"fuse_fc1": True, "fuse_fc2": True, "fuse_bwd_fc1": False, "fuse_bwd_fc2": False,
+    # Measured on the H200 (2026-12-01 night, benchmarks/NOTES.md): both fused kernels are slower than the rational
+    # kernel + cuBLAS at KAT-S's shapes (forward fc1 0.199 vs 0.072 ms, fc2 0.124 vs 0.086 ms; fused backward +0.15
+    # to +0.68 ms per MLP), so they are off by default: grkan_mlp runs the unfused kernels as one autograd node.
+    "rational_linear.mlp": {"fuse_fc1": False, "fuse_fc2": False, "fuse_bwd_fc1": False, "fuse_bwd_fc2": False,
                             "fuse_fp32": False},
     # nearest_code.py: scores passes autotuned over these (key: power-of-two buckets of N and K, D and the pass's
     # switches). Every config compiles without spills in its loop (sm_90 SASS) and fits shared memory (227 KB);

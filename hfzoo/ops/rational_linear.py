@@ -397,13 +397,13 @@ def _linear_backward(x2, a, b, wc, w_dtype, bias_dtype, dy2, num_groups, paper, 
 
 class RationalLinearFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, numerator, denominator, weight, bias, num_groups, denominator_form, dtype):
+    def forward(ctx, x, numerator, denominator, weight, bias, num_groups, denominator_form, dtype, fuse):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).contiguous()
         a, b = numerator.contiguous(), denominator.contiguous()
         wc = weight.to(dtype).contiguous()
         paper = denominator_form == "paper"
-        y = fused_forward(x2, a, b, wc, bias.contiguous() if bias is not None else None, num_groups, paper)
+        y = _linear_forward(x2, a, b, wc, bias.contiguous() if bias is not None else None, num_groups, paper, fuse)
         if any(ctx.needs_input_grad[:5]):
             ctx.save_for_backward(x2, a, b, wc)
             ctx.meta = (shape, num_groups, paper, weight.dtype, None if bias is None else bias.dtype)
@@ -418,7 +418,7 @@ class RationalLinearFunction(torch.autograd.Function):
         dy2 = dy.reshape(-1, dy.shape[-1]).to(wc.dtype).contiguous()
         dx, da, db, dw, dbias = _linear_backward(x2, a, b, wc, w_dtype, bias_dtype, dy2, num_groups, paper,
                                                  ctx.conf, ctx.needs_input_grad[:5], ctx.fuse_bwd)
-        return (None if dx is None else dx.reshape(shape)), da, db, dw, dbias, None, None, None
+        return (None if dx is None else dx.reshape(shape)), da, db, dw, dbias, None, None, None, None
 
 
 class GRKANMLPFunction(torch.autograd.Function):
@@ -496,7 +496,7 @@ def _kernel_problem(dtype, *tensors):
 
 def rational_linear(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor, weight: torch.Tensor,
                     bias: torch.Tensor | None = None, num_groups: int = 8, denominator_form: str = "released",
-                    backend: str | None = None) -> torch.Tensor:
+                    backend: str | None = None, fuse: bool | None = None) -> torch.Tensor:
     """``F.linear(group_rational(x, numerator, denominator, num_groups, denominator_form), weight, bias)``.
 
     Args:
@@ -504,6 +504,9 @@ def rational_linear(x: torch.Tensor, numerator: torch.Tensor, denominator: torch
         numerator, denominator, num_groups, denominator_form: as in ``hfzoo.ops.group_rational``.
         weight: ``[N, K]``; bias: ``[N]`` or None.
         backend: ``"triton"``, ``"reference"`` or None (``hfzoo.ops.dispatch``).
+        fuse: the fused forward kernel (True) or the rational kernel + cuBLAS (False); default
+            ``settings("rational_linear.fwd")["fused"]`` (off: slower on the H200, see ``launch.DEFAULTS``). The
+            backward follows ``settings("rational_linear.bwd")["fused"]``.
 
     Returns:
         ``[..., N]`` in the matmul dtype (the autocast dtype under autocast, else ``x``'s dtype). Differentiable in
@@ -516,8 +519,10 @@ def rational_linear(x: torch.Tensor, numerator: torch.Tensor, denominator: torch
     tensors = (x, numerator, denominator, weight) + ((bias,) if bias is not None else ())
     if pick_backend(op, tensors, backend, _kernel_problem(dtype, *tensors)) == "reference" or x.numel() == 0:
         return rational_linear_reference(x, numerator, denominator, weight, bias, num_groups, denominator_form)
+    if fuse is None:
+        fuse = settings("rational_linear.fwd")["fused"]
     return apply_function(RationalLinearFunction, x, numerator, denominator, weight, bias, num_groups,
-                          denominator_form, dtype)
+                          denominator_form, dtype, bool(fuse))
 
 
 def grkan_mlp(x, numerator1, denominator1, weight1, bias1, numerator2, denominator2, weight2, bias2,
