@@ -406,8 +406,8 @@ def kernel_registers(res: Results):
     import hfzoo.ops.group_rational as gr
     import hfzoo.ops.rational_linear as rl
 
-    for fn in (rl._rational_linear_fwd_kernel, gr._group_rational_fwd_kernel, gr._group_rational_bwd_kernel,
-               gr._group_rational_coef_grad_kernel):
+    for fn in (rl._rational_linear_fwd_kernel, rl._rational_linear_bwd_kernel, gr._group_rational_fwd_kernel,
+               gr._group_rational_bwd_kernel, gr._group_rational_coef_grad_kernel):
         for entry in getattr(fn, "device_caches", {}).values():
             for key, kernel in entry[0].items():
                 try:

@@ -23,8 +23,13 @@ Ladder: ``group_rational_reference`` (readable math, autograd) -> Triton forward
 ``GroupRationalFunction`` -> ``group_rational`` (public op: checks its arguments with ``validate.py``, dispatches
 per call, see ``dispatch.py``; launch settings ``group_rational.*`` in ``launch.py``).
 The backward kernel keeps the ten coefficient-gradient sums of its tile in registers over all the rows it
-visits and writes one partial per program and chunk of columns; a second small kernel sums those partials per
-coefficient (no atomics: the gradients are the same bits on every run).
+visits; how they are then summed over programs is ``launch.DEFAULTS["group_rational.coef_grad"]["reduce"]``:
+``"kernel"`` (default: one partial per program and chunk of columns, summed by a second small kernel),
+``"last_program"`` (partials per program and group, summed in a fixed order by the last program to finish, found with
+an atomic ticket: one launch) -- both without atomic adds on the gradients, so they are the same bits on every run --
+or ``"atomic"`` (each program atomically adds its per-group sums: FlashKAT's scheme, kept for comparison). On the
+H200 the second kernel is the fastest on the GPU (benchmarks/NOTES.md). With ``y_dtype`` the backward also writes
+F(x) (``rational_linear``'s weight gradient needs it).
 """
 
 from __future__ import annotations

@@ -14,10 +14,19 @@ element of ``x`` goes through the rational once.
 Backward: ``dF = dY @ W`` (cuBLAS); then ``group_rational``'s backward kernel on ``(x, dF)`` gives ``dx`` and the
 coefficient gradients and, in the same pass, writes ``F(x)`` (it computes it anyway), which the weight gradient
 ``dW = dY^T F(x)`` (cuBLAS) reads. So ``F(x)`` is written once per step (in the backward, not in the forward) and
-never kept between forward and backward; no pass over ``x`` is added for the recompute.
+never kept between forward and backward; no pass over ``x`` is added for the recompute. Optionally
+(``fused_backward``) ``dF`` is computed inside that backward kernel (a GEMM with the rational's backward as its
+epilogue), so ``dF`` is never written either.
 
-``grkan_mlp`` runs the whole MLP ``fc2(F2(fc1(F1(x))))`` as one autograd node (two fused linears forward, their
-backwards in one ``backward``): fewer autograd nodes and Python per step than four modules, the same kernels.
+``grkan_mlp`` runs the whole MLP ``fc2(F2(fc1(F1(x))))`` as one autograd node (both linears forward, their backwards
+in one ``backward``): fewer autograd nodes and less Python per step than four modules.
+
+Measured on the H200 (benchmarks/NOTES.md, KAT-S shapes): the fused forward is slower than the rational kernel
+followed by cuBLAS (fc1 0.199 vs 0.072 ms, fc2 0.124 vs 0.086 ms: the prologue's FP32 work, redone for every output
+column block and not overlapped with the tensor cores, bounds it at 150-240 TFLOP/s), and so is the fused backward.
+So by default (``launch.DEFAULTS["rational_linear.*"]``) both run unfused -- the rational kernel and cuBLAS -- and
+``grkan_mlp`` keeps only its host-side gain (one node); the fused kernels stay available (``fuse=``,
+``fuse_backward=``, the settings) and are measured by ``benchmarks/kat.py``.
 
 Precision: the rational in fp32; the matmuls in ``dtype`` = the autocast dtype under autocast, else ``x``'s dtype,
 with fp32 accumulation (fp32 matmuls follow ``torch.backends.cuda.matmul.allow_tf32``); ``W`` and the bias are

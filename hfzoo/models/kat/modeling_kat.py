@@ -132,10 +132,11 @@ class KATAttention(nn.Module):
 class KATMLP(nn.Module):
     """GR-KAN: rational(identity) -> fc1 -> rational(swish) -> fc2; or fc1 -> act -> fc2 for a plain ViT.
 
-    The GR-KAN form runs as one op (``hfzoo.ops.rational_linear.grkan_mlp``: each rational evaluated inside the
-    following matmul's kernel, one autograd node for the whole MLP) when its four modules are the plain ones
-    without hooks and no dropout is active; otherwise (an adapter such as peft's LoRA on fc1/fc2, hooks, dropout in
-    training) the modules run one by one. Parameters and state dicts are the same either way.
+    The GR-KAN form runs as one op (``hfzoo.ops.rational_linear.grkan_mlp``: one autograd node for the whole MLP;
+    the rational kernels and cuBLAS by default, the rational fused into the matmul's kernel on request) when its four
+    modules are the plain ones without hooks and no dropout is active; otherwise (an adapter such as peft's LoRA on
+    fc1/fc2, hooks, dropout in training) the modules run one by one. Parameters and state dicts are the same either
+    way.
     """
 
     def __init__(self, config: KATConfig):
