@@ -153,7 +153,7 @@ def _group_rational_fwd_kernel(X, A, B, Y, M, D, DG, A_STRIDE, B_STRIDE, PAPER: 
 def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, Y, DA, DB, COUNTER, M, D, DG, G, A_STRIDE, B_STRIDE,
                                rows_per_program, PAPER: tl.constexpr, BLOCK_M: tl.constexpr, NCH: tl.constexpr,
                                VEC: tl.constexpr, PREFETCH: tl.constexpr, STORE_Y: tl.constexpr, REDUCE: tl.constexpr,
-                               GB: tl.constexpr, GMAX: tl.constexpr, BLOCK_P: tl.constexpr):
+                               GB: tl.constexpr, GMAX: tl.constexpr, BLOCK_P: tl.constexpr, RB: tl.constexpr):
     # Program (i, j) walks rows [i * rows_per_program, (i + 1) * rows_per_program) of chunk block j. Per element:
     #   dx = gp * (P' - y Q'),  gp = dy / Q (= dL/dP),  gq = -gp y (= dL/dQ),  y = P / Q
     # and the ten coefficient-gradient terms gp x^k (k = 0..5) and gq dQ/dc_k (k = 0..3). Those are summed over
@@ -313,33 +313,33 @@ def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, Y, DA, DB, COUNTER, M, D, 
         ticket = tl.atomic_add(COUNTER, 1, sem="acq_rel")   # ... before this program is counted
         if ticket == P * C - 1:
             _coef_grad_last_program(PART, B, DA, DB, P, C, DG, G, A_STRIDE, B_STRIDE, PAPER, NCH, VEC, GB, GMAX,
-                                    BLOCK_P)
+                                    BLOCK_P, RB)
             tl.atomic_xchg(COUNTER, 0)                      # ready for the next backward
 
 
 @triton.jit
 def _coef_grad_last_program(PART, B, DA, DB, P, C, DG, G, A_STRIDE, B_STRIDE, PAPER: tl.constexpr,
                             NCH: tl.constexpr, VEC: tl.constexpr, GB: tl.constexpr, GMAX: tl.constexpr,
-                            BLOCK_P: tl.constexpr):
-    """Sum PART[(i, c), k, slot] over programs i for every column block c (in order), file each slot under its group
-    (g_first(c) + slot), then write the gradients: per group, or summed over groups for a shared coefficient row."""
-    KG: tl.constexpr = 16 * GB
-    j = tl.arange(0, KG)
-    jk = j // GB                                             # coefficient 0..9 (10..15: padding)
-    js = j % GB
+                            BLOCK_P: tl.constexpr, RB: tl.constexpr):
+    """Sum the partials PART[i, (c, k, slot)] over programs i (rows of R = C * 10 * GB values, BLOCK_P rows at a
+    time, in order), file each (c, k, slot) under coefficient k of group g_first(c) + slot, then write the gradients:
+    per group, or summed over groups for a shared coefficient row."""
+    R = C * 10 * GB
+    j = tl.arange(0, RB)
+    jm = j < R
+    colsum = tl.zeros([RB], dtype=tl.float32)
+    for p0 in range(0, P, BLOCK_P):
+        ps = p0 + tl.arange(0, BLOCK_P)
+        offs = ps.to(tl.int64)[:, None] * R + j[None, :]
+        colsum += tl.sum(tl.load(PART + offs, mask=(ps < P)[:, None] & jm[None, :], other=0.0,
+                                 cache_modifier=".cg"), axis=0)
+    c = j // (10 * GB)
+    k = (j // GB) % 10
+    g = (c * NCH * VEC) // DG + j % GB
+    valid = jm & (g < G)
     t = tl.arange(0, 16 * GMAX)
-    acc = tl.zeros([16 * GMAX], dtype=tl.float32)            # [k, group] flattened
-    for c in range(0, C):
-        gf = (c * NCH * VEC) // DG
-        valid = (jk < 10) & (gf + js < G)
-        colsum = tl.zeros([KG], dtype=tl.float32)
-        for p0 in range(0, P, BLOCK_P):
-            ps = p0 + tl.arange(0, BLOCK_P)
-            offs = ((ps[:, None] * C + c) * 10).to(tl.int64) * GB + j[None, :]
-            colsum += tl.sum(tl.load(PART + offs, mask=(ps < P)[:, None] & valid[None, :], other=0.0,
-                                     cache_modifier=".cg"), axis=0)
-        target = jk * GMAX + gf + js
-        acc += tl.sum(tl.where((target[:, None] == t[None, :]) & valid[:, None], colsum[:, None], 0.0), axis=0)
+    acc = tl.sum(tl.where(((k * GMAX + g)[:, None] == t[None, :]) & valid[:, None], colsum[:, None], 0.0),
+                 axis=0)                                      # [k, group] flattened
     acc2 = tl.reshape(acc, [16, GMAX])
     kk = tl.arange(0, 16)[:, None]
     gg = tl.arange(0, GMAX)[None, :]
@@ -477,7 +477,8 @@ def _backward(x2, dy2, a, b, num_groups, paper, conf=None, y_dtype=None):
     y = None if y_dtype is None else torch.empty((M, D), dtype=y_dtype, device=x2.device)
     reduce = cconf["reduce"]
     NC = D // VEC
-    GB = GMAX = 1
+    GB = GMAX = RB = 1
+    BLOCK_P = cconf["BLOCK_P"]
     if reduce == "kernel":
         part = torch.empty(programs, 10, NC, dtype=torch.float32, device=x2.device)
         da, db, counter, mode = dx, dx, dx, 0
@@ -489,6 +490,8 @@ def _backward(x2, dy2, a, b, num_groups, paper, conf=None, y_dtype=None):
     elif reduce == "last_program":
         GB = _next_pow2(_groups_per_block(NCH * VEC, DG, D))
         GMAX = _next_pow2(num_groups)
+        RB = _next_pow2(col_blocks * 10 * GB)
+        BLOCK_P = max(1, min(cconf["BLOCK_P"] * 2, cconf["last_program_tile"] // RB))
         part = torch.empty(programs * col_blocks * 10 * GB, dtype=torch.float32, device=x2.device)
         da, db, counter, mode = torch.empty_like(a), torch.empty_like(b), _counter(x2.device), 1
     else:
@@ -497,7 +500,7 @@ def _backward(x2, dy2, a, b, num_groups, paper, conf=None, y_dtype=None):
     launch(name, _group_rational_bwd_kernel, (programs, col_blocks),
            x2, dy2, a, b, dx, part, dx if y is None else y, da, db, counter, M, D, DG, num_groups, *_strides(a, b),
            rows_per_program, PAPER=paper, BLOCK_M=BLOCK_M, NCH=NCH, VEC=VEC, PREFETCH=bool(cfg["prefetch"]),
-           STORE_Y=y is not None, REDUCE=mode, GB=GB, GMAX=GMAX, BLOCK_P=cconf["BLOCK_P"], **compile_options(cfg))
+           STORE_Y=y is not None, REDUCE=mode, GB=GB, GMAX=GMAX, BLOCK_P=BLOCK_P, RB=RB, **compile_options(cfg))
     if mode == 0:
         da = torch.empty_like(a)
         db = torch.empty_like(b)

@@ -128,7 +128,8 @@ DEFAULTS: dict[str, dict] = {
     # coef_grad: how the coefficient gradients are summed over the backward's programs -- "kernel": partials per
     # program and chunk, summed by a second kernel on [BLOCK_P programs, BLOCK_K chunks] tiles; "last_program": partials
     # per program and group, summed in fixed order by the last program to finish (an atomic ticket; one launch, the
-    # same bits every run); "atomic": atomic adds of each program's sums (FlashKAT's scheme; order-dependent bits).
+    # same bits every run; it loads [BLOCK_P programs, all partials of a program] tiles of at most last_program_tile
+    # values); "atomic": atomic adds of each program's per-group sums (FlashKAT's scheme; order-dependent bits).
     "group_rational.fwd": {"bytes_per_thread": 32, "num_warps": 4,
                            "interpreted": {"bytes_per_thread": 64, "num_warps": 2}},
     "group_rational.bwd_fp32": {"values_per_thread": 8, "num_warps": 8, "programs_per_sm": 8, "max_chunk": None,
@@ -137,8 +138,9 @@ DEFAULTS: dict[str, dict] = {
     "group_rational.bwd_16bit": {"values_per_thread": 16, "num_warps": 4, "programs_per_sm": 8, "max_chunk": None,
                                  "prefetch": True,
                                  "interpreted": {"values_per_thread": 8, "num_warps": 4, "programs_per_sm": 2}},
-    "group_rational.coef_grad": {"reduce": "kernel", "BLOCK_P": 64, "BLOCK_K": 64, "num_warps": 8,
-                                 "interpreted": {"BLOCK_P": 4, "BLOCK_K": 4}},
+    "group_rational.coef_grad": {"reduce": "kernel", "BLOCK_P": 64, "BLOCK_K": 64, "last_program_tile": 8192,
+                                 "num_warps": 8,
+                                 "interpreted": {"BLOCK_P": 4, "BLOCK_K": 4, "last_program_tile": 64}},
     # rational_linear.py: F(x) @ W^T with the group rational in the GEMM's prologue, autotuned (key N, K). fwd: output
     # tiles BLOCK_M x BN0; fwd_wide (N <= max_n, KAT's fc2): one program covers all of N (BN0 + BN1 set by the op), so
     # the prologue runs once per element. A K tile inside one group (BLOCK_K dividing the group size) loads its
