@@ -172,7 +172,8 @@ def _rational_linear_fwd_kernel(X, A, B, W, BIAS, Y, M, N, K, A_STRIDE, B_STRIDE
 @triton.jit
 def _rational_linear_bwd_kernel(DY, W, X, A, B, DX, Y, PART, M, N, K, A_STRIDE, B_STRIDE, NC,
                                 DG: tl.constexpr, PAPER: tl.constexpr, STORE_Y: tl.constexpr,
-                                DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                                PRECISION: tl.constexpr, DOT_FP32: tl.constexpr, BLOCK_M: tl.constexpr,
+                                BLOCK_N: tl.constexpr,
                                 BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr):
     # Program (i, j): dF = DY[rows i] @ W[:, cols j] (the GEMM over the N output features), then in the epilogue the
     # rational's backward on that tile of x: dx, F(x) (STORE_Y, for the weight gradient) and the ten coefficient-
@@ -193,7 +194,7 @@ def _rational_linear_bwd_kernel(DY, W, X, A, B, DX, Y, PART, M, N, K, A_STRIDE, 
         if DOT_FP32:
             dy = dy.to(tl.float32)
             w = w.to(tl.float32)
-        acc = tl.dot(dy, w, acc)
+        acc = tl.dot(dy, w, acc, input_precision=PRECISION)
     offs = rm.to(tl.int64)[:, None] * K + rk[None, :]
     mask = mmask[:, None] & kmask[None, :]
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
@@ -314,7 +315,8 @@ def fused_backward(x2, a, b, wc, dy2, num_groups: int, paper: bool, need_y: bool
     a_stride, b_stride = gr._strides(a, b)
     launch("rational_linear.bwd", _rational_linear_bwd_kernel, (P, gr._cdiv(K, BLOCK_K)),
            dy2, wc, x2, a, b, dx, dx if y is None else y, part, M, N, K, a_stride, b_stride, NC,
-           DG=DG, PAPER=paper, STORE_Y=need_y, DOT_FP32=wc.dtype == torch.bfloat16 and is_interpreted(),
+           DG=DG, PAPER=paper, STORE_Y=need_y, PRECISION=_precision(wc.dtype),
+           DOT_FP32=wc.dtype == torch.bfloat16 and is_interpreted(),
            BLOCK_M=conf["BLOCK_M"], BLOCK_N=conf["BLOCK_N"], BLOCK_K=BLOCK_K, NUM_STAGES=conf["num_stages"],
            **compile_options(conf))
     da, db = torch.empty_like(a), torch.empty_like(b)
