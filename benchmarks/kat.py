@@ -299,37 +299,40 @@ BWD_FUSED_SWEEP = [dict(BLOCK_M=64, BLOCK_N=64, num_warps=8, num_stages=3),
 
 def bench_linears(res: Results):
     """One rational+linear layer forward (bf16 in the matmul): fused kernel, rational kernel + cuBLAS, cuBLAS alone."""
+    torch.manual_seed(0)
+    a = torch.tensor([RATIONAL_INITS["swish"][0]], device="cuda")
+    b = torch.tensor([RATIONAL_INITS["swish"][1]] * G, device="cuda")
+    for name, K, N, xdt in (("fc1", MLP_D, MLP_H, torch.float32), ("fc2", MLP_H, MLP_D, torch.bfloat16)):
+        bench_linear_one(res, name, K, N, xdt, a, b)
+
+
+def bench_linear_one(res: Results, name, K, N, xdt, a, b):
     import torch.nn.functional as F
 
     from hfzoo.ops.group_rational import _forward as rational_forward
     from hfzoo.ops.rational_linear import fused_forward
 
-    torch.manual_seed(0)
-    a = torch.tensor([RATIONAL_INITS["swish"][0]], device="cuda")
-    b = torch.tensor([RATIONAL_INITS["swish"][1]] * G, device="cuda")
-    for name, K, N, xdt in (("fc1", MLP_D, MLP_H, torch.float32), ("fc2", MLP_H, MLP_D, torch.bfloat16)):
-        x = torch.randn(MLP_TOKENS, K, device="cuda", dtype=xdt)
-        w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / K ** 0.5
-        bias = torch.zeros(N, device="cuda")
-        bias16 = bias.to(torch.bfloat16)
-        flops = 2 * MLP_TOKENS * K * N
-        contenders = {
-            "hfzoo_fused": lambda: fused_forward(x, a, b, w, bias, G, False),
-            "hfzoo_rational_then_cublas": lambda: F.linear(rational_forward(x, a, b, G, False, torch.bfloat16), w,
-                                                           bias16),
-            "cublas_only": lambda: F.linear(x.to(torch.bfloat16) if xdt != torch.bfloat16 else x, w, bias16)}
-        case = f"linear fwd {name} ({MLP_TOKENS},{K}->{N}) {'fp32' if xdt == torch.float32 else 'bf16'} input"
-        ref = contenders["hfzoo_rational_then_cublas"]().float()
-        for cname, fn in contenders.items():
-            try:
-                err = rel_err(fn().float(), ref) if cname != "cublas_only" else None
-                ms = bench_ms(fn)
-                res.add(case, cname, "ms", ms, **({} if err is None else {"rel_err_vs_unfused": err}))
-                dms = device_ms(fn)
-                res.add(f"{case} GPU kernels", cname, "ms", dms)
-                res.add(f"{case} GPU kernels", cname, "TFLOP/s", flops / dms / 1e9)
-            except Exception:
-                traceback.print_exc()
+    x = torch.randn(MLP_TOKENS, K, device="cuda", dtype=xdt)
+    w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / K ** 0.5
+    bias = torch.zeros(N, device="cuda")
+    bias16 = bias.to(torch.bfloat16)
+    flops = 2 * MLP_TOKENS * K * N
+    contenders = {
+        "hfzoo_fused": lambda: fused_forward(x, a, b, w, bias, G, False),
+        "hfzoo_rational_then_cublas": lambda: F.linear(rational_forward(x, a, b, G, False, torch.bfloat16), w, bias16),
+        "cublas_only": lambda: F.linear(x.to(torch.bfloat16) if xdt != torch.bfloat16 else x, w, bias16)}
+    case = f"linear fwd {name} ({MLP_TOKENS},{K}->{N}) {'fp32' if xdt == torch.float32 else 'bf16'} input"
+    ref = contenders["hfzoo_rational_then_cublas"]().float()
+    for cname, fn in contenders.items():
+        try:
+            err = rel_err(fn().float(), ref) if cname != "cublas_only" else None
+            ms = bench_ms(fn)
+            res.add(case, cname, "ms", ms, **({} if err is None else {"rel_err_vs_unfused": err}))
+            dms = device_ms(fn)
+            res.add(f"{case} GPU kernels", cname, "ms", dms)
+            res.add(f"{case} GPU kernels", cname, "TFLOP/s", flops / dms / 1e9)
+        except Exception:
+            traceback.print_exc()
 
 
 def bench_model(res: Results, only_kat: bool = False, coldstart: bool = True, infer: bool = True):
