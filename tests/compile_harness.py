@@ -1,7 +1,7 @@
 """Compile the Triton kernels an op launches for a Hopper GPU (sm_90) on a machine without one.
 
     python tests/compile_harness.py [--cubin] [--only KERNEL] [--skip KERNEL] [gla] [rmsnorm] [group_rational]
-                                    [nearest_code] [varlen_alibi] [mosaicbert_ops]
+                                    [nearest_code] [varlen_alibi] [mosaicbert_ops] [rational_linear]
                                     [linear_attention]
 
 Triton's interpreter (the CPU tests) runs kernels as Python and so misses what only the compiler checks:
@@ -168,6 +168,25 @@ def _group_rational_cases():
             lambda: run(64, 768, 8, torch.bfloat16, "released", 1), lambda: run(50, 96, 4, torch.float32, "paper", 1)]
 
 
+def _rational_linear_cases():
+    from hfzoo.ops.rational_linear import grkan_mlp
+
+    def run(M, D, H, dtype, form, autocast):
+        x = torch.randn(M, D, requires_grad=True)
+        params = [torch.randn(1, 6), torch.randn(8, 4), torch.randn(H, D), torch.randn(H),
+                  torch.randn(1, 6), torch.randn(8, 4), torch.randn(D, H), torch.randn(D)]
+        params = [p.to(dtype if p.dim() == 2 and p.shape[1] not in (4, 6) else torch.float32).requires_grad_()
+                  for p in params]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = grkan_mlp(x if autocast else x.to(dtype), *params, num_groups=8, denominator_form=form,
+                          backend="triton", fuse=(True, True), fuse_backward=(True, True))
+        torch.autograd.grad(y.float().sum(), [x] + params)
+
+    # KAT-S under autocast (fp32 input of fc1, bf16 matmuls: fc1 N = 1536 tiled, fc2 N = 384 = 256 + 128), fp16 paper
+    return [lambda: run(256, 384, 1536, torch.float32, "released", True),
+            lambda: run(64, 192, 768, torch.float16, "paper", False)]
+
+
 def _nearest_code_cases():
     from hfzoo.ops.launch import tuning
     from hfzoo.ops.nearest_code import nearest_code
@@ -233,6 +252,7 @@ def _linear_attention_cases():
 
 
 CASES = {"gla": _gla_cases, "rmsnorm": _rmsnorm_cases, "group_rational": _group_rational_cases,
+         "rational_linear": _rational_linear_cases,
          "nearest_code": _nearest_code_cases, "varlen_alibi": _varlen_alibi_cases,
          "mosaicbert_ops": _mosaicbert_ops_cases, "linear_attention": _linear_attention_cases}
 

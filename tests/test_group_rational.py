@@ -206,6 +206,73 @@ def test_float64_runs_the_reference_and_noncontiguous_inputs_the_kernels():
     assert rel_err(y, _direct(xt, a, bt, 4, "released")) < 1e-5
 
 
+REDUCES = ("kernel", "last_program", "atomic")
+
+
+@pytest.mark.parametrize("form", ["released", "paper"])
+@pytest.mark.parametrize("shape,G,arows", CASES + [((300, 96), 3, 3), ((50, 768), 8, 1)])
+def test_coefficient_gradient_reductions(shape, G, arows, form):
+    # the three ways of summing the coefficient gradients over the backward's programs: a second kernel, the last
+    # program to finish (one launch), atomic adds (FlashKAT's scheme) -- each against the reference
+    torch.manual_seed(sum(shape) + G)
+    x, dy = torch.randn(*shape) * 1.5, torch.randn(shape)
+    a, b = torch.randn(arows, 6) * 0.3, torch.randn(G, 4) * 0.3
+    b[0, 1] = 0.0
+    b[-1, 2] = -b[-1, 2].abs()          # a negative coefficient: the sign chain of |b|
+    ref = _run(x, a, b, G, form, "reference", dy)
+    for reduce in REDUCES:
+        with tuning({"group_rational.coef_grad": {"reduce": reduce}}), count_launches() as n:
+            out = _run(x, a, b, G, form, "triton", dy)
+        assert n["group_rational.coef_grad"] == (reduce == "kernel") and n["group_rational.bwd_fp32"] == 1
+        for name, o, r in zip(("y", "dx", "dnumerator", "ddenominator"), out, ref):
+            assert rel_err(o, r) < 2e-5, (reduce, name, rel_err(o, r))
+
+
+def test_last_program_reduction_is_repeatable_and_resets_its_counter():
+    import hfzoo.ops.group_rational as gr_mod
+
+    torch.manual_seed(3)
+    x, dy = torch.randn(300, 96) * 1.5, torch.randn(300, 96)
+    a, b = torch.randn(1, 6) * 0.3, torch.randn(4, 4) * 0.3
+    with tuning({"group_rational.coef_grad": {"reduce": "last_program"}}):
+        first = _run(x, a, b, 4, "released", "triton", dy)
+        again = _run(x, a, b, 4, "released", "triton", dy)
+    for o, r in zip(first, again):
+        assert torch.equal(o, r)
+    assert all(int(c.item()) == 0 for c in gr_mod._counters.values())
+
+
+def test_backward_writes_the_activation_when_asked():
+    # rational_linear's backward takes F(x) from the backward kernel (for the weight gradient)
+    import hfzoo.ops.group_rational as gr_mod
+
+    torch.manual_seed(4)
+    x, dy = torch.randn(37, 48) * 1.5, torch.randn(37, 48).bfloat16()
+    a, b = torch.randn(1, 6) * 0.3, torch.randn(8, 4) * 0.3
+    dx, da, db, y = gr_mod._backward(x, dy, a, b, 8, False, y_dtype=torch.bfloat16)
+    assert y.dtype == torch.bfloat16 and dx.dtype == torch.float32
+    assert rel_err(y, _direct(x, a, b, 8, "released")) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("reduce", REDUCES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_coefficient_gradient_reductions_gpu(reduce, dtype):
+    torch.manual_seed(0)
+    x = (torch.randn(25216, 384, device="cuda") * 1.5).to(dtype)
+    a = torch.randn(1, 6, device="cuda") * 0.3
+    b = torch.randn(8, 4, device="cuda") * 0.3
+    dy = torch.randn(25216, 384, device="cuda").to(dtype)
+    with tuning({"group_rational.coef_grad": {"reduce": reduce}}):
+        out = _run(x, a, b, 8, "released", "triton", dy)
+        if reduce == "last_program":   # the same bits on every run
+            for o, r in zip(out, _run(x, a, b, 8, "released", "triton", dy)):
+                assert torch.equal(o, r)
+    ref = _run(x.double(), a.double(), b.double(), 8, "released", "reference", dy.double())
+    for name, o, r in zip(("y", "dx", "dnumerator", "ddenominator"), out, ref):
+        assert rel_err(o, r) < (2e-5 if dtype == torch.float32 else 1e-2), (reduce, name, rel_err(o, r))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape,D,G", [((4096,), 768, 8), ((8, 197), 3072, 8), ((33,), 1000, 8), ((3, 7), 192, 4)])

@@ -23,8 +23,13 @@ Ladder: ``group_rational_reference`` (readable math, autograd) -> Triton forward
 ``GroupRationalFunction`` -> ``group_rational`` (public op: checks its arguments with ``validate.py``, dispatches
 per call, see ``dispatch.py``; launch settings ``group_rational.*`` in ``launch.py``).
 The backward kernel keeps the ten coefficient-gradient sums of its tile in registers over all the rows it
-visits and writes one partial per program and chunk of columns; a second small kernel sums those partials per
-coefficient (no atomics: the gradients are the same bits on every run).
+visits; how they are then summed over programs is ``launch.DEFAULTS["group_rational.coef_grad"]["reduce"]``:
+``"kernel"`` (default: one partial per program and chunk of columns, summed by a second small kernel),
+``"last_program"`` (partials per program and group, summed in a fixed order by the last program to finish, found with
+an atomic ticket: one launch) -- both without atomic adds on the gradients, so they are the same bits on every run --
+or ``"atomic"`` (each program atomically adds its per-group sums: FlashKAT's scheme, kept for comparison). On the
+H200 the second kernel is the fastest on the GPU (benchmarks/NOTES.md). With ``y_dtype`` the backward also writes
+F(x) (``rational_linear``'s weight gradient needs it).
 """
 
 from __future__ import annotations
@@ -145,9 +150,10 @@ def _group_rational_fwd_kernel(X, A, B, Y, M, D, DG, A_STRIDE, B_STRIDE, PAPER: 
 
 
 @triton.jit
-def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, M, D, DG, A_STRIDE, B_STRIDE, rows_per_program,
-                               PAPER: tl.constexpr, BLOCK_M: tl.constexpr, NCH: tl.constexpr, VEC: tl.constexpr,
-                               PREFETCH: tl.constexpr):
+def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, Y, DA, DB, COUNTER, M, D, DG, G, A_STRIDE, B_STRIDE,
+                               rows_per_program, PAPER: tl.constexpr, BLOCK_M: tl.constexpr, NCH: tl.constexpr,
+                               VEC: tl.constexpr, PREFETCH: tl.constexpr, STORE_Y: tl.constexpr, REDUCE: tl.constexpr,
+                               GB: tl.constexpr, GMAX: tl.constexpr, BLOCK_P: tl.constexpr, RB: tl.constexpr):
     # Program (i, j) walks rows [i * rows_per_program, (i + 1) * rows_per_program) of chunk block j. Per element:
     #   dx = gp * (P' - y Q'),  gp = dy / Q (= dL/dP),  gq = -gp y (= dL/dQ),  y = P / Q
     # and the ten coefficient-gradient terms gp x^k (k = 0..5) and gq dQ/dc_k (k = 0..3). Those are summed over
@@ -155,7 +161,8 @@ def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, M, D, DG, A_STRIDE, B_STRI
     # the end: PART[i, k, chunk]. The coefficient-gradient kernel below sums PART over programs and groups.
     # Released form: c_k = |b_k|, Q = 1 + sum c_k |x|^(k+1) (the chain through |b| is taken there too).
     # Paper form: Q = 1 + |T|, T = sum b_k x^(k+1). Both: sign(0) = +1.
-    # With PREFETCH, the next row block's x and dy are loaded before the current one is computed.
+    # With PREFETCH, the next row block's x and dy are loaded before the current one is computed. With STORE_Y, y =
+    # F(x) is written to Y as well (rational_linear's backward needs it for the weight gradient: no extra pass).
     pid_m = tl.program_id(0)
     NC = D // VEC
     chunk = tl.program_id(1) * NCH + tl.arange(0, NCH)
@@ -217,6 +224,8 @@ def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, M, D, DG, A_STRIDE, B_STRI
         y = p * rq
         gp = dy * rq
         tl.store(DX + offs, (gp * (dp - y * (s * dt))).to(DX.dtype.element_ty), mask=mask)
+        if STORE_Y:
+            tl.store(Y + offs, y.to(Y.dtype.element_ty), mask=mask)
         gq = -gp * y
         if PAPER:
             gq = gq * s
@@ -240,17 +249,121 @@ def _group_rational_bwd_kernel(X, DY, A, B, DX, PART, M, D, DG, A_STRIDE, B_STRI
         gc2 += tl.sum(v, axis=2)
         v = v * w
         gc3 += tl.sum(v, axis=2)
-    base = PART + pid_m.to(tl.int64) * 10 * NC + chunk
-    tl.store(base + 0 * NC, tl.sum(ga0, axis=1), mask=kmask)
-    tl.store(base + 1 * NC, tl.sum(ga1, axis=1), mask=kmask)
-    tl.store(base + 2 * NC, tl.sum(ga2, axis=1), mask=kmask)
-    tl.store(base + 3 * NC, tl.sum(ga3, axis=1), mask=kmask)
-    tl.store(base + 4 * NC, tl.sum(ga4, axis=1), mask=kmask)
-    tl.store(base + 5 * NC, tl.sum(ga5, axis=1), mask=kmask)
-    tl.store(base + 6 * NC, tl.sum(gc0, axis=1), mask=kmask)
-    tl.store(base + 7 * NC, tl.sum(gc1, axis=1), mask=kmask)
-    tl.store(base + 8 * NC, tl.sum(gc2, axis=1), mask=kmask)
-    tl.store(base + 9 * NC, tl.sum(gc3, axis=1), mask=kmask)
+    s0, s1, s2 = tl.sum(ga0, axis=1), tl.sum(ga1, axis=1), tl.sum(ga2, axis=1)
+    s3, s4, s5 = tl.sum(ga3, axis=1), tl.sum(ga4, axis=1), tl.sum(ga5, axis=1)
+    s6, s7, s8, s9 = tl.sum(gc0, axis=1), tl.sum(gc1, axis=1), tl.sum(gc2, axis=1), tl.sum(gc3, axis=1)
+    if REDUCE == 0:   # per-program partials PART[i, k, chunk], summed by _group_rational_coef_grad_kernel
+        base = PART + pid_m.to(tl.int64) * 10 * NC + chunk
+        tl.store(base + 0 * NC, s0, mask=kmask)
+        tl.store(base + 1 * NC, s1, mask=kmask)
+        tl.store(base + 2 * NC, s2, mask=kmask)
+        tl.store(base + 3 * NC, s3, mask=kmask)
+        tl.store(base + 4 * NC, s4, mask=kmask)
+        tl.store(base + 5 * NC, s5, mask=kmask)
+        tl.store(base + 6 * NC, s6, mask=kmask)
+        tl.store(base + 7 * NC, s7, mask=kmask)
+        tl.store(base + 8 * NC, s8, mask=kmask)
+        tl.store(base + 9 * NC, s9, mask=kmask)
+    elif REDUCE == 2:   # FlashKAT's scheme: each program sums its block per group, then atomically adds those sums
+        g_first = (tl.program_id(1) * NCH * VEC) // DG
+        slot = tl.arange(0, GB)
+        onehot = (((chunk * VEC) // DG - g_first)[:, None] == slot[None, :]) & kmask[:, None]      # [NCH, GB]
+        gs = g_first + slot
+        smask = (gs < G) & (tl.sum(onehot.to(tl.int32), axis=0) > 0)
+        pa = DA + gs * A_STRIDE
+        tl.atomic_add(pa + 0, tl.sum(tl.where(onehot, s0[:, None], 0.0), axis=0), mask=smask)
+        tl.atomic_add(pa + 1, tl.sum(tl.where(onehot, s1[:, None], 0.0), axis=0), mask=smask)
+        tl.atomic_add(pa + 2, tl.sum(tl.where(onehot, s2[:, None], 0.0), axis=0), mask=smask)
+        tl.atomic_add(pa + 3, tl.sum(tl.where(onehot, s3[:, None], 0.0), axis=0), mask=smask)
+        tl.atomic_add(pa + 4, tl.sum(tl.where(onehot, s4[:, None], 0.0), axis=0), mask=smask)
+        tl.atomic_add(pa + 5, tl.sum(tl.where(onehot, s5[:, None], 0.0), axis=0), mask=smask)
+        t6 = tl.sum(tl.where(onehot, s6[:, None], 0.0), axis=0)
+        t7 = tl.sum(tl.where(onehot, s7[:, None], 0.0), axis=0)
+        t8 = tl.sum(tl.where(onehot, s8[:, None], 0.0), axis=0)
+        t9 = tl.sum(tl.where(onehot, s9[:, None], 0.0), axis=0)
+        pb = DB + gs * B_STRIDE
+        if not PAPER:   # the chain through |b|, sign(0) = +1
+            t6 = tl.where(tl.load(B + gs * B_STRIDE + 0, mask=smask, other=0.0) < 0, -t6, t6)
+            t7 = tl.where(tl.load(B + gs * B_STRIDE + 1, mask=smask, other=0.0) < 0, -t7, t7)
+            t8 = tl.where(tl.load(B + gs * B_STRIDE + 2, mask=smask, other=0.0) < 0, -t8, t8)
+            t9 = tl.where(tl.load(B + gs * B_STRIDE + 3, mask=smask, other=0.0) < 0, -t9, t9)
+        tl.atomic_add(pb + 0, t6, mask=smask)
+        tl.atomic_add(pb + 1, t7, mask=smask)
+        tl.atomic_add(pb + 2, t8, mask=smask)
+        tl.atomic_add(pb + 3, t9, mask=smask)
+    else:   # REDUCE == 1: per-program sums per group, then the last program to finish adds them up in fixed order
+        pid_c = tl.program_id(1)
+        C = tl.num_programs(1)
+        P = tl.num_programs(0)
+        g_first = (pid_c * NCH * VEC) // DG
+        slot = tl.arange(0, GB)
+        onehot = (((chunk * VEC) // DG - g_first)[:, None] == slot[None, :]) & kmask[:, None]      # [NCH, GB]
+        base = PART + ((pid_m * C + pid_c) * 10).to(tl.int64) * GB + slot
+        tl.store(base + 0 * GB, tl.sum(tl.where(onehot, s0[:, None], 0.0), axis=0))
+        tl.store(base + 1 * GB, tl.sum(tl.where(onehot, s1[:, None], 0.0), axis=0))
+        tl.store(base + 2 * GB, tl.sum(tl.where(onehot, s2[:, None], 0.0), axis=0))
+        tl.store(base + 3 * GB, tl.sum(tl.where(onehot, s3[:, None], 0.0), axis=0))
+        tl.store(base + 4 * GB, tl.sum(tl.where(onehot, s4[:, None], 0.0), axis=0))
+        tl.store(base + 5 * GB, tl.sum(tl.where(onehot, s5[:, None], 0.0), axis=0))
+        tl.store(base + 6 * GB, tl.sum(tl.where(onehot, s6[:, None], 0.0), axis=0))
+        tl.store(base + 7 * GB, tl.sum(tl.where(onehot, s7[:, None], 0.0), axis=0))
+        tl.store(base + 8 * GB, tl.sum(tl.where(onehot, s8[:, None], 0.0), axis=0))
+        tl.store(base + 9 * GB, tl.sum(tl.where(onehot, s9[:, None], 0.0), axis=0))
+        tl.debug_barrier()                                  # every thread's partials are written ...
+        ticket = tl.atomic_add(COUNTER, 1, sem="acq_rel")   # ... before this program is counted
+        if ticket == P * C - 1:
+            _coef_grad_last_program(PART, B, DA, DB, P, C, DG, G, A_STRIDE, B_STRIDE, PAPER, NCH, VEC, GB, GMAX,
+                                    BLOCK_P, RB)
+            tl.atomic_xchg(COUNTER, 0)                      # ready for the next backward
+
+
+@triton.jit
+def _coef_grad_last_program(PART, B, DA, DB, P, C, DG, G, A_STRIDE, B_STRIDE, PAPER: tl.constexpr,
+                            NCH: tl.constexpr, VEC: tl.constexpr, GB: tl.constexpr, GMAX: tl.constexpr,
+                            BLOCK_P: tl.constexpr, RB: tl.constexpr):
+    """Sum the partials PART[i, (c, k, slot)] over programs i (rows of R = C * 10 * GB values, BLOCK_P rows at a
+    time, in order), file each (c, k, slot) under coefficient k of group g_first(c) + slot, then write the gradients:
+    per group, or summed over groups for a shared coefficient row."""
+    R = C * 10 * GB
+    j = tl.arange(0, RB)
+    jm = j < R
+    colsum = tl.zeros([RB], dtype=tl.float32)
+    for p0 in range(0, P, BLOCK_P):
+        ps = p0 + tl.arange(0, BLOCK_P)
+        offs = ps.to(tl.int64)[:, None] * R + j[None, :]
+        colsum += tl.sum(tl.load(PART + offs, mask=(ps < P)[:, None] & jm[None, :], other=0.0,
+                                 cache_modifier=".cg"), axis=0)
+    c = j // (10 * GB)
+    k = (j // GB) % 10
+    g = (c * NCH * VEC) // DG + j % GB
+    valid = jm & (g < G)
+    t = tl.arange(0, 16 * GMAX)
+    acc = tl.sum(tl.where(((k * GMAX + g)[:, None] == t[None, :]) & valid[:, None], colsum[:, None], 0.0),
+                 axis=0)                                      # [k, group] flattened
+    acc2 = tl.reshape(acc, [16, GMAX])
+    kk = tl.arange(0, 16)[:, None]
+    gg = tl.arange(0, GMAX)[None, :]
+    total = tl.sum(acc2, axis=1)[:, None]                     # summed over groups: [16, 1]
+    # numerator a_k = rows 0..5 of acc2
+    if A_STRIDE == 0:
+        tl.store(DA + kk + 0 * gg, total.to(DA.dtype.element_ty), mask=(kk < 6) & (gg == 0))
+    else:
+        tl.store(DA + gg * 6 + kk, acc2.to(DA.dtype.element_ty), mask=(kk < 6) & (gg < G))
+    # denominator b_k = rows 6..9; released form: times sign(b), sign(0) = +1
+    kb = kk - 6
+    bmask = (kk >= 6) & (kk < 10)
+    if B_STRIDE == 0:
+        val = total + 0.0 * gg
+        rowmask = bmask & (gg == 0)
+        boffs = kb + 0 * gg
+    else:
+        val = acc2
+        rowmask = bmask & (gg < G)
+        boffs = gg * 4 + kb
+    if not PAPER:
+        bk = tl.load(B + boffs, mask=rowmask, other=0.0).to(tl.float32)
+        val = tl.where(bk < 0, -val, val)
+    tl.store(DB + boffs, val.to(DB.dtype.element_ty), mask=rowmask)
 
 
 @triton.jit
@@ -346,8 +459,9 @@ def _backward_settings(x_dtype: torch.dtype, dy_dtype: torch.dtype) -> tuple[str
     return name, settings(name), settings("group_rational.coef_grad")
 
 
-def _backward(x2, dy2, a, b, num_groups, paper, conf=None):
-    """dx (x's dtype), d numerator, d denominator (the coefficients' dtypes): two launches, no host reductions."""
+def _backward(x2, dy2, a, b, num_groups, paper, conf=None, y_dtype=None):
+    """dx (x's dtype), d numerator, d denominator (the coefficients' dtypes): two launches, no host reductions.
+    With ``y_dtype``, also F(x) in that dtype (computed anyway): returns (dx, da, db, y)."""
     M, D = x2.shape
     DG = D // num_groups
     name, cfg, cconf = conf or _backward_settings(x2.dtype, dy2.dtype)
@@ -360,17 +474,60 @@ def _backward(x2, dy2, a, b, num_groups, paper, conf=None):
     rows_per_program = _cdiv(_cdiv(M, programs), BLOCK_M) * BLOCK_M
     programs = _cdiv(M, rows_per_program)
     dx = torch.empty_like(x2)
-    part = torch.empty(programs, 10, D // VEC, dtype=torch.float32, device=x2.device)
+    y = None if y_dtype is None else torch.empty((M, D), dtype=y_dtype, device=x2.device)
+    reduce = cconf["reduce"]
+    NC = D // VEC
+    GB = GMAX = RB = 1
+    BLOCK_P = cconf["BLOCK_P"]
+    if reduce == "kernel":
+        part = torch.empty(programs, 10, NC, dtype=torch.float32, device=x2.device)
+        da, db, counter, mode = dx, dx, dx, 0
+    elif reduce == "atomic":
+        part, counter, mode = dx, dx, 2
+        GB = _next_pow2(_groups_per_block(NCH * VEC, DG, D))
+        flat = torch.zeros(a.numel() + b.numel(), dtype=torch.float32, device=x2.device)
+        da, db = flat[:a.numel()].view(a.shape), flat[a.numel():].view(b.shape)
+    elif reduce == "last_program":
+        GB = _next_pow2(_groups_per_block(NCH * VEC, DG, D))
+        GMAX = _next_pow2(num_groups)
+        RB = _next_pow2(col_blocks * 10 * GB)
+        BLOCK_P = max(1, min(cconf["BLOCK_P"] * 2, cconf["last_program_tile"] // RB))
+        part = torch.empty(programs * col_blocks * 10 * GB, dtype=torch.float32, device=x2.device)
+        da, db, counter, mode = torch.empty_like(a), torch.empty_like(b), _counter(x2.device), 1
+    else:
+        raise ValueError(f"group_rational: coef_grad reduce must be 'kernel', 'last_program' or 'atomic', "
+                         f"got {reduce!r}")
     launch(name, _group_rational_bwd_kernel, (programs, col_blocks),
-           x2, dy2, a, b, dx, part, M, D, DG, *_strides(a, b), rows_per_program,
-           PAPER=paper, BLOCK_M=BLOCK_M, NCH=NCH, VEC=VEC, PREFETCH=bool(cfg["prefetch"]), **compile_options(cfg))
-    da = torch.empty_like(a)
-    db = torch.empty_like(b)
-    per_row = (D // VEC) // min(a.shape[0], b.shape[0])
-    launch("group_rational.coef_grad", _group_rational_coef_grad_kernel, (10, max(a.shape[0], b.shape[0])),
-           part, b, da, db, programs, D // VEC, a.shape[0], b.shape[0], PAPER=paper, BLOCK_P=cconf["BLOCK_P"],
-           BLOCK_K=min(cconf["BLOCK_K"], _next_pow2(per_row)), **compile_options(cconf))
-    return dx, da, db
+           x2, dy2, a, b, dx, part, dx if y is None else y, da, db, counter, M, D, DG, num_groups, *_strides(a, b),
+           rows_per_program, PAPER=paper, BLOCK_M=BLOCK_M, NCH=NCH, VEC=VEC, PREFETCH=bool(cfg["prefetch"]),
+           STORE_Y=y is not None, REDUCE=mode, GB=GB, GMAX=GMAX, BLOCK_P=BLOCK_P, RB=RB, **compile_options(cfg))
+    if mode == 0:
+        da = torch.empty_like(a)
+        db = torch.empty_like(b)
+        per_row = NC // min(a.shape[0], b.shape[0])
+        launch("group_rational.coef_grad", _group_rational_coef_grad_kernel, (10, max(a.shape[0], b.shape[0])),
+               part, b, da, db, programs, NC, a.shape[0], b.shape[0], PAPER=paper, BLOCK_P=cconf["BLOCK_P"],
+               BLOCK_K=min(cconf["BLOCK_K"], _next_pow2(per_row)), **compile_options(cconf))
+    elif mode == 2:
+        da, db = da.to(a.dtype), db.to(b.dtype)
+    return (dx, da, db) if y is None else (dx, da, db, y)
+
+
+def _groups_per_block(block_cols: int, group_size: int, D: int) -> int:
+    """The most groups that one column block of block_cols columns touches."""
+    return max((min(c + block_cols, D) - 1) // group_size - c // group_size + 1 for c in range(0, D, block_cols))
+
+
+_counters: dict = {}
+
+
+def _counter(device: torch.device) -> torch.Tensor:
+    """A zeroed int32 counter per device and stream for the last-program reduction; the last program resets it."""
+    key = (device, torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0)
+    t = _counters.get(key)
+    if t is None:
+        t = _counters[key] = torch.zeros(1, dtype=torch.int32, device=device)
+    return t
 
 
 class GroupRationalFunction(torch.autograd.Function):

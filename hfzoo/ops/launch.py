@@ -125,7 +125,11 @@ DEFAULTS: dict[str, dict] = {
     # wider of x and dy): values per thread per row block, programs per SM (persistent over rows), max_chunk (columns
     # per chunk, the unit whose coefficients a thread holds once and whose sums stay in the thread; None = one
     # 16-byte load, 1 = single columns), prefetch (load the next row block before computing the current one).
-    # coef_grad: the tile [BLOCK_P programs, BLOCK_K chunks] with which the per-program partials are summed.
+    # coef_grad: how the coefficient gradients are summed over the backward's programs -- "kernel": partials per
+    # program and chunk, summed by a second kernel on [BLOCK_P programs, BLOCK_K chunks] tiles; "last_program": partials
+    # per program and group, summed in fixed order by the last program to finish (an atomic ticket; one launch, the
+    # same bits every run; it loads [BLOCK_P programs, all partials of a program] tiles of at most last_program_tile
+    # values); "atomic": atomic adds of each program's per-group sums (FlashKAT's scheme; order-dependent bits).
     "group_rational.fwd": {"bytes_per_thread": 32, "num_warps": 4,
                            "interpreted": {"bytes_per_thread": 64, "num_warps": 2}},
     "group_rational.bwd_fp32": {"values_per_thread": 8, "num_warps": 8, "programs_per_sm": 8, "max_chunk": None,
@@ -134,8 +138,41 @@ DEFAULTS: dict[str, dict] = {
     "group_rational.bwd_16bit": {"values_per_thread": 16, "num_warps": 4, "programs_per_sm": 8, "max_chunk": None,
                                  "prefetch": True,
                                  "interpreted": {"values_per_thread": 8, "num_warps": 4, "programs_per_sm": 2}},
-    "group_rational.coef_grad": {"BLOCK_P": 64, "BLOCK_K": 64, "num_warps": 8,
-                                 "interpreted": {"BLOCK_P": 4, "BLOCK_K": 4}},
+    "group_rational.coef_grad": {"reduce": "kernel", "BLOCK_P": 64, "BLOCK_K": 64, "last_program_tile": 8192,
+                                 "num_warps": 8,
+                                 "interpreted": {"BLOCK_P": 4, "BLOCK_K": 4, "last_program_tile": 64}},
+    # rational_linear.py: F(x) @ W^T with the group rational in the GEMM's prologue, autotuned (key N, K). fwd: output
+    # tiles BLOCK_M x BN0; fwd_wide (N <= max_n, KAT's fc2): one program covers all of N (BN0 + BN1 set by the op), so
+    # the prologue runs once per element. A K tile inside one group (BLOCK_K dividing the group size) loads its
+    # coefficients as scalars, otherwise per column. sm_90 (Triton 3.9 on the CPU, ints and pointers specialised as
+    # the JIT does, ptxas -v): every config below compiles without spills for KAT-S (fc1 K 384 -> N 1536: 119-244
+    # registers; fc2 1536 -> 384: 143-249); 128 x 384 with 32-column K tiles spills.
+    # fwd.fused: whether rational_linear() uses the fused forward (else the rational kernel + cuBLAS). mlp: which of
+    # grkan_mlp's two linears use the fused kernels, and whether fp32 matmuls do.
+    "rational_linear.fwd": {"fused": False, "configs": [
+        {"BLOCK_M": 128, "BN0": 256, "BLOCK_K": 16, "num_warps": 8, "num_stages": 3},
+        {"BLOCK_M": 128, "BN0": 128, "BLOCK_K": 16, "num_warps": 8, "num_stages": 4},
+        {"BLOCK_M": 128, "BN0": 256, "BLOCK_K": 32, "num_warps": 8, "num_stages": 3},
+        {"BLOCK_M": 128, "BN0": 128, "BLOCK_K": 32, "num_warps": 8, "num_stages": 4}],
+        "interpreted": {"configs": [{"BLOCK_M": 16, "BN0": 32, "BLOCK_K": 32}]}},
+    "rational_linear.fwd_wide": {"max_n": 512, "configs": [
+        {"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
+        {"BLOCK_M": 64, "BLOCK_K": 32, "num_warps": 8, "num_stages": 4},
+        {"BLOCK_M": 64, "BLOCK_K": 16, "num_warps": 8, "num_stages": 4},
+        {"BLOCK_M": 128, "BLOCK_K": 16, "num_warps": 8, "num_stages": 3}],
+        "interpreted": {"configs": [{"BLOCK_M": 16, "BLOCK_K": 16}]}},
+    # bwd: dF = dY @ W with the rational's backward in the epilogue (dF never written): tile BLOCK_M x BLOCK_K of dF
+    # over BLOCK_N-wide steps of the output features; BLOCK_K the largest power of two <= max_block_k dividing the
+    # group size if >= min_uniform_k (one group per tile: one partial per tile), else max_block_k (per-column
+    # partials). "fused": whether rational_linear's backward uses it (grkan_mlp: mlp.fuse_bwd_fc1 / _fc2).
+    "rational_linear.bwd": {"BLOCK_M": 64, "BLOCK_N": 64, "max_block_k": 64, "min_uniform_k": 32, "num_warps": 8,
+                            "num_stages": 3, "fused": False,
+                            "interpreted": {"BLOCK_M": 16, "BLOCK_N": 16, "max_block_k": 32, "min_uniform_k": 16}},
+    # Measured on the H200 (2026-12-01 night, benchmarks/NOTES.md): both fused kernels are slower than the rational
+    # kernel + cuBLAS at KAT-S's shapes (forward fc1 0.199 vs 0.072 ms, fc2 0.124 vs 0.086 ms; fused backward +0.15
+    # to +0.68 ms per MLP), so they are off by default: grkan_mlp runs the unfused kernels as one autograd node.
+    "rational_linear.mlp": {"fuse_fc1": False, "fuse_fc2": False, "fuse_bwd_fc1": False, "fuse_bwd_fc2": False,
+                            "fuse_fp32": False},
     # nearest_code.py: scores passes autotuned over these (key: power-of-two buckets of N and K, D and the pass's
     # switches). Every config compiles without spills in its loop (sm_90 SASS) and fits shared memory (227 KB);
     # 256-row tiles halve the codebook's L2 -> SM traffic (the codebook is re-read once per row block); OVERLAP
@@ -352,8 +389,8 @@ def count_launches():
     _scopes.append(scope)
     try:
         yield scope
-    finally:
-        _scopes.remove(scope)
+    finally:   # by identity: Counters with equal counts compare equal, and nested scopes often have them
+        del _scopes[next(i for i, s in enumerate(_scopes) if s is scope)]
 
 
 def _split_config(conf: dict):

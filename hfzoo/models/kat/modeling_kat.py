@@ -26,6 +26,7 @@ from ...layers.losses import classification_loss
 from ...layers.pretrained_model import HfzooPreTrainedModel
 from ...layers.vision import PatchEmbedding, resize_position_grid
 from ...ops.group_rational import RATIONAL_INITS, group_rational
+from ...ops.rational_linear import grkan_mlp
 from .configuration_kat import KATConfig
 
 # Square of the gain that keeps activations' variance through a rational initialized as this function
@@ -129,7 +130,14 @@ class KATAttention(nn.Module):
 
 
 class KATMLP(nn.Module):
-    """GR-KAN: rational(identity) -> fc1 -> rational(swish) -> fc2; or fc1 -> act -> fc2 for a plain ViT."""
+    """GR-KAN: rational(identity) -> fc1 -> rational(swish) -> fc2; or fc1 -> act -> fc2 for a plain ViT.
+
+    The GR-KAN form runs as one op (``hfzoo.ops.rational_linear.grkan_mlp``: one autograd node for the whole MLP;
+    the rational kernels and cuBLAS by default, the rational fused into the matmul's kernel on request) when its four
+    modules are the plain ones without hooks and no dropout is active; otherwise (an adapter such as peft's LoRA on
+    fc1/fc2, hooks, dropout in training) the modules run one by one. Parameters and state dicts are the same either
+    way.
+    """
 
     def __init__(self, config: KATConfig):
         super().__init__()
@@ -149,7 +157,19 @@ class KATMLP(nn.Module):
         else:
             self.act = ACT2FN[config.hidden_act]
 
+    def _fusable(self) -> bool:
+        fc1, fc2, act1, act2 = self.fc1, self.fc2, self.act1, self.act2
+        return (type(fc1) is nn.Linear and type(fc2) is nn.Linear and type(act1) is KATRational
+                and type(act2) is KATRational and not (self.training and self.dropout.p > 0)
+                and act1.denominator == act2.denominator and act1.num_groups == act2.num_groups
+                and not any(m._forward_hooks or m._forward_pre_hooks for m in (fc1, fc2, act1, act2, self.dropout)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kan and self._fusable():
+            a1, a2 = self.act1, self.act2
+            return grkan_mlp(x, a1.weight_numerator, a1.weight_denominator, self.fc1.weight, self.fc1.bias,
+                             a2.weight_numerator, a2.weight_denominator, self.fc2.weight, self.fc2.bias,
+                             num_groups=a1.num_groups, denominator_form=a1.denominator)
         if self.kan:
             x = self.fc1(self.dropout(self.act1(x)))
             x = self.act2(x)
