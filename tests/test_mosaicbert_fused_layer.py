@@ -7,7 +7,7 @@ from helpers import rel_err
 
 from hfzoo.layers.packing import Packing
 from hfzoo.models.mosaicbert import MosaicBertConfig, MosaicBertForMaskedLM, MosaicBertModel
-from hfzoo.models.mosaicbert.modeling_mosaicbert import padding_packing
+from hfzoo.models.mosaicbert.modeling_mosaicbert import indices_of, padding_packing
 from hfzoo.ops.dispatch import interpreter_enabled, use_backend
 from hfzoo.ops.launch import count_launches
 
@@ -143,8 +143,12 @@ def test_fused_dropout_backward_uses_the_forward_masks():
         assert numeric == pytest.approx(analytic, rel=2e-2), group
 
 
+@pytest.mark.parametrize("static", [True, False])
 @pytest.mark.parametrize("with_mask", [True, False])
-def test_padding_packing_matches_separate_reads(with_mask):
+def test_padding_packing_matches_separate_reads(with_mask, static, monkeypatch):
+    from hfzoo.models.mosaicbert import modeling_mosaicbert
+
+    monkeypatch.setattr(modeling_mosaicbert, "_NONZERO_STATIC", [static])   # False: the cumsum + scatter fallback
     g = torch.Generator().manual_seed(7)
     B, S = 5, 13
     lengths = torch.tensor([13, 0, 4, 9, 1])
@@ -161,6 +165,17 @@ def test_padding_packing_matches_separate_reads(with_mask):
     assert subset.tolist() == torch.nonzero(ref.pack(labelled)).flatten().tolist()
     none, no_pos, no_sub = padding_packing(mask, B, S, "cpu", torch.zeros(B, S, dtype=torch.bool))
     assert no_pos.numel() == 0 and no_sub.numel() == 0 and none.max_seqlen == ref.max_seqlen
+
+
+def test_indices_of_fallback_matches_nonzero(monkeypatch):
+    from hfzoo.models.mosaicbert import modeling_mosaicbert
+
+    g = torch.Generator().manual_seed(8)
+    for n in (0, 1, 17, 100):
+        flags = torch.rand(n, generator=g) < 0.3
+        for static in (True, False):
+            monkeypatch.setattr(modeling_mosaicbert, "_NONZERO_STATIC", [static])
+            assert indices_of(flags, int(flags.sum())).tolist() == torch.nonzero(flags).flatten().tolist()
 
 
 @pytest.mark.gpu

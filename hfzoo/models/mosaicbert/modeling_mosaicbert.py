@@ -201,6 +201,24 @@ class MosaicBertPooler(nn.Module):
 # Packing a padded batch with one host read
 
 
+_NONZERO_STATIC = [True]   # False once a device lacks torch.nonzero_static
+
+
+def indices_of(flags: torch.Tensor, count: int) -> torch.Tensor:
+    """``torch.nonzero(flags).flatten()`` of a 1-D bool tensor whose number of set entries (``count``) the caller
+    already read: no device sync. ``nonzero_static``, or a cumulative sum and a scatter where that is missing."""
+    if _NONZERO_STATIC[0]:
+        try:
+            return torch.nonzero_static(flags, size=count).flatten()
+        except (NotImplementedError, RuntimeError):
+            _NONZERO_STATIC[0] = False
+    slot = torch.cumsum(flags, 0) - 1                      # where each set entry goes
+    slot = torch.where(flags, slot, count)                 # the others: one spare slot past the end
+    out = torch.empty(count + 1, dtype=torch.long, device=flags.device)
+    out.scatter_(0, slot, torch.arange(flags.numel(), device=flags.device))
+    return out[:count]
+
+
 def padding_packing(attention_mask, batch: int, seqlen: int, device, labelled=None):
     """``(Packing, positions, subset_idx)`` of an ordinary padded batch (one document per row) with ONE host read.
 
@@ -218,7 +236,7 @@ def padding_packing(attention_mask, batch: int, seqlen: int, device, labelled=No
         if labelled is None:
             return packing, None, None
         flags = labelled.flatten()
-        positions = torch.nonzero_static(flags, size=int(flags.sum())).flatten()
+        positions = indices_of(flags, int(flags.sum()))
         return packing, positions, positions
     mask = attention_mask.bool()
     lengths = mask.sum(1, dtype=torch.int32)
@@ -228,13 +246,13 @@ def padding_packing(attention_mask, batch: int, seqlen: int, device, labelled=No
         parts.append(labelled.sum(dtype=torch.int32))
     counts = torch.stack(parts).tolist()      # the one host read
     flat = mask.flatten()
-    indices = torch.nonzero_static(flat, size=counts[0]).flatten()
+    indices = indices_of(flat, counts[0])
     packing = Packing(indices, cu, batch, seqlen, max_seqlen=counts[1])
     if labelled is None:
         return packing, None, None
     flags = labelled.flatten()
-    positions = torch.nonzero_static(flags, size=counts[2]).flatten()
-    subset_idx = torch.nonzero_static(flags.index_select(0, indices), size=counts[2]).flatten()
+    positions = indices_of(flags, counts[2])
+    subset_idx = indices_of(flags.index_select(0, indices), counts[2])
     return packing, positions, subset_idx
 
 
