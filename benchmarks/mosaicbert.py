@@ -9,7 +9,8 @@ Every MLM-step row comes with the step's GPU time (``kernel ms``: summed kernel 
 ``launches`` per step (kernels and copies the GPU ran), ``syncs`` per step (host waits on the stream) and the host
 anatomy of a step (``host fwd ms``, ``host bwd ms``: host time of forward and backward after a synchronisation;
 ``gpu tail ms``: how long the GPU still works once the backward call has returned). Contender ``hfzoo_modules``
-is hfzoo with each layer run module by module (``encoder.fused_layers = False``), the path before the fused layer.
+is hfzoo with each layer run module by module (``encoder.fused_layers = False``), the path before the fused layer;
+``hfzoo_resln`` is hfzoo with its dropout + residual + LayerNorm steps as Triton kernels (``fused_residual_ln``).
 
 Workload (as in ARCHITECTURE.md): bf16 weights, batch 32 x 512 with lengths uniform in 64..512 (about 45%
 padding), 30% of the real tokens masked; one step = forward + loss + backward (no optimizer).
@@ -67,6 +68,7 @@ def build(name):
                                intermediate_size=2048 if name == "hfzoo_ffn2048" else 3072)
         model = MosaicBertForMaskedLM(cfg)
         model.bert.encoder.fused_layers = name != "hfzoo_modules"
+        model.bert.encoder.fused_residual_ln = name == "hfzoo_resln"   # residual_layernorm kernels in the layers
     elif name == "hf_bert":
         cfg = BertConfig(vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=LAYERS, num_attention_heads=H,
                          intermediate_size=3072)
@@ -523,8 +525,10 @@ def rounds(n_rounds: int, names: list[str]):
 
 def main():
     gc.collect()
-    if sys.argv[1:2] == ["profile"]:   # `profile` or `profile nosweep`
-        profile(Path(os.environ.get("HFZOO_BENCH_OUT", "benchmarks/results")), sweep="nosweep" not in sys.argv)
+    if sys.argv[1:2] == ["profile"]:   # `profile [nosweep] [contender ...]`
+        names = [a for a in sys.argv[2:] if a != "nosweep"] or ["hfzoo", "hfzoo_modules", "hf_bert"]
+        profile(Path(os.environ.get("HFZOO_BENCH_OUT", "benchmarks/results")), names=names,
+                sweep="nosweep" not in sys.argv)
         return
     if sys.argv[1:2] == ["inventory"]:   # CPU or GPU: `inventory [cpu|cuda] [layers]`
         inventory(*(sys.argv[2:3] or ["cuda" if torch.cuda.is_available() else "cpu"]),

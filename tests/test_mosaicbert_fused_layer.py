@@ -32,9 +32,10 @@ def needs_interpreter():
         pytest.skip("needs TRITON_INTERPRET=1")
 
 
-def step(model, fused, **batch):
-    """(loss, output hidden grad_fn name, {name: grad}) of one MLM step on the Triton backend."""
+def step(model, fused, resln=False, **batch):
+    """(loss, {name: grad}) of one MLM step on the Triton backend."""
     model.bert.encoder.fused_layers = fused
+    model.bert.encoder.fused_residual_ln = resln
     model.zero_grad(set_to_none=True)
     with use_backend("triton"):
         out = model(**batch)
@@ -42,14 +43,17 @@ def step(model, fused, **batch):
     return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_fused_layers_match_module_path_loss_and_every_gradient():
+@pytest.mark.parametrize("resln", [False, True])
+def test_fused_layers_match_module_path_loss_and_every_gradient(resln):
     needs_interpreter()
     torch.manual_seed(0)
     model = MosaicBertForMaskedLM(tiny()).train()
     ids, mask, labels = mlm_batch([7, 21, 1, 13, 0], S=24)   # an empty row too
     batch = dict(input_ids=ids, attention_mask=mask, labels=labels)
     with count_launches() as n_fused:
-        loss_f, grads_f = step(model, True, **batch)
+        loss_f, grads_f = step(model, True, resln, **batch)
+    if resln:   # two residual LayerNorms per layer each way
+        assert n_fused["residual_ln.fwd"] == n_fused["residual_ln.bwd"] == 4
     with count_launches() as n_mod:
         loss_m, grads_m = step(model, False, **batch)
     # both paths ran the attention and GeGLU kernels once per layer each way
@@ -115,7 +119,8 @@ def _loss_at(model, batch, state, direction, eps):
     return loss
 
 
-def test_fused_dropout_backward_uses_the_forward_masks():
+@pytest.mark.parametrize("resln", [False, True])
+def test_fused_dropout_backward_uses_the_forward_masks(resln):
     """With both dropouts on, the gradient along a random direction in each weight group of the layers agrees with a
     central difference of the loss taken under the same RNG state (same masks): a backward that redrew either mask
     would not (a GeGLU backward with another seed misses by 2-10x here)."""
@@ -124,6 +129,7 @@ def test_fused_dropout_backward_uses_the_forward_masks():
     # initializer_range 0.2: the layers' weights matter enough to the loss for a float32 difference to resolve them
     model = MosaicBertForMaskedLM(tiny(hidden_dropout_prob=0.3, initializer_range=0.2)).train()
     model.bert.embeddings.dropout.p = 0.0   # only the layers' dropouts (the fused ones) are tested here
+    model.bert.encoder.fused_residual_ln = resln
     ids, mask, labels = mlm_batch([9, 16, 4], S=16, seed=5, rate=0.6)
     batch = dict(input_ids=ids, attention_mask=mask, labels=labels)
     state = torch.get_rng_state()
@@ -196,6 +202,16 @@ def test_gpu_fused_layers_match_module_path_bf16_with_dropout():
     assert abs(loss_f.item() - loss_m.item()) < 1e-2 * abs(loss_m.item())
     for name in grads_m:
         assert rel_err(grads_f[name], grads_m[name]) < 3e-2, name
+    # the residual-LayerNorm kernels draw the hidden dropout's mask from their own Philox stream: compare without it
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    for layer in model.bert.encoder.layer:
+        layer.mlp.dropout.p = 0.0
+    (loss_r, grads_r), (loss_m, grads_m) = step(model, True, True, **batch), step(model, False, **batch)
+    assert abs(loss_r.item() - loss_m.item()) < 1e-2 * abs(loss_m.item())
+    for name in grads_m:
+        assert rel_err(grads_r[name], grads_m[name]) < 3e-2, name
 
 
 @pytest.mark.gpu

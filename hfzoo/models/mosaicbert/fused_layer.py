@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from ...ops.geglu import geglu_backward, geglu_forward
+from ...ops.residual_layernorm import residual_layernorm_backward, residual_layernorm_forward
 from ...ops.varlen_alibi_attention import _backward as _attention_backward
 from ...ops.varlen_alibi_attention import _forward as _attention_forward
 
@@ -39,7 +40,7 @@ class MosaicBertLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, wqkv, bqkv, wd, bd, ln1w, ln1b, wg, wo, bo, ln2w, ln2b, meta):
-        cu, max_seqlen, slopes, subset, heads, p, p_mlp, eps1, eps2 = meta
+        cu, max_seqlen, slopes, subset, heads, p, p_mlp, eps1, eps2, resln = meta
         T, hidden = x.shape
         head_dim = hidden // heads
         scale = head_dim ** -0.5
@@ -52,6 +53,18 @@ class MosaicBertLayerFunction(torch.autograd.Function):
         else:
             o_s, x_s = o2, x
         d = torch.addmm(bd, o_s, wd.t())
+        if resln:   # dropout + residual + LayerNorm as one kernel each (residual_layernorm.py)
+            seed1 = int(torch.randint(0, 2 ** 31 - 1, ())) if p > 0 else 0
+            a, r1, mean1, rstd1 = residual_layernorm_forward(d, x_s.contiguous(), ln1w, ln1b, eps1, p, seed1)
+            seed = int(torch.randint(0, 2 ** 31 - 1, ())) if p_mlp > 0 else 0
+            g = torch.mm(a, wg.t())
+            y = geglu_forward(g, p_mlp, seed)
+            out, r2, mean2, rstd2 = residual_layernorm_forward(torch.addmm(bo, y, wo.t()), a, ln2w, ln2b, eps2,
+                                                               0.0, 0)
+            ctx.save_for_backward(x, wqkv, wd, ln1w, ln1b, wg, wo, ln2w, ln2b, qkv, o, lse, r1, mean1, rstd1,
+                                  a, g, y, r2, mean2, rstd2)
+            ctx.meta, ctx.seed, ctx.seed1 = meta, seed, seed1
+            return out
         mask = None
         if p > 0:
             d, mask = torch.native_dropout(d, p, True)
@@ -70,13 +83,13 @@ class MosaicBertLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
+        if ctx.meta[-1]:   # residual_ln
+            return _backward_resln(ctx, dout)
         (x, wqkv, wd, ln1w, ln1b, wg, wo, ln2w, ln2b, qkv, o, lse, mask, r1, mean1, rstd1,
          a, g, y, r2, mean2, rstd2) = ctx.saved_tensors
-        cu, max_seqlen, slopes, subset, heads, p, p_mlp, eps1, eps2 = ctx.meta
-        seed = ctx.seed
+        p, p_mlp, seed = ctx.meta[5], ctx.meta[6], ctx.seed
         need = ctx.needs_input_grad
-        T, hidden = x.shape
-        head_dim = hidden // heads
+        hidden = x.shape[1]
         dx = dwqkv = dbqkv = dwd = dbd = dln1w = dln1b = dwg = dwo = dbo = dln2w = dln2b = None
 
         # second sub-block: LN2(r2), r2 = a + Wo(GeGLU(a Wg)) + bo
@@ -97,35 +110,70 @@ class MosaicBertLayerFunction(torch.autograd.Function):
         dd = _dropout_backward(dr1, mask, 1.0 / (1.0 - p)) if mask is not None else dr1
         if need[4]:
             dbd = dd.sum(0)
-        o2 = o.view(T, hidden)
-        if need[3]:
-            dwd = dd.t().mm(o2.index_select(0, subset) if subset is not None else o2)
-        do = dd.mm(wd)
-        if subset is not None:
-            do = do.new_zeros(T, hidden).index_copy_(0, subset, do)
-        dqkv = torch.empty(T, 3, heads, head_dim, dtype=qkv.dtype, device=qkv.device)
-        q4 = qkv.view(T, 3, heads, head_dim)
-        _attention_backward(q4[:, 0], q4[:, 1], q4[:, 2], o, lse, do.view(T, heads, head_dim), dqkv, cu, max_seqlen,
-                            slopes, head_dim ** -0.5)
-        dqkv2 = dqkv.view(T, 3 * hidden)
-        if need[2]:
-            dbqkv = dqkv2.sum(0)
-        if need[1]:
-            dwqkv = dqkv2.t().mm(x)
-        if need[0]:
-            if subset is not None:
-                dx = dqkv2.mm(wqkv).index_add_(0, subset, dr1)
-            else:
-                dx = torch.addmm(dr1, dqkv2, wqkv)         # the residual's gradient folded into the GEMM
+        dx, dwqkv, dbqkv, dwd = _attention_and_input_grads(ctx, dd, x, wqkv, wd, qkv, o, lse, dr1)
         return dx, dwqkv, dbqkv, dwd, dbd, dln1w, dln1b, dwg, dwo, dbo, dln2w, dln2b, None
 
 
-def fused_layer(layer, hidden_states, cu_seqlens, max_seqlen: int, slopes, subset_idx=None):
-    """Run ``MosaicBertLayer`` ``layer`` as one node (see the module docstring); its dropout is on in training."""
+def _attention_and_input_grads(ctx, dd, x, wqkv, wd, qkv, o, lse, dr1):
+    """The shared tail of both backwards: dense, attention and QKV projection gradients, and x's gradient."""
+    cu, max_seqlen, slopes, subset, heads = ctx.meta[:5]
+    need = ctx.needs_input_grad
+    T, hidden = x.shape
+    head_dim = hidden // heads
+    dwd = dwqkv = dbqkv = dx = None
+    o2 = o.view(T, hidden)
+    if need[3]:
+        dwd = dd.t().mm(o2.index_select(0, subset) if subset is not None else o2)
+    do = dd.mm(wd)
+    if subset is not None:
+        do = do.new_zeros(T, hidden).index_copy_(0, subset, do)
+    dqkv = torch.empty(T, 3, heads, head_dim, dtype=qkv.dtype, device=qkv.device)
+    q4 = qkv.view(T, 3, heads, head_dim)
+    _attention_backward(q4[:, 0], q4[:, 1], q4[:, 2], o, lse, do.view(T, heads, head_dim), dqkv, cu, max_seqlen,
+                        slopes, head_dim ** -0.5)
+    dqkv2 = dqkv.view(T, 3 * hidden)
+    if need[2]:
+        dbqkv = dqkv2.sum(0)
+    if need[1]:
+        dwqkv = dqkv2.t().mm(x)
+    if need[0]:
+        if subset is not None:
+            dx = dqkv2.mm(wqkv).index_add_(0, subset, dr1)
+        else:
+            dx = torch.addmm(dr1, dqkv2, wqkv)         # the residual's gradient folded into the GEMM
+    return dx, dwqkv, dbqkv, dwd
+
+
+def _backward_resln(ctx, dout):
+    (x, wqkv, wd, ln1w, ln1b, wg, wo, ln2w, ln2b, qkv, o, lse, r1, mean1, rstd1,
+     a, g, y, r2, mean2, rstd2) = ctx.saved_tensors
+    p, p_mlp = ctx.meta[5], ctx.meta[6]
+    need = ctx.needs_input_grad
+    dwg = dwo = None
+    # LN2(f + a): dr2 is the gradient of both f = Wo(...) + bo and the residual a; its column sum is bo's gradient
+    dr2, _, dln2w, dln2b, dbo = residual_layernorm_backward(dout.contiguous(), r2, ln2w, mean2, rstd2, 0.0, 0,
+                                                            ln2w.dtype)
+    if need[8]:
+        dwo = dr2.t().mm(y)
+    dg = geglu_backward(g, dr2.mm(wo), p_mlp, ctx.seed)
+    if need[7]:
+        dwg = dg.t().mm(a)
+    da = torch.addmm(dr2, dg, wg)
+    # LN1(Dropout(d) + x): dr1 for the residual, dd for d through the mask, dbd = dd's column sum
+    dr1, dd, dln1w, dln1b, dbd = residual_layernorm_backward(da, r1, ln1w, mean1, rstd1, p, ctx.seed1, ln1w.dtype)
+    dx, dwqkv, dbqkv, dwd = _attention_and_input_grads(ctx, dd, x, wqkv, wd, qkv, o, lse, dr1)
+    return (dx, dwqkv, dbqkv, dwd, dbd if need[4] else None, dln1w if need[5] else None, dln1b if need[6] else None,
+            dwg, dwo, dbo if need[9] else None, dln2w if need[10] else None, dln2b if need[11] else None, None)
+
+
+def fused_layer(layer, hidden_states, cu_seqlens, max_seqlen: int, slopes, subset_idx=None,
+                residual_ln: bool = False):
+    """Run ``MosaicBertLayer`` ``layer`` as one node (see the module docstring); its dropout is on in training.
+    ``residual_ln``: each dropout + residual + LayerNorm as one Triton kernel each way (``residual_layernorm.py``)."""
     attn, mlp = layer.attention, layer.mlp
     p, p_mlp = (float(attn.output.dropout.p), float(mlp.dropout.p)) if layer.training else (0.0, 0.0)
     meta = (cu_seqlens, max_seqlen, slopes, subset_idx, attn.self.num_heads, p, p_mlp,
-            attn.output.LayerNorm.eps, mlp.layernorm.eps)
+            attn.output.LayerNorm.eps, mlp.layernorm.eps, residual_ln)
     args = (hidden_states, attn.self.Wqkv.weight, attn.self.Wqkv.bias, attn.output.dense.weight,
             attn.output.dense.bias, attn.output.LayerNorm.weight, attn.output.LayerNorm.bias,
             mlp.gated_layers.weight, mlp.wo.weight, mlp.wo.bias, mlp.layernorm.weight, mlp.layernorm.bias, meta)

@@ -135,9 +135,9 @@ class MosaicBertLayer(GradientCheckpointingLayer):
         self.mlp = MosaicBertGatedMLP(config)
 
     def forward(self, hidden_states, cu_seqlens, slopes, max_seqlen: int = 0, subset_idx=None,
-                fused: bool = False) -> torch.Tensor:
+                fused: bool | str = False) -> torch.Tensor:
         if fused:  # the Triton path as one autograd node (fused_layer.py); the encoder checked that it can run
-            return fused_layer(self, hidden_states, cu_seqlens, max_seqlen, slopes, subset_idx)
+            return fused_layer(self, hidden_states, cu_seqlens, max_seqlen, slopes, subset_idx, fused == "resln")
         return self.mlp(self.attention(hidden_states, cu_seqlens, max_seqlen, slopes, subset_idx))
 
 
@@ -150,6 +150,7 @@ class MosaicBertEncoder(nn.Module):
         self.layer = nn.ModuleList([MosaicBertLayer(config) for _ in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
         self.fused_layers = True
+        self.fused_residual_ln = False   # fused layers: dropout + residual + LayerNorm as one Triton kernel each way
 
     def fused_path_ok(self, hidden_states: torch.Tensor) -> bool:
         """Whether the layers can run as fused nodes: the Triton backend is chosen for ``hidden_states`` (as each op
@@ -176,6 +177,8 @@ class MosaicBertEncoder(nn.Module):
         all_states = [hidden_states] if output_hidden_states else None
         last = len(self.layer) - 1
         fused = self.fused_path_ok(hidden_states)
+        if fused and self.fused_residual_ln:
+            fused = "resln"
         if fused:
             cu_seqlens = cu_seqlens.to(device=hidden_states.device, dtype=torch.int32).contiguous()
             slopes = slopes.to(device=hidden_states.device, dtype=torch.float32).contiguous()
