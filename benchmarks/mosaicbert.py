@@ -507,7 +507,8 @@ def rounds(n_rounds: int, names: list[str]):
             res.add(case, name, "ms", ms, round=r)
             res.add(case, name, "tokens/s", real / ms * 1e3, round=r)
             res.add(case, name, "GB", torch.cuda.max_memory_allocated() / 1e9, round=r)
-            step_rows(res, case, name, model, batch, step, round=r)
+            if r == 1 or os.environ.get("HFZOO_BENCH_ROUND_PROFILES") == "all":
+                step_rows(res, case, name, model, batch, step, round=r)
             for p in model.parameters():
                 p.grad = None
             model.eval()

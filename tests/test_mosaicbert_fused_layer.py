@@ -233,4 +233,4 @@ def test_gpu_mlm_forward_reads_the_device_once():
         finally:
             torch.cuda.set_sync_debug_mode("default")
     syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message).lower()]
-    assert len(syncs) == 1, syncs
+    assert len(syncs) == 1, (syncs, [str(w.message)[:200] for w in caught])
