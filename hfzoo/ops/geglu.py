@@ -86,7 +86,7 @@ def _geglu_bwd_kernel(X, DY, DX, seed, p, I: tl.constexpr, DROPOUT: tl.constexpr
 
 def _launch(name, kernel, rows, I, *args, dropout: bool):
     conf = settings(name)
-    launch(name, kernel, (rows, triton.cdiv(I, conf["BLOCK"])), *args, configs=[conf], I=I, DROPOUT=dropout)
+    launch(name, kernel, (rows, -(-I // conf["BLOCK"])), *args, configs=[conf], I=I, DROPOUT=dropout)
 
 
 def geglu_forward(x2: torch.Tensor, dropout_p: float, seed: int) -> torch.Tensor:
