@@ -88,6 +88,39 @@ def test_fused_path_is_one_node_per_layer_and_falls_back_where_it_cannot_run():
         assert not model.encoder.fused_path_ok(torch.zeros(0, 48))
 
 
+def test_wrapped_or_hooked_submodules_take_the_module_path():
+    """The fused node reads the layers' parameters directly: a replaced projection (an adapter, a quantised linear)
+    or a hook on a submodule must not be skipped silently."""
+    needs_interpreter()
+    torch.manual_seed(3)
+    model = MosaicBertModel(tiny(), add_pooling_layer=False).eval()
+    x = torch.zeros(3, 48)
+    with use_backend("triton"):
+        assert model.encoder.fused_path_ok(x)
+
+        class Scaled(torch.nn.Linear):   # stands in for an adapter-wrapped projection
+            def forward(self, h):
+                return 2 * super().forward(h)
+        old = model.encoder.layer[1].mlp.wo
+        model.encoder.layer[1].mlp.wo = Scaled(old.in_features, old.out_features)
+        assert not model.encoder.fused_path_ok(x)
+        model.encoder.layer[1].mlp.wo = old
+        ids, mask, _ = mlm_batch([5, 8], S=8)
+        with torch.no_grad():
+            plain = model.encode(ids, mask).hidden
+            handle = model.encoder.layer[0].attention.self.Wqkv.register_forward_hook(lambda m, i, o: o * 0)
+            assert not model.encoder.fused_path_ok(x)
+            hooked = model.encode(ids, mask).hidden
+        assert rel_err(hooked, plain) > 1e-2   # the hook ran
+        handle.remove()
+        assert model.encoder.fused_path_ok(x)
+        handle = torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: None)
+        try:
+            assert not model.encoder.fused_path_ok(x)
+        finally:
+            handle.remove()
+
+
 def test_fused_layers_with_hidden_states_and_inference_match_module_path():
     needs_interpreter()
     torch.manual_seed(2)

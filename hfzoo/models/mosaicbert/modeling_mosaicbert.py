@@ -141,6 +141,31 @@ class MosaicBertLayer(GradientCheckpointingLayer):
         return self.mlp(self.attention(hidden_states, cu_seqlens, max_seqlen, slopes, subset_idx))
 
 
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks")
+
+
+def _plain_layer(layer) -> bool:
+    """Whether ``layer`` is as built: plain ``nn.Linear`` / ``nn.LayerNorm`` / ``nn.Dropout`` submodules with no hooks
+    (the fused node reads their parameters directly, so a wrapped projection -- a LoRA adapter, a quantised linear
+    -- or a hook on a submodule must take the module path), and no module hooks registered globally."""
+    import torch.nn.modules.module as module_mod
+
+    if any(getattr(module_mod, name, None) for name in _GLOBAL_HOOKS):
+        return False
+    attn, out, mlp = layer.attention.self, layer.attention.output, layer.mlp
+    for m, kind in ((attn.Wqkv, nn.Linear), (out.dense, nn.Linear), (out.LayerNorm, nn.LayerNorm),
+                    (out.dropout, nn.Dropout), (mlp.gated_layers, nn.Linear), (mlp.wo, nn.Linear),
+                    (mlp.layernorm, nn.LayerNorm), (mlp.dropout, nn.Dropout), (attn, MosaicBertSelfAttention),
+                    (out, MosaicBertSelfOutput), (layer.attention, MosaicBertAttention), (mlp, MosaicBertGatedMLP)):
+        if type(m) is not kind or m._forward_hooks or m._forward_pre_hooks or m._backward_hooks \
+                or m._backward_pre_hooks:
+            return False
+    return (attn.Wqkv.bias is not None and out.dense.bias is not None and mlp.wo.bias is not None
+            and mlp.gated_layers.bias is None and out.LayerNorm.weight is not None and out.LayerNorm.bias is not None
+            and mlp.layernorm.weight is not None and mlp.layernorm.bias is not None)
+
+
 class MosaicBertEncoder(nn.Module):
     """The layers. Where the Triton kernels run, each layer runs as one autograd node (``fused_layer.py``: same
     kernels and numerics, a fraction of the host time); ``fused_layers = False`` keeps the per-module path."""
@@ -156,7 +181,7 @@ class MosaicBertEncoder(nn.Module):
         """Whether the layers can run as fused nodes: the Triton backend is chosen for ``hidden_states`` (as each op
         would choose it, so forcing ``"triton"`` where it cannot run still raises), the kernels take its dtype, no
         autocast (the module path applies autocast's per-op casts), no attention dropout in training (the kernels
-        have none), and at least one token."""
+        have none), at least one token, and every layer as built (``_plain_layer``: no adapters, no hooks)."""
         if not self.fused_layers or hidden_states.shape[0] == 0 or hidden_states.dim() != 2:
             return False
         if torch.is_autocast_enabled(hidden_states.device.type):
@@ -170,7 +195,9 @@ class MosaicBertEncoder(nn.Module):
             problem = f"head_dim {head_dim} is larger than the kernels' 256"
         if problem is not None:
             return False   # the module path's ops report a forced backend that cannot run
-        return resolve_backend(hidden_states, op="MosaicBertEncoder") == "triton"
+        if resolve_backend(hidden_states, op="MosaicBertEncoder") != "triton":
+            return False
+        return all(_plain_layer(layer) for layer in self.layer)
 
     def forward(self, hidden_states, cu_seqlens, max_seqlen: int, slopes, subset_idx=None,
                 output_hidden_states: bool = False):
