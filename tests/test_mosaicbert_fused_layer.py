@@ -66,6 +66,46 @@ def test_fused_layers_match_module_path_loss_and_every_gradient(resln):
         assert rel_err(grads_f[name], grads_m[name]) < 1e-4, name
 
 
+def test_fused_layers_with_frozen_weights_and_gradient_checkpointing():
+    """Frozen parameters get no gradient (and the rest the module path's); with gradient checkpointing, dropout on,
+    the recomputed layers redraw the same masks: gradients equal a run without checkpointing."""
+    needs_interpreter()
+    torch.manual_seed(5)
+    model = MosaicBertForMaskedLM(tiny(hidden_dropout_prob=0.2)).train()
+    ids, mask, labels = mlm_batch([12, 5, 9], S=12, seed=6)
+    batch = dict(input_ids=ids, attention_mask=mask, labels=labels)
+    frozen = [model.bert.encoder.layer[0].attention.self.Wqkv.weight, model.bert.encoder.layer[1].mlp.layernorm.bias,
+              model.bert.encoder.layer[1].mlp.wo.weight]
+    for p in frozen:
+        p.requires_grad_(False)
+    torch.manual_seed(7)
+    _, plain = step(model, True, **batch)
+    assert all(p.grad is None for p in frozen) and len(plain) == sum(p.requires_grad for p in model.parameters())
+    from hfzoo.models.mosaicbert.fused_layer import MosaicBertLayerFunction
+
+    calls = []
+    forward = MosaicBertLayerFunction.forward
+    model.gradient_checkpointing_enable()
+    torch.manual_seed(7)
+    try:
+        MosaicBertLayerFunction.forward = staticmethod(lambda *a: (calls.append(1), forward(*a))[1])
+        _, checkpointed = step(model, True, **batch)
+    finally:
+        MosaicBertLayerFunction.forward = staticmethod(forward)
+        model.gradient_checkpointing_disable()
+    assert len(calls) == 2 * 2   # each of the 2 layers ran again in the backward
+    for name in plain:
+        assert rel_err(checkpointed[name], plain[name]) < 1e-5, name
+    model.bert.embeddings.dropout.p = 0.0
+    for m in model.modules():   # without dropout the module path must agree too
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    _, fused = step(model, True, **batch)
+    _, modules = step(model, False, **batch)
+    for name in modules:
+        assert rel_err(fused[name], modules[name]) < 1e-4, name
+
+
 def test_fused_path_is_one_node_per_layer_and_falls_back_where_it_cannot_run():
     needs_interpreter()
     torch.manual_seed(1)
