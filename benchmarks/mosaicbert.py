@@ -172,7 +172,8 @@ def bench_models(res, lengths, batch):
     case = f"mlm step B{B} S{S} len{LO}-{HI} bf16"
     infer_case = f"infer encoder B{B} S{S} len{LO}-{HI} bf16"
     print(f"real tokens {real} of {B * S} ({100 * (1 - real / (B * S)):.0f}% padding)")
-    names = ["hfzoo", "hfzoo_ffn2048", "hf_bert", "modernbert", "modernbert_sparse"]
+    # hfzoo_modules (layers module by module) and hfzoo_resln (residual-LayerNorm kernels) measure two options of hfzoo
+    names = ["hfzoo", "hfzoo_modules", "hfzoo_resln", "hfzoo_ffn2048", "hf_bert", "modernbert", "modernbert_sparse"]
     if importlib.util.find_spec("flash_attn") is not None:
         names.append("modernbert_fa2")
     else:
@@ -192,7 +193,7 @@ def bench_models(res, lengths, batch):
         res.add(case, name, "ms", ms)
         res.add(case, name, "tokens/s", real / ms * 1e3)
         res.add(case, name, "GB", torch.cuda.max_memory_allocated() / 1e9)
-        if name in ("hfzoo", "hf_bert", "hfzoo_modules"):
+        if name in ("hfzoo", "hf_bert", "hfzoo_modules", "hfzoo_resln"):
             step_rows(res, case, name, model, batch, step)
         if name != "modernbert_sparse":  # same encoder as modernbert
             for p in model.parameters():
