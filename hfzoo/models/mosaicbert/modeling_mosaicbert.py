@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _module_mod
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
@@ -152,22 +153,30 @@ _GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_
 def _plain_layer(layer) -> bool:
     """Whether ``layer`` is as built: plain ``nn.Linear`` / ``nn.LayerNorm`` / ``nn.Dropout`` submodules with no hooks
     (the fused node reads their parameters directly, so a wrapped projection -- a LoRA adapter, a quantised linear
-    -- or a hook on a submodule must take the module path), and no module hooks registered globally."""
-    import torch.nn.modules.module as module_mod
-
-    if any(getattr(module_mod, name, None) for name in _GLOBAL_HOOKS):
+    -- or a hook on a submodule must take the module path), and no module hooks registered globally. Reads the
+    module dicts directly (``nn.Module.__getattr__`` per lookup would cost more host time than the check is worth)."""
+    if any(getattr(_module_mod, name, None) for name in _GLOBAL_HOOKS):
         return False
-    attn, out, mlp = layer.attention.self, layer.attention.output, layer.mlp
-    for m, kind in ((attn.Wqkv, nn.Linear), (out.dense, nn.Linear), (out.LayerNorm, nn.LayerNorm),
-                    (out.dropout, nn.Dropout), (mlp.gated_layers, nn.Linear), (mlp.wo, nn.Linear),
-                    (mlp.layernorm, nn.LayerNorm), (mlp.dropout, nn.Dropout), (attn, MosaicBertSelfAttention),
-                    (out, MosaicBertSelfOutput), (layer.attention, MosaicBertAttention), (mlp, MosaicBertGatedMLP)):
+    try:
+        attention = layer._modules["attention"]
+        attn, out, mlp = attention._modules["self"], attention._modules["output"], layer._modules["mlp"]
+        wqkv, dense, ln1, drop1 = (attn._modules["Wqkv"], out._modules["dense"], out._modules["LayerNorm"],
+                                   out._modules["dropout"])
+        gated, wo, ln2, drop2 = (mlp._modules["gated_layers"], mlp._modules["wo"], mlp._modules["layernorm"],
+                                 mlp._modules["dropout"])
+    except KeyError:
+        return False
+    for m, kind in ((wqkv, nn.Linear), (dense, nn.Linear), (ln1, nn.LayerNorm), (drop1, nn.Dropout),
+                    (gated, nn.Linear), (wo, nn.Linear), (ln2, nn.LayerNorm), (drop2, nn.Dropout),
+                    (attn, MosaicBertSelfAttention), (out, MosaicBertSelfOutput), (attention, MosaicBertAttention),
+                    (mlp, MosaicBertGatedMLP)):
         if type(m) is not kind or m._forward_hooks or m._forward_pre_hooks or m._backward_hooks \
                 or m._backward_pre_hooks:
             return False
-    return (attn.Wqkv.bias is not None and out.dense.bias is not None and mlp.wo.bias is not None
-            and mlp.gated_layers.bias is None and out.LayerNorm.weight is not None and out.LayerNorm.bias is not None
-            and mlp.layernorm.weight is not None and mlp.layernorm.bias is not None)
+    p = lambda m, name: m._parameters.get(name)   # noqa: E731
+    return (p(wqkv, "bias") is not None and p(dense, "bias") is not None and p(wo, "bias") is not None
+            and p(gated, "bias") is None and p(ln1, "weight") is not None and p(ln1, "bias") is not None
+            and p(ln2, "weight") is not None and p(ln2, "bias") is not None)
 
 
 class MosaicBertEncoder(nn.Module):
