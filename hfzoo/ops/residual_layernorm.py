@@ -20,13 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from .dispatch import apply_function
-from .launch import launch, persistent_grid
+from .launch import is_interpreted, launch, persistent_grid
 from .triton_shim import tl, triton
 from .validate import check_tensor, kernel_dtype_problem, pick_backend
 
 _FWD_CONFIG = [{"num_warps": 4}]
-_BWD_CONFIG = [{"num_warps": 4}]
-_BWD_PROGRAMS_PER_SM = 4
+_BWD_CONFIG = [{"num_warps": 8}]   # ROWS x BLOCK_H tiles: 8 warps keep the values per thread low
+_BWD_PROGRAMS_PER_SM = 4   # persistent backward: programs per SM, each walking blocks of _BWD_ROWS rows
+_BWD_ROWS = 4               # (2 under the interpreter, so tests cross block and grid edges)
 
 
 def residual_layernorm_reference(x, residual, weight, bias, eps: float = 1e-12, dropout_p: float = 0.0):
@@ -72,42 +73,47 @@ def _res_ln_fwd_kernel(X, R, W, B, Y, Z, MEAN, RSTD, eps, p, seed, H: tl.constex
 
 @triton.jit(do_not_specialize=["seed", "N"])
 def _res_ln_bwd_kernel(DY, Z, W, MEAN, RSTD, DZ, DX, PART, N, p, seed, H: tl.constexpr, BLOCK_H: tl.constexpr,
-                       DROPOUT: tl.constexpr):
+                       ROWS: tl.constexpr, DROPOUT: tl.constexpr):
+    # Persistent: program pid walks row blocks pid, pid + programs, ... of ROWS rows each (ROWS rows in flight per
+    # step: more independent loads and reductions per program than one row at a time).
     pid = tl.program_id(0)
     programs = tl.num_programs(0)
     cols = tl.arange(0, BLOCK_H)
-    mask = cols < H
-    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    cmask = cols < H
+    w = tl.load(W + cols, mask=cmask, other=0.0).to(tl.float32)
     dw = tl.zeros([BLOCK_H], dtype=tl.float32)
     db = tl.zeros([BLOCK_H], dtype=tl.float32)
     dbias = tl.zeros([BLOCK_H], dtype=tl.float32)
-    for r in range(pid, N, programs):
-        row = tl.cast(r, tl.int64)
-        dy = tl.load(DY + row * H + cols, mask=mask, other=0.0).to(tl.float32)
-        z = tl.load(Z + row * H + cols, mask=mask, other=0.0).to(tl.float32)
-        mean = tl.load(MEAN + row)
-        rstd = tl.load(RSTD + row)
-        zhat = tl.where(mask, (z - mean) * rstd, 0.0)
-        wdy = w * dy
-        c1 = tl.sum(zhat * wdy, 0) / H
-        c2 = tl.sum(wdy, 0) / H
-        dz = (wdy - (zhat * c1 + c2)) * rstd
+    for blk in range(pid, tl.cdiv(N, ROWS), programs):
+        rows = (blk * ROWS + tl.arange(0, ROWS)).to(tl.int64)
+        rmask = rows < N
+        mask = rmask[:, None] & cmask[None, :]
+        offs = rows[:, None] * H + cols[None, :]
+        dy = tl.load(DY + offs, mask=mask, other=0.0).to(tl.float32)
+        z = tl.load(Z + offs, mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(MEAN + rows, mask=rmask, other=0.0)
+        rstd = tl.load(RSTD + rows, mask=rmask, other=0.0)
+        zhat = tl.where(mask, (z - mean[:, None]) * rstd[:, None], 0.0)
+        wdy = w[None, :] * dy
+        c1 = tl.sum(zhat * wdy, 1) / H
+        c2 = tl.sum(wdy, 1) / H
+        dz = (wdy - (zhat * c1[:, None] + c2[:, None])) * rstd[:, None]
         dz_out = dz.to(DZ.dtype.element_ty)
-        tl.store(DZ + row * H + cols, dz_out, mask=mask)
+        tl.store(DZ + offs, dz_out, mask=mask)
         dx = dz_out.to(tl.float32)
         if DROPOUT:
-            keep = tl.rand(seed, row * H + cols) >= p
+            keep = tl.rand(seed, offs) >= p
             dx = tl.where(keep, dx / (1.0 - p), 0.0)
             dx_out = dx.to(DX.dtype.element_ty)
-            tl.store(DX + row * H + cols, dx_out, mask=mask)
+            tl.store(DX + offs, dx_out, mask=mask)
             dx = dx_out.to(tl.float32)
-        dw += dy * zhat
-        db += dy
-        dbias += dx
+        dw += tl.sum(dy * zhat, 0)
+        db += tl.sum(dy, 0)
+        dbias += tl.sum(tl.where(mask, dx, 0.0), 0)
     base = PART + pid.to(tl.int64) * (3 * H)
-    tl.store(base + cols, dw, mask=mask)
-    tl.store(base + H + cols, db, mask=mask)
-    tl.store(base + 2 * H + cols, dbias, mask=mask)
+    tl.store(base + cols, dw, mask=cmask)
+    tl.store(base + H + cols, db, mask=cmask)
+    tl.store(base + 2 * H + cols, dbias, mask=cmask)
 
 
 def _block(H: int) -> int:
@@ -134,11 +140,13 @@ def residual_layernorm_backward(dy, z, weight, mean, rstd, dropout_p: float, see
     N, H = z.shape
     dz = torch.empty_like(z)
     dx = torch.empty_like(z) if dropout_p > 0 else dz
-    programs = persistent_grid(N, z.device, _BWD_PROGRAMS_PER_SM) if N > 0 else 1
+    rows = _BWD_ROWS if not is_interpreted() else 2
+    programs = persistent_grid(-(-N // rows), z.device, _BWD_PROGRAMS_PER_SM) if N > 0 else 1
     part = torch.empty(programs, 3, H, dtype=torch.float32, device=z.device)
     if N > 0:
         launch("residual_ln.bwd", _res_ln_bwd_kernel, (programs,), dy, z, weight, mean, rstd, dz, dx, part, N,
-               float(dropout_p), seed, configs=_BWD_CONFIG, H=H, BLOCK_H=_block(H), DROPOUT=dropout_p > 0)
+               float(dropout_p), seed, configs=_BWD_CONFIG, H=H, BLOCK_H=_block(H), ROWS=rows,
+               DROPOUT=dropout_p > 0)
         sums = part.sum(0, dtype=sum_dtype)
     else:
         sums = part.new_zeros(3, H, dtype=sum_dtype)
