@@ -193,7 +193,7 @@ def bench_models(res, lengths, batch):
         res.add(case, name, "ms", ms)
         res.add(case, name, "tokens/s", real / ms * 1e3)
         res.add(case, name, "GB", torch.cuda.max_memory_allocated() / 1e9)
-        if name in ("hfzoo", "hf_bert", "hfzoo_modules", "hfzoo_resln"):
+        if name in ("hfzoo", "hf_bert", "hfzoo_resln"):
             step_rows(res, case, name, model, batch, step)
         if name != "modernbert_sparse":  # same encoder as modernbert
             for p in model.parameters():
