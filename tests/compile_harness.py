@@ -230,8 +230,17 @@ def _mosaicbert_ops_cases():
         loss = softmax_cross_entropy(logits, torch.randint(0, C, (N,)), backend="triton")
         torch.autograd.grad(loss.sum(), logits)
 
+    def run_res_ln(N, H, dtype, p):
+        from hfzoo.ops.residual_layernorm import residual_layernorm
+
+        x, r = (torch.randn(N, H, dtype=dtype, requires_grad=True) for _ in range(2))
+        w, b = (torch.randn(H, dtype=dtype, requires_grad=True) for _ in range(2))
+        torch.autograd.grad(residual_layernorm(x, r, w, b, dropout_p=p, backend="triton").float().sum(), (x, r, w, b))
+
     return [lambda: run_geglu(64, 3072, torch.bfloat16, 0.1), lambda: run_geglu(5, 100, torch.float32, 0.0),
-            lambda: run_ce(8, 30522, torch.bfloat16), lambda: run_ce(3, 100, torch.float32)]
+            lambda: run_ce(8, 30522, torch.bfloat16), lambda: run_ce(3, 100, torch.float32),
+            lambda: run_res_ln(64, 768, torch.bfloat16, 0.1), lambda: run_res_ln(64, 768, torch.bfloat16, 0.0),
+            lambda: run_res_ln(5, 37, torch.float32, 0.0)]
 
 
 def _linear_attention_cases():

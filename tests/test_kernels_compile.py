@@ -17,7 +17,7 @@ triton = pytest.importorskip("triton")
 HARNESS = Path(__file__).with_name("compile_harness.py")
 # distinct kernel launches each op's cases make (kernels x settings); fewer means a launch went missing
 MIN_LAUNCHES = {"gla": 30, "rmsnorm": 4, "nearest_code": 20, "varlen_alibi": 10, "group_rational": 4,
-                "mosaicbert_ops": 8, "linear_attention": 10, "rational_linear": 16}
+                "mosaicbert_ops": 14, "linear_attention": 10, "rational_linear": 16}
 
 
 def _harness(*args, tmp_path):

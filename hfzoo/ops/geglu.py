@@ -86,30 +86,42 @@ def _geglu_bwd_kernel(X, DY, DX, seed, p, I: tl.constexpr, DROPOUT: tl.constexpr
 
 def _launch(name, kernel, rows, I, *args, dropout: bool):
     conf = settings(name)
-    launch(name, kernel, (rows, triton.cdiv(I, conf["BLOCK"])), *args, configs=[conf], I=I, DROPOUT=dropout)
+    launch(name, kernel, (rows, -(-I // conf["BLOCK"])), *args, configs=[conf], I=I, DROPOUT=dropout)
+
+
+def geglu_forward(x2: torch.Tensor, dropout_p: float, seed: int) -> torch.Tensor:
+    """The forward kernel on a contiguous ``[rows, 2 I]`` tensor: ``[rows, I]`` (no checks, no autograd; the seed
+    draws the dropout mask, pass the same one to ``geglu_backward``)."""
+    rows, I = x2.shape[0], x2.shape[1] // 2
+    y = torch.empty(rows, I, dtype=x2.dtype, device=x2.device)
+    if rows > 0 and I > 0:
+        _launch("geglu.fwd", _geglu_fwd_kernel, rows, I, x2, y, seed, dropout_p, dropout=dropout_p > 0)
+    return y
+
+
+def geglu_backward(x2: torch.Tensor, dy2: torch.Tensor, dropout_p: float, seed: int) -> torch.Tensor:
+    """``dx [rows, 2 I]`` from the forward's input ``x2`` and a contiguous ``dy2 [rows, I]`` (no checks)."""
+    rows, I = x2.shape[0], x2.shape[1] // 2
+    dx = torch.empty_like(x2)
+    if rows > 0 and I > 0:
+        _launch("geglu.bwd", _geglu_bwd_kernel, rows, I, x2, dy2, dx, seed, dropout_p, dropout=dropout_p > 0)
+    return dx
 
 
 class GegluFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dropout_p, seed):
         x2 = x.reshape(-1, x.shape[-1]).contiguous()
-        rows, I = x2.shape[0], x2.shape[1] // 2
-        y = torch.empty(rows, I, dtype=x.dtype, device=x.device)
-        if rows > 0 and I > 0:
-            _launch("geglu.fwd", _geglu_fwd_kernel, rows, I, x2, y, seed, dropout_p, dropout=dropout_p > 0)
+        y = geglu_forward(x2, dropout_p, seed)
         ctx.save_for_backward(x2)
         ctx.dropout_p, ctx.seed, ctx.shape = dropout_p, seed, x.shape
-        return y.view(*x.shape[:-1], I)
+        return y.view(*x.shape[:-1], y.shape[-1])
 
     @staticmethod
     def backward(ctx, dy):
         (x2,) = ctx.saved_tensors
-        rows, I = x2.shape[0], x2.shape[1] // 2
-        dy2 = dy.reshape(rows, I).contiguous()
-        dx = torch.empty_like(x2)
-        if rows > 0 and I > 0:
-            _launch("geglu.bwd", _geglu_bwd_kernel, rows, I, x2, dy2, dx, ctx.seed, ctx.dropout_p,
-                    dropout=ctx.dropout_p > 0)
+        dy2 = dy.reshape(x2.shape[0], x2.shape[1] // 2).contiguous()
+        dx = geglu_backward(x2, dy2, ctx.dropout_p, ctx.seed)
         return dx.view(ctx.shape), None, None
 
 
@@ -145,4 +157,4 @@ def geglu(x: torch.Tensor, dropout_p: float = 0.0, backend: str | None = None) -
     return apply_function(GegluFunction, x, float(dropout_p), seed)
 
 
-__all__ = ["GegluFunction", "geglu", "geglu_reference"]
+__all__ = ["GegluFunction", "geglu", "geglu_backward", "geglu_forward", "geglu_reference"]

@@ -300,13 +300,14 @@ _KEY = ["BLOCK_D", "SEQ_BUCKET"]
 def _launch(name, kernel, grid_len_key, n_seq, n_heads, max_seqlen, *args, **kwargs):
     conf = settings(name)
     # SPLIT kernels run two programs per block (see _alibi_bwd_kernel)
-    grid = lambda meta: (triton.cdiv(max_seqlen, meta[grid_len_key]) * (2 if meta.get("SPLIT") else 1), n_seq,
+    # -(-a // b): ceil division without triton.cdiv (a constexpr function in newer Triton: slower to call per launch)
+    grid = lambda meta: (-(-max_seqlen // meta[grid_len_key]) * (2 if meta.get("SPLIT") else 1), n_seq,
                          n_heads)
     launch(name, kernel, grid, *args, configs=conf["configs"], key=_KEY, **kwargs)
 
 
 def _block_d(D: int) -> int:
-    return max(16, triton.next_power_of_2(D))
+    return max(16, 1 << (D - 1).bit_length())   # next power of two (plain ints: cheaper per launch)
 
 
 def _forward(q, k, v, cu_seqlens, max_seqlen, slopes, scale):

@@ -15,6 +15,10 @@ Per layer (post-LayerNorm, like BERT):
 
 ``attention_mask`` marks the real tokens of each row; they must form one contiguous run (right or left
 padding): ALiBi distances are counted between the kept tokens.
+
+Where the Triton kernels run, each layer is one autograd node (``fused_layer.py``: the same kernels without a graph
+node, module call and argument check per op), and a padded batch is packed with one host read
+(``padding_packing``). Both only cut host time; the step is host-bound at MosaicBERT-base's training batch.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _module_mod
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import (
@@ -35,11 +41,13 @@ from transformers.modeling_outputs import (
 from ...layers.losses import classification_loss, cross_entropy
 from ...layers.packing import PACKING_KWARGS, Packing, packed_documents
 from ...layers.pretrained_model import HfzooPreTrainedModel
+from ...ops.dispatch import resolve_backend
 from ...ops.geglu import geglu
 from ...ops.softmax_cross_entropy import softmax_cross_entropy
-from ...ops.validate import trusted
+from ...ops.validate import kernel_dtype_problem, trusted
 from ...ops.varlen_alibi_attention import alibi_slopes, varlen_alibi_attention_qkvpacked
 from .configuration_mosaicbert import MosaicBertConfig
+from .fused_layer import fused_layer
 
 # ----------------------------------------------------------------------------------------------------
 # Layers
@@ -131,23 +139,92 @@ class MosaicBertLayer(GradientCheckpointingLayer):
         self.attention = MosaicBertAttention(config)
         self.mlp = MosaicBertGatedMLP(config)
 
-    def forward(self, hidden_states, cu_seqlens, slopes, max_seqlen: int = 0, subset_idx=None) -> torch.Tensor:
+    def forward(self, hidden_states, cu_seqlens, slopes, max_seqlen: int = 0, subset_idx=None,
+                fused: bool | str = False) -> torch.Tensor:
+        if fused:  # the Triton path as one autograd node (fused_layer.py); the encoder checked that it can run
+            return fused_layer(self, hidden_states, cu_seqlens, max_seqlen, slopes, subset_idx, fused == "resln")
         return self.mlp(self.attention(hidden_states, cu_seqlens, max_seqlen, slopes, subset_idx))
 
 
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks")
+
+
+def _plain_layer(layer) -> bool:
+    """Whether ``layer`` is as built: plain ``nn.Linear`` / ``nn.LayerNorm`` / ``nn.Dropout`` submodules with no hooks
+    (the fused node reads their parameters directly, so a wrapped projection -- a LoRA adapter, a quantised linear
+    -- or a hook on a submodule must take the module path), and no module hooks registered globally. Reads the
+    module dicts directly (``nn.Module.__getattr__`` per lookup would cost more host time than the check is worth)."""
+    if any(getattr(_module_mod, name, None) for name in _GLOBAL_HOOKS):
+        return False
+    try:
+        attention = layer._modules["attention"]
+        attn, out, mlp = attention._modules["self"], attention._modules["output"], layer._modules["mlp"]
+        wqkv, dense, ln1, drop1 = (attn._modules["Wqkv"], out._modules["dense"], out._modules["LayerNorm"],
+                                   out._modules["dropout"])
+        gated, wo, ln2, drop2 = (mlp._modules["gated_layers"], mlp._modules["wo"], mlp._modules["layernorm"],
+                                 mlp._modules["dropout"])
+    except KeyError:
+        return False
+    for m, kind in ((wqkv, nn.Linear), (dense, nn.Linear), (ln1, nn.LayerNorm), (drop1, nn.Dropout),
+                    (gated, nn.Linear), (wo, nn.Linear), (ln2, nn.LayerNorm), (drop2, nn.Dropout),
+                    (attn, MosaicBertSelfAttention), (out, MosaicBertSelfOutput), (attention, MosaicBertAttention),
+                    (mlp, MosaicBertGatedMLP)):
+        if type(m) is not kind or m._forward_hooks or m._forward_pre_hooks or m._backward_hooks \
+                or m._backward_pre_hooks:
+            return False
+    p = lambda m, name: m._parameters.get(name)   # noqa: E731
+    return (p(wqkv, "bias") is not None and p(dense, "bias") is not None and p(wo, "bias") is not None
+            and p(gated, "bias") is None and p(ln1, "weight") is not None and p(ln1, "bias") is not None
+            and p(ln2, "weight") is not None and p(ln2, "bias") is not None)
+
+
 class MosaicBertEncoder(nn.Module):
+    """The layers. Where the Triton kernels run, each layer runs as one autograd node (``fused_layer.py``: same
+    kernels and numerics, a fraction of the host time); ``fused_layers = False`` keeps the per-module path."""
+
     def __init__(self, config: MosaicBertConfig):
         super().__init__()
         self.layer = nn.ModuleList([MosaicBertLayer(config) for _ in range(config.num_hidden_layers)])
         self.gradient_checkpointing = False
+        self.fused_layers = True
+        self.fused_residual_ln = False   # fused layers: dropout + residual + LayerNorm as one Triton kernel each way
+
+    def fused_path_ok(self, hidden_states: torch.Tensor) -> bool:
+        """Whether the layers can run as fused nodes: the Triton backend is chosen for ``hidden_states`` (as each op
+        would choose it, so forcing ``"triton"`` where it cannot run still raises), the kernels take its dtype, no
+        autocast (the module path applies autocast's per-op casts), no attention dropout in training (the kernels
+        have none), at least one token, and every layer as built (``_plain_layer``: no adapters, no hooks)."""
+        if not self.fused_layers or hidden_states.shape[0] == 0 or hidden_states.dim() != 2:
+            return False
+        if torch.is_autocast_enabled(hidden_states.device.type):
+            return False
+        attention = self.layer[0].attention.self if len(self.layer) else None
+        if attention is None or (self.training and attention.dropout_p > 0):
+            return False
+        head_dim = attention.head_dim
+        problem = kernel_dtype_problem(hidden_states)
+        if problem is None and max(16, 1 << (head_dim - 1).bit_length()) > 256:
+            problem = f"head_dim {head_dim} is larger than the kernels' 256"
+        if problem is not None:
+            return False   # the module path's ops report a forced backend that cannot run
+        if resolve_backend(hidden_states, op="MosaicBertEncoder") != "triton":
+            return False
+        return all(_plain_layer(layer) for layer in self.layer)
 
     def forward(self, hidden_states, cu_seqlens, max_seqlen: int, slopes, subset_idx=None,
                 output_hidden_states: bool = False):
         all_states = [hidden_states] if output_hidden_states else None
         last = len(self.layer) - 1
+        fused = self.fused_path_ok(hidden_states)
+        if fused and self.fused_residual_ln:
+            fused = "resln"
+        if fused:
+            cu_seqlens = cu_seqlens.to(device=hidden_states.device, dtype=torch.int32).contiguous()
+            slopes = slopes.to(device=hidden_states.device, dtype=torch.float32).contiguous()
         for i, layer in enumerate(self.layer):
             hidden_states = layer(hidden_states, cu_seqlens, slopes, max_seqlen=max_seqlen,
-                                  subset_idx=subset_idx if i == last else None)
+                                  subset_idx=subset_idx if i == last else None, fused=fused)
             if output_hidden_states:
                 all_states.append(hidden_states)
         return hidden_states, all_states
@@ -161,6 +238,65 @@ class MosaicBertPooler(nn.Module):
 
     def forward(self, first_token_states) -> torch.Tensor:
         return self.activation(self.dense(first_token_states))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Packing a padded batch with one host read
+
+
+_NONZERO_STATIC = [True]   # False once a device lacks torch.nonzero_static
+
+
+def indices_of(flags: torch.Tensor, count: int) -> torch.Tensor:
+    """``torch.nonzero(flags).flatten()`` of a 1-D bool tensor whose number of set entries (``count``) the caller
+    already read: no device sync. ``nonzero_static``, or a cumulative sum and a scatter where that is missing."""
+    if _NONZERO_STATIC[0]:
+        try:
+            return torch.nonzero_static(flags, size=count).flatten()
+        except (NotImplementedError, RuntimeError):
+            _NONZERO_STATIC[0] = False
+    slot = torch.cumsum(flags, 0) - 1                      # where each set entry goes
+    slot = torch.where(flags, slot, count)                 # the others: one spare slot past the end
+    out = torch.empty(count + 1, dtype=torch.long, device=flags.device)
+    out.scatter_(0, slot, torch.arange(flags.numel(), device=flags.device))
+    return out[:count]
+
+
+def padding_packing(attention_mask, batch: int, seqlen: int, device, labelled=None):
+    """``(Packing, positions, subset_idx)`` of an ordinary padded batch (one document per row) with ONE host read.
+
+    What needs the host -- the number of real tokens, the longest row and, with ``labelled`` (``[B, S]`` bool, the
+    MLM targets), the number of labelled tokens -- is read back together in one small copy; the index lists are
+    then built with their sizes known (``nonzero_static``: no further sync). ``positions``: flat ``b * S + s``
+    indices of the labelled tokens; ``subset_idx``: their indices in the packed order (None without ``labelled``).
+    Without a mask every token is real and only the labelled count is read (nothing without ``labels``).
+    """
+    if attention_mask is None:
+        if seqlen == 0:
+            return Packing.from_mask(torch.ones(batch, seqlen, dtype=torch.bool, device=device)), None, None
+        cu = torch.arange(0, (batch + 1) * seqlen, seqlen, dtype=torch.int32, device=device)
+        packing = Packing(None, cu, batch, seqlen, max_seqlen=seqlen)
+        if labelled is None:
+            return packing, None, None
+        flags = labelled.flatten()
+        positions = indices_of(flags, int(flags.sum()))
+        return packing, positions, positions
+    mask = attention_mask.bool()
+    lengths = mask.sum(1, dtype=torch.int32)
+    cu = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
+    parts = [cu[-1], lengths.max()]
+    if labelled is not None:
+        parts.append(labelled.sum(dtype=torch.int32))
+    counts = torch.stack(parts).tolist()      # the one host read
+    flat = mask.flatten()
+    indices = indices_of(flat, counts[0])
+    packing = Packing(indices, cu, batch, seqlen, max_seqlen=counts[1])
+    if labelled is None:
+        return packing, None, None
+    flags = labelled.flatten()
+    positions = indices_of(flags, counts[2])
+    subset_idx = indices_of(flags.index_select(0, indices), counts[2])
+    return packing, positions, subset_idx
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -247,22 +383,21 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
 
     def encode(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None,
                subset_mask=None, output_hidden_states: bool = False,
-               packing: Packing | None = None) -> MosaicBertEncoderOutput:
+               packing: Packing | None = None, subset_idx: torch.Tensor | None = None) -> MosaicBertEncoderOutput:
         """Run the encoder on packed tokens and return packed states (the heads build on this).
 
         ``subset_mask`` (``[B, S]`` bool): the last layer computes its attention output and feed-forward
         only for these tokens (MLM training: the masked ones), and ``hidden`` holds only them.
         A row with no real token (all padding) gets a zero pooled output. With ``packing`` (several documents
-        per row), attention stays inside each document and ``pooled`` has one row per document.
+        per row), attention stays inside each document and ``pooled`` has one row per document. ``subset_idx``:
+        the packed indices of ``subset_mask``'s tokens when the caller has them (``padding_packing``).
         """
         B, S = self._check_inputs(input_ids, inputs_embeds, attention_mask, token_type_ids)
         device = input_ids.device if input_ids is not None else inputs_embeds.device
         if packing is not None:
             unpadded = packing
         else:
-            if attention_mask is None:
-                attention_mask = torch.ones(B, S, dtype=torch.bool, device=device)
-            unpadded = Packing.from_mask(attention_mask)
+            unpadded = padding_packing(attention_mask, B, S, device)[0]
         limit = self.config.max_sequence_length
         if limit is not None and unpadded.max_seqlen > limit:
             raise ValueError(f"MosaicBertModel: a sequence has {unpadded.max_seqlen} tokens, more than "
@@ -272,15 +407,17 @@ class MosaicBertModel(MosaicBertPreTrainedModel):
             input_ids=unpadded.pack(input_ids) if input_ids is not None else None,
             token_type_ids=unpadded.pack(token_type_ids) if token_type_ids is not None else None,
             inputs_embeds=unpadded.pack(inputs_embeds) if inputs_embeds is not None else None)
-        subset_idx = None
-        if subset_mask is not None and not output_hidden_states:
+        if subset_mask is not None and subset_idx is None:
             subset_idx = torch.nonzero(unpadded.pack(subset_mask), as_tuple=False).flatten()
+        given_subset = subset_idx
+        if output_hidden_states:  # every layer runs on every token; the subset is selected afterwards
+            subset_idx = None
         # Packing built these offsets (or checked the caller's): the attention op need not read them back (a sync)
         with trusted():
             hidden, states = self.encoder(hidden, unpadded.cu_seqlens, unpadded.max_seqlen,
                                           self.alibi_slopes(hidden.device), subset_idx, output_hidden_states)
         if subset_mask is not None and subset_idx is None:  # hidden states were asked for: select afterwards
-            hidden = hidden.index_select(0, torch.nonzero(unpadded.pack(subset_mask), as_tuple=False).flatten())
+            hidden = hidden.index_select(0, given_subset)
         pooled = None
         if self.pooler is not None and subset_mask is None:
             lengths = unpadded.cu_seqlens.diff()
@@ -395,15 +532,20 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
             masked = labels != -100
             if attention_mask is not None:
                 masked = masked & attention_mask.bool()
-            # before the encoder: this index needs a host sync, which here costs no idle GPU time
+        subset_idx = None
+        if labels is not None and packing is None:
+            # one host read before the encoder: the packing, the labelled positions and their packed indices
+            packing, positions, subset_idx = padding_packing(attention_mask, *masked.shape, masked.device, masked)
+        elif labels is not None:
             positions = torch.nonzero(masked.flatten(), as_tuple=False).flatten()
         out = self.bert.encode(input_ids, attention_mask, token_type_ids, inputs_embeds, subset_mask=masked,
-                               output_hidden_states=bool(output_hidden_states), packing=packing)
+                               output_hidden_states=bool(output_hidden_states), packing=packing,
+                               subset_idx=subset_idx)
         logits = self.cls(out.hidden)
         loss = None
         if labels is not None:
             targets = labels.flatten().index_select(0, positions)
-            loss = _mlm_loss(logits, targets, num_items_in_batch)
+            loss = _mlm_loss(logits, targets, num_items_in_batch, count=positions.numel())
             if return_full_logits:
                 B, S = masked.shape
                 full = logits.new_zeros(B * S, logits.shape[-1]).index_copy(0, positions, logits)
@@ -415,14 +557,17 @@ class MosaicBertForMaskedLM(MosaicBertPreTrainedModel):
         return result if return_dict is not False else result.to_tuple()
 
 
-def _mlm_loss(logits, targets, num_items_in_batch=None) -> torch.Tensor:
+def _mlm_loss(logits, targets, num_items_in_batch=None, count: int | None = None) -> torch.Tensor:
     """``layers.losses.cross_entropy``'s reduction (mean over labelled tokens, or sum / ``num_items_in_batch``) over
-    ``softmax_cross_entropy``: fp32 math on the bf16 logits, no fp32 copy of ``[n_labelled, vocab]``."""
+    ``softmax_cross_entropy``: fp32 math on the bf16 logits, no fp32 copy of ``[n_labelled, vocab]``. ``count``:
+    how many targets are labelled, when the caller knows (every target is: no count on the device)."""
     total = softmax_cross_entropy(logits, targets.to(logits.device)).sum()
     if num_items_in_batch is not None:
         if torch.is_tensor(num_items_in_batch):
             num_items_in_batch = num_items_in_batch.to(total.device)
         return total / num_items_in_batch
+    if count is not None:
+        return total / max(count, 1)
     return total / (targets != -100).sum().clamp_min(1)
 
 
