@@ -44,6 +44,7 @@ on the gathered codes instead.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .launch import bucket, launch, persistent_grid, settings
 from .triton_shim import tl, triton
@@ -122,28 +123,52 @@ def nearest_code_reference(z: torch.Tensor, codebook: torch.Tensor, chunk_elemen
 
 
 @triton.jit
-def _prepare_codes_kernel(C, CN, HI, LO, CMAX2, K, D, stride_c,
-                          SPLIT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
-    codes = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+def _prepare_codes_kernel(C, W, BIAS, CB, CN, HI, LO, SCRATCH, K, D, stride_c, n_scratch,
+                          PROJECT: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT: tl.constexpr,
+                          BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr):
+    # The codes' squared norms and (SPLIT) their bf16 high/low parts; with PROJECT the codes are first projected,
+    # CB = C W^T + b (fp32 FMA dots; D <= BLOCK_D, checked on the host), and written out. Program 0 also zeroes
+    # the small int32 scratch of the later kernels (list count, tickets): no separate zero-fill launch.
+    pid = tl.program_id(0)
+    if pid == 0:
+        for s0 in range(0, n_scratch, BLOCK_S):
+            ss = s0 + tl.arange(0, BLOCK_S)
+            tl.store(SCRATCH + ss, tl.zeros([BLOCK_S], dtype=tl.int32), mask=ss < n_scratch)
+    codes = pid * BLOCK_K + tl.arange(0, BLOCK_K)
     kmask = codes < K
     acc = tl.zeros([BLOCK_K], dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        dd = d0 + tl.arange(0, BLOCK_D)
-        m = kmask[:, None] & (dd[None, :] < D)
-        off = codes[:, None].to(tl.int64) * stride_c + dd[None, :]
-        c = tl.load(C + off, mask=m, other=0.0).to(tl.float32)
-        acc += tl.sum(c * c, axis=1)
+    if PROJECT:
+        dd = tl.arange(0, BLOCK_D)
+        dm = dd < D
+        m = kmask[:, None] & dm[None, :]
+        c = tl.load(C + codes[:, None].to(tl.int64) * stride_c + dd[None, :], mask=m, other=0.0).to(tl.float32)
+        w = tl.load(W + dd[:, None] * D + dd[None, :], mask=dm[:, None] & dm[None, :], other=0.0)
+        cb = tl.dot(c, tl.trans(w), input_precision="ieee")
+        if HAS_BIAS:
+            cb += tl.load(BIAS + dd, mask=dm, other=0.0)[None, :]
+        off = codes[:, None].to(tl.int64) * D + dd[None, :]
+        tl.store(CB + off, cb, mask=m)
+        acc += tl.sum(cb * cb, axis=1)
         if SPLIT:
-            hi = c.to(tl.bfloat16)
+            hi = cb.to(tl.bfloat16)
             tl.store(HI + off, hi, mask=m)
-            tl.store(LO + off, (c - hi.to(tl.float32)).to(tl.bfloat16), mask=m)
+            tl.store(LO + off, (cb - hi.to(tl.float32)).to(tl.bfloat16), mask=m)
+    else:
+        for d0 in range(0, D, BLOCK_D):
+            dd = d0 + tl.arange(0, BLOCK_D)
+            m = kmask[:, None] & (dd[None, :] < D)
+            off = codes[:, None].to(tl.int64) * stride_c + dd[None, :]
+            c = tl.load(C + off, mask=m, other=0.0).to(tl.float32)
+            acc += tl.sum(c * c, axis=1)
+            if SPLIT:
+                hi = c.to(tl.bfloat16)
+                tl.store(HI + off, hi, mask=m)
+                tl.store(LO + off, (c - hi.to(tl.float32)).to(tl.bfloat16), mask=m)
     tl.store(CN + codes, acc, mask=kmask)
-    finite = kmask & (acc == acc) & (acc < float("inf"))  # codes with inf/NaN never win: leave them out
-    tl.atomic_max(CMAX2, tl.max(tl.where(finite, acc, 0.0), axis=0))
 
 
 @triton.jit
-def _dot_tile(Z, C, C2, z, z2, rows, rmask, k0, K, D, stride_z, stride_c,
+def _dot_tile(Z, C, C2, z, z2, zoff, rmask, k0, K, D, stride_zd, stride_c,
               BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, SINGLE_D: tl.constexpr, SPLIT: tl.constexpr,
               PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_D: tl.constexpr):
     """``<z, c>`` of one BLOCK_M x BLOCK_K tile (fp32 accumulation)."""
@@ -183,7 +208,7 @@ def _dot_tile(Z, C, C2, z, z2, rows, rmask, k0, K, D, stride_z, stride_c,
         dot = tl.zeros([z.shape[0], BLOCK_K], dtype=tl.float32)
         for d0 in range(0, D, BLOCK_D):
             dd = d0 + dcols
-            zt = tl.load(Z + rows[:, None].to(tl.int64) * stride_z + dd[None, :],
+            zt = tl.load(Z + zoff[:, None] + dd[None, :] * stride_zd,
                          mask=rmask[:, None] & (dd[None, :] < D), other=0.0)
             ct = tl.load(C + codes[:, None].to(tl.int64) * stride_c + dd[None, :],
                          mask=kmask[:, None] & (dd[None, :] < D), other=0.0)
@@ -202,11 +227,11 @@ def _code_norms(CN, k0, K, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
 
 
 @triton.jit
-def _score_tile(Z, C, C2, CN, z, z2, rows, rmask, k0, K, D, stride_z, stride_c,
+def _score_tile(Z, C, C2, CN, z, z2, zoff, rmask, k0, K, D, stride_zd, stride_c,
                 BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, SINGLE_D: tl.constexpr, SPLIT: tl.constexpr,
                 PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_D: tl.constexpr):
     """Scores ``||c||^2 - 2 <z, c>`` of one BLOCK_M x BLOCK_K tile (fp32; codes past K get +inf)."""
-    dot = _dot_tile(Z, C, C2, z, z2, rows, rmask, k0, K, D, stride_z, stride_c,
+    dot = _dot_tile(Z, C, C2, z, z2, zoff, rmask, k0, K, D, stride_zd, stride_c,
                     BLOCK_K, BLOCK_D, SINGLE_D, SPLIT, PRECISION, EVEN_K, EVEN_D)
     codes = k0 + tl.arange(0, BLOCK_K)
     cn = _code_norms(CN, k0, K, BLOCK_K, EVEN_K)
@@ -225,10 +250,17 @@ def _keep_minima(score, k0, b1, b2, t1, TOP2: tl.constexpr):
 
 
 @triton.jit
-def _load_rows(Z, rows, rmask, D, stride_z, BLOCK_D: tl.constexpr, SPLIT: tl.constexpr):
+def _row_offsets(rows, S, stride_zb, stride_zs):
+    """Element offsets of rows of z: row r is vector r % S of batch r // S (S = N, stride_zb = 0 for [N, D])."""
+    r = rows.to(tl.int64)
+    return (r // S) * stride_zb + (r % S) * stride_zs
+
+
+@triton.jit
+def _load_rows(Z, zoff, rmask, D, stride_zd, BLOCK_D: tl.constexpr, SPLIT: tl.constexpr):
     """The first BLOCK_D columns of the rows (all of them when SINGLE_D); for SPLIT their bf16 high/low parts."""
     dcols = tl.arange(0, BLOCK_D)
-    z = tl.load(Z + rows[:, None].to(tl.int64) * stride_z + dcols[None, :],
+    z = tl.load(Z + zoff[:, None] + dcols[None, :] * stride_zd,
                 mask=rmask[:, None] & (dcols[None, :] < D), other=0.0)
     if SPLIT:
         hi = z.to(tl.bfloat16)
@@ -240,7 +272,8 @@ def _load_rows(Z, rows, rmask, D, stride_z, BLOCK_D: tl.constexpr, SPLIT: tl.con
 
 
 @triton.jit
-def _nearest_code_kernel(Z, C, C2, CN, IDX, BEST, THR, FLAG, CMAX2, N, K, D, stride_z, stride_c,
+def _nearest_code_kernel(Z, C, C2, CN, IDX, BEST, THR, FLAG, ROWS, CNT, COUNT, N, K, D,
+                         S, stride_zb, stride_zs, stride_zd, stride_c,
                          N_BUCKET, K_BUCKET, dot_error, norm_error, bound_scale,
                          BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
                          SINGLE_D: tl.constexpr, SPLIT: tl.constexpr, TOP2: tl.constexpr,
@@ -250,12 +283,13 @@ def _nearest_code_kernel(Z, C, C2, CN, IDX, BEST, THR, FLAG, CMAX2, N, K, D, str
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < N
     # with SINGLE_D the whole row fits one tile: load z once, reuse it against every codebook tile
-    z, z2 = _load_rows(Z, rows, rmask, D, stride_z, BLOCK_D, SPLIT)
+    zoff = _row_offsets(rows, S, stride_zb, stride_zs)
+    z, z2 = _load_rows(Z, zoff, rmask, D, stride_zd, BLOCK_D, SPLIT)
     zsq = tl.zeros([BLOCK_M], dtype=tl.float32)  # |z|^2 for the bound (TOP2), before the loop: no live pointers
     if TOP2:
         for d0 in range(0, D, BLOCK_D):
             dd = d0 + tl.arange(0, BLOCK_D)
-            zf = tl.load(Z + rows[:, None].to(tl.int64) * stride_z + dd[None, :],
+            zf = tl.load(Z + zoff[:, None] + dd[None, :] * stride_zd,
                          mask=rmask[:, None] & (dd[None, :] < D), other=0.0).to(tl.float32)
             zsq += tl.sum(zf * zf, axis=1)
     b1 = tl.full([BLOCK_M, BLOCK_K], float("inf"), dtype=tl.float32)  # per slot: smallest score so far
@@ -264,10 +298,10 @@ def _nearest_code_kernel(Z, C, C2, CN, IDX, BEST, THR, FLAG, CMAX2, N, K, D, str
     if OVERLAP:
         # the next tile's dot is issued before this tile's scores are reduced, so the tensor cores can run
         # while the threads compare (when the compiler keeps the dot in flight across the iteration)
-        dot = _dot_tile(Z, C, C2, z, z2, rows, rmask, 0, K, D, stride_z, stride_c,
+        dot = _dot_tile(Z, C, C2, z, z2, zoff, rmask, 0, K, D, stride_zd, stride_c,
                         BLOCK_K, BLOCK_D, SINGLE_D, SPLIT, PRECISION, EVEN_K, EVEN_D)
         for k0 in range(BLOCK_K, K, BLOCK_K):
-            nxt = _dot_tile(Z, C, C2, z, z2, rows, rmask, k0, K, D, stride_z, stride_c,
+            nxt = _dot_tile(Z, C, C2, z, z2, zoff, rmask, k0, K, D, stride_zd, stride_c,
                             BLOCK_K, BLOCK_D, SINGLE_D, SPLIT, PRECISION, EVEN_K, EVEN_D)
             score = _code_norms(CN, k0 - BLOCK_K, K, BLOCK_K, EVEN_K)[None, :] - 2.0 * dot
             b1, b2, t1 = _keep_minima(score, k0 - BLOCK_K, b1, b2, t1, TOP2)
@@ -277,7 +311,7 @@ def _nearest_code_kernel(Z, C, C2, CN, IDX, BEST, THR, FLAG, CMAX2, N, K, D, str
         b1, b2, t1 = _keep_minima(score, last, b1, b2, t1, TOP2)
     else:
         for k0 in range(0, K, BLOCK_K):
-            score, codes, kmask = _score_tile(Z, C, C2, CN, z, z2, rows, rmask, k0, K, D, stride_z, stride_c,
+            score, codes, kmask = _score_tile(Z, C, C2, CN, z, z2, zoff, rmask, k0, K, D, stride_zd, stride_c,
                                               BLOCK_K, BLOCK_D, SINGLE_D, SPLIT, PRECISION, EVEN_K, EVEN_D)
             b1, b2, t1 = _keep_minima(score, k0, b1, b2, t1, TOP2)
     best = tl.min(b1, axis=1)
@@ -289,29 +323,32 @@ def _nearest_code_kernel(Z, C, C2, CN, IDX, BEST, THR, FLAG, CMAX2, N, K, D, str
         others = tl.where(code == arg[:, None], float("inf"), b1)
         second = tl.minimum(tl.min(b2, axis=1), tl.min(others, axis=1))
         # the row's bound (see _dot_error): |z| from the fp32 values, max |c| from the largest finite code norm
-        c2max = tl.load(CMAX2) * (1.0 + norm_error)
+        # (K floats from L2 per program: little beside the codebook the loop streamed)
+        cm = tl.zeros([1024], dtype=tl.float32)
+        for c0 in range(0, K, 1024):
+            cc = c0 + tl.arange(0, 1024)
+            cv = tl.load(CN + cc, mask=cc < K, other=0.0)
+            cm = tl.maximum(cm, tl.where((cv == cv) & (cv < float("inf")), cv, 0.0))  # inf/NaN codes never win
+        c2max = tl.max(cm, axis=0) * (1.0 + norm_error)
         dots = 2.0 * tl.sqrt(zsq * (1.0 + norm_error)) * tl.sqrt(c2max)
         bound = bound_scale * (dot_error * dots + norm_error * c2max + 2.0 ** -22 * (c2max + dots)) + 2.0 ** -100
         thr = best + 2.0 * bound
         tl.store(THR + rows, thr, mask=rmask)
-        tl.store(FLAG + rows, (~(second > thr)).to(tl.int32), mask=rmask)  # NaN (a NaN vector): flagged
+        flag = ((~(second > thr)) & rmask).to(tl.int32)  # NaN (a NaN vector): flagged
+        tl.store(FLAG + rows, flag, mask=rmask)
+        # append the flagged rows to the list of unsettled rows (COUNT was zeroed by the prepare kernel; the
+        # order of the list varies between runs, the answer of each row does not) and empty their lists
+        nflag = tl.sum(flag, axis=0)
+        if nflag > 0:
+            base = tl.atomic_add(COUNT, nflag, sem="relaxed")
+            pos = base + tl.cumsum(flag, axis=0) - 1
+            tl.store(ROWS + pos, rows, mask=flag != 0)
+            tl.store(CNT + pos, tl.zeros([BLOCK_M], dtype=tl.int32), mask=flag != 0)
 
 
 @triton.jit
-def _compact_kernel(FLAG, ROWS, COUNT, N, BLOCK: tl.constexpr):
-    # one program: ROWS[0:count] = flagged rows in order, COUNT = count
-    total = tl.zeros([1], dtype=tl.int32)
-    for start in range(0, N, BLOCK):
-        rows = start + tl.arange(0, BLOCK)
-        f = tl.load(FLAG + rows, mask=rows < N, other=0)
-        pos = tl.sum(total, axis=0) + tl.cumsum(f, axis=0) - 1
-        tl.store(ROWS + pos, rows, mask=f != 0)
-        total += tl.sum(f, axis=0)
-    tl.store(COUNT + tl.arange(0, 1), total)
-
-
-@triton.jit
-def _collect_kernel(Z, C, C2, CN, ROWS, COUNT, THR, CNT, CAND, K, D, stride_z, stride_c, codes_per_part,
+def _collect_kernel(Z, C, C2, CN, ROWS, COUNT, THR, CNT, CAND, K, D, S, stride_zb, stride_zs, stride_zd, stride_c,
+                    codes_per_part,
                     MAXC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
                     SINGLE_D: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr, EVEN_D: tl.constexpr):
     # Program (i, j) takes listed rows ROWS[i*BLOCK_M : (i+1)*BLOCK_M] (of COUNT; programs past it do nothing)
@@ -324,11 +361,12 @@ def _collect_kernel(Z, C, C2, CN, ROWS, COUNT, THR, CNT, CAND, K, D, stride_z, s
         smask = slots < count
         rows = tl.load(ROWS + slots, mask=smask, other=0)
         thr = tl.load(THR + rows, mask=smask, other=float("-inf"))
-        z, z2 = _load_rows(Z, rows, smask, D, stride_z, BLOCK_D, SPLIT)
+        zoff = _row_offsets(rows, S, stride_zb, stride_zs)
+        z, z2 = _load_rows(Z, zoff, smask, D, stride_zd, BLOCK_D, SPLIT)
         start = part * codes_per_part
         end = tl.minimum(start + codes_per_part, K)
         for k0 in range(start, end, BLOCK_K):
-            score, codes, kmask = _score_tile(Z, C, C2, CN, z, z2, rows, smask, k0, end, D, stride_z, stride_c,
+            score, codes, kmask = _score_tile(Z, C, C2, CN, z, z2, zoff, smask, k0, end, D, stride_zd, stride_c,
                                               BLOCK_K, BLOCK_D, SINGLE_D, SPLIT, PRECISION, False, EVEN_D)
             qual = ((score <= thr[:, None]) & kmask[None, :]).to(tl.int32)  # NaN thresholds or scores: never
             found = tl.sum(qual, axis=1)
@@ -340,14 +378,14 @@ def _collect_kernel(Z, C, C2, CN, ROWS, COUNT, THR, CNT, CAND, K, D, stride_z, s
 
 
 @triton.jit
-def _exact_scores(Z, C, row, codes, cmask, D, stride_z, stride_c, BLOCK_D: tl.constexpr):
+def _exact_scores(Z, C, zrow, codes, cmask, D, stride_zd, stride_c, BLOCK_D: tl.constexpr):
     """fp64 scores ``||c||^2 - 2 <z, c>`` of one row against the codes listed in ``codes`` (+inf where masked/NaN)."""
     acc_cc = tl.zeros(codes.shape, dtype=tl.float64)
     acc_zc = tl.zeros(codes.shape, dtype=tl.float64)
     for d0 in range(0, D, BLOCK_D):
         dd = d0 + tl.arange(0, BLOCK_D)
         dm = dd < D
-        zz = tl.load(Z + row.to(tl.int64) * stride_z + dd, mask=dm, other=0.0).to(tl.float64)
+        zz = tl.load(Z + zrow + dd * stride_zd, mask=dm, other=0.0).to(tl.float64)
         cc = tl.load(C + codes[:, None].to(tl.int64) * stride_c + dd[None, :],
                      mask=cmask[:, None] & dm[None, :], other=0.0).to(tl.float64)
         acc_cc += tl.sum(cc * cc, axis=1)
@@ -357,7 +395,7 @@ def _exact_scores(Z, C, row, codes, cmask, D, stride_z, stride_c, BLOCK_D: tl.co
 
 
 @triton.jit
-def _resolve_kernel(Z, C, ROWS, COUNT, CNT, CAND, IDX, BEST, K, D, stride_z, stride_c,
+def _resolve_kernel(Z, C, ROWS, COUNT, CNT, CAND, IDX, BEST, K, D, S, stride_zb, stride_zs, stride_zd, stride_c,
                     MAXC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     # Persistent: program p settles listed rows p, p + programs, ...
     pid = tl.program_id(0)
@@ -365,12 +403,13 @@ def _resolve_kernel(Z, C, ROWS, COUNT, CNT, CAND, IDX, BEST, K, D, stride_z, str
     count = tl.load(COUNT)
     for r in range(pid, count, nprog):
         row = tl.load(ROWS + r)
+        zrow = _row_offsets(row, S, stride_zb, stride_zs)
         cnt = tl.load(CNT + r)
         if (cnt >= 1) & (cnt <= MAXC):
             j = tl.arange(0, BLOCK_C)
             jm = j < cnt
             codes = tl.load(CAND + r * MAXC + j, mask=jm, other=0)  # r * MAXC < 2^31 (checked on the host)
-            s = _exact_scores(Z, C, row, codes, jm, D, stride_z, stride_c, BLOCK_D)
+            s = _exact_scores(Z, C, zrow, codes, jm, D, stride_zd, stride_c, BLOCK_D)
             best = tl.min(s, axis=0)
             idx = tl.min(tl.where(s == best, codes, K), axis=0)
         else:  # too many candidates (exact ties) or none (a NaN vector): scan the whole codebook
@@ -378,7 +417,7 @@ def _resolve_kernel(Z, C, ROWS, COUNT, CNT, CAND, IDX, BEST, K, D, stride_z, str
             tv = tl.zeros([BLOCK_K], dtype=tl.int32)
             for k0 in range(0, K, BLOCK_K):
                 codes = k0 + tl.arange(0, BLOCK_K)
-                s = _exact_scores(Z, C, row, codes, codes < K, D, stride_z, stride_c, BLOCK_D)
+                s = _exact_scores(Z, C, zrow, codes, codes < K, D, stride_zd, stride_c, BLOCK_D)
                 lt = s < bv
                 bv = tl.where(lt, s, bv)
                 tv = tl.where(lt, k0, tv)
@@ -386,6 +425,79 @@ def _resolve_kernel(Z, C, ROWS, COUNT, CNT, CAND, IDX, BEST, K, D, stride_z, str
             idx = tl.min(tl.where(bv == best, tv + tl.arange(0, BLOCK_K), K), axis=0)
         tl.store(IDX + row, idx.to(tl.int64))
         tl.store(BEST + row, best.to(tl.float32))
+
+
+# The SimVQ quantizer's differentiable part (``quantize_projected``), given the indices: the forward kernel gathers
+# the picked codes q = CB[idx] into z_q (laid out like z), and sums |q - z|^2 per program; the backward kernel
+# recomputes q - z and writes dz, the scaled difference G and the picked frozen codes P (dW = G^T P is one cuBLAS
+# product), and db's per-program column sums. Cross-program sums: each program stores its partial, then takes a
+# ticket (an acq_rel atomic after a barrier); the program with the last ticket adds the partials in program order
+# (deterministic). The tickets live in the scratch words the prepare kernel zeroed in the same forward; the
+# backward's counts on modulo the number of programs, so a second backward of the same graph works too.
+
+
+@triton.jit
+def _vq_forward_kernel(Z, CB, IDX, ZQ, PART, SCRATCH, LOSS, N, D, S, stride_zb, stride_zs, stride_zd, loss_scale,
+                       BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < N
+    dd = tl.arange(0, BLOCK_D)
+    m = rmask[:, None] & (dd[None, :] < D)
+    zp = _row_offsets(rows, S, stride_zb, stride_zs)[:, None] + dd[None, :] * stride_zd
+    code = tl.load(IDX + rows, mask=rmask, other=0)
+    q = tl.load(CB + code[:, None] * D + dd[None, :], mask=m, other=0.0)
+    z = tl.load(Z + zp, mask=m, other=0.0)
+    tl.store(ZQ + zp, q, mask=m)
+    diff = q - z
+    tl.store(PART + pid, tl.sum(tl.sum(diff * diff, axis=1), axis=0))
+    tl.debug_barrier()
+    ticket = tl.atomic_add(SCRATCH + 1, 1, sem="acq_rel")
+    if ticket == nprog - 1:
+        acc = tl.zeros([BLOCK_P], dtype=tl.float32)
+        for p0 in range(0, nprog, BLOCK_P):
+            pp = p0 + tl.arange(0, BLOCK_P)
+            acc += tl.load(PART + pp, mask=pp < nprog, other=0.0, volatile=True)
+        tl.store(LOSS, tl.sum(acc, axis=0) * loss_scale)
+
+
+@triton.jit
+def _vq_backward_kernel(Z, CB, C0, IDX, GOUT, GLOSS, GZ, G, P, PARTB, SCRATCH, DB, N, D, S, stride_zb, stride_zs,
+                        stride_zd, stride_c0, gz_scale, g_scale,
+                        NEED_Z: tl.constexpr, NEED_W: tl.constexpr, NEED_B: tl.constexpr,
+                        BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < N
+    dd = tl.arange(0, BLOCK_D)
+    m = rmask[:, None] & (dd[None, :] < D)
+    zp = _row_offsets(rows, S, stride_zb, stride_zs)[:, None] + dd[None, :] * stride_zd
+    code = tl.load(IDX + rows, mask=rmask, other=0)
+    q = tl.load(CB + code[:, None] * D + dd[None, :], mask=m, other=0.0)
+    z = tl.load(Z + zp, mask=m, other=0.0)
+    diff = q - z
+    gl = tl.load(GLOSS).to(tl.float32)
+    if NEED_Z:  # straight-through: dz = d z_q - w_z 2 (q - z) dloss / n
+        go = tl.load(GOUT + zp, mask=m, other=0.0)
+        tl.store(GZ + zp, go + (gz_scale * gl) * diff, mask=m)
+    g = (g_scale * gl) * diff  # the codebook term's gradient on q: w_q 2 (q - z) dloss / n
+    if NEED_W:
+        off = rows[:, None].to(tl.int64) * D + dd[None, :]
+        tl.store(G + off, g, mask=m)
+        tl.store(P + off, tl.load(C0 + code[:, None] * stride_c0 + dd[None, :], mask=m, other=0.0), mask=m)
+    if NEED_B:
+        tl.store(PARTB + pid * BLOCK_D + dd, tl.sum(g, axis=0))
+        tl.debug_barrier()
+        ticket = tl.atomic_add(SCRATCH + 2, 1, sem="acq_rel")
+        if ticket % nprog == nprog - 1:
+            acc = tl.zeros([BLOCK_P, BLOCK_D], dtype=tl.float32)
+            for p0 in range(0, nprog, BLOCK_P):
+                pp = p0 + tl.arange(0, BLOCK_P)
+                acc += tl.load(PARTB + pp[:, None] * BLOCK_D + dd[None, :], mask=(pp < nprog)[:, None], other=0.0,
+                               volatile=True)
+            tl.store(DB + dd, tl.sum(acc, axis=0), mask=dd < D)
 
 
 # Host-side arithmetic in plain Python: triton.cdiv / next_power_of_2 are jit functions (microseconds per call),
@@ -402,14 +514,30 @@ def _block_d(d: int) -> int:
     return max(16, min(128, _pow2(d)))  # wider rows loop over D in chunks
 
 
-def _scores_pass(z, c, c2, cn, precision: str, name: str, top2=None):
-    """Launch the scores pass: ``(idx int64 [N], best fp32 [N])``; with ``top2 = (thr, flag, cmax2, dot_error,
-    norm_error, bound_scale)`` it also writes each row's threshold and unsettled flag."""
+def _rows_layout(z: torch.Tensor):
+    """``(N, D, layout)`` of contiguous ``z [N, D]``; ``layout = (S, stride_b, stride_s, stride_d)`` locates row r
+    at ``(r // S) * stride_b + (r % S) * stride_s`` (see ``_row_offsets``)."""
     n, d = z.shape
+    return n, d, (max(n, 1), 0, z.stride(0), z.stride(1))
+
+
+def _channels_layout(z: torch.Tensor):
+    """``(N, D, layout)`` of contiguous channel-first ``z [B, D, *spatial]``: rows are the B * prod(spatial)
+    vectors, read in place (no transposed copy)."""
+    b, d = z.shape[0], z.shape[1]
+    s = z[0, 0].numel()
+    return b * s, d, (max(s, 1), d * s, 1, s)
+
+
+def _scores_pass(z, layout, c, c2, cn, precision: str, name: str, top2=None):
+    """Launch the scores pass: ``(idx int64 [N], best fp32 [N])``; with ``top2 = (thr, flag, rows, cnt, count,
+    dot_error, norm_error, bound_scale)`` it also writes each row's threshold and unsettled flag and appends the
+    unsettled rows to ``rows`` (``count`` must be zero)."""
+    n, d, (zs, zb, zr, zd) = layout
     k = c.shape[0]
     idx = torch.empty(n, dtype=torch.int64, device=z.device)
     best = torch.empty(n, dtype=torch.float32, device=z.device)
-    thr, flag, cmax2, dot_error, norm_error, bound_scale = top2 or (best, best, best, 0.0, 0.0, 0.0)
+    thr, flag, rows, cnt, count, dot_error, norm_error, bound_scale = top2 or (best,) * 5 + (0.0, 0.0, 0.0)
     block_d = _block_d(d)
     configs = [{"OVERLAP": False, **c} for c in settings(name)["configs"]]
     if d > block_d:  # wide rows pipeline z chunks too: keep the configs whose stages fit shared memory (227 KB)
@@ -418,8 +546,8 @@ def _scores_pass(z, c, c2, cn, precision: str, name: str, top2=None):
         configs = configs or [{"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2}]
     split = c2 is not None
     launch("nearest_code.fwd", _nearest_code_kernel, lambda meta: (_cdiv(n, meta["BLOCK_M"]),),
-           z, c, c2 if split else c, cn, idx, best, thr, flag, cmax2, n, k, d, z.stride(0), c.stride(0),
-           bucket(n, lo=1), bucket(k, lo=1), dot_error, norm_error, bound_scale,
+           z, c, c2 if split else c, cn, idx, best, thr, flag, rows, cnt, count, n, k, d, zs, zb, zr, zd,
+           c.stride(0), bucket(n, lo=1), bucket(k, lo=1), dot_error, norm_error, bound_scale,
            BLOCK_D=block_d, SINGLE_D=d <= block_d, SPLIT=split, TOP2=top2 is not None, PRECISION=precision,
            EVEN_K=k % 128 == 0, EVEN_D=d == block_d,  # every BLOCK_K in the lists divides 128
            configs=configs, key=["N_BUCKET", "K_BUCKET", "D", "SPLIT", "TOP2", "PRECISION", "EVEN_K"])
@@ -440,51 +568,68 @@ def _dot_error(candidates: str, d: int) -> float:
     return d * 2.0 ** -22  # 16-bit inputs: exact products, fp32 sums
 
 
-def _exact_plan(z: torch.Tensor, conf: dict):
+def _exact_plan(dtype: torch.dtype, d: int, conf: dict):
     """Which candidates pass the exact mode runs for these inputs: ``"bf16x3"``, ``"tf32"`` or ``"16bit"``."""
-    if z.dtype != torch.float32:
+    if dtype != torch.float32:
         return "16bit"
-    return "bf16x3" if conf["candidates"] == "bf16x3" and z.shape[1] <= 128 else "tf32"
+    return "bf16x3" if conf["candidates"] == "bf16x3" and d <= 128 else "tf32"
 
 
-def _exact_first_pass(z: torch.Tensor, codebook: torch.Tensor, conf: dict | None = None):
-    """Steps 0-1 of the exact mode: ``(idx, best, thr, flag, cn, hi, lo, counters)`` (see the comment above)."""
-    n, d = z.shape
-    k = codebook.shape[0]
+SCRATCH = 4  # int32 words zeroed by the prepare kernel: [0] unsettled-row count, [1], [2] tickets of the
+# quantizer's kernels (``quantize_projected``), [3] spare
+
+
+def _exact_first_pass(z: torch.Tensor, codebook: torch.Tensor | None, conf: dict | None = None, layout=None,
+                      project=None):
+    """Steps 0-1 of the exact mode: ``(idx, best, thr, flag, cn, hi, lo, rows, cnt, scratch, codebook)``.
+
+    ``layout`` as ``_rows_layout`` (default: ``z`` is ``[N, D]``). ``project = (frozen, weight, bias)``: the codebook
+    is ``frozen @ weight.T + bias``, computed by the prepare kernel (then ``codebook`` is None and the returned
+    one is the projection).
+    """
+    n, d, _ = layout = layout or _rows_layout(z)
     conf = conf or settings("nearest_code.exact")
-    candidates = _exact_plan(z, conf)
-    counters = torch.zeros(n + 2, dtype=torch.int32, device=z.device)  # per-row list counts, count, max |c|^2
-    cmax2 = counters[n + 1:].view(torch.float32)
-    cn = torch.empty(k, dtype=torch.float32, device=z.device)
+    candidates = _exact_plan(z.dtype, d, conf)
+    dev = z.device
+    if project is not None:
+        frozen, weight, bias = project
+        k = frozen.shape[0]
+        codebook = torch.empty(k, d, dtype=torch.float32, device=dev)
+        source = frozen
+    else:
+        k = codebook.shape[0]
+        frozen = weight = bias = source = codebook
+    scratch = torch.empty(SCRATCH, dtype=torch.int32, device=dev)
+    cn = torch.empty(k, dtype=torch.float32, device=dev)
     split = candidates == "bf16x3"
-    hi = torch.empty(k, d, dtype=torch.bfloat16, device=z.device) if split else codebook
-    lo = torch.empty(k, d, dtype=torch.bfloat16, device=z.device) if split else None
-    pconf = settings("nearest_code.prepare")
+    hi = torch.empty(k, d, dtype=torch.bfloat16, device=dev) if split else codebook
+    lo = torch.empty(k, d, dtype=torch.bfloat16, device=dev) if split else None
+    pconf = settings("nearest_code.prepare_projected" if project is not None else "nearest_code.prepare")
     launch("nearest_code.prepare", _prepare_codes_kernel, (_cdiv(k, pconf["BLOCK_K"]),),
-           codebook, cn, hi, lo if split else hi, cmax2, k, d, codebook.stride(0),
-           SPLIT=split, BLOCK_K=pconf["BLOCK_K"], BLOCK_D=min(128, _block_d(d)), num_warps=pconf["num_warps"])
-    thr = torch.empty(n, dtype=torch.float32, device=z.device)
-    flag = torch.empty(n, dtype=torch.int32, device=z.device)
-    idx, best = _scores_pass(z, hi, lo, cn, "tf32", "nearest_code.candidates",
-                             (thr, flag, cmax2, _dot_error(candidates, d), (d + 2) * 2.0 ** -23,
+           source, weight, bias if bias is not None else weight, codebook, cn, hi, lo if split else hi, scratch,
+           k, d, source.stride(0), SCRATCH, PROJECT=project is not None, HAS_BIAS=bias is not None, SPLIT=split,
+           BLOCK_K=pconf["BLOCK_K"], BLOCK_D=min(128, _block_d(d)), BLOCK_S=16, num_warps=pconf["num_warps"])
+    thr = torch.empty(n, dtype=torch.float32, device=dev)
+    flag = torch.empty(n, dtype=torch.int32, device=dev)
+    rows = torch.empty(n, dtype=torch.int32, device=dev)
+    cnt = torch.empty(n, dtype=torch.int32, device=dev)
+    idx, best = _scores_pass(z, layout, hi, lo, cn, "tf32", "nearest_code.candidates",
+                             (thr, flag, rows, cnt, scratch, _dot_error(candidates, d), (d + 2) * 2.0 ** -23,
                               float(conf["bound_scale"])))
-    return idx, best, thr, flag, cn, hi, lo, counters
+    return idx, best, thr, flag, cn, hi, lo, rows, cnt, scratch, codebook
 
 
-def _nearest_code_exact(z: torch.Tensor, codebook: torch.Tensor):
-    n, d = z.shape
-    k = codebook.shape[0]
+def _nearest_code_exact(z: torch.Tensor, codebook: torch.Tensor | None, layout=None, project=None):
+    """The exact mode: ``(idx, best, codebook)`` -- four launches (prepare, first pass, collect, resolve)."""
+    n, d, zl = layout = layout or _rows_layout(z)
     conf = settings("nearest_code.exact")
     maxc = int(conf["max_candidates"])
     if n * maxc >= 2 ** 31:
         raise ValueError(f"nearest_code: {n} vectors exceed the exact mode's candidate list (int32 offsets); "
                          f"split the batch")
-    idx, best, thr, flag, cn, hi, lo, counters = _exact_first_pass(z, codebook, conf)
-    cnt, count = counters[:n], counters[n:n + 1]
-    rows = torch.empty(n, dtype=torch.int32, device=z.device)
-    kconf = settings("nearest_code.compact")
-    launch("nearest_code.compact", _compact_kernel, (1,), flag, rows, count, n, BLOCK=kconf["BLOCK"],
-           num_warps=kconf["num_warps"])
+    idx, best, thr, _, cn, hi, lo, rows, cnt, scratch, codebook = _exact_first_pass(z, codebook, conf, layout,
+                                                                                   project)
+    k = codebook.shape[0]
     cand = torch.empty(n * maxc, dtype=torch.int32, device=z.device)
     cconf = settings("nearest_code.collect")
     bm, bk = cconf["BLOCK_M"], cconf["BLOCK_K"]
@@ -492,33 +637,36 @@ def _nearest_code_exact(z: torch.Tensor, codebook: torch.Tensor):
     per_part = _cdiv(_cdiv(k, parts), bk) * bk
     block_d = _block_d(d)
     launch("nearest_code.collect", _collect_kernel, (_cdiv(n, bm), _cdiv(k, per_part)),
-           z, hi, lo if lo is not None else hi, cn, rows, count, thr, cnt, cand, k, d, z.stride(0), hi.stride(0),
+           z, hi, lo if lo is not None else hi, cn, rows, scratch, thr, cnt, cand, k, d, *zl, hi.stride(0),
            per_part, MAXC=maxc, BLOCK_D=block_d, SINGLE_D=d <= block_d, SPLIT=lo is not None, PRECISION="tf32",
            EVEN_D=d == block_d,
            configs=[{kk: v for kk, v in cconf.items() if kk != "codebook_parts"}])
     rconf = settings("nearest_code.resolve")
     grid = (persistent_grid(n, z.device, rconf["programs_per_sm"]),)
     launch("nearest_code.resolve", _resolve_kernel, grid,
-           z, codebook, rows, count, cnt, cand, idx, best, k, d, z.stride(0), codebook.stride(0),
+           z, codebook, rows, scratch, cnt, cand, idx, best, k, d, *zl, codebook.stride(0),
            MAXC=maxc, BLOCK_C=_pow2(maxc), BLOCK_K=rconf["BLOCK_K"], BLOCK_D=block_d,
            num_warps=rconf["num_warps"])
-    return idx, best
+    return idx, best, codebook, scratch
+
+
+def _check_codebook_size(k: int, numel: int):
+    if k >= 2 ** 24:
+        raise ValueError(f"nearest_code: {k} codes exceed the kernels' limit of 2^24; use backend='reference'")
+    if numel >= 2 ** 31:
+        raise ValueError(f"nearest_code: a codebook of {numel} values exceeds the kernels' 32-bit offsets (2^31); "
+                         f"use backend='reference'")
 
 
 def _nearest_code_triton(z: torch.Tensor, codebook: torch.Tensor, precision: str):
     z = z.contiguous()
     codebook = codebook.contiguous()
-    if codebook.shape[0] >= 2 ** 24:
-        raise ValueError(f"nearest_code: {codebook.shape[0]} codes exceed the kernels' limit of 2^24; "
-                         f"use backend='reference'")
-    if codebook.numel() >= 2 ** 31:
-        raise ValueError(f"nearest_code: a codebook of {codebook.numel()} values exceeds the kernels' 32-bit "
-                         f"offsets (2^31); use backend='reference'")
+    _check_codebook_size(codebook.shape[0], codebook.numel())
     if precision == "exact":
-        return _nearest_code_exact(z, codebook)
+        return _nearest_code_exact(z, codebook)[:2]
     cn = code_norms(codebook).contiguous()
     name = "nearest_code.fwd_fp32" if z.dtype == torch.float32 else "nearest_code.fwd_16bit"
-    return _scores_pass(z, codebook, None, cn, precision, name)
+    return _scores_pass(z, _rows_layout(z), codebook, None, cn, precision, name)
 
 
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor, *, return_distance: bool = False,
@@ -579,3 +727,105 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, *, return_distance: bo
     zf = z2.detach().float()
     dist = ((zf * zf).sum(-1) + best).clamp_min(0.0)
     return idx, dist.reshape(lead)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The SimVQ quantizer's training step: codebook W(C), exact nearest code, both loss terms, straight-through.
+
+
+def quantize_projected_reference(z: torch.Tensor, frozen: torch.Tensor, weight: torch.Tensor,
+                                 bias: torch.Tensor | None, w_z: float, w_q: float):
+    """Plain PyTorch definition of ``quantize_projected`` (autograd through every step)."""
+    codebook = F.linear(frozen, weight, bias)
+    zt = z.movedim(1, -1)
+    idx, _ = nearest_code_reference(zt.reshape(-1, z.shape[1]).detach(), codebook.detach(), exact=True)
+    idx = idx.reshape(zt.shape[:-1])
+    q = F.embedding(idx, codebook)
+    loss = w_z * F.mse_loss(zt, q.detach()) + w_q * F.mse_loss(q, zt.detach())
+    z_q = (zt + (q - zt).detach()).movedim(-1, 1)
+    return z_q, idx, loss
+
+
+class _ProjectedVQ(torch.autograd.Function):
+    """Forward: five launches (prepare with the projection, first pass, collect, resolve, gather + loss); backward:
+    one kernel and one matmul (``dW = G^T P``). Nothing waits for the host."""
+
+    @staticmethod
+    def forward(ctx, z, frozen, weight, bias, w_z: float, w_q: float):
+        n, d, layout = _channels_layout(z)
+        idx, _, codebook, scratch = _nearest_code_exact(z, None, (n, d, layout), (frozen, weight, bias))
+        conf = settings("nearest_code.vq")
+        bm, block_d = conf["BLOCK_M"], _block_d(d)
+        nprog = _cdiv(n, bm)
+        z_q = torch.empty_like(z)
+        loss = torch.empty((), dtype=torch.float32, device=z.device)
+        part = torch.empty(nprog, dtype=torch.float32, device=z.device)
+        launch("nearest_code.vq_fwd", _vq_forward_kernel, (nprog,), z, codebook, idx, z_q, part, scratch, loss,
+               n, d, *layout, (w_z + w_q) / max(n * d, 1), BLOCK_M=bm, BLOCK_D=block_d, BLOCK_P=1024,
+               num_warps=conf["num_warps"])
+        ctx.save_for_backward(z, idx, codebook, frozen, scratch)
+        ctx.meta = (w_z, w_q, n, d, layout)
+        indices = idx.view(z.shape[:1] + z.shape[2:])
+        ctx.mark_non_differentiable(indices)
+        return z_q, indices, loss
+
+    @staticmethod
+    def backward(ctx, grad_zq, grad_idx, grad_loss):
+        z, idx, codebook, frozen, scratch = ctx.saved_tensors
+        w_z, w_q, n, d, layout = ctx.meta
+        need_z, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]
+        conf = settings("nearest_code.vq")
+        bm, block_d = conf["BLOCK_M"], _block_d(d)
+        nprog = _cdiv(n, bm)
+        dev = z.device
+        grad_zq = grad_zq.contiguous() if grad_zq.dtype == torch.float32 else grad_zq.float().contiguous()
+        gz = torch.empty_like(z) if need_z else z
+        g = torch.empty(n, d, dtype=torch.float32, device=dev) if need_w else z
+        p = torch.empty(n, d, dtype=torch.float32, device=dev) if need_w else z
+        db = torch.empty(d, dtype=torch.float32, device=dev) if need_b else z
+        partb = torch.empty(nprog, block_d, dtype=torch.float32, device=dev) if need_b else z
+        launch("nearest_code.vq_bwd", _vq_backward_kernel, (nprog,), z, codebook, frozen, idx, grad_zq, grad_loss,
+               gz, g, p, partb, scratch, db, n, d, *layout, frozen.stride(0), -2.0 * w_z / max(n * d, 1),
+               2.0 * w_q / max(n * d, 1), NEED_Z=need_z, NEED_W=need_w, NEED_B=need_b, BLOCK_M=bm,
+               BLOCK_D=block_d, BLOCK_P=32, num_warps=conf["num_warps"])
+        gw = torch.mm(g.t(), p) if need_w else None
+        return gz if need_z else None, None, gw, db if need_b else None, None, None
+
+
+def quantize_projected(z: torch.Tensor, frozen: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                       w_z: float, w_q: float, *, backend: str | None = None):
+    """SimVQ's quantizer step: codebook ``W(C) = frozen @ weight.T + bias``, the exact nearest code of every vector
+    of ``z``, the loss ``w_z ||sg(q) - z||^2 + w_q ||q - sg(z)||^2`` (means) and the straight-through output.
+
+    Args:
+        z: ``[B, D, *spatial]`` (channels second), float32.
+        frozen: ``[K, D]`` codes ``C`` (no gradient); weight ``[D, D]``, bias ``[D]`` or None: the linear layer ``W``.
+        w_z, w_q: weights of the commitment and codebook terms.
+        backend: ``"triton"``, ``"reference"`` or None (choose per ``hfzoo.ops.dispatch``).
+
+    Returns:
+        ``(z_q [B, D, *spatial], indices int64 [B, *spatial], loss)``. Gradients: ``z`` gets ``d z_q`` (straight
+        through) plus the commitment term's; ``weight`` and ``bias`` get the codebook term's through the picked
+        codes only. ``frozen`` gets none. The Triton path (float32, D <= 128) runs the search on the codebook its
+        own prepare kernel projected (fp32 FMA products; it may differ from ``F.linear``'s in the last bits), and
+        returns the exact argmin over that codebook.
+    """
+    op = "quantize_projected"
+    check_tensor(op, "z", z, dims=(2, None), dtypes=KERNEL_DTYPES)
+    check_tensor(op, "frozen", frozen, dims=2, dtypes=KERNEL_DTYPES, device=z.device)
+    check_tensor(op, "weight", weight, dims=2, dtypes=KERNEL_DTYPES, device=z.device)
+    d = z.shape[1]
+    if frozen.shape[1] != d or weight.shape != (d, d) or (bias is not None and bias.shape != (d,)):
+        raise ValueError(f"{op}: expected frozen [K, {d}], weight [{d}, {d}], bias [{d}]; got "
+                         f"{tuple(frozen.shape)}, {tuple(weight.shape)}, "
+                         f"{None if bias is None else tuple(bias.shape)}")
+    if frozen.shape[0] == 0:
+        raise ValueError(f"{op}: the codebook must hold at least one code")
+    fp32 = all(t.dtype == torch.float32 for t in (z, frozen, weight) + ((bias,) if bias is not None else ()))
+    problem = None if fp32 and d <= 128 else "the kernels take float32 inputs with D <= 128"
+    if (pick_backend(op, (z, frozen, weight), backend, problem) == "reference" or frozen.requires_grad
+            or z.numel() == 0):
+        return quantize_projected_reference(z, frozen, weight, bias, w_z, w_q)
+    _check_codebook_size(frozen.shape[0], frozen.shape[0] * d)
+    return _ProjectedVQ.apply(z.contiguous(), frozen.contiguous(), weight.contiguous(),
+                              bias.contiguous() if bias is not None else None, float(w_z), float(w_q))

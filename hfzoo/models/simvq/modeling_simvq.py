@@ -22,7 +22,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from ...layers.pretrained_model import HfzooPreTrainedModel
-from ...ops.nearest_code import nearest_code
+from ...ops.dispatch import resolve_backend
+from ...ops.nearest_code import nearest_code, quantize_projected
 from .configuration_simvq import SimVQConfig
 
 
@@ -222,10 +223,13 @@ class SimVQQuantizer(nn.Module):
             raise ValueError(f"SimVQQuantizer: expected {self.dim} channels, got shape {tuple(z.shape)}")
         zt = z.movedim(1, -1)  # [B, *spatial, D]
         proj, frozen = self.embedding_proj, self.embedding.weight
+        w_z, w_q = (1.0, self.beta) if self.legacy else (self.beta, 1.0)  # weights of ||sg(z_q)-z||^2, ||z_q-sg(z)||^2
+        if (torch.is_grad_enabled() and not frozen.requires_grad and (proj.weight.requires_grad or z.requires_grad)
+                and self._fused(z)):
+            return quantize_projected(z, frozen, proj.weight, proj.bias, w_z, w_q, backend="triton")
         with torch.no_grad():
             codebook = self.codebook().to(zt.dtype)
         indices = nearest_code(zt, codebook)
-        w_z, w_q = (1.0, self.beta) if self.legacy else (self.beta, 1.0)  # weights of ||sg(z_q)-z||^2, ||z_q-sg(z)||^2
         if torch.is_grad_enabled() and frozen.requires_grad:  # C unfrozen by the user: autograd through all of W(C)
             z_q = F.embedding(indices, self.codebook()).to(zt.dtype)
             loss = w_z * F.mse_loss(zt, z_q.detach()) + w_q * F.mse_loss(z_q, zt.detach())
@@ -237,6 +241,12 @@ class SimVQQuantizer(nn.Module):
             loss = (w_z + w_q) * F.mse_loss(zt, z_q)
             z_q = z_q.movedim(-1, 1).contiguous()
         return z_q, indices, loss
+
+    def _fused(self, z: torch.Tensor) -> bool:
+        """Whether the training step runs as ``quantize_projected``'s kernels (Triton backend, float32, D <= 128)."""
+        proj = self.embedding_proj
+        return (self.dim <= 128 and z.dtype == proj.weight.dtype == self.embedding.weight.dtype == torch.float32
+                and resolve_backend(z, proj.weight, op="quantize_projected") == "triton")
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """``indices [B, *spatial]`` -> code vectors ``[B, D, *spatial]`` from the projected codebook."""

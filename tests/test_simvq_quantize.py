@@ -1,0 +1,184 @@
+"""``quantize_projected`` (SimVQ's fused quantizer step) against its PyTorch definition: indices, outputs, loss and
+the gradients of z, W and b; odd sizes, exact ties, near-ties, NaN vectors, and the model's use of it."""
+
+import pytest
+import torch
+
+from hfzoo.ops.launch import count_launches, tuning
+from hfzoo.ops.nearest_code import nearest_code_reference, quantize_projected, quantize_projected_reference
+
+
+def _inputs(b, d, spatial, k, seed, device="cpu", bias=True):
+    g = torch.Generator(device=device).manual_seed(seed)
+    frozen = torch.randn(k, d, generator=g, device=device) / d ** 0.5
+    w = (torch.randn(d, d, generator=g, device=device) / d ** 0.5).requires_grad_()
+    bb = (0.1 * torch.randn(d, generator=g, device=device)).requires_grad_() if bias else None
+    z = torch.randn(b, d, *spatial, generator=g, device=device).requires_grad_()
+    return z, frozen, w, bb
+
+
+def _step(fn, z, frozen, w, bb, target, w_z=0.25, w_q=1.0):
+    for t in (z, w, bb):
+        if t is not None:
+            t.grad = None
+    zq, idx, loss = fn(z, frozen, w, bb, w_z, w_q)
+    ((zq - target).square().mean() + 3.0 * loss).backward()
+    return zq.detach(), idx, loss.detach(), z.grad, w.grad, None if bb is None else bb.grad
+
+
+def _codebook_of_the_kernel(frozen, w, bb):
+    from hfzoo.ops import nearest_code as nc
+
+    z = torch.zeros(1, frozen.shape[1], device=frozen.device)
+    return nc._exact_first_pass(z, None, project=(frozen, w.detach(), None if bb is None else bb.detach()))[-1]
+
+
+def _compare(z, frozen, w, bb, w_z=0.25, w_q=1.0):
+    target = torch.randn_like(z)
+    got = _step(lambda *a: quantize_projected(*a, backend="triton"), z, frozen, w, bb, target, w_z, w_q)
+    want = _step(quantize_projected_reference, z, frozen, w, bb, target, w_z, w_q)
+    # the kernel projects the codebook itself (fp32 FMA): the same codebook up to fp32 rounding, and its indices
+    # are the exact argmin over that codebook
+    cb = _codebook_of_the_kernel(frozen, w, bb)
+    ref_cb = torch.nn.functional.linear(frozen, w, bb).detach()
+    torch.testing.assert_close(cb, ref_cb, rtol=1e-5, atol=1e-6)
+    flat = z.detach().movedim(1, -1).reshape(-1, z.shape[1])
+    exact, _ = nearest_code_reference(flat, cb, exact=True)
+    assert torch.equal(got[1].reshape(-1), exact)
+    assert got[1].shape == z.shape[:1] + z.shape[2:] and got[1].dtype == torch.int64
+    same = got[1] == want[1]
+    assert same.float().mean() > 0.95  # away from near-ties the two codebooks agree
+    torch.testing.assert_close(got[0], cb[got[1]].movedim(-1, 1))  # z_q holds the picked codes
+    if bool(same.all()):
+        torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(got[2], want[2], rtol=1e-5, atol=1e-7)
+        for a, b in zip(got[3:], want[3:]):
+            if b is None:
+                assert a is None
+            else:
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    return got, want
+
+
+@pytest.mark.parametrize("b,d,spatial,k", [(2, 16, (5, 3), 70), (1, 24, (7,), 33), (3, 8, (4, 4), 130),
+                                           (2, 32, (3, 5), 16)])
+def test_fused_step_matches_the_definition(b, d, spatial, k):
+    z, frozen, w, bb = _inputs(b, d, spatial, k, seed=b * 100 + d + k)
+    with count_launches() as n:
+        got, want = _compare(z, frozen, w, bb)
+    assert torch.equal(got[1], want[1])
+    # one prepare (with the projection), first pass, collect, resolve, gather+loss, backward (each launched once
+    # by the step; the comparison above adds one prepare + first pass for the kernel's codebook)
+    assert n["nearest_code.vq_fwd"] == 1 and n["nearest_code.vq_bwd"] == 1
+    assert n["nearest_code.collect"] == 1 and n["nearest_code.resolve"] == 1
+
+
+def test_fused_step_without_bias_and_other_weights():
+    z, frozen, w, _ = _inputs(2, 16, (3, 3), 40, seed=3, bias=False)
+    got, want = _compare(z, frozen, w, None, w_z=1.0, w_q=0.25)
+    assert torch.equal(got[1], want[1]) and got[5] is None
+
+
+def test_fused_step_gradients_of_one_input_only():
+    z, frozen, w, bb = _inputs(2, 16, (4,), 40, seed=5)
+    z.requires_grad_(False)
+    zq, idx, loss = quantize_projected(z, frozen, w, bb, 0.25, 1.0, backend="triton")
+    loss.backward()
+    zq2, idx2, loss2 = quantize_projected_reference(z, frozen, w, bb, 0.25, 1.0)
+    gw, gb = torch.autograd.grad(loss2, (w, bb))
+    assert torch.equal(idx, idx2)
+    torch.testing.assert_close(w.grad, gw, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(bb.grad, gb, rtol=1e-4, atol=1e-7)
+    # only z: W and b need no gradient
+    z2, frozen, w2, bb2 = _inputs(2, 16, (4,), 40, seed=5)
+    w2.requires_grad_(False)
+    bb2.requires_grad_(False)
+    zq, idx, loss = quantize_projected(z2, frozen, w2, bb2, 0.25, 1.0, backend="triton")
+    (zq.sum() + loss).backward()
+    zq_r, _, loss_r = quantize_projected_reference(z2.detach().requires_grad_(), frozen, w2, bb2, 0.25, 1.0)
+    assert w2.grad is None
+    z_r = z2.detach().requires_grad_()
+    zq_r, _, loss_r = quantize_projected_reference(z_r, frozen, w2, bb2, 0.25, 1.0)
+    (zq_r.sum() + loss_r).backward()
+    torch.testing.assert_close(z2.grad, z_r.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_second_backward_of_the_same_graph():
+    # the backward's bias ticket counts on across calls: a retained graph gives the same gradients twice
+    z, frozen, w, bb = _inputs(2, 16, (5,), 40, seed=8)
+    zq, idx, loss = quantize_projected(z, frozen, w, bb, 0.25, 1.0, backend="triton")
+    total = zq.square().mean() + loss
+    first = torch.autograd.grad(total, (z, w, bb), retain_graph=True)
+    second = torch.autograd.grad(total, (z, w, bb))
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_exact_ties_near_ties_and_nan_vectors():
+    # W = I, b = 0: the codebook is C itself; duplicate codes (exact ties: lowest index), twins one fp32 ulp apart
+    # in one coordinate, and a NaN vector (index 0, NaN loss as in the definition); a huge bound sends every row
+    # through the fp64 stage
+    d, k = 16, 48
+    g = torch.Generator().manual_seed(21)
+    c = torch.randint(-3, 4, (k // 2, d), generator=g).float()
+    twins = c.clone()
+    twins[:, 1] = torch.nextafter(twins[:, 1], torch.tensor(float("inf")))
+    frozen = torch.cat([c, twins])
+    frozen[5] = frozen[2]  # an exact tie inside the first half
+    w = torch.eye(d).requires_grad_()
+    bb = torch.zeros(d).requires_grad_()
+    pick = torch.randint(0, k, (30,), generator=g)
+    z = (frozen[pick] + 0.25 * torch.randint(-1, 2, (30, d), generator=g).float()).t().reshape(1, d, 30)
+    z = z.contiguous()
+    for scale in (2.0, 1e6):
+        with tuning({"nearest_code.exact": {"bound_scale": scale}}):
+            zq, idx, loss = quantize_projected(z, frozen, w, bb, 0.25, 1.0, backend="triton")
+        want, _ = nearest_code_reference(z[0].t(), frozen, exact=True)
+        assert torch.equal(idx.reshape(-1), want), scale
+        assert not (idx == 5).any()
+    zn = z.clone()
+    zn[0, 3, 7] = float("nan")
+    zq, idx, loss = quantize_projected(zn, frozen, w, bb, 0.25, 1.0, backend="triton")
+    want, _ = nearest_code_reference(zn[0].t(), frozen, exact=True)
+    assert idx[0, 7] == 0 and torch.equal(idx.reshape(-1), want) and torch.isnan(loss)
+
+
+def test_bad_inputs_name_the_op():
+    z, frozen, w, bb = _inputs(1, 8, (3,), 10, seed=1)
+    with pytest.raises(ValueError, match="quantize_projected"):
+        quantize_projected(z, frozen[:, :4], w, bb, 0.25, 1.0)
+    with pytest.raises(TypeError, match="quantize_projected"):
+        quantize_projected(z.double(), frozen, w, bb, 0.25, 1.0, backend="triton")
+
+
+def test_model_training_step_runs_the_fused_kernels():
+    from hfzoo.models.simvq import SimVQQuantizer
+    from hfzoo.ops.dispatch import use_backend
+
+    torch.manual_seed(0)
+    q = SimVQQuantizer(40, 16)
+    z = torch.randn(2, 16, 3, 3, requires_grad=True)
+    with use_backend("triton"), count_launches() as n:
+        zq, idx, loss = q(z)
+        (zq.sum() + loss).backward()
+    assert n["nearest_code.vq_fwd"] == 1 and n["nearest_code.vq_bwd"] == 1 and n.total() == 6
+    gz, gw = z.grad.clone(), q.embedding_proj.weight.grad.clone()
+    z.grad = None
+    q.zero_grad()
+    zq2, idx2, loss2 = q(z)  # CPU: the reference path (_QuantizerStep)
+    (zq2.sum() + loss2).backward()
+    assert torch.equal(idx, idx2)
+    torch.testing.assert_close(loss, loss2, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(z.grad, gz, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(q.embedding_proj.weight.grad, gw, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("b,hw,k", [(64, 16, 8192), (3, 7, 1000)])
+def test_gpu_fused_step_matches_the_definition(b, hw, k):
+    z, frozen, w, bb = _inputs(b, 128, (hw, hw), k, seed=k, device="cuda")
+    got, want = _compare(z, frozen, w, bb)
+    agree = (got[1] == want[1]).float().mean().item()
+    print(f"B{b} {hw}x{hw} K{k}: index agreement with the F.linear codebook {agree:.6f}")
+    # with the indices of the reference, the gradients: compare where the two agree on every row
+    assert agree > 0.999
