@@ -15,7 +15,7 @@ accuracy rows carry an extra key `unsettled` (share of rows the first pass could
 Quantizer step, case `vq step B.. HxW K.. D.. fp32`: forward + backward of the SimVQ quantizer on an encoder
 output [B, D, H, W] (project the codebook through the linear layer, nearest code, commitment and codebook
 losses, straight-through estimator), then a loss on the quantized output; contenders `hfzoo`
-(hfzoo.models.simvq.SimVQQuantizer: fp32 training runs `quantize_projected`, six kernels and one matmul),
+(hfzoo.models.simvq.SimVQQuantizer: fp32 training runs `quantize_projected`, five kernels and one matmul),
 `hfzoo_unfused` (the same module on its previous path: cuBLAS projection, `nearest_code`, one autograd node of
 eager ops) and `vqtorch_simvq` (vector_quantize_pytorch.SimVQ with the same codebook size, dim, a biased Linear
 transform, the same two loss terms and weights, rotation trick off). Step metrics beside ms (wall, do_bench):

@@ -335,15 +335,17 @@ def _nearest_code_kernel(Z, C, C2, CN, IDX, BEST, THR, FLAG, ROWS, CNT, COUNT, N
         thr = best + 2.0 * bound
         tl.store(THR + rows, thr, mask=rmask)
         flag = ((~(second > thr)) & rmask).to(tl.int32)  # NaN (a NaN vector): flagged
-        tl.store(FLAG + rows, flag, mask=rmask)
         # append the flagged rows to the list of unsettled rows (COUNT was zeroed by the prepare kernel; the
-        # order of the list varies between runs, the answer of each row does not) and empty their lists
+        # order of the list varies between runs, the answer of each row does not) and empty their lists;
+        # FLAG holds the row's position in the list plus one (0: settled)
         nflag = tl.sum(flag, axis=0)
+        base = nflag * 0
         if nflag > 0:
             base = tl.atomic_add(COUNT, nflag, sem="relaxed")
-            pos = base + tl.cumsum(flag, axis=0) - 1
-            tl.store(ROWS + pos, rows, mask=flag != 0)
-            tl.store(CNT + pos, tl.zeros([BLOCK_M], dtype=tl.int32), mask=flag != 0)
+        pos = base + tl.cumsum(flag, axis=0) - 1
+        tl.store(FLAG + rows, tl.where(flag != 0, pos + 1, 0), mask=rmask)
+        tl.store(ROWS + pos, rows, mask=flag != 0)
+        tl.store(CNT + pos, tl.zeros([BLOCK_M], dtype=tl.int32), mask=flag != 0)
 
 
 @triton.jit
@@ -395,6 +397,32 @@ def _exact_scores(Z, C, zrow, codes, cmask, D, stride_zd, stride_c, BLOCK_D: tl.
 
 
 @triton.jit
+def _resolve_row(Z, C, CNT, CAND, zrow, r, K, D, stride_zd, stride_c,
+                 MAXC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(index, fp64 score) of the exact nearest code of the row at ``zrow``, from its list ``r`` of candidates."""
+    cnt = tl.load(CNT + r)
+    if (cnt >= 1) & (cnt <= MAXC):
+        j = tl.arange(0, BLOCK_C)
+        jm = j < cnt
+        codes = tl.load(CAND + r * MAXC + j, mask=jm, other=0)  # r * MAXC < 2^31 (checked on the host)
+        s = _exact_scores(Z, C, zrow, codes, jm, D, stride_zd, stride_c, BLOCK_D)
+        best = tl.min(s, axis=0)
+        idx = tl.min(tl.where(s == best, codes, K), axis=0)
+    else:  # too many candidates (exact ties) or none (a NaN vector): scan the whole codebook
+        bv = tl.full([BLOCK_K], float("inf"), dtype=tl.float64)
+        tv = tl.zeros([BLOCK_K], dtype=tl.int32)
+        for k0 in range(0, K, BLOCK_K):
+            codes = k0 + tl.arange(0, BLOCK_K)
+            s = _exact_scores(Z, C, zrow, codes, codes < K, D, stride_zd, stride_c, BLOCK_D)
+            lt = s < bv
+            bv = tl.where(lt, s, bv)
+            tv = tl.where(lt, k0, tv)
+        best = tl.min(bv, axis=0)
+        idx = tl.min(tl.where(bv == best, tv + tl.arange(0, BLOCK_K), K), axis=0)
+    return idx, best
+
+
+@triton.jit
 def _resolve_kernel(Z, C, ROWS, COUNT, CNT, CAND, IDX, BEST, K, D, S, stride_zb, stride_zs, stride_zd, stride_c,
                     MAXC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr):
     # Persistent: program p settles listed rows p, p + programs, ...
@@ -403,26 +431,8 @@ def _resolve_kernel(Z, C, ROWS, COUNT, CNT, CAND, IDX, BEST, K, D, S, stride_zb,
     count = tl.load(COUNT)
     for r in range(pid, count, nprog):
         row = tl.load(ROWS + r)
-        zrow = _row_offsets(row, S, stride_zb, stride_zs)
-        cnt = tl.load(CNT + r)
-        if (cnt >= 1) & (cnt <= MAXC):
-            j = tl.arange(0, BLOCK_C)
-            jm = j < cnt
-            codes = tl.load(CAND + r * MAXC + j, mask=jm, other=0)  # r * MAXC < 2^31 (checked on the host)
-            s = _exact_scores(Z, C, zrow, codes, jm, D, stride_zd, stride_c, BLOCK_D)
-            best = tl.min(s, axis=0)
-            idx = tl.min(tl.where(s == best, codes, K), axis=0)
-        else:  # too many candidates (exact ties) or none (a NaN vector): scan the whole codebook
-            bv = tl.full([BLOCK_K], float("inf"), dtype=tl.float64)
-            tv = tl.zeros([BLOCK_K], dtype=tl.int32)
-            for k0 in range(0, K, BLOCK_K):
-                codes = k0 + tl.arange(0, BLOCK_K)
-                s = _exact_scores(Z, C, zrow, codes, codes < K, D, stride_zd, stride_c, BLOCK_D)
-                lt = s < bv
-                bv = tl.where(lt, s, bv)
-                tv = tl.where(lt, k0, tv)
-            best = tl.min(bv, axis=0)
-            idx = tl.min(tl.where(bv == best, tv + tl.arange(0, BLOCK_K), K), axis=0)
+        idx, best = _resolve_row(Z, C, CNT, CAND, _row_offsets(row, S, stride_zb, stride_zs), r, K, D, stride_zd,
+                                 stride_c, MAXC, BLOCK_C, BLOCK_K, BLOCK_D)
         tl.store(IDX + row, idx.to(tl.int64))
         tl.store(BEST + row, best.to(tl.float32))
 
@@ -437,7 +447,8 @@ def _resolve_kernel(Z, C, ROWS, COUNT, CNT, CAND, IDX, BEST, K, D, S, stride_zb,
 
 
 @triton.jit
-def _vq_forward_kernel(Z, CB, IDX, ZQ, PART, SCRATCH, LOSS, N, D, S, stride_zb, stride_zs, stride_zd, loss_scale,
+def _vq_forward_kernel(Z, CB, IDX, FLAG, CNT, CAND, ZQ, PART, SCRATCH, LOSS, N, K, D, S, stride_zb, stride_zs,
+                       stride_zd, loss_scale, MAXC: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -445,8 +456,21 @@ def _vq_forward_kernel(Z, CB, IDX, ZQ, PART, SCRATCH, LOSS, N, D, S, stride_zb, 
     rmask = rows < N
     dd = tl.arange(0, BLOCK_D)
     m = rmask[:, None] & (dd[None, :] < D)
-    zp = _row_offsets(rows, S, stride_zb, stride_zs)[:, None] + dd[None, :] * stride_zd
+    zoff = _row_offsets(rows, S, stride_zb, stride_zs)
+    zp = zoff[:, None] + dd[None, :] * stride_zd
     code = tl.load(IDX + rows, mask=rmask, other=0)
+    # the exact mode's last step for this block's unsettled rows (FLAG: list position + 1), one row at a time
+    slot1 = tl.load(FLAG + rows, mask=rmask, other=0)
+    unsettled = (slot1 > 0).to(tl.int32)
+    rank = tl.cumsum(unsettled, axis=0) - 1
+    for j in range(0, tl.sum(unsettled, axis=0)):
+        sel = (unsettled != 0) & (rank == j)
+        row = tl.max(tl.where(sel, rows, -1), axis=0)
+        slot = tl.max(tl.where(sel, slot1, 0), axis=0) - 1
+        zrow = tl.max(tl.where(sel, zoff, -1), axis=0)
+        new, _ = _resolve_row(Z, CB, CNT, CAND, zrow, slot, K, D, stride_zd, D, MAXC, BLOCK_C, BLOCK_K, BLOCK_D)
+        code = tl.where(rows == row, new.to(tl.int64), code)
+        tl.store(IDX + row, new.to(tl.int64))
     q = tl.load(CB + code[:, None] * D + dd[None, :], mask=m, other=0.0)
     z = tl.load(Z + zp, mask=m, other=0.0)
     tl.store(ZQ + zp, q, mask=m)
@@ -619,16 +643,19 @@ def _exact_first_pass(z: torch.Tensor, codebook: torch.Tensor | None, conf: dict
     return idx, best, thr, flag, cn, hi, lo, rows, cnt, scratch, codebook
 
 
-def _nearest_code_exact(z: torch.Tensor, codebook: torch.Tensor | None, layout=None, project=None):
-    """The exact mode: ``(idx, best, codebook)`` -- four launches (prepare, first pass, collect, resolve)."""
+def _nearest_code_exact(z: torch.Tensor, codebook: torch.Tensor | None, layout=None, project=None,
+                        resolve: bool = True):
+    """The exact mode: ``(idx, best, codebook, scratch, (flag, cnt, cand))`` -- four launches (prepare, first pass,
+    collect, resolve); with ``resolve=False`` the last step is left to the caller's kernel (``_resolve_row`` on the
+    rows whose ``flag`` is not 0; ``idx`` and ``best`` hold the first pass's answers there until then)."""
     n, d, zl = layout = layout or _rows_layout(z)
     conf = settings("nearest_code.exact")
     maxc = int(conf["max_candidates"])
     if n * maxc >= 2 ** 31:
         raise ValueError(f"nearest_code: {n} vectors exceed the exact mode's candidate list (int32 offsets); "
                          f"split the batch")
-    idx, best, thr, _, cn, hi, lo, rows, cnt, scratch, codebook = _exact_first_pass(z, codebook, conf, layout,
-                                                                                   project)
+    idx, best, thr, flag, cn, hi, lo, rows, cnt, scratch, codebook = _exact_first_pass(z, codebook, conf, layout,
+                                                                                      project)
     k = codebook.shape[0]
     cand = torch.empty(n * maxc, dtype=torch.int32, device=z.device)
     cconf = settings("nearest_code.collect")
@@ -641,13 +668,14 @@ def _nearest_code_exact(z: torch.Tensor, codebook: torch.Tensor | None, layout=N
            per_part, MAXC=maxc, BLOCK_D=block_d, SINGLE_D=d <= block_d, SPLIT=lo is not None, PRECISION="tf32",
            EVEN_D=d == block_d,
            configs=[{kk: v for kk, v in cconf.items() if kk != "codebook_parts"}])
-    rconf = settings("nearest_code.resolve")
-    grid = (persistent_grid(n, z.device, rconf["programs_per_sm"]),)
-    launch("nearest_code.resolve", _resolve_kernel, grid,
-           z, codebook, rows, scratch, cnt, cand, idx, best, k, d, *zl, codebook.stride(0),
-           MAXC=maxc, BLOCK_C=_pow2(maxc), BLOCK_K=rconf["BLOCK_K"], BLOCK_D=block_d,
-           num_warps=rconf["num_warps"])
-    return idx, best, codebook, scratch
+    if resolve:
+        rconf = settings("nearest_code.resolve")
+        grid = (persistent_grid(n, z.device, rconf["programs_per_sm"]),)
+        launch("nearest_code.resolve", _resolve_kernel, grid,
+               z, codebook, rows, scratch, cnt, cand, idx, best, k, d, *zl, codebook.stride(0),
+               MAXC=maxc, BLOCK_C=_pow2(maxc), BLOCK_K=rconf["BLOCK_K"], BLOCK_D=block_d,
+               num_warps=rconf["num_warps"])
+    return idx, best, codebook, scratch, (flag, cnt, cand, maxc)
 
 
 def _check_codebook_size(k: int, numel: int):
@@ -747,21 +775,23 @@ def quantize_projected_reference(z: torch.Tensor, frozen: torch.Tensor, weight: 
 
 
 class _ProjectedVQ(torch.autograd.Function):
-    """Forward: five launches (prepare with the projection, first pass, collect, resolve, gather + loss); backward:
+    """Forward: four launches (prepare with the projection, first pass, collect, resolve + gather + loss); backward:
     one kernel and one matmul (``dW = G^T P``). Nothing waits for the host."""
 
     @staticmethod
     def forward(ctx, z, frozen, weight, bias, w_z: float, w_q: float):
         n, d, layout = _channels_layout(z)
-        idx, _, codebook, scratch = _nearest_code_exact(z, None, (n, d, layout), (frozen, weight, bias))
+        idx, _, codebook, scratch, (flag, cnt, cand, maxc) = _nearest_code_exact(
+            z, None, (n, d, layout), (frozen, weight, bias), resolve=False)
         conf = settings("nearest_code.vq")
         bm, block_d = conf["BLOCK_M"], _block_d(d)
         nprog = _cdiv(n, bm)
         z_q = torch.empty_like(z)
         loss = torch.empty((), dtype=torch.float32, device=z.device)
         part = torch.empty(nprog, dtype=torch.float32, device=z.device)
-        launch("nearest_code.vq_fwd", _vq_forward_kernel, (nprog,), z, codebook, idx, z_q, part, scratch, loss,
-               n, d, *layout, (w_z + w_q) / max(n * d, 1), BLOCK_M=bm, BLOCK_D=block_d, BLOCK_P=1024,
+        launch("nearest_code.vq_fwd", _vq_forward_kernel, (nprog,), z, codebook, idx, flag, cnt, cand, z_q, part,
+               scratch, loss, n, codebook.shape[0], d, *layout, (w_z + w_q) / max(n * d, 1), MAXC=maxc,
+               BLOCK_C=_pow2(maxc), BLOCK_K=conf["BLOCK_K"], BLOCK_M=bm, BLOCK_D=block_d, BLOCK_P=1024,
                num_warps=conf["num_warps"])
         ctx.save_for_backward(z, idx, codebook, frozen, scratch)
         ctx.meta = (w_z, w_q, n, d, layout)
