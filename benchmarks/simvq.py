@@ -97,7 +97,7 @@ def unsettled_share(z, c, candidates=None):
     """Share of rows whose first-pass winner the error bound cannot certify (they go to the fp64 stage)."""
     with tuning({"nearest_code.exact": {"candidates": candidates}} if candidates else {}):
         flag = nc._exact_first_pass(z, c)[3]
-    return flag.float().mean().item()
+    return (flag != 0).float().mean().item()
 
 
 def sweep(res: Results):
