@@ -105,20 +105,22 @@ def nearest_code_reference(z: torch.Tensor, codebook: torch.Tensor, chunk_elemen
 # too: the exact mode needs it to certify the winner.
 #
 # Exact mode (fp32 default):
-#   0. ``_prepare_codes_kernel``: the codes' squared norms, their largest finite value and (for bf16x3) the
-#      high/low bf16 split of the codebook, in one pass;
+#   0. ``_prepare_codes_kernel``: the codes' squared norms and (for bf16x3) the high/low bf16 split of the
+#      codebook, in one pass (for the SimVQ quantizer also the projection W(C) itself); program 0 zeroes the
+#      scratch words of the later steps (the flagged-row count, tickets);
 #   1. candidates: the scores pass on fast tensor-core dots (tf32, or bf16x3 = three bf16 products of a high/low
 #      split of both operands; z is split in the kernel) keeping per row the best score b1, its index and the
 #      runner-up b2. Its epilogue computes a rigorous bound B_i on |approximate score - exact score| for the
-#      row (``_dot_error``) and flags the row unless b2 > b1 + 2 B_i: the exact minimum can only be a code whose
-#      approximate score is within 2 B_i of b1, and when the runner-up is not, the winner is certain;
-#   2. ``_compact_kernel`` lists the flagged rows (one program, in order) and their count, on the device;
+#      row (``_dot_error``, with max |c| read from the norms) and flags the row unless b2 > b1 + 2 B_i: the exact
+#      minimum can only be a code whose approximate score is within 2 B_i of b1, and when the runner-up is not,
+#      the winner is certain. The flagged rows are appended to a list (one atomic per program on the count; the
+#      list's order varies between runs, the answers do not); FLAG holds each row's list position plus one;
 #   3. ``_collect_kernel`` recomputes the approximate scores of listed rows and records every code within
 #      b1 + 2 B_i (up to MAXC per row; the count goes on past MAXC);
 #   4. ``_resolve_kernel`` scores the recorded codes in fp64 (products of fp32 values are exact in fp64, sums
 #      round at about D * 1e-16 of the terms' magnitudes) and takes the smallest, lowest index first; rows with
 #      more than MAXC candidates (many exact ties) or without any (NaN vectors) are scanned against the whole
-#      codebook in fp64.
+#      codebook in fp64. (The SimVQ quantizer does this step inside its gather kernel, ``_vq_forward_kernel``.)
 # Nothing waits for the host: the number of flagged rows stays on the device, later programs check it.
 
 

@@ -196,10 +196,12 @@ class SimVQQuantizer(nn.Module):
     (Linear with bias). Loss (non-legacy): ``beta * ||sg(z_q) - z||^2 + ||z_q - sg(z)||^2``; gradients reach the
     encoder through the straight-through estimator and ``W`` through ``z_q``.
 
-    The training step is written for speed: the codebook ``W(C)`` is computed without autograd (the search needs
-    no gradient), the nearest-code search never materialises distances (``nearest_code``: exact argmin for fp32),
-    and the gather, both loss terms, the straight-through estimator and ``W``'s gradient through the picked codes
-    are one autograd node (``_QuantizerStep``). No host syncs.
+    The training step is written for speed. fp32 on the Triton backend (D <= 128, C frozen): one autograd node,
+    ``quantize_projected``, whose kernels project the codebook, search it exactly without distances, gather the
+    codes with both loss terms and the straight-through output, and in the backward write dz, db and the two
+    factors of ``dW`` (one matmul): six launches per step. Otherwise the codebook ``W(C)`` is computed without
+    autograd, the search is ``nearest_code`` and the gather, losses, straight-through estimator and ``W``'s
+    gradient through the picked codes are one eager node (``_QuantizerStep``). No host syncs either way.
 
     Decoding from indices (``lookup``) uses the *projected* codebook, as the forward pass does. The reference's
     ``get_codebook_entry`` reads the unprojected ``embedding`` instead, so decoding its tokens that way does not
