@@ -228,7 +228,7 @@ class SimVQQuantizer(nn.Module):
         w_z, w_q = (1.0, self.beta) if self.legacy else (self.beta, 1.0)  # weights of ||sg(z_q)-z||^2, ||z_q-sg(z)||^2
         if (torch.is_grad_enabled() and not frozen.requires_grad and (proj.weight.requires_grad or z.requires_grad)
                 and self._fused(z)):
-            return quantize_projected(z, frozen, proj.weight, proj.bias, w_z, w_q, backend="triton")
+            return quantize_projected(z, frozen, proj.weight, proj.bias, w_z, w_q)  # _fused chose the kernels
         with torch.no_grad():
             codebook = self.codebook().to(zt.dtype)
         indices = nearest_code(zt, codebook)
