@@ -165,7 +165,6 @@ DEFAULTS: dict[str, dict] = {
         {"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}],
         "interpreted": {"configs": [{"BLOCK_M": 32, "BLOCK_K": 32}]}},
     "nearest_code.prepare": {"BLOCK_K": 32, "num_warps": 4, "interpreted": {"BLOCK_K": 16}},
-    "nearest_code.prepare_projected": {"BLOCK_K": 32, "num_warps": 4, "interpreted": {"BLOCK_K": 16}},
     "nearest_code.vq": {"BLOCK_M": 64, "BLOCK_K": 32, "num_warps": 4, "interpreted": {"BLOCK_M": 16}},
     "nearest_code.collect": {"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2, "codebook_parts": 8,
                              "interpreted": {"BLOCK_M": 16, "BLOCK_K": 32, "codebook_parts": 2}},
