@@ -181,7 +181,7 @@ def test_autotuned_first_pass_appends_its_rows_once(monkeypatch):
     def autotuning_launch(name, kernel, grid, *args, configs=None, key=None, **kw):
         if configs is None or len(configs) < 2:
             return real(name, kernel, grid, *args, configs=configs, key=key, **kw)
-        appends.append(kw.get("APPEND", True))
+        appends.append(kw["APPEND"])
         # what Triton's autotuner keys on: the key arguments (N_BUCKET, K_BUCKET, D), the constexprs, dtypes
         tune_key = (args[19], args[20], args[13]) + tuple(sorted((k, str(v)) for k, v in kw.items() if k != "APPEND"))
         for conf in configs if tune_key not in seen else configs[:1]:

@@ -261,7 +261,7 @@ def _nearest_code_kernel(Z, C, C2, CN, IDX, BEST, THR, FLAG, ROWS, CNT, COUNT, N
                          BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
                          SINGLE_D: tl.constexpr, SPLIT: tl.constexpr, TOP2: tl.constexpr,
                          PRECISION: tl.constexpr, EVEN_K: tl.constexpr, EVEN_D: tl.constexpr,
-                         OVERLAP: tl.constexpr, APPEND: tl.constexpr = True):
+                         OVERLAP: tl.constexpr, APPEND: tl.constexpr):
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < N
@@ -573,7 +573,7 @@ def _scores_pass(z, layout, c, c2, cn, precision: str, name: str, top2=None):
             launch("nearest_code.fwd", _nearest_code_kernel, grid, *args, **meta, APPEND=False, configs=configs,
                    key=keys)
             _side_effect_free_tuned.add(tune_key)
-    launch("nearest_code.fwd", _nearest_code_kernel, grid, *args, **meta, configs=configs, key=keys)
+    launch("nearest_code.fwd", _nearest_code_kernel, grid, *args, **meta, APPEND=True, configs=configs, key=keys)
     return idx, best
 
 
