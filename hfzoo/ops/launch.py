@@ -146,6 +146,7 @@ DEFAULTS: dict[str, dict] = {
     # values per slot), "prepare" its codebook pass, "collect" lists the candidates of unsettled rows over
     # "codebook_parts" codebook slices, "resolve" scores them in fp64 (persistent). "exact": the candidates pass
     # for fp32 inputs, the list length per row (more -> a full fp64 scan of the row), the bound's safety factor.
+    # "vq": the SimVQ quantizer's gather + loss (with the fp64 step of its block's rows) and backward kernels.
     "nearest_code.fwd_fp32": {"configs": [
         {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
         {"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
