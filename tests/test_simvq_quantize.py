@@ -199,3 +199,63 @@ def test_autotuned_first_pass_appends_its_rows_once(monkeypatch):
             assert scratch[0].item() == (flag != 0).sum().item() > 0  # every unsettled row listed once
             _compare(z, frozen, w, bb)
     assert appends == [False, True, True, True, True]  # tuned without the append once per key (two keys)
+
+
+def test_first_pass_launches_the_tuned_pick_directly_once_known(monkeypatch):
+    # Host path: the launch plan of a shape remembers the autotuner's pick; later calls launch that config alone
+    # (no autotuner, no tuning keys rebuilt per call). Stand-ins: a launch that runs the first of several configs
+    # (the autotuner needs a GPU) and a pick lookup that names the second config.
+    import json
+
+    from hfzoo.ops import nearest_code as nc
+
+    real, calls = nc.launch, []
+
+    def recording_launch(name, kernel, grid, *args, configs=None, key=None, **kw):
+        calls.append((name, kw.get("APPEND"), None if configs is None else len(configs)))
+        return real(name, kernel, grid, *args, configs=None if configs is None else configs[:1], **kw)
+
+    two = [{"BLOCK_M": 16, "BLOCK_K": 32}, {"BLOCK_M": 32, "BLOCK_K": 16}]
+    monkeypatch.setenv("HFZOO_TUNE", json.dumps({"nearest_code.candidates": {"configs": two}}))
+    monkeypatch.setattr(nc, "launch", recording_launch)
+    monkeypatch.setattr(nc, "tuned_pick", lambda kernel, configs, key, args, kwargs: dict(configs[1]))
+    monkeypatch.setattr(nc, "_side_effect_free_tuned", set())
+    monkeypatch.setattr(nc, "_plans", {})
+    z, frozen, w, bb = _inputs(2, 16, (5, 7), 60, seed=11)
+    for i in range(3):
+        calls.clear()
+        _compare(z, frozen, w, bb)
+        fwd = [c for c in calls if c[0] == "nearest_code.fwd"]
+        if i == 0:  # tuned without the append, then launched with it, through the config list
+            assert fwd == [("nearest_code.fwd", False, 2), ("nearest_code.fwd", True, 2)]
+        else:  # the pick alone
+            assert fwd == [("nearest_code.fwd", True, 1)]
+    assert any(key[0] == "nearest_code.candidates" for key in nc._plans)
+
+
+def test_plans_are_not_remembered_inside_tuning_blocks(monkeypatch):
+    from hfzoo.ops import nearest_code as nc
+
+    monkeypatch.setattr(nc, "_plans", {})
+    z, frozen, w, bb = _inputs(1, 16, (3, 3), 40, seed=12)
+    with tuning({"nearest_code.exact": {"bound_scale": 1e6}}):
+        _compare(z, frozen, w, bb)
+    assert nc._plans == {}
+    _compare(z, frozen, w, bb)
+    assert {key[0] for key in nc._plans} == {"exact", "nearest_code.candidates", "vq"}
+
+
+def test_backward_with_only_one_output_used():
+    # the Function does not materialise zero gradients: an unused z_q or loss reaches the kernel as "absent"
+    z, frozen, w, bb = _inputs(2, 16, (4, 3), 40, seed=13)
+    for use in ("zq", "loss"):
+        zr = z.detach().clone().requires_grad_()
+        got = quantize_projected(z, frozen, w, bb, 0.25, 1.0, backend="triton")
+        want = quantize_projected_reference(zr, frozen, w, bb, 0.25, 1.0)
+        pick = (lambda out: (out[0] * out[0].detach()).sum()) if use == "zq" else (lambda out: 2.0 * out[2])
+        (gz,) = torch.autograd.grad(pick(got), z)
+        (gzr,) = torch.autograd.grad(pick(want), zr)
+        torch.testing.assert_close(gz, gzr, rtol=1e-5, atol=1e-7)
+    zq, _, loss = quantize_projected(z, frozen, w, bb, 0.25, 1.0, backend="triton")
+    gw, gb = torch.autograd.grad(zq.sum(), (w, bb), allow_unused=True)  # z_q alone: no gradient reaches W, b
+    assert (gw is None or not gw.any()) and (gb is None or not gb.any())

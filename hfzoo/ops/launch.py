@@ -301,6 +301,15 @@ def _merge(kernel: str, shape_defaults: dict) -> dict:
     return out
 
 
+def settings_token():
+    """A hashable value that changes whenever ``settings()`` could answer differently (``HFZOO_TUNE``, the
+    interpreter flag); None inside ``tuning()`` blocks. Ops that derive launch plans from the settings may remember
+    them under this token (and must not while it is None)."""
+    if _tuning.get():
+        return None
+    return (getenv(TUNE_ENV), is_interpreted())
+
+
 @contextlib.contextmanager
 def tuning(overrides: dict[str, dict]):
     """Override launch settings inside a block: ``with tuning({"gla.fwd_o": {"num_warps": 8}}): ...``.
@@ -533,6 +542,15 @@ def _tuned_key(kernel, frozen, keys, args, kwargs):
     return out
 
 
+def tuned_pick(kernel, configs, key, args, kwargs) -> dict | None:
+    """The config the autotuner picked for this launch (as ``launch()`` remembers it for the fast path), or None
+    while it is not tuned or off the fast path. An op may then launch that config alone (``configs=[pick]``)."""
+    if not (_fast_enabled and _FAST_SUPPORTED):
+        return None
+    pick_key = _tuned_key(kernel, _freeze(configs), tuple(key or ()), args, kwargs)
+    return None if pick_key is None else _tuned_picks.get(pick_key)
+
+
 def launch(name: str, kernel, grid, *args, configs=None, key=None, **kwargs):
     """Launch ``kernel[grid](*args, **kwargs)`` and count it under ``name``.
 
@@ -570,4 +588,4 @@ def launch(name: str, kernel, grid, *args, configs=None, key=None, **kwargs):
 
 __all__ = ["DEFAULTS", "FAST_LAUNCH_ENV", "INTERPRETER_SM_COUNT", "TUNE_ENV", "bucket", "compile_options",
            "count_launches", "fast_launch", "getenv", "is_interpreted", "launch", "launch_counts", "note_launch",
-           "persistent_grid", "settings", "sm_count", "tuning"]
+           "persistent_grid", "settings", "settings_token", "sm_count", "tuned_pick", "tuning"]

@@ -46,7 +46,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .launch import bucket, launch, persistent_grid, settings
+from .launch import bucket, launch, persistent_grid, settings, settings_token, tuned_pick
 from .triton_shim import tl, triton
 from .validate import KERNEL_DTYPES, check_tensor, pick_backend
 
@@ -477,6 +477,7 @@ def _vq_forward_kernel(Z, CB, IDX, FLAG, CNT, CAND, ZQ, PART, SCRATCH, LOSS, N, 
 def _vq_backward_kernel(Z, CB, C0, IDX, GOUT, GLOSS, GZ, G, P, PARTB, SCRATCH, DB, N, D, S, stride_zb, stride_zs,
                         stride_zd, stride_c0, gz_scale, g_scale,
                         NEED_Z: tl.constexpr, NEED_W: tl.constexpr, NEED_B: tl.constexpr,
+                        HAS_GOUT: tl.constexpr, HAS_GLOSS: tl.constexpr,
                         BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_P: tl.constexpr):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -489,10 +490,15 @@ def _vq_backward_kernel(Z, CB, C0, IDX, GOUT, GLOSS, GZ, G, P, PARTB, SCRATCH, D
     q = tl.load(CB + code[:, None] * D + dd[None, :], mask=m, other=0.0)
     z = tl.load(Z + zp, mask=m, other=0.0)
     diff = q - z
-    gl = tl.load(GLOSS).to(tl.float32)
+    if HAS_GLOSS:  # (a missing gradient is zero: the output was not used)
+        gl = tl.load(GLOSS).to(tl.float32)
+    else:
+        gl = 0.0
     if NEED_Z:  # straight-through: dz = d z_q - w_z 2 (q - z) dloss / n
-        go = tl.load(GOUT + zp, mask=m, other=0.0)
-        tl.store(GZ + zp, go + (gz_scale * gl) * diff, mask=m)
+        dz = (gz_scale * gl) * diff
+        if HAS_GOUT:
+            dz += tl.load(GOUT + zp, mask=m, other=0.0)
+        tl.store(GZ + zp, dz, mask=m)
     g = (g_scale * gl) * diff  # the codebook term's gradient on q: w_q 2 (q - z) dloss / n
     if NEED_W:
         off = rows[:, None].to(tl.int64) * D + dd[None, :]
@@ -540,40 +546,83 @@ def _channels_layout(z: torch.Tensor):
     return b * s, d, (max(s, 1), d * s, 1, s)
 
 
+# Launch plans: what the host derives from the settings and the shapes (configs, constexprs, grids, the autotuner's
+# pick once known) is remembered per shape under ``settings_token()`` (never inside ``tuning()`` blocks), so a
+# repeated call only allocates and launches. A step of the SimVQ quantizer is host-bound at B64 K8192.
+_PLAN_LIMIT = 512
+_plans: dict = {}
+
+
+def _plan(key: tuple, build):
+    token = settings_token()
+    if token is None:
+        return build()
+    key = key + (token,)
+    plan = _plans.get(key)
+    if plan is None:
+        if len(_plans) >= _PLAN_LIMIT:
+            _plans.clear()
+        plan = _plans[key] = build()
+    return plan
+
+
+class _PassPlan:
+    """Launch plan of one scores pass: configs, constexprs, autotune key names, the side-effect-free tuning key
+    (first pass), and the autotuner's pick with its grid once known."""
+
+    __slots__ = ("configs", "meta", "keys", "tune_key", "pick", "pick_grid", "n")
+
+    def __init__(self, name, n, k, d, precision, split, top2, z_dtype, c_dtype, elem, device):
+        block_d = _block_d(d)
+        configs = [{"OVERLAP": False, **c} for c in settings(name)["configs"]]
+        if d > block_d:  # wide rows pipeline z chunks too: keep the configs whose stages fit shared memory (227 KB)
+            configs = [c for c in configs
+                       if c.get("num_stages", 2) * (c["BLOCK_M"] + c["BLOCK_K"]) * block_d * elem <= 200 << 10]
+            configs = configs or [{"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2}]
+        self.configs, self.n = configs, n
+        self.meta = dict(BLOCK_D=block_d, SINGLE_D=d <= block_d, SPLIT=split, TOP2=top2, PRECISION=precision,
+                         EVEN_K=k % 128 == 0, EVEN_D=d == block_d)  # every BLOCK_K in the lists divides 128
+        self.keys = ["N_BUCKET", "K_BUCKET", "D", "SPLIT", "TOP2", "PRECISION", "EVEN_K"]
+        # at least as fine as the autotuner's key (its key values, the tensors' dtypes, the config list)
+        self.tune_key = (tuple(tuple(sorted(c.items())) for c in configs), bucket(n, lo=1), bucket(k, lo=1), d,
+                         split, precision, self.meta["EVEN_K"], z_dtype, c_dtype, device)
+        self.pick = self.pick_grid = None
+        if len(configs) == 1:
+            self.pick, self.pick_grid = configs[0], (_cdiv(n, configs[0]["BLOCK_M"]),)
+
+
 def _scores_pass(z, layout, c, c2, cn, precision: str, name: str, top2=None):
     """Launch the scores pass: ``(idx int64 [N], best fp32 [N])``; with ``top2 = (thr, flag, rows, cnt, count,
     dot_error, norm_error, bound_scale)`` it also writes each row's threshold and unsettled flag and appends the
     unsettled rows to ``rows`` (``count`` must be zero)."""
     n, d, (zs, zb, zr, zd) = layout
     k = c.shape[0]
+    split = c2 is not None
+    plan = _plan((name, n, k, d, precision, split, top2 is not None, z.dtype, c.dtype, z.device),
+                 lambda: _PassPlan(name, n, k, d, precision, split, top2 is not None, z.dtype, c.dtype,
+                                   z.element_size(), z.device))
     idx = torch.empty(n, dtype=torch.int64, device=z.device)
     best = torch.empty(n, dtype=torch.float32, device=z.device)
     thr, flag, rows, cnt, count, dot_error, norm_error, bound_scale = top2 or (best,) * 5 + (0.0, 0.0, 0.0)
-    block_d = _block_d(d)
-    configs = [{"OVERLAP": False, **c} for c in settings(name)["configs"]]
-    if d > block_d:  # wide rows pipeline z chunks too: keep the configs whose stages fit shared memory (227 KB)
-        configs = [c for c in configs
-                   if c.get("num_stages", 2) * (c["BLOCK_M"] + c["BLOCK_K"]) * block_d * z.element_size() <= 200 << 10]
-        configs = configs or [{"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2}]
-    split = c2 is not None
     args = (z, c, c2 if split else c, cn, idx, best, thr, flag, rows, cnt, count, n, k, d, zs, zb, zr, zd,
             c.stride(0), bucket(n, lo=1), bucket(k, lo=1), dot_error, norm_error, bound_scale)
-    meta = dict(BLOCK_D=block_d, SINGLE_D=d <= block_d, SPLIT=split, TOP2=top2 is not None, PRECISION=precision,
-                EVEN_K=k % 128 == 0, EVEN_D=d == block_d)  # every BLOCK_K in the lists divides 128
-    keys = ["N_BUCKET", "K_BUCKET", "D", "SPLIT", "TOP2", "PRECISION", "EVEN_K"]
+    if plan.pick is not None:  # the tuned (or only) config: one plain launch
+        launch("nearest_code.fwd", _nearest_code_kernel, plan.pick_grid, *args, **plan.meta, APPEND=True,
+               configs=[plan.pick])
+        return idx, best
+    configs, meta, keys = plan.configs, plan.meta, plan.keys
     grid = lambda m: (_cdiv(n, m["BLOCK_M"]),)  # noqa: E731
-    if top2 is not None and len(configs) > 1:
+    if top2 is not None and plan.tune_key not in _side_effect_free_tuned:
         # The autotuner runs a kernel several times on the real arguments; the first pass's list append is not
         # idempotent (the count would grow past N). The first call for a tuning key therefore tunes (and runs)
-        # the pass without the append; the launch below reuses the pick. The key here is at least as fine as the
-        # autotuner's (its key values, the tensors' dtypes, the config list).
-        tune_key = (tuple(tuple(sorted(c.items())) for c in configs), args[19], args[20], d, split, precision,
-                    meta["EVEN_K"], z.dtype, c.dtype, z.device)
-        if tune_key not in _side_effect_free_tuned:
-            launch("nearest_code.fwd", _nearest_code_kernel, grid, *args, **meta, APPEND=False, configs=configs,
-                   key=keys)
-            _side_effect_free_tuned.add(tune_key)
+        # the pass without the append; the launch below reuses the pick.
+        launch("nearest_code.fwd", _nearest_code_kernel, grid, *args, **meta, APPEND=False, configs=configs,
+               key=keys)
+        _side_effect_free_tuned.add(plan.tune_key)
     launch("nearest_code.fwd", _nearest_code_kernel, grid, *args, **meta, APPEND=True, configs=configs, key=keys)
+    pick = tuned_pick(_nearest_code_kernel, configs, keys, args, {**meta, "APPEND": True})
+    if pick is not None:  # later calls of this shape launch the pick directly
+        plan.pick_grid, plan.pick = (_cdiv(n, pick["BLOCK_M"]),), pick
     return idx, best
 
 
@@ -603,31 +652,59 @@ SCRATCH = 4  # int32 words zeroed by the prepare kernel: [0] unsettled-row count
 _side_effect_free_tuned: set = set()  # first-pass autotune keys already tuned (see _scores_pass)
 
 
-def _exact_first_pass(z: torch.Tensor, codebook: torch.Tensor, conf: dict | None = None, layout=None):
+class _ExactPlan:
+    """Launch plan of the exact mode for one shape: settings and everything derived from them."""
+
+    __slots__ = ("maxc", "candidates", "split", "bound", "prep_grid", "prep_meta", "block_d", "collect_grid",
+                 "per_part", "collect_conf", "resolve_grid", "resolve_meta")
+
+    def __init__(self, n, k, d, dtype, device):
+        conf = settings("nearest_code.exact")
+        self.maxc = int(conf["max_candidates"])
+        self.candidates = _exact_plan(dtype, d, conf)
+        self.split = self.candidates == "bf16x3"
+        self.bound = (_dot_error(self.candidates, d), (d + 2) * 2.0 ** -23, float(conf["bound_scale"]))
+        pconf = settings("nearest_code.prepare")
+        self.prep_grid = (_cdiv(k, pconf["BLOCK_K"]),)
+        self.prep_meta = dict(SPLIT=self.split, BLOCK_K=pconf["BLOCK_K"], BLOCK_D=min(128, _block_d(d)), BLOCK_S=16,
+                              num_warps=pconf["num_warps"])
+        self.block_d = block_d = _block_d(d)
+        cconf = settings("nearest_code.collect")
+        bm, bk = cconf["BLOCK_M"], cconf["BLOCK_K"]
+        parts = max(1, min(int(cconf["codebook_parts"]), _cdiv(k, 2 * bk)))
+        self.per_part = _cdiv(_cdiv(k, parts), bk) * bk
+        self.collect_grid = (_cdiv(n, bm), _cdiv(k, self.per_part))
+        self.collect_conf = [{kk: v for kk, v in cconf.items() if kk != "codebook_parts"}]
+        rconf = settings("nearest_code.resolve")
+        self.resolve_grid = (persistent_grid(n, device, rconf["programs_per_sm"]),)
+        self.resolve_meta = dict(MAXC=self.maxc, BLOCK_C=_pow2(self.maxc), BLOCK_K=rconf["BLOCK_K"], BLOCK_D=block_d,
+                                 num_warps=rconf["num_warps"])
+
+
+def _exact_plan_for(n, k, d, dtype, device) -> _ExactPlan:
+    return _plan(("exact", n, k, d, dtype, device), lambda: _ExactPlan(n, k, d, dtype, device))
+
+
+def _exact_first_pass(z: torch.Tensor, codebook: torch.Tensor, conf=None, layout=None, plan=None):
     """Steps 0-1 of the exact mode: ``(idx, best, thr, flag, cn, hi, lo, rows, cnt, scratch)``; ``layout`` as
-    ``_rows_layout`` (default: ``z`` is ``[N, D]``)."""
+    ``_rows_layout`` (default: ``z`` is ``[N, D]``). ``conf`` is unused (the settings are read per plan)."""
     n, d, _ = layout = layout or _rows_layout(z)
     k = codebook.shape[0]
-    conf = conf or settings("nearest_code.exact")
-    candidates = _exact_plan(z.dtype, d, conf)
     dev = z.device
+    plan = plan or _exact_plan_for(n, k, d, z.dtype, dev)
+    split = plan.split
     scratch = torch.empty(SCRATCH, dtype=torch.int32, device=dev)
     cn = torch.empty(k, dtype=torch.float32, device=dev)
-    split = candidates == "bf16x3"
     hi = torch.empty(k, d, dtype=torch.bfloat16, device=dev) if split else codebook
     lo = torch.empty(k, d, dtype=torch.bfloat16, device=dev) if split else None
-    pconf = settings("nearest_code.prepare")
-    launch("nearest_code.prepare", _prepare_codes_kernel, (_cdiv(k, pconf["BLOCK_K"]),),
-           codebook, cn, hi, lo if split else hi, scratch, k, d, codebook.stride(0), SCRATCH,
-           SPLIT=split, BLOCK_K=pconf["BLOCK_K"], BLOCK_D=min(128, _block_d(d)), BLOCK_S=16,
-           num_warps=pconf["num_warps"])
+    launch("nearest_code.prepare", _prepare_codes_kernel, plan.prep_grid,
+           codebook, cn, hi, lo if split else hi, scratch, k, d, codebook.stride(0), SCRATCH, **plan.prep_meta)
     thr = torch.empty(n, dtype=torch.float32, device=dev)
     flag = torch.empty(n, dtype=torch.int32, device=dev)
     rows = torch.empty(n, dtype=torch.int32, device=dev)
     cnt = torch.empty(n, dtype=torch.int32, device=dev)
     idx, best = _scores_pass(z, layout, hi, lo, cn, "tf32", "nearest_code.candidates",
-                             (thr, flag, rows, cnt, scratch, _dot_error(candidates, d), (d + 2) * 2.0 ** -23,
-                              float(conf["bound_scale"])))
+                             (thr, flag, rows, cnt, scratch) + plan.bound)
     return idx, best, thr, flag, cn, hi, lo, rows, cnt, scratch
 
 
@@ -636,31 +713,22 @@ def _nearest_code_exact(z: torch.Tensor, codebook: torch.Tensor, layout=None, re
     collect, resolve); with ``resolve=False`` the last step is left to the caller's kernel (``_resolve_row`` on the
     rows whose ``flag`` is not 0; ``idx`` and ``best`` hold the first pass's answers there until then)."""
     n, d, zl = layout = layout or _rows_layout(z)
-    conf = settings("nearest_code.exact")
-    maxc = int(conf["max_candidates"])
+    k = codebook.shape[0]
+    plan = _exact_plan_for(n, k, d, z.dtype, z.device)
+    maxc = plan.maxc
     if n * maxc >= 2 ** 31:
         raise ValueError(f"nearest_code: {n} vectors exceed the exact mode's candidate list (int32 offsets); "
                          f"split the batch")
-    idx, best, thr, flag, cn, hi, lo, rows, cnt, scratch = _exact_first_pass(z, codebook, conf, layout)
-    k = codebook.shape[0]
+    idx, best, thr, flag, cn, hi, lo, rows, cnt, scratch = _exact_first_pass(z, codebook, None, layout, plan)
     cand = torch.empty(n * maxc, dtype=torch.int32, device=z.device)
-    cconf = settings("nearest_code.collect")
-    bm, bk = cconf["BLOCK_M"], cconf["BLOCK_K"]
-    parts = max(1, min(int(cconf["codebook_parts"]), _cdiv(k, 2 * bk)))
-    per_part = _cdiv(_cdiv(k, parts), bk) * bk
-    block_d = _block_d(d)
-    launch("nearest_code.collect", _collect_kernel, (_cdiv(n, bm), _cdiv(k, per_part)),
+    block_d = plan.block_d
+    launch("nearest_code.collect", _collect_kernel, plan.collect_grid,
            z, hi, lo if lo is not None else hi, cn, rows, scratch, thr, cnt, cand, k, d, *zl, hi.stride(0),
-           per_part, MAXC=maxc, BLOCK_D=block_d, SINGLE_D=d <= block_d, SPLIT=lo is not None, PRECISION="tf32",
-           EVEN_D=d == block_d,
-           configs=[{kk: v for kk, v in cconf.items() if kk != "codebook_parts"}])
+           plan.per_part, MAXC=maxc, BLOCK_D=block_d, SINGLE_D=d <= block_d, SPLIT=lo is not None, PRECISION="tf32",
+           EVEN_D=d == block_d, configs=plan.collect_conf)
     if resolve:
-        rconf = settings("nearest_code.resolve")
-        grid = (persistent_grid(n, z.device, rconf["programs_per_sm"]),)
-        launch("nearest_code.resolve", _resolve_kernel, grid,
-               z, codebook, rows, scratch, cnt, cand, idx, best, k, d, *zl, codebook.stride(0),
-               MAXC=maxc, BLOCK_C=_pow2(maxc), BLOCK_K=rconf["BLOCK_K"], BLOCK_D=block_d,
-               num_warps=rconf["num_warps"])
+        launch("nearest_code.resolve", _resolve_kernel, plan.resolve_grid,
+               z, codebook, rows, scratch, cnt, cand, idx, best, k, d, *zl, codebook.stride(0), **plan.resolve_meta)
     return idx, best, scratch, (flag, cnt, cand, maxc)
 
 
@@ -760,27 +828,41 @@ def quantize_projected_reference(z: torch.Tensor, frozen: torch.Tensor, weight: 
     return z_q, idx, loss
 
 
+class _VQPlan:
+    """Launch plan of the quantizer's own kernels for one shape."""
+
+    __slots__ = ("fwd_meta", "bwd_meta", "nprog", "block_d", "loss_scale")
+
+    def __init__(self, n, d, w_z, w_q):
+        conf = settings("nearest_code.vq")
+        bm, self.block_d = conf["BLOCK_M"], _block_d(d)
+        self.nprog = _cdiv(n, bm)
+        maxc = int(settings("nearest_code.exact")["max_candidates"])
+        self.fwd_meta = dict(MAXC=maxc, BLOCK_C=_pow2(maxc), BLOCK_K=conf["BLOCK_K"], BLOCK_M=bm,
+                             BLOCK_D=self.block_d, BLOCK_P=1024, num_warps=conf["num_warps"])
+        self.bwd_meta = dict(BLOCK_M=bm, BLOCK_D=self.block_d, BLOCK_P=32, num_warps=conf["num_warps"])
+        self.loss_scale = (w_z + w_q) / max(n * d, 1)
+
+
 class _ProjectedVQ(torch.autograd.Function):
     """Forward: the projection (cuBLAS) and four kernels (prepare, first pass, collect, resolve + gather + loss);
     backward: one kernel and one matmul (``dW = G^T P``). Nothing waits for the host."""
 
     @staticmethod
     def forward(ctx, z, frozen, weight, bias, w_z: float, w_q: float):
+        ctx.set_materialize_grads(False)  # no zero-filled gradient for the indices (or an unused output)
         n, d, layout = _channels_layout(z)
         codebook = F.linear(frozen, weight, bias)  # W(C) (no graph: Function.forward runs without grad)
         idx, _, scratch, (flag, cnt, cand, maxc) = _nearest_code_exact(z, codebook, (n, d, layout), resolve=False)
-        conf = settings("nearest_code.vq")
-        bm, block_d = conf["BLOCK_M"], _block_d(d)
-        nprog = _cdiv(n, bm)
+        plan = _plan(("vq", n, d, w_z, w_q), lambda: _VQPlan(n, d, w_z, w_q))
+        dev = z.device
         z_q = torch.empty_like(z)
-        loss = torch.empty((), dtype=torch.float32, device=z.device)
-        part = torch.empty(nprog, dtype=torch.float32, device=z.device)
-        launch("nearest_code.vq_fwd", _vq_forward_kernel, (nprog,), z, codebook, idx, flag, cnt, cand, z_q, part,
-               scratch, loss, n, codebook.shape[0], d, *layout, (w_z + w_q) / max(n * d, 1), MAXC=maxc,
-               BLOCK_C=_pow2(maxc), BLOCK_K=conf["BLOCK_K"], BLOCK_M=bm, BLOCK_D=block_d, BLOCK_P=1024,
-               num_warps=conf["num_warps"])
+        part = torch.empty(plan.nprog, dtype=torch.float32, device=dev)
+        loss = torch.empty((), dtype=torch.float32, device=dev)  # (not a view of part: the caller may modify it)
+        launch("nearest_code.vq_fwd", _vq_forward_kernel, (plan.nprog,), z, codebook, idx, flag, cnt, cand, z_q,
+               part, scratch, loss, n, codebook.shape[0], d, *layout, plan.loss_scale, **plan.fwd_meta)
         ctx.save_for_backward(z, idx, codebook, frozen, scratch)
-        ctx.meta = (w_z, w_q, n, d, layout)
+        ctx.meta = (w_z, w_q, n, d, layout, plan)
         indices = idx.view(z.shape[:1] + z.shape[2:])
         ctx.mark_non_differentiable(indices)
         return z_q, indices, loss
@@ -788,24 +870,32 @@ class _ProjectedVQ(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_zq, grad_idx, grad_loss):
         z, idx, codebook, frozen, scratch = ctx.saved_tensors
-        w_z, w_q, n, d, layout = ctx.meta
+        w_z, w_q, n, d, layout, plan = ctx.meta
         need_z, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]
-        conf = settings("nearest_code.vq")
-        bm, block_d = conf["BLOCK_M"], _block_d(d)
-        nprog = _cdiv(n, bm)
+        if grad_loss is None and not need_z:  # W and b get gradients through the loss only: zero
+            return (None, None, torch.zeros(d, d, dtype=torch.float32, device=z.device) if need_w else None,
+                    torch.zeros(d, dtype=torch.float32, device=z.device) if need_b else None, None, None)
         dev = z.device
-        grad_zq = grad_zq.contiguous() if grad_zq.dtype == torch.float32 else grad_zq.float().contiguous()
+        nprog, block_d = plan.nprog, plan.block_d
+        has_gout = grad_zq is not None
+        if has_gout and (grad_zq.dtype != torch.float32 or not grad_zq.is_contiguous()):
+            grad_zq = grad_zq.float().contiguous()
         gz = torch.empty_like(z) if need_z else z
-        g = torch.empty(n, d, dtype=torch.float32, device=dev) if need_w else z
-        p = torch.empty(n, d, dtype=torch.float32, device=dev) if need_w else z
-        db = torch.empty(d, dtype=torch.float32, device=dev) if need_b else z
-        partb = torch.empty(nprog, block_d, dtype=torch.float32, device=dev) if need_b else z
-        launch("nearest_code.vq_bwd", _vq_backward_kernel, (nprog,), z, codebook, frozen, idx, grad_zq, grad_loss,
-               gz, g, p, partb, scratch, db, n, d, *layout, frozen.stride(0), -2.0 * w_z / max(n * d, 1),
-               2.0 * w_q / max(n * d, 1), NEED_Z=need_z, NEED_W=need_w, NEED_B=need_b, BLOCK_M=bm,
-               BLOCK_D=block_d, BLOCK_P=32, num_warps=conf["num_warps"])
-        gw = torch.mm(g.t(), p) if need_w else None
-        return gz if need_z else None, None, gw, db if need_b else None, None, None
+        gw = g = p = db = partb = z
+        if need_w:
+            gp = torch.empty(2, n, d, dtype=torch.float32, device=dev)  # G and P of dW = G^T P
+            g, p = gp[0], gp[1]
+        if need_b:
+            partb = torch.empty(nprog, block_d, dtype=torch.float32, device=dev)
+            db = torch.empty(d, dtype=torch.float32, device=dev)
+        launch("nearest_code.vq_bwd", _vq_backward_kernel, (nprog,), z, codebook, frozen, idx,
+               grad_zq if has_gout else z, grad_loss if grad_loss is not None else z, gz, g, p, partb, scratch, db,
+               n, d, *layout, frozen.stride(0), -2.0 * w_z / max(n * d, 1), 2.0 * w_q / max(n * d, 1),
+               NEED_Z=need_z, NEED_W=need_w, NEED_B=need_b, HAS_GOUT=has_gout, HAS_GLOSS=grad_loss is not None,
+               **plan.bwd_meta)
+        if need_w:
+            gw = torch.mm(g.t(), p)
+        return gz if need_z else None, None, gw if need_w else None, db if need_b else None, None, None
 
 
 def quantize_projected(z: torch.Tensor, frozen: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
