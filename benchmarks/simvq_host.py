@@ -233,8 +233,35 @@ def pieces(device: str, n: int, sync) -> None:
     cb = F.linear(fr, w, bias).detach()
     zd = z.detach()
     lay = nc._channels_layout(zd)
+    class _Trivial(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, a):
+            return a.view_as(a)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g
+
+    leaf = torch.randn(b, d, hw, hw, device=device, requires_grad=True)
+    target = torch.randn(b, d, hw, hw, device=device)
+
+    def user_loss():  # the benchmark's own loss around the quantizer, with a leaf in the quantizer's place
+        leaf.grad = None
+        ((leaf - target).square().mean() + leaf.sum()).backward()
+
+    vq = nc._plan(("vq", b * hw * hw, d, 0.25, 1.0), lambda: nc._VQPlan(b * hw * hw, d, 0.25, 1.0))
+    idx, _, scratch, (flag, cnt, cand, maxc) = nc._nearest_code_exact(zd, cb, lay, resolve=False)
+    zq, part, loss = torch.empty_like(zd), torch.empty(vq.nprog, device=device), torch.empty((), device=device)
+
+    def vq_fwd():
+        L.launch("nearest_code.vq_fwd", nc._vq_forward_kernel, (vq.nprog,), zd, cb, idx, flag, cnt, cand, zq, part,
+                 scratch, loss, lay[0], k, d, *lay[2], vq.loss_scale, **vq.fwd_meta)
+
     rows = {
         "torch.empty(16, int32)": lambda: torch.empty(16, dtype=torch.int32, device=device),
+        "trivial autograd Function, forward + backward": lambda: _Trivial.apply(leaf).sum().backward(),
+        "the benchmark's loss and backward around a leaf": user_loss,
+        "launch() of the gather + loss kernel (19 runtime args)": vq_fwd,
         "F.linear(C, W, b) [256 x 128]": lambda: F.linear(fr, w, bias),
         "aten mul (z * 2)": lambda: zd * 2,
         "settings('nearest_code.vq')": lambda: nc.settings("nearest_code.vq"),

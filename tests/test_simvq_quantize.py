@@ -259,3 +259,44 @@ def test_backward_with_only_one_output_used():
     zq, _, loss = quantize_projected(z, frozen, w, bb, 0.25, 1.0, backend="triton")
     gw, gb = torch.autograd.grad(zq.sum(), (w, bb), allow_unused=True)  # z_q alone: no gradient reaches W, b
     assert (gw is None or not gw.any()) and (gb is None or not gb.any())
+
+
+def test_two_steps_of_one_shape_before_one_backward():
+    # the exact mode's lists and the partial sums are kept between calls of one shape (per stream and thread):
+    # a second forward before the first backward must leave the first one's gradients intact
+    from hfzoo.ops import nearest_code as nc
+
+    z1, frozen, w, bb = _inputs(2, 16, (3, 5), 50, seed=14)
+    z2 = torch.randn_like(z1).requires_grad_()
+    outs = [quantize_projected(z, frozen, w, bb, 0.25, 1.0, backend="triton") for z in (z1, z2)]
+    assert len(nc._workspaces) >= 2
+    total = sum(zq.square().mean() + 2.0 * loss for zq, _, loss in outs)
+    got = torch.autograd.grad(total, (z1, z2, w, bb))
+    refs = [quantize_projected_reference(z, frozen, w, bb, 0.25, 1.0) for z in (z1, z2)]
+    want = torch.autograd.grad(sum(zq.square().mean() + 2.0 * loss for zq, _, loss in refs), (z1, z2, w, bb))
+    for (_, i, _), (_, j, _) in zip(outs, refs):
+        assert torch.equal(i, j)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_another_thread_gets_its_own_scratch():
+    import threading
+
+    from hfzoo.ops import nearest_code as nc
+
+    z, frozen, w, bb = _inputs(1, 16, (4, 4), 30, seed=15)
+    quantize_projected(z, frozen, w, bb, 0.25, 1.0, backend="triton")
+    mine = {k for k in nc._workspaces if k[-1] == threading.get_ident()}
+    result = {}
+
+    def work():
+        result["out"] = quantize_projected(z.detach(), frozen, w.detach(), bb.detach(), 0.25, 1.0, backend="triton")
+        result["keys"] = {k for k in nc._workspaces if k[-1] == threading.get_ident()}
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert mine and result["keys"] and not (mine & result["keys"])
+    want = quantize_projected_reference(z.detach(), frozen, w.detach(), bb.detach(), 0.25, 1.0)
+    assert torch.equal(result["out"][1], want[1])

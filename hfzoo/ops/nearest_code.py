@@ -43,6 +43,8 @@ on the gathered codes instead.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 
@@ -566,6 +568,28 @@ def _plan(key: tuple, build):
     return plan
 
 
+# Scratch tensors that no caller keeps (the exact mode's lists and counts, the quantizer's partial sums) are kept
+# between calls per launch plan, CUDA stream and thread: a later call on the same stream is ordered after the
+# earlier one's kernels, so reusing them is safe there, and other streams or threads get their own. At most
+# _WORKSPACE_LIMIT sets are kept (the oldest is dropped); none inside tuning() blocks.
+_WORKSPACE_LIMIT = 8
+_workspaces: dict = {}
+
+
+def _workspace(key: tuple, device: torch.device, build):
+    token = settings_token()
+    if token is None:
+        return build()
+    stream = torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else None
+    key = key + (device, token, stream, threading.get_ident())
+    ws = _workspaces.get(key)
+    if ws is None:
+        while len(_workspaces) >= _WORKSPACE_LIMIT:
+            _workspaces.pop(next(iter(_workspaces)))
+        ws = _workspaces[key] = build()
+    return ws
+
+
 class _PassPlan:
     """Launch plan of one scores pass: configs, constexprs, autotune key names, the side-effect-free tuning key
     (first pass), and the autotuner's pick with its grid once known."""
@@ -685,6 +709,16 @@ def _exact_plan_for(n, k, d, dtype, device) -> _ExactPlan:
     return _plan(("exact", n, k, d, dtype, device), lambda: _ExactPlan(n, k, d, dtype, device))
 
 
+def _exact_buffers(n, k, d, split, maxc, dev):
+    """The exact mode's scratch: (scratch words, code norms, hi, lo, thr, flag, rows, cnt, candidate lists)."""
+    hi = torch.empty(k, d, dtype=torch.bfloat16, device=dev) if split else None
+    lo = torch.empty(k, d, dtype=torch.bfloat16, device=dev) if split else None
+    return (torch.empty(SCRATCH, dtype=torch.int32, device=dev), torch.empty(k, dtype=torch.float32, device=dev),
+            hi, lo, torch.empty(n, dtype=torch.float32, device=dev), torch.empty(n, dtype=torch.int32, device=dev),
+            torch.empty(n, dtype=torch.int32, device=dev), torch.empty(n, dtype=torch.int32, device=dev),
+            torch.empty(n * maxc, dtype=torch.int32, device=dev))
+
+
 def _exact_first_pass(z: torch.Tensor, codebook: torch.Tensor, conf=None, layout=None, plan=None):
     """Steps 0-1 of the exact mode: ``(idx, best, thr, flag, cn, hi, lo, rows, cnt, scratch)``; ``layout`` as
     ``_rows_layout`` (default: ``z`` is ``[N, D]``). ``conf`` is unused (the settings are read per plan)."""
@@ -693,16 +727,11 @@ def _exact_first_pass(z: torch.Tensor, codebook: torch.Tensor, conf=None, layout
     dev = z.device
     plan = plan or _exact_plan_for(n, k, d, z.dtype, dev)
     split = plan.split
-    scratch = torch.empty(SCRATCH, dtype=torch.int32, device=dev)
-    cn = torch.empty(k, dtype=torch.float32, device=dev)
-    hi = torch.empty(k, d, dtype=torch.bfloat16, device=dev) if split else codebook
-    lo = torch.empty(k, d, dtype=torch.bfloat16, device=dev) if split else None
+    scratch, cn, hi, lo, thr, flag, rows, cnt = _workspace(("exact", n, k, d, z.dtype, dev), dev,
+                                                           lambda: _exact_buffers(n, k, d, split, plan.maxc, dev))[:8]
+    hi, lo = (hi, lo) if split else (codebook, None)
     launch("nearest_code.prepare", _prepare_codes_kernel, plan.prep_grid,
            codebook, cn, hi, lo if split else hi, scratch, k, d, codebook.stride(0), SCRATCH, **plan.prep_meta)
-    thr = torch.empty(n, dtype=torch.float32, device=dev)
-    flag = torch.empty(n, dtype=torch.int32, device=dev)
-    rows = torch.empty(n, dtype=torch.int32, device=dev)
-    cnt = torch.empty(n, dtype=torch.int32, device=dev)
     idx, best = _scores_pass(z, layout, hi, lo, cn, "tf32", "nearest_code.candidates",
                              (thr, flag, rows, cnt, scratch) + plan.bound)
     return idx, best, thr, flag, cn, hi, lo, rows, cnt, scratch
@@ -720,7 +749,8 @@ def _nearest_code_exact(z: torch.Tensor, codebook: torch.Tensor, layout=None, re
         raise ValueError(f"nearest_code: {n} vectors exceed the exact mode's candidate list (int32 offsets); "
                          f"split the batch")
     idx, best, thr, flag, cn, hi, lo, rows, cnt, scratch = _exact_first_pass(z, codebook, None, layout, plan)
-    cand = torch.empty(n * maxc, dtype=torch.int32, device=z.device)
+    cand = _workspace(("exact", n, k, d, z.dtype, z.device), z.device,
+                      lambda: _exact_buffers(n, k, d, plan.split, maxc, z.device))[8]
     block_d = plan.block_d
     launch("nearest_code.collect", _collect_kernel, plan.collect_grid,
            z, hi, lo if lo is not None else hi, cn, rows, scratch, thr, cnt, cand, k, d, *zl, hi.stride(0),
@@ -857,7 +887,7 @@ class _ProjectedVQ(torch.autograd.Function):
         plan = _plan(("vq", n, d, w_z, w_q), lambda: _VQPlan(n, d, w_z, w_q))
         dev = z.device
         z_q = torch.empty_like(z)
-        part = torch.empty(plan.nprog, dtype=torch.float32, device=dev)
+        part = _workspace(("vq_fwd", plan.nprog), dev, lambda: torch.empty(plan.nprog, dtype=torch.float32, device=dev))
         loss = torch.empty((), dtype=torch.float32, device=dev)  # (not a view of part: the caller may modify it)
         launch("nearest_code.vq_fwd", _vq_forward_kernel, (plan.nprog,), z, codebook, idx, flag, cnt, cand, z_q,
                part, scratch, loss, n, codebook.shape[0], d, *layout, plan.loss_scale, **plan.fwd_meta)
@@ -882,11 +912,11 @@ class _ProjectedVQ(torch.autograd.Function):
             grad_zq = grad_zq.float().contiguous()
         gz = torch.empty_like(z) if need_z else z
         gw = g = p = db = partb = z
-        if need_w:
-            gp = torch.empty(2, n, d, dtype=torch.float32, device=dev)  # G and P of dW = G^T P
-            g, p = gp[0], gp[1]
+        if need_w or need_b:  # G and P of dW = G^T P, db's per-program partials (consumed on this stream)
+            g, p, partb = _workspace(("vq_bwd", n, d, nprog, block_d), dev, lambda: (
+                torch.empty(n, d, dtype=torch.float32, device=dev), torch.empty(n, d, dtype=torch.float32, device=dev),
+                torch.empty(nprog, block_d, dtype=torch.float32, device=dev)))
         if need_b:
-            partb = torch.empty(nprog, block_d, dtype=torch.float32, device=dev)
             db = torch.empty(d, dtype=torch.float32, device=dev)
         launch("nearest_code.vq_bwd", _vq_backward_kernel, (nprog,), z, codebook, frozen, idx,
                grad_zq if has_gout else z, grad_loss if grad_loss is not None else z, gz, g, p, partb, scratch, db,
