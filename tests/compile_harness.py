@@ -191,6 +191,8 @@ def _nearest_code_cases():
     from hfzoo.ops.launch import tuning
     from hfzoo.ops.nearest_code import nearest_code
 
+    quantize = _quantize_projected_case
+
     def run(N, K, D, dtype, precision=None, candidates="bf16x3"):
         with tuning({"nearest_code.exact": {"candidates": candidates}}):
             nearest_code(torch.randn(N, D, dtype=dtype), torch.randn(K, D, dtype=dtype), precision=precision,
@@ -200,7 +202,16 @@ def _nearest_code_cases():
     return [lambda: run(100, 300, 128, torch.float32), lambda: run(100, 300, 128, torch.float32, None, "tf32"),
             lambda: run(100, 300, 300, torch.float32), lambda: run(100, 300, 128, torch.float32, "tf32x3"),
             lambda: run(100, 300, 64, torch.bfloat16), lambda: run(100, 300, 128, torch.bfloat16, "exact"),
-            lambda: run(100, 300, 300, torch.bfloat16)]
+            lambda: run(100, 300, 300, torch.bfloat16), quantize]
+
+
+def _quantize_projected_case():
+    from hfzoo.ops.nearest_code import quantize_projected
+
+    z = torch.randn(2, 128, 5, 7, requires_grad=True)
+    w, b = torch.randn(128, 128, requires_grad=True), torch.randn(128, requires_grad=True)
+    zq, _, loss = quantize_projected(z, torch.randn(300, 128), w, b, 0.25, 1.0, backend="triton")
+    (zq.sum() + loss).backward()
 
 
 def _varlen_alibi_cases():

@@ -183,6 +183,7 @@ DEFAULTS: dict[str, dict] = {
     # values per slot), "prepare" its codebook pass, "collect" lists the candidates of unsettled rows over
     # "codebook_parts" codebook slices, "resolve" scores them in fp64 (persistent). "exact": the candidates pass
     # for fp32 inputs, the list length per row (more -> a full fp64 scan of the row), the bound's safety factor.
+    # "vq": the SimVQ quantizer's gather + loss (with the fp64 step of its block's rows) and backward kernels.
     "nearest_code.fwd_fp32": {"configs": [
         {"BLOCK_M": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 2},
         {"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
@@ -202,7 +203,7 @@ DEFAULTS: dict[str, dict] = {
         {"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}],
         "interpreted": {"configs": [{"BLOCK_M": 32, "BLOCK_K": 32}]}},
     "nearest_code.prepare": {"BLOCK_K": 32, "num_warps": 4, "interpreted": {"BLOCK_K": 16}},
-    "nearest_code.compact": {"BLOCK": 4096, "num_warps": 8, "interpreted": {"BLOCK": 16, "num_warps": 4}},
+    "nearest_code.vq": {"BLOCK_M": 64, "BLOCK_K": 32, "num_warps": 4, "interpreted": {"BLOCK_M": 16}},
     "nearest_code.collect": {"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2, "codebook_parts": 8,
                              "interpreted": {"BLOCK_M": 16, "BLOCK_K": 32, "codebook_parts": 2}},
     "nearest_code.resolve": {"BLOCK_K": 32, "num_warps": 4, "programs_per_sm": 8,
@@ -335,6 +336,15 @@ def _merge(kernel: str, shape_defaults: dict) -> dict:
     for block in _tuning.get():
         out.update(block.get(kernel, {}))
     return out
+
+
+def settings_token():
+    """A hashable value that changes whenever ``settings()`` could answer differently (``HFZOO_TUNE``, the
+    interpreter flag); None inside ``tuning()`` blocks. Ops that derive launch plans from the settings may remember
+    them under this token (and must not while it is None)."""
+    if _tuning.get():
+        return None
+    return (getenv(TUNE_ENV), is_interpreted())
 
 
 @contextlib.contextmanager
@@ -569,6 +579,15 @@ def _tuned_key(kernel, frozen, keys, args, kwargs):
     return out
 
 
+def tuned_pick(kernel, configs, key, args, kwargs) -> dict | None:
+    """The config the autotuner picked for this launch (as ``launch()`` remembers it for the fast path), or None
+    while it is not tuned or off the fast path. An op may then launch that config alone (``configs=[pick]``)."""
+    if not (_fast_enabled and _FAST_SUPPORTED):
+        return None
+    pick_key = _tuned_key(kernel, _freeze(configs), tuple(key or ()), args, kwargs)
+    return None if pick_key is None else _tuned_picks.get(pick_key)
+
+
 def launch(name: str, kernel, grid, *args, configs=None, key=None, **kwargs):
     """Launch ``kernel[grid](*args, **kwargs)`` and count it under ``name``.
 
@@ -606,4 +625,4 @@ def launch(name: str, kernel, grid, *args, configs=None, key=None, **kwargs):
 
 __all__ = ["DEFAULTS", "FAST_LAUNCH_ENV", "INTERPRETER_SM_COUNT", "TUNE_ENV", "bucket", "compile_options",
            "count_launches", "fast_launch", "getenv", "is_interpreted", "launch", "launch_counts", "note_launch",
-           "persistent_grid", "settings", "sm_count", "tuning"]
+           "persistent_grid", "settings", "settings_token", "sm_count", "tuned_pick", "tuning"]

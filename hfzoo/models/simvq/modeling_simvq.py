@@ -22,7 +22,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from ...layers.pretrained_model import HfzooPreTrainedModel
-from ...ops.nearest_code import nearest_code
+from ...ops.dispatch import resolve_backend
+from ...ops.nearest_code import nearest_code, quantize_projected
 from .configuration_simvq import SimVQConfig
 
 
@@ -195,10 +196,12 @@ class SimVQQuantizer(nn.Module):
     (Linear with bias). Loss (non-legacy): ``beta * ||sg(z_q) - z||^2 + ||z_q - sg(z)||^2``; gradients reach the
     encoder through the straight-through estimator and ``W`` through ``z_q``.
 
-    The training step is written for speed: the codebook ``W(C)`` is computed without autograd (the search needs
-    no gradient), the nearest-code search never materialises distances (``nearest_code``: exact argmin for fp32),
-    and the gather, both loss terms, the straight-through estimator and ``W``'s gradient through the picked codes
-    are one autograd node (``_QuantizerStep``). No host syncs.
+    The training step is written for speed. fp32 on the Triton backend (D <= 128, C frozen): one autograd node,
+    ``quantize_projected``, whose kernels project the codebook, search it exactly without distances, gather the
+    codes with both loss terms and the straight-through output, and in the backward write dz, db and the two
+    factors of ``dW`` (one matmul): six launches per step. Otherwise the codebook ``W(C)`` is computed without
+    autograd, the search is ``nearest_code`` and the gather, losses, straight-through estimator and ``W``'s
+    gradient through the picked codes are one eager node (``_QuantizerStep``). No host syncs either way.
 
     Decoding from indices (``lookup``) uses the *projected* codebook, as the forward pass does. The reference's
     ``get_codebook_entry`` reads the unprojected ``embedding`` instead, so decoding its tokens that way does not
@@ -222,10 +225,13 @@ class SimVQQuantizer(nn.Module):
             raise ValueError(f"SimVQQuantizer: expected {self.dim} channels, got shape {tuple(z.shape)}")
         zt = z.movedim(1, -1)  # [B, *spatial, D]
         proj, frozen = self.embedding_proj, self.embedding.weight
+        w_z, w_q = (1.0, self.beta) if self.legacy else (self.beta, 1.0)  # weights of ||sg(z_q)-z||^2, ||z_q-sg(z)||^2
+        if (torch.is_grad_enabled() and not frozen.requires_grad and (proj.weight.requires_grad or z.requires_grad)
+                and self._fused(z)):
+            return quantize_projected(z, frozen, proj.weight, proj.bias, w_z, w_q)  # _fused chose the kernels
         with torch.no_grad():
             codebook = self.codebook().to(zt.dtype)
         indices = nearest_code(zt, codebook)
-        w_z, w_q = (1.0, self.beta) if self.legacy else (self.beta, 1.0)  # weights of ||sg(z_q)-z||^2, ||z_q-sg(z)||^2
         if torch.is_grad_enabled() and frozen.requires_grad:  # C unfrozen by the user: autograd through all of W(C)
             z_q = F.embedding(indices, self.codebook()).to(zt.dtype)
             loss = w_z * F.mse_loss(zt, z_q.detach()) + w_q * F.mse_loss(z_q, zt.detach())
@@ -237,6 +243,12 @@ class SimVQQuantizer(nn.Module):
             loss = (w_z + w_q) * F.mse_loss(zt, z_q)
             z_q = z_q.movedim(-1, 1).contiguous()
         return z_q, indices, loss
+
+    def _fused(self, z: torch.Tensor) -> bool:
+        """Whether the training step runs as ``quantize_projected``'s kernels (Triton backend, float32, D <= 128)."""
+        proj = self.embedding_proj
+        return (self.dim <= 128 and z.dtype == proj.weight.dtype == self.embedding.weight.dtype == torch.float32
+                and resolve_backend(z, proj.weight, op="quantize_projected") == "triton")
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """``indices [B, *spatial]`` -> code vectors ``[B, D, *spatial]`` from the projected codebook."""
