@@ -320,6 +320,15 @@ def settings(kernel: str, **shape_defaults) -> dict:
     return _merge(kernel, shape_defaults)
 
 
+def settings_token():
+    """A hashable value that changes whenever ``settings()`` may return something else (``HFZOO_TUNE``, the
+    interpreter flag), or None inside ``tuning()`` blocks: ops may cache what they derive from settings under it,
+    and must not cache when it is None."""
+    if _tuning.get():
+        return None
+    return getenv(TUNE_ENV), is_interpreted()
+
+
 def _merge(kernel: str, shape_defaults: dict) -> dict:
     try:
         base = DEFAULTS[kernel]
@@ -606,4 +615,4 @@ def launch(name: str, kernel, grid, *args, configs=None, key=None, **kwargs):
 
 __all__ = ["DEFAULTS", "FAST_LAUNCH_ENV", "INTERPRETER_SM_COUNT", "TUNE_ENV", "bucket", "compile_options",
            "count_launches", "fast_launch", "getenv", "is_interpreted", "launch", "launch_counts", "note_launch",
-           "persistent_grid", "settings", "sm_count", "tuning"]
+           "persistent_grid", "settings", "settings_token", "sm_count", "tuning"]
