@@ -5,7 +5,9 @@ is the op's Python and torch dispatch alone (the GEMMs are real CPU matmuls on a
 timing them alone). On a GPU (``--gpu``): the real launches, wall time per call with the stream synchronized once per
 batch of calls, which is host time where the step is host-bound.
 
-    PYTHONPATH=$PWD python benchmarks/kat_host.py [--gpu] [--n 2000]
+    PYTHONPATH=$PWD python benchmarks/kat_host.py [--gpu] [--bf16] [--n 2000]
+
+``--bf16``: under bf16 autocast (fp32 parameters and input, bf16 matmuls), as KAT-S trains.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 
 def main():
     gpu = "--gpu" in sys.argv
+    bf16 = "--bf16" in sys.argv
     if not gpu:
         os.environ["TRITON_INTERPRET"] = "1"   # lets the dispatch pick "triton" for CPU tensors (launches stubbed)
     n = int(sys.argv[sys.argv.index("--n") + 1]) if "--n" in sys.argv else 2000
@@ -62,7 +65,10 @@ def main():
             _ = dh @ w1, dh.t() @ x.reshape(-1, D), dh.sum(0)
         return y
 
-    def per_call_us(fn):
+    def per_call_us(fn0):
+        def fn():
+            with torch.autocast(dev, dtype=torch.bfloat16, enabled=bf16):
+                fn0()
         for _ in range(50):
             fn()
         best = float("inf")
@@ -82,7 +88,7 @@ def main():
     r = {"fwd_bwd_us": per_call_us(fwd_bwd), "fwd_nograd_us": per_call_us(fwd)}
     if not gpu:
         r["eager_gemms_us"] = per_call_us(gemms)
-    where = "GPU, real launches" if gpu else "CPU, launches stubbed"
+    where = ("GPU, real launches" if gpu else "CPU, launches stubbed") + (", bf16 autocast" if bf16 else ", fp32")
     print(f"grkan_mlp host time ({where}; best of 5 batches of {n // 5}): " +
           ", ".join(f"{k} {v:.1f}" for k, v in r.items()))
     return r
