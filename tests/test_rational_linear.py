@@ -309,3 +309,34 @@ def test_grkan_mlp_gpu_bf16_autocast(fuse, fuse_backward):
     ref, _ = _run(grkan_mlp_reference, [t.double() for t in inputs], dy.double(), num_groups=8)
     for name, o, r in zip(("y", "dx", "da1", "db1", "dw1", "dc1", "da2", "db2", "dw2", "dc2"), out, ref):
         assert rel_err(o, r) < 3e-2, (name, rel_err(o, r))
+
+
+def test_grkan_mlp_cached_plans_follow_settings_changes(monkeypatch):
+    # grkan_mlp and group_rational remember their launch plans per launch.settings_token(): after a default call, a
+    # tuning() block and HFZOO_TUNE must still take effect (not a stale plan), with the same results
+    inputs = _mlp_inputs(21, 48, 192, 8, 1)
+    names = ("y", "dx", "da1", "db1", "dw1", "dc1", "da2", "db2", "dw2", "dc2")
+    ref = None
+    for _ in range(2):   # the second default call runs from the cached plans
+        with count_launches() as n:
+            out, dy = _run(grkan_mlp, inputs, num_groups=8, backend="triton")
+        assert n["group_rational.fwd"] == 2 and n["group_rational.coef_grad"] == 2
+        ref = ref or _run(grkan_mlp_reference, inputs, dy, num_groups=8)[0]
+        for name, o, r in zip(names, out, ref):
+            assert rel_err(o, r) < 5e-5, (name, rel_err(o, r))
+    # the backward's settings are read when the forward runs, so the whole call sits inside the block
+    with tuning({"group_rational.coef_grad": {"reduce": "last_program"}}), count_launches() as n:
+        out, _ = _run(grkan_mlp, inputs, dy, num_groups=8, backend="triton")
+    assert n["group_rational.coef_grad"] == 0 and n["group_rational.bwd_fp32"] == 2
+    for name, o, r in zip(names, out, ref):
+        assert rel_err(o, r) < 5e-5, (name, rel_err(o, r))
+    monkeypatch.setenv("HFZOO_TUNE", '{"rational_linear.mlp": {"fuse_fc2": true, "fuse_fp32": true}}')
+    with count_launches() as n:
+        out, _ = _run(grkan_mlp, inputs, dy, num_groups=8, backend="triton")
+    assert n["group_rational.fwd"] == 1 and n["rational_linear.fwd_wide"] == 1
+    for name, o, r in zip(names, out, ref):
+        assert rel_err(o, r) < 5e-5, (name, rel_err(o, r))
+    monkeypatch.delenv("HFZOO_TUNE")
+    with count_launches() as n:
+        _run(grkan_mlp, inputs, dy, num_groups=8, backend="triton")
+    assert n["group_rational.fwd"] == 2 and n["rational_linear.fwd_wide"] == 0

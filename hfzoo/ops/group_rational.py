@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 
 from .dispatch import apply_function
-from .launch import compile_options, launch, settings, sm_count
+from .launch import compile_options, launch, settings, settings_token, sm_count
 from .triton_shim import tl, triton
 from .validate import KERNEL_DTYPES, REFERENCE_DTYPES, check_tensor, kernel_dtype_problem, pick_backend
 
@@ -437,26 +437,64 @@ def _strides(a, b):
 # widest of x and dy (fp32 x with a bf16 dy, as under autocast, takes the fp32 settings).
 
 
-def _forward(x2, a, b, num_groups, paper, out_dtype):
-    M, D = x2.shape
-    y = torch.empty((M, D), dtype=out_dtype, device=x2.device)
+# Host-side plans: what an op call derives from its shapes and launch settings (tile sizes, grids, constexprs),
+# remembered per shape, dtypes and launch.settings_token() (not inside tuning() blocks, where the token is None), so
+# a call pays one dict lookup instead of the settings merges and tile arithmetic (KAT-S runs this op 48 times a step).
+_plans: dict = {}
+_MAX_PLANS = 512
+
+
+def _remember(key, plan):
+    if len(_plans) >= _MAX_PLANS:
+        _plans.clear()
+    _plans[key] = plan
+    return plan
+
+
+def _forward_plan(M, D, num_groups, x_dtype, out_dtype, esize):
     conf = settings("group_rational.fwd")
-    esize = max(x2.element_size(), y.element_size())
     VEC = _vec(D // num_groups, esize, None)
     NCH, col_blocks = _chunk_blocks(D, VEC)
     tile = conf["num_warps"] * 32 * max(1, conf["bytes_per_thread"] // esize)
     BLOCK_M = max(1, tile // (NCH * VEC))
-    launch("group_rational.fwd", _group_rational_fwd_kernel, (_cdiv(M, BLOCK_M), col_blocks),
-           x2, a, b, y, M, D, D // num_groups, *_strides(a, b), PAPER=paper, BLOCK_M=BLOCK_M, NCH=NCH, VEC=VEC,
-           **compile_options(conf))
+    return (_cdiv(M, BLOCK_M), col_blocks), dict(BLOCK_M=BLOCK_M, NCH=NCH, VEC=VEC, **compile_options(conf))
+
+
+_UNSET = object()
+
+
+def _forward(x2, a, b, num_groups, paper, out_dtype, token=_UNSET):
+    """F(x2) in out_dtype (one launch). ``token``: ``launch.settings_token()`` if the caller already read it."""
+    M, D = x2.shape
+    y = torch.empty((M, D), dtype=out_dtype, device=x2.device)
+    if token is _UNSET:
+        token = settings_token()
+    key = ("fwd", token, M, D, num_groups, x2.dtype, out_dtype)
+    plan = _plans.get(key) if token is not None else None
+    if plan is None:
+        plan = _forward_plan(M, D, num_groups, x2.dtype, out_dtype, max(x2.element_size(), y.element_size()))
+        if token is not None:
+            _remember(key, plan)
+    grid, meta = plan
+    launch("group_rational.fwd", _group_rational_fwd_kernel, grid,
+           x2, a, b, y, M, D, D // num_groups, *_strides(a, b), PAPER=paper, **meta)
     return y
 
 
-def _backward_settings(x_dtype: torch.dtype, dy_dtype: torch.dtype) -> tuple[str, dict, dict]:
+def _backward_settings(x_dtype: torch.dtype, dy_dtype: torch.dtype, token=_UNSET) -> tuple[str, dict, dict]:
     """Kernel name and launch settings of the backward (read when the forward runs: autograd runs CUDA backwards on
-    its own thread, where the caller's ``tuning()`` blocks are not visible)."""
-    name = "group_rational.bwd_16bit" if max(x_dtype.itemsize, dy_dtype.itemsize) == 2 else "group_rational.bwd_fp32"
-    return name, settings(name), settings("group_rational.coef_grad")
+    its own thread, where the caller's ``tuning()`` blocks are not visible). ``token`` as in ``_forward``."""
+    if token is _UNSET:
+        token = settings_token()
+    key = ("bwd_settings", token, x_dtype, dy_dtype)
+    hit = _plans.get(key) if token is not None else None
+    if hit is None:
+        name = ("group_rational.bwd_16bit" if max(x_dtype.itemsize, dy_dtype.itemsize) == 2
+                else "group_rational.bwd_fp32")
+        hit = (name, settings(name), settings("group_rational.coef_grad"))
+        if token is not None:   # one shared tuple per token: callers only read it
+            _remember(key, hit)
+    return hit
 
 
 def _backward(x2, dy2, a, b, num_groups, paper, conf=None, y_dtype=None):
@@ -464,7 +502,26 @@ def _backward(x2, dy2, a, b, num_groups, paper, conf=None, y_dtype=None):
     With ``y_dtype``, also F(x) in that dtype (computed anyway): returns (dx, da, db, y)."""
     M, D = x2.shape
     DG = D // num_groups
-    name, cfg, cconf = conf or _backward_settings(x2.dtype, dy2.dtype)
+    conf = conf or _backward_settings(x2.dtype, dy2.dtype)
+    if conf[2]["reduce"] == "kernel":   # the default: geometry from the plan cache
+        key = ("bwd", id(conf), M, D, num_groups, x2.dtype, dy2.dtype, a.shape[0], b.shape[0], x2.device)
+        plan = _plans.get(key)
+        if plan is None or plan[0] is not conf:   # (the plan holds conf, so its id is not reused while cached)
+            plan = _remember(key, _backward_kernel_plan(conf, M, D, num_groups, x2, dy2, a, b))
+        _, programs, grid, meta, cgrid, cmeta = plan
+        dx = torch.empty_like(x2)
+        y = None if y_dtype is None else torch.empty((M, D), dtype=y_dtype, device=x2.device)
+        part = torch.empty(programs, 10, D // meta["VEC"], dtype=torch.float32, device=x2.device)
+        a_stride, b_stride = _strides(a, b)
+        launch(conf[0], _group_rational_bwd_kernel, grid,
+               x2, dy2, a, b, dx, part, dx if y is None else y, dx, dx, dx, M, D, DG, num_groups, a_stride, b_stride,
+               meta["rows_per_program"], PAPER=paper, STORE_Y=y is not None, **meta["kw"])
+        da = torch.empty_like(a)
+        db = torch.empty_like(b)
+        launch("group_rational.coef_grad", _group_rational_coef_grad_kernel, cgrid,
+               part, b, da, db, programs, D // meta["VEC"], a.shape[0], b.shape[0], PAPER=paper, **cmeta)
+        return (dx, da, db) if y is None else (dx, da, db, y)
+    name, cfg, cconf = conf
     VEC = _vec(DG, max(x2.element_size(), dy2.element_size()), cfg["max_chunk"])
     NCH, col_blocks = _chunk_blocks(D, VEC)
     BLOCK_M = max(1, cfg["num_warps"] * 32 * cfg["values_per_thread"] // (NCH * VEC))
@@ -511,6 +568,25 @@ def _backward(x2, dy2, a, b, num_groups, paper, conf=None, y_dtype=None):
     elif mode == 2:
         da, db = da.to(a.dtype), db.to(b.dtype)
     return (dx, da, db) if y is None else (dx, da, db, y)
+
+
+def _backward_kernel_plan(conf, M, D, num_groups, x2, dy2, a, b):
+    """The launch geometry of ``_backward`` with reduce == "kernel" (the same arithmetic as its general path)."""
+    name, cfg, cconf = conf
+    VEC = _vec(D // num_groups, max(x2.element_size(), dy2.element_size()), cfg["max_chunk"])
+    NCH, col_blocks = _chunk_blocks(D, VEC)
+    BLOCK_M = max(1, cfg["num_warps"] * 32 * cfg["values_per_thread"] // (NCH * VEC))
+    programs = max(1, min(_cdiv(cfg["programs_per_sm"] * sm_count(x2.device), col_blocks),
+                          _cdiv(M, BLOCK_M)))
+    rows_per_program = _cdiv(_cdiv(M, programs), BLOCK_M) * BLOCK_M
+    programs = _cdiv(M, rows_per_program)
+    kw = dict(BLOCK_M=BLOCK_M, NCH=NCH, VEC=VEC, PREFETCH=bool(cfg["prefetch"]), REDUCE=0, GB=1,
+              GMAX=1, BLOCK_P=cconf["BLOCK_P"], RB=1, **compile_options(cfg))
+    meta = {"VEC": VEC, "rows_per_program": rows_per_program, "kw": kw}
+    per_row = (D // VEC) // min(a.shape[0], b.shape[0])
+    cmeta = dict(BLOCK_P=cconf["BLOCK_P"], BLOCK_K=min(cconf["BLOCK_K"], _next_pow2(per_row)),
+                 **compile_options(cconf))
+    return conf, programs, (programs, col_blocks), meta, (10, max(a.shape[0], b.shape[0])), cmeta
 
 
 def _groups_per_block(block_cols: int, group_size: int, D: int) -> int:

@@ -321,6 +321,15 @@ def settings(kernel: str, **shape_defaults) -> dict:
     return _merge(kernel, shape_defaults)
 
 
+def settings_token():
+    """A hashable value that changes whenever ``settings()`` may return something else (``HFZOO_TUNE``, the
+    interpreter flag), or None inside ``tuning()`` blocks: ops may cache what they derive from settings under it,
+    and must not cache when it is None."""
+    if _tuning.get():
+        return None
+    return getenv(TUNE_ENV), is_interpreted()
+
+
 def _merge(kernel: str, shape_defaults: dict) -> dict:
     try:
         base = DEFAULTS[kernel]
@@ -336,15 +345,6 @@ def _merge(kernel: str, shape_defaults: dict) -> dict:
     for block in _tuning.get():
         out.update(block.get(kernel, {}))
     return out
-
-
-def settings_token():
-    """A hashable value that changes whenever ``settings()`` could answer differently (``HFZOO_TUNE``, the
-    interpreter flag); None inside ``tuning()`` blocks. Ops that derive launch plans from the settings may remember
-    them under this token (and must not while it is None)."""
-    if _tuning.get():
-        return None
-    return (getenv(TUNE_ENV), is_interpreted())
 
 
 @contextlib.contextmanager

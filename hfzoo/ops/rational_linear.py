@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from . import group_rational as gr
 from .dispatch import apply_function
-from .launch import compile_options, is_interpreted, launch, settings
+from .launch import compile_options, is_interpreted, launch, settings, settings_token
 from .triton_shim import tl, triton
 from .validate import check_tensor, kernel_dtype_problem, pick_backend
 
@@ -363,14 +363,16 @@ def fused_forward(x2, a, b, wc, bias, num_groups: int, paper: bool):
     return y
 
 
-def _unfused_forward(x2, a, b, wc, bias, num_groups: int, paper: bool):
+def _unfused_forward(x2, a, b, wc, bias, num_groups: int, paper: bool, token=gr._UNSET):
     """The same result with F(x) written by group_rational's kernel and the matmul in cuBLAS (two launches)."""
-    r = gr._forward(x2, a, b, num_groups, paper, wc.dtype)
-    return F.linear(r, wc, None if bias is None else bias.to(wc.dtype))
+    r = gr._forward(x2, a, b, num_groups, paper, wc.dtype, token)
+    return F.linear(r, wc, bias if bias is None or bias.dtype == wc.dtype else bias.to(wc.dtype))
 
 
-def _linear_forward(x2, a, b, wc, bias, num_groups, paper, fuse):
-    return (fused_forward if fuse else _unfused_forward)(x2, a, b, wc, bias, num_groups, paper)
+def _linear_forward(x2, a, b, wc, bias, num_groups, paper, fuse, token=gr._UNSET):
+    if fuse:
+        return fused_forward(x2, a, b, wc, bias, num_groups, paper)
+    return _unfused_forward(x2, a, b, wc, bias, num_groups, paper, token)
 
 
 _MM_OUT_DTYPE = [True]   # torch.mm(..., out_dtype=) works here (False after the first call where it does not)
@@ -437,19 +439,23 @@ class GRKANMLPFunction(torch.autograd.Function):
     fused, fc2 backward fused) (else rational kernel + cuBLAS for that part)."""
 
     @staticmethod
-    def forward(ctx, x, a1, b1, w1, c1, a2, b2, w2, c2, num_groups, denominator_form, dtype, fuse):
+    def forward(ctx, x, a1, b1, w1, c1, a2, b2, w2, c2, num_groups, denominator_form, dtype, fuse, token):
+        # token: launch.settings_token(), read once by grkan_mlp for every settings-derived plan of this call
         shape = x.shape
         x2 = x.reshape(-1, shape[-1]).contiguous()
         a1, b1, a2, b2 = a1.contiguous(), b1.contiguous(), a2.contiguous(), b2.contiguous()
-        w1c, w2c = w1.to(dtype).contiguous(), w2.to(dtype).contiguous()
+        w1c = w1.contiguous() if w1.dtype == dtype else w1.to(dtype).contiguous()
+        w2c = w2.contiguous() if w2.dtype == dtype else w2.to(dtype).contiguous()
         paper = denominator_form == "paper"
-        h = _linear_forward(x2, a1, b1, w1c, c1, num_groups, paper, fuse[0])
-        out = _linear_forward(h, a2, b2, w2c, c2, num_groups, paper, fuse[1])
+        h = _linear_forward(x2, a1, b1, w1c, c1, num_groups, paper, fuse[0], token)
+        out = _linear_forward(h, a2, b2, w2c, c2, num_groups, paper, fuse[1], token)
         if any(ctx.needs_input_grad[:9]):
             ctx.save_for_backward(x2, h, a1, b1, w1c, a2, b2, w2c)
             ctx.meta = (shape, num_groups, paper, w1.dtype, w2.dtype, None if c1 is None else c1.dtype,
                         None if c2 is None else c2.dtype)
-            ctx.confs = (gr._backward_settings(x2.dtype, dtype), gr._backward_settings(dtype, dtype))
+            conf2 = gr._backward_settings(dtype, dtype, token)
+            conf1 = conf2 if x2.dtype == dtype else gr._backward_settings(x2.dtype, dtype, token)
+            ctx.confs = (conf1, conf2)
             ctx.fuse_bwd = fuse[2:]
         return out.reshape(*shape[:-1], w2c.shape[0])
 
@@ -458,7 +464,8 @@ class GRKANMLPFunction(torch.autograd.Function):
         x2, h, a1, b1, w1c, a2, b2, w2c = ctx.saved_tensors
         shape, num_groups, paper, w1_dtype, w2_dtype, c1_dtype, c2_dtype = ctx.meta
         n = ctx.needs_input_grad
-        dout2 = dout.reshape(-1, dout.shape[-1]).to(w2c.dtype).contiguous()
+        dout2 = dout.reshape(-1, dout.shape[-1])
+        dout2 = (dout2 if dout2.dtype == w2c.dtype else dout2.to(w2c.dtype)).contiguous()
         first = any(n[:5])   # anything below fc2's input needs a gradient
         dh, da2, db2, dw2, dc2 = _linear_backward(h, a2, b2, w2c, w2_dtype, c2_dtype, dout2, num_groups, paper,
                                                   ctx.confs[1], (first, n[5], n[6], n[7], n[8]), ctx.fuse_bwd[1])
@@ -467,7 +474,7 @@ class GRKANMLPFunction(torch.autograd.Function):
             dx, da1, db1, dw1, dc1 = _linear_backward(x2, a1, b1, w1c, w1_dtype, c1_dtype, dh, num_groups, paper,
                                                       ctx.confs[0], n[:5], ctx.fuse_bwd[0])
         return ((None if dx is None else dx.reshape(shape)), da1, db1, dw1, dc1, da2, db2, dw2, dc2,
-                None, None, None, None)
+                None, None, None, None, None)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -558,15 +565,33 @@ def grkan_mlp(x, numerator1, denominator1, weight1, bias1, numerator2, denominat
     if pick_backend(op, tensors, backend, _kernel_problem(dtype, *tensors)) == "reference" or x.numel() == 0:
         return grkan_mlp_reference(x, numerator1, denominator1, weight1, bias1, numerator2, denominator2, weight2,
                                    bias2, num_groups, denominator_form)
+    token = settings_token()
     if fuse is None or fuse_backward is None:
-        conf = settings("rational_linear.mlp")
-        ok = dtype != torch.float32 or conf["fuse_fp32"]
-        if fuse is None:
-            fuse = (conf["fuse_fc1"], conf["fuse_fc2"]) if ok else (False, False)
-        if fuse_backward is None:
-            fuse_backward = (conf["fuse_bwd_fc1"], conf["fuse_bwd_fc2"]) if ok else (False, False)
+        default = _mlp_fuse_default(dtype == torch.float32, token)
+        fuse = default[:2] if fuse is None else tuple(bool(f) for f in fuse)
+        fuse_backward = default[2:] if fuse_backward is None else tuple(bool(f) for f in fuse_backward)
+    else:
+        fuse, fuse_backward = tuple(bool(f) for f in fuse), tuple(bool(f) for f in fuse_backward)
     return apply_function(GRKANMLPFunction, x, numerator1, denominator1, weight1, bias1, numerator2, denominator2,
-                          weight2, bias2, num_groups, denominator_form, dtype, tuple(fuse) + tuple(fuse_backward))
+                          weight2, bias2, num_groups, denominator_form, dtype, fuse + fuse_backward, token)
+
+
+_mlp_defaults: dict = {}
+
+
+def _mlp_fuse_default(fp32: bool, token) -> tuple:
+    """(fc1 fwd, fc2 fwd, fc1 bwd, fc2 bwd) fused by default: ``settings("rational_linear.mlp")``, remembered per
+    ``launch.settings_token()`` (read afresh inside ``tuning()`` blocks, where the token is None)."""
+    hit = _mlp_defaults.get((fp32, token)) if token is not None else None
+    if hit is None:
+        conf = settings("rational_linear.mlp")
+        ok = not fp32 or conf["fuse_fp32"]
+        hit = tuple(bool(conf[k]) and ok for k in ("fuse_fc1", "fuse_fc2", "fuse_bwd_fc1", "fuse_bwd_fc2"))
+        if token is not None:
+            if len(_mlp_defaults) > 64:
+                _mlp_defaults.clear()
+            _mlp_defaults[(fp32, token)] = hit
+    return hit
 
 
 __all__ = ["GRKANMLPFunction", "RationalLinearFunction", "grkan_mlp", "grkan_mlp_reference", "rational_linear",
