@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from ...ops.dispatch import apply_function
 from ...ops.geglu import geglu_backward, geglu_forward
 from ...ops.residual_layernorm import residual_layernorm_backward, residual_layernorm_forward
 from ...ops.varlen_alibi_attention import _backward as _attention_backward
@@ -177,17 +178,7 @@ def fused_layer(layer, hidden_states, cu_seqlens, max_seqlen: int, slopes, subse
     args = (hidden_states, attn.self.Wqkv.weight, attn.self.Wqkv.bias, attn.output.dense.weight,
             attn.output.dense.bias, attn.output.LayerNorm.weight, attn.output.LayerNorm.bias,
             mlp.gated_layers.weight, mlp.wo.weight, mlp.wo.bias, mlp.layernorm.weight, mlp.layernorm.bias, meta)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in args[:-1]):
-        return MosaicBertLayerFunction.apply(*args)
-    with torch.no_grad():
-        return MosaicBertLayerFunction.forward(_Ctx(), *args)
-
-
-class _Ctx:
-    """Stands in for ``ctx`` when the layer runs without a graph node (inference): keeps nothing."""
-
-    def save_for_backward(self, *tensors):
-        pass
+    return apply_function(MosaicBertLayerFunction, *args)
 
 
 __all__ = ["MosaicBertLayerFunction", "fused_layer"]
