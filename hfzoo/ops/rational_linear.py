@@ -82,9 +82,9 @@ def grkan_mlp_reference(x, numerator1, denominator1, weight1, bias1, numerator2,
 
 
 @triton.jit
-def _rational_tile(x, A, B, k0, rk, kmask, A_STRIDE, B_STRIDE, DG: tl.constexpr, BLOCK_K: tl.constexpr,
-                   PAPER: tl.constexpr):
-    """F(x) of a [BLOCK_M, BLOCK_K] fp32 tile whose columns are rk."""
+def _coefficients(A, B, k0, rk, kmask, A_STRIDE, B_STRIDE, DG: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The ten fp32 coefficients (a0..a5, c0..c3) of the tile whose columns are rk (starting at k0): scalars when
+    the tile lies in one group, else [1, BLOCK_K] rows gathered per column (masked columns get zeros)."""
     if DG % BLOCK_K == 0:   # the tile lies in one group: ten uniform scalar loads
         g = k0 // DG
         a0 = tl.load(A + g * A_STRIDE + 0).to(tl.float32)
@@ -97,7 +97,7 @@ def _rational_tile(x, A, B, k0, rk, kmask, A_STRIDE, B_STRIDE, DG: tl.constexpr,
         c1 = tl.load(B + g * B_STRIDE + 1).to(tl.float32)
         c2 = tl.load(B + g * B_STRIDE + 2).to(tl.float32)
         c3 = tl.load(B + g * B_STRIDE + 3).to(tl.float32)
-    else:                   # gathered per column (masked columns get zero coefficients: F = 0 there)
+    else:
         g = rk // DG
         a0 = tl.load(A + g * A_STRIDE + 0, mask=kmask, other=0.0).to(tl.float32)[None, :]
         a1 = tl.load(A + g * A_STRIDE + 1, mask=kmask, other=0.0).to(tl.float32)[None, :]
@@ -109,6 +109,14 @@ def _rational_tile(x, A, B, k0, rk, kmask, A_STRIDE, B_STRIDE, DG: tl.constexpr,
         c1 = tl.load(B + g * B_STRIDE + 1, mask=kmask, other=0.0).to(tl.float32)[None, :]
         c2 = tl.load(B + g * B_STRIDE + 2, mask=kmask, other=0.0).to(tl.float32)[None, :]
         c3 = tl.load(B + g * B_STRIDE + 3, mask=kmask, other=0.0).to(tl.float32)[None, :]
+    return a0, a1, a2, a3, a4, a5, c0, c1, c2, c3
+
+
+@triton.jit
+def _rational_tile(x, A, B, k0, rk, kmask, A_STRIDE, B_STRIDE, DG: tl.constexpr, BLOCK_K: tl.constexpr,
+                   PAPER: tl.constexpr):
+    """F(x) of a [BLOCK_M, BLOCK_K] fp32 tile whose columns are rk (masked columns: F = 0)."""
+    a0, a1, a2, a3, a4, a5, c0, c1, c2, c3 = _coefficients(A, B, k0, rk, kmask, A_STRIDE, B_STRIDE, DG, BLOCK_K)
     p = ((((a5 * x + a4) * x + a3) * x + a2) * x + a1) * x + a0
     if PAPER:
         q = 1.0 + tl.abs((((c3 * x + c2) * x + c1) * x + c0) * x)
@@ -200,30 +208,8 @@ def _rational_linear_bwd_kernel(DY, W, X, A, B, DX, Y, PART, M, N, K, A_STRIDE, 
     x = tl.load(X + offs, mask=mask, other=0.0).to(tl.float32)
     g_dy = tl.where(mask, acc, 0.0)                       # dL/dF; 0 outside: no contribution
     UNIFORM: tl.constexpr = DG % BLOCK_K == 0
-    if UNIFORM:
-        g = (pid_k * BLOCK_K) // DG
-        a0 = tl.load(A + g * A_STRIDE + 0).to(tl.float32)
-        a1 = tl.load(A + g * A_STRIDE + 1).to(tl.float32)
-        a2 = tl.load(A + g * A_STRIDE + 2).to(tl.float32)
-        a3 = tl.load(A + g * A_STRIDE + 3).to(tl.float32)
-        a4 = tl.load(A + g * A_STRIDE + 4).to(tl.float32)
-        a5 = tl.load(A + g * A_STRIDE + 5).to(tl.float32)
-        c0 = tl.load(B + g * B_STRIDE + 0).to(tl.float32)
-        c1 = tl.load(B + g * B_STRIDE + 1).to(tl.float32)
-        c2 = tl.load(B + g * B_STRIDE + 2).to(tl.float32)
-        c3 = tl.load(B + g * B_STRIDE + 3).to(tl.float32)
-    else:
-        gv = rk // DG
-        a0 = tl.load(A + gv * A_STRIDE + 0, mask=kmask, other=0.0).to(tl.float32)[None, :]
-        a1 = tl.load(A + gv * A_STRIDE + 1, mask=kmask, other=0.0).to(tl.float32)[None, :]
-        a2 = tl.load(A + gv * A_STRIDE + 2, mask=kmask, other=0.0).to(tl.float32)[None, :]
-        a3 = tl.load(A + gv * A_STRIDE + 3, mask=kmask, other=0.0).to(tl.float32)[None, :]
-        a4 = tl.load(A + gv * A_STRIDE + 4, mask=kmask, other=0.0).to(tl.float32)[None, :]
-        a5 = tl.load(A + gv * A_STRIDE + 5, mask=kmask, other=0.0).to(tl.float32)[None, :]
-        c0 = tl.load(B + gv * B_STRIDE + 0, mask=kmask, other=0.0).to(tl.float32)[None, :]
-        c1 = tl.load(B + gv * B_STRIDE + 1, mask=kmask, other=0.0).to(tl.float32)[None, :]
-        c2 = tl.load(B + gv * B_STRIDE + 2, mask=kmask, other=0.0).to(tl.float32)[None, :]
-        c3 = tl.load(B + gv * B_STRIDE + 3, mask=kmask, other=0.0).to(tl.float32)[None, :]
+    a0, a1, a2, a3, a4, a5, c0, c1, c2, c3 = _coefficients(A, B, pid_k * BLOCK_K, rk, kmask, A_STRIDE, B_STRIDE,
+                                                           DG, BLOCK_K)
     if not PAPER:
         c0, c1, c2, c3 = tl.abs(c0), tl.abs(c1), tl.abs(c2), tl.abs(c3)
     p = ((((a5 * x + a4) * x + a3) * x + a2) * x + a1) * x + a0
@@ -250,48 +236,19 @@ def _rational_linear_bwd_kernel(DY, W, X, A, B, DX, Y, PART, M, N, K, A_STRIDE, 
     if PAPER:
         gq = gq * s
     base = PART + pid_m.to(tl.int64) * 10 * NC
-    if UNIFORM:   # one partial per tile and coefficient
-        u = gp
-        tl.store(base + 0 * NC + pid_k, tl.sum(tl.sum(u, axis=1), axis=0))
-        u = u * x
-        tl.store(base + 1 * NC + pid_k, tl.sum(tl.sum(u, axis=1), axis=0))
-        u = u * x
-        tl.store(base + 2 * NC + pid_k, tl.sum(tl.sum(u, axis=1), axis=0))
-        u = u * x
-        tl.store(base + 3 * NC + pid_k, tl.sum(tl.sum(u, axis=1), axis=0))
-        u = u * x
-        tl.store(base + 4 * NC + pid_k, tl.sum(tl.sum(u, axis=1), axis=0))
-        u = u * x
-        tl.store(base + 5 * NC + pid_k, tl.sum(tl.sum(u, axis=1), axis=0))
-        v = gq * w_
-        tl.store(base + 6 * NC + pid_k, tl.sum(tl.sum(v, axis=1), axis=0))
-        v = v * w_
-        tl.store(base + 7 * NC + pid_k, tl.sum(tl.sum(v, axis=1), axis=0))
-        v = v * w_
-        tl.store(base + 8 * NC + pid_k, tl.sum(tl.sum(v, axis=1), axis=0))
-        v = v * w_
-        tl.store(base + 9 * NC + pid_k, tl.sum(tl.sum(v, axis=1), axis=0))
-    else:         # one partial per column and coefficient
-        u = gp
-        tl.store(base + 0 * NC + rk, tl.sum(u, axis=0), mask=kmask)
-        u = u * x
-        tl.store(base + 1 * NC + rk, tl.sum(u, axis=0), mask=kmask)
-        u = u * x
-        tl.store(base + 2 * NC + rk, tl.sum(u, axis=0), mask=kmask)
-        u = u * x
-        tl.store(base + 3 * NC + rk, tl.sum(u, axis=0), mask=kmask)
-        u = u * x
-        tl.store(base + 4 * NC + rk, tl.sum(u, axis=0), mask=kmask)
-        u = u * x
-        tl.store(base + 5 * NC + rk, tl.sum(u, axis=0), mask=kmask)
-        v = gq * w_
-        tl.store(base + 6 * NC + rk, tl.sum(v, axis=0), mask=kmask)
-        v = v * w_
-        tl.store(base + 7 * NC + rk, tl.sum(v, axis=0), mask=kmask)
-        v = v * w_
-        tl.store(base + 8 * NC + rk, tl.sum(v, axis=0), mask=kmask)
-        v = v * w_
-        tl.store(base + 9 * NC + rk, tl.sum(v, axis=0), mask=kmask)
+    u = gp          # dL/da_k = sum gp x^k (k = 0..5); dL/dc_k = sum gq w^(k+1) (k = 0..3)
+    v = gq * w_
+    for i in tl.static_range(10):
+        if i < 6:
+            term = u
+            u = u * x
+        else:
+            term = v
+            v = v * w_
+        if UNIFORM:   # one partial per tile and coefficient
+            tl.store(base + i * NC + pid_k, tl.sum(tl.sum(term, axis=1), axis=0))
+        else:         # one partial per column and coefficient
+            tl.store(base + i * NC + rk, tl.sum(term, axis=0), mask=kmask)
 
 
 def fused_backward(x2, a, b, wc, dy2, num_groups: int, paper: bool, need_y: bool):
