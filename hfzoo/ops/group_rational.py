@@ -521,25 +521,15 @@ def _backward(x2, dy2, a, b, num_groups, paper, conf=None, y_dtype=None):
         launch("group_rational.coef_grad", _group_rational_coef_grad_kernel, cgrid,
                part, b, da, db, programs, D // meta["VEC"], a.shape[0], b.shape[0], PAPER=paper, **cmeta)
         return (dx, da, db) if y is None else (dx, da, db, y)
+    # reduce "last_program" or "atomic" (settings for comparison; "kernel" took the plan path above)
     name, cfg, cconf = conf
-    VEC = _vec(DG, max(x2.element_size(), dy2.element_size()), cfg["max_chunk"])
-    NCH, col_blocks = _chunk_blocks(D, VEC)
-    BLOCK_M = max(1, cfg["num_warps"] * 32 * cfg["values_per_thread"] // (NCH * VEC))
-    # persistent over rows: about programs_per_sm programs per SM in all, shared among the column blocks
-    programs = max(1, min(_cdiv(cfg["programs_per_sm"] * sm_count(x2.device), col_blocks),
-                          _cdiv(M, BLOCK_M)))
-    rows_per_program = _cdiv(_cdiv(M, programs), BLOCK_M) * BLOCK_M
-    programs = _cdiv(M, rows_per_program)
+    VEC, NCH, col_blocks, BLOCK_M, programs, rows_per_program = _backward_geometry(cfg, M, D, DG, x2, dy2)
     dx = torch.empty_like(x2)
     y = None if y_dtype is None else torch.empty((M, D), dtype=y_dtype, device=x2.device)
     reduce = cconf["reduce"]
-    NC = D // VEC
     GB = GMAX = RB = 1
     BLOCK_P = cconf["BLOCK_P"]
-    if reduce == "kernel":
-        part = torch.empty(programs, 10, NC, dtype=torch.float32, device=x2.device)
-        da, db, counter, mode = dx, dx, dx, 0
-    elif reduce == "atomic":
+    if reduce == "atomic":
         part, counter, mode = dx, dx, 2
         GB = _next_pow2(_groups_per_block(NCH * VEC, DG, D))
         flat = torch.zeros(a.numel() + b.numel(), dtype=torch.float32, device=x2.device)
@@ -558,28 +548,28 @@ def _backward(x2, dy2, a, b, num_groups, paper, conf=None, y_dtype=None):
            x2, dy2, a, b, dx, part, dx if y is None else y, da, db, counter, M, D, DG, num_groups, *_strides(a, b),
            rows_per_program, PAPER=paper, BLOCK_M=BLOCK_M, NCH=NCH, VEC=VEC, PREFETCH=bool(cfg["prefetch"]),
            STORE_Y=y is not None, REDUCE=mode, GB=GB, GMAX=GMAX, BLOCK_P=BLOCK_P, RB=RB, **compile_options(cfg))
-    if mode == 0:
-        da = torch.empty_like(a)
-        db = torch.empty_like(b)
-        per_row = NC // min(a.shape[0], b.shape[0])
-        launch("group_rational.coef_grad", _group_rational_coef_grad_kernel, (10, max(a.shape[0], b.shape[0])),
-               part, b, da, db, programs, NC, a.shape[0], b.shape[0], PAPER=paper, BLOCK_P=cconf["BLOCK_P"],
-               BLOCK_K=min(cconf["BLOCK_K"], _next_pow2(per_row)), **compile_options(cconf))
-    elif mode == 2:
+    if mode == 2:
         da, db = da.to(a.dtype), db.to(b.dtype)
     return (dx, da, db) if y is None else (dx, da, db, y)
 
 
-def _backward_kernel_plan(conf, M, D, num_groups, x2, dy2, a, b):
-    """The launch geometry of ``_backward`` with reduce == "kernel" (the same arithmetic as its general path)."""
-    name, cfg, cconf = conf
-    VEC = _vec(D // num_groups, max(x2.element_size(), dy2.element_size()), cfg["max_chunk"])
+def _backward_geometry(cfg, M, D, DG, x2, dy2):
+    """(VEC, NCH, col_blocks, BLOCK_M, programs, rows_per_program) of the backward kernel: chunks of VEC columns,
+    persistent over rows with about programs_per_sm programs per SM in all, shared among the column blocks."""
+    VEC = _vec(DG, max(x2.element_size(), dy2.element_size()), cfg["max_chunk"])
     NCH, col_blocks = _chunk_blocks(D, VEC)
     BLOCK_M = max(1, cfg["num_warps"] * 32 * cfg["values_per_thread"] // (NCH * VEC))
     programs = max(1, min(_cdiv(cfg["programs_per_sm"] * sm_count(x2.device), col_blocks),
                           _cdiv(M, BLOCK_M)))
     rows_per_program = _cdiv(_cdiv(M, programs), BLOCK_M) * BLOCK_M
-    programs = _cdiv(M, rows_per_program)
+    return VEC, NCH, col_blocks, BLOCK_M, _cdiv(M, rows_per_program), rows_per_program
+
+
+def _backward_kernel_plan(conf, M, D, num_groups, x2, dy2, a, b):
+    """The launch geometry of ``_backward`` with reduce == "kernel" (partials summed by the coefficient kernel)."""
+    name, cfg, cconf = conf
+    VEC, NCH, col_blocks, BLOCK_M, programs, rows_per_program = _backward_geometry(cfg, M, D, D // num_groups,
+                                                                                   x2, dy2)
     kw = dict(BLOCK_M=BLOCK_M, NCH=NCH, VEC=VEC, PREFETCH=bool(cfg["prefetch"]), REDUCE=0, GB=1,
               GMAX=1, BLOCK_P=cconf["BLOCK_P"], RB=1, **compile_options(cfg))
     meta = {"VEC": VEC, "rows_per_program": rows_per_program, "kw": kw}
