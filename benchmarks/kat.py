@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import Results, bench_ms, first_call_s, seconds_per_step
+from benchmarks.common import Results, bench_ms, device_ms, first_call_s, seconds_per_step
 from hfzoo.ops.group_rational import RATIONAL_INITS, group_rational, group_rational_reference
 from hfzoo.ops.launch import settings, tuning
 
@@ -140,23 +140,6 @@ def bench_rational_dtype(res: Results, dt, kat_cu, compiled, coldstart=True):
                     res.add(f"{kind}-device {case}", cname, "GB/s", nb / ms / 1e6)
         except Exception:
             traceback.print_exc()
-
-
-def device_ms(fn, n: int = 20) -> float:
-    """GPU milliseconds per call of ``fn``: the summed durations of the CUDA kernels it launches (torch.profiler),
-    without the gaps in which the GPU waits for the host. do_bench times a call from its first to its last kernel,
-    so where issuing a call takes the host longer than the GPU needs to run it (as for a backward through autograd
-    on the H200 machine's host: 0.35-0.75 ms to issue against 0.14-0.26 ms of kernels), it measures the host."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(n):
-            fn()
-        torch.cuda.synchronize()
-    total_us = sum(e.self_device_time_total for e in prof.key_averages() if e.device_type.name == "CUDA")
-    return total_us / n / 1e3
 
 
 # Launch-setting candidates (hfzoo.ops.launch.DEFAULTS["group_rational.*"]), measured by

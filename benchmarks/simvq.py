@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import Results, bench_ms, first_call_s, peak_gb  # noqa: E402
+from benchmarks.common import Results, bench_ms, cuda_kernels, first_call_s, peak_gb  # noqa: E402
 from hfzoo.ops import nearest_code as nc  # noqa: E402
 from hfzoo.ops.launch import tuning  # noqa: E402
 from hfzoo.ops.nearest_code import nearest_code, nearest_code_reference  # noqa: E402
@@ -155,15 +155,7 @@ def _vqtorch_quantizer(k, d):
 def device_profile(fn, n: int = 10):
     """(GPU-kernel milliseconds, kernels launched) per call of ``fn``: summed from torch.profiler's CUDA events,
     without the gaps where the GPU waits for the host (do_bench's wall time includes them)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(n):
-            fn()
-        torch.cuda.synchronize()
-    kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
+    kernels = cuda_kernels(fn, n)
     for e in kernels:
         print(f"  {e.count / n:5.1f} x {e.self_device_time_total / max(e.count, 1):8.1f} us  {e.key[:90]}")
     total_us = sum(e.self_device_time_total for e in kernels)
