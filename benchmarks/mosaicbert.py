@@ -143,6 +143,27 @@ def step_anatomy(model, batch, steps: int = 20):
     return {k: v / steps * 1e3 for k, v in sums.items()}
 
 
+def time_contender(res, name, model, batch, step, real, case, infer_case, anatomy: bool, infer: bool = True,
+                   **extra):
+    """One contender's MLM-step rows (ms, real tokens/s, peak GB; with ``anatomy`` also ``step_rows``), then, with
+    ``infer``, its encoder's inference rows (eval mode, no gradients). ``extra`` tags every row (e.g. ``round``)."""
+    ms = bench_ms(step, warmup=200, rep=1500)
+    res.add(case, name, "ms", ms, **extra)
+    res.add(case, name, "tokens/s", real / ms * 1e3, **extra)
+    res.add(case, name, "GB", torch.cuda.max_memory_allocated() / 1e9, **extra)
+    if anatomy:
+        step_rows(res, case, name, model, batch, step, **extra)
+    if infer:
+        for p in model.parameters():
+            p.grad = None
+        model.eval()
+        fwd = encoder_fn(model, batch)
+        fwd()
+        ms = bench_ms(fwd, warmup=100, rep=600)
+        res.add(infer_case, name, "ms", ms, **extra)
+        res.add(infer_case, name, "tokens/s", real / ms * 1e3, **extra)
+
+
 def step_rows(res, case, name, model, batch, step, **extra):
     """The MLM step's GPU-side and host-side rows (``kernel_profile``, ``step_anatomy``) for one contender; a failure
     is reported and leaves the other rows alone."""
@@ -189,21 +210,9 @@ def bench_models(res, lengths, batch):
         res.add(f"coldstart {case}", name, "s", first_call_s(step))
         print(f"{name}: loss {model(**batch).loss.item():.4f}, "
               f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters")
-        ms = bench_ms(step, warmup=200, rep=1500)
-        res.add(case, name, "ms", ms)
-        res.add(case, name, "tokens/s", real / ms * 1e3)
-        res.add(case, name, "GB", torch.cuda.max_memory_allocated() / 1e9)
-        if name in ("hfzoo", "hf_bert", "hfzoo_resln"):
-            step_rows(res, case, name, model, batch, step)
-        if name != "modernbert_sparse":  # same encoder as modernbert
-            for p in model.parameters():
-                p.grad = None
-            model.eval()
-            fwd = encoder_fn(model, batch)
-            fwd()
-            ms = bench_ms(fwd, warmup=100, rep=600)
-            res.add(infer_case, name, "ms", ms)
-            res.add(infer_case, name, "tokens/s", real / ms * 1e3)
+        time_contender(res, name, model, batch, step, real, case, infer_case,
+                       anatomy=name in ("hfzoo", "hf_bert", "hfzoo_resln"),
+                       infer=name != "modernbert_sparse")   # modernbert_sparse: same encoder as modernbert
         del model, step
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -504,21 +513,9 @@ def rounds(n_rounds: int, names: list[str]):
             if r == 1:
                 res.add(f"coldstart {case}", name, "s", first_call_s(step), round=r)
             torch.cuda.reset_peak_memory_stats()
-            ms = bench_ms(step, warmup=200, rep=1500)
-            res.add(case, name, "ms", ms, round=r)
-            res.add(case, name, "tokens/s", real / ms * 1e3, round=r)
-            res.add(case, name, "GB", torch.cuda.max_memory_allocated() / 1e9, round=r)
-            if r == 1 or os.environ.get("HFZOO_BENCH_ROUND_PROFILES") == "all":
-                step_rows(res, case, name, model, batch, step, round=r)
-            for p in model.parameters():
-                p.grad = None
-            model.eval()
-            fwd = encoder_fn(model, batch)
-            fwd()
-            ms = bench_ms(fwd, warmup=100, rep=600)
-            res.add(infer_case, name, "ms", ms, round=r)
-            res.add(infer_case, name, "tokens/s", real / ms * 1e3, round=r)
-            del model, step, fwd
+            time_contender(res, name, model, batch, step, real, case, infer_case,
+                           anatomy=r == 1 or os.environ.get("HFZOO_BENCH_ROUND_PROFILES") == "all", round=r)
+            del model, step
             gc.collect()
             torch.cuda.empty_cache()
         res.save(plot_metric=None)
